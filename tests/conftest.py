@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: seeds, the shared real-data folder, CUDA skipping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Real meshes and scans made by others live beside the project (never copied into it).
+SHARED_DATA = Path(os.environ.get("SHAPEDIFF_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path to ../shared/data; skips the test with a reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared real data not found at {SHARED_DATA} (set SHAPEDIFF_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
