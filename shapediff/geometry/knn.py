@@ -1,0 +1,140 @@
+"""Exact k-nearest neighbours between batched point clouds, chunked so memory stays bounded.
+
+Brute force on squared distances computed as ``|x|^2 + |y|^2 - 2 x.y`` (one batched matmul per
+chunk, after centring both clouds on ``y``'s mean to limit cancellation), followed by ``topk``.
+The returned distances are recomputed exactly as ``sum((x - y[idx])^2)`` from the selected
+neighbours, so they are accurate and differentiable with respect to both clouds.
+
+Memory bound: the distance block of one chunk holds at most ``max(max_block_elements, M)``
+elements (B' clouds x rows x M columns); peak extra memory is about three such blocks (block,
+``topk`` workspace) plus the outputs ``(B, N, K)``. With the default ``2**24`` elements that is
+about 200 MiB in float32, independent of N.
+
+When PyTorch3D is importable (``shapediff._optional.optional_pytorch3d()``), its ``knn_points``
+is used instead (same results, faster on CUDA).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from shapediff._optional import optional_pytorch3d
+from shapediff.geometry.validation import check_lengths, check_points, check_positive_int, check_same_batch
+
+DEFAULT_BLOCK_ELEMENTS = 2**24
+
+
+class KNN(NamedTuple):
+    """Result of :func:`knn_points`: ``dists`` (B, N, K) squared distances, ``idx`` (B, N, K) long."""
+
+    dists: torch.Tensor
+    idx: torch.Tensor
+
+
+def knn_points(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    *,
+    y_lengths: torch.Tensor | None = None,
+    max_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    use_pytorch3d: bool = True,
+) -> KNN:
+    """K nearest neighbours in ``y`` of every point of ``x``, sorted by increasing distance.
+
+    Args:
+        x: (B, N, D) query points.
+        y: (B, M, D) reference points.
+        k: number of neighbours K, 1 <= K <= M (and <= every ``y_lengths`` entry).
+        y_lengths: optional (B,) number of valid leading points of each ``y`` cloud (padded batches).
+        max_block_elements: bound on the distance block computed at once (see module docstring).
+        use_pytorch3d: use PyTorch3D's kernel when it is importable.
+
+    Returns:
+        KNN(dists (B, N, K) squared Euclidean distances, idx (B, N, K) indices into ``y``).
+        Ties between equidistant neighbours are broken arbitrarily.
+    """
+    check_points(x, "x", dim=None)
+    check_points(y, "y", dim=x.shape[-1])
+    check_same_batch(x, y, "x", "y")
+    check_positive_int(k, "k")
+    lengths = check_lengths(y_lengths, "y_lengths", y.shape[0], y.shape[1], y.device)
+    limit = y.shape[1] if lengths is None else int(lengths.min())
+    if k > limit:
+        raise ValueError(f"k: expected at most {limit} (points in the smallest y cloud), got {k}")
+    check_positive_int(max_block_elements, "max_block_elements")
+    ops = optional_pytorch3d() if use_pytorch3d else None
+    if ops is not None:
+        res = ops.knn_points(x, y, lengths2=lengths, K=k, return_sorted=True)
+        return KNN(res.dists, res.idx)
+    idx = _knn_idx(x.detach(), y.detach(), k, lengths, max_block_elements)
+    return KNN(*_exact_sqdist(x, y, idx))
+
+
+def _exact_sqdist(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact squared distances (B, N, K) from x (B, N, D) to y[idx]; re-sorted with idx along K."""
+    b, n, kk = idx.shape
+    picked = torch.gather(y, 1, idx.reshape(b, n * kk, 1).expand(-1, -1, y.shape[-1])).reshape(b, n, kk, -1)
+    d = (x.unsqueeze(2) - picked).square().sum(-1)
+    if kk == 1:
+        return d, idx
+    order = d.detach().argsort(dim=-1)  # the matmul ranking may swap near-ties; order by exact values
+    return torch.gather(d, -1, order), torch.gather(idx, -1, order)
+
+
+def _chunks(b: int, n: int, m: int, max_block: int) -> list[tuple[slice, slice]]:
+    """(batch slice, row slice) pairs whose blocks hold at most max(max_block, m) elements."""
+    if b * m <= max_block:  # all clouds at once, as many rows as fit
+        rows = max(1, max_block // (b * m))
+        return [(slice(0, b), slice(r, min(n, r + rows))) for r in range(0, n, rows)]
+    rows = max(1, max_block // m)  # one cloud at a time
+    return [(slice(s, s + 1), slice(r, min(n, r + rows))) for s in range(b) for r in range(0, n, rows)]
+
+
+def _knn_idx(x: torch.Tensor, y: torch.Tensor, k: int, lengths: torch.Tensor | None, max_block: int) -> torch.Tensor:
+    """Indices (B, N, K) of the K nearest y points, by brute force in bounded chunks."""
+    shift = y.mean(dim=1, keepdim=True)
+    x, y = x - shift, y - shift
+    y_sq = y.square().sum(-1)  # (B, M): |x|^2 is constant per row, so it is not needed to rank
+    if lengths is not None:
+        pad = torch.arange(y.shape[1], device=y.device)[None, :] >= lengths[:, None]
+        y_sq = y_sq.masked_fill(pad, float("inf"))
+    out = torch.empty(x.shape[0], x.shape[1], k, dtype=torch.long, device=x.device)
+    for bs, rs in _chunks(x.shape[0], x.shape[1], y.shape[1], max_block):
+        block = torch.baddbmm(y_sq[bs].unsqueeze(1), x[bs, rs], y[bs].transpose(1, 2), alpha=-2.0)
+        out[bs, rs] = block.topk(k, dim=-1, largest=False, sorted=True).indices
+    return out
+
+
+def nearest_neighbors_both(
+    x: torch.Tensor, y: torch.Tensor, max_block_elements: int = DEFAULT_BLOCK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the nearest neighbour in each direction, from one distance matrix per pair.
+
+    Private-grade helper (trusts inputs) shared by the Chamfer distance and the metrics.
+
+    Args:
+        x: (B, N, 3); y: (B, M, 3), on the same device and dtype.
+    Returns:
+        (idx_xy (B, N) long: nearest y of each x, idx_yx (B, M) long: nearest x of each y).
+    """
+    shift = y.mean(dim=1, keepdim=True)
+    x, y = x - shift, y - shift
+    ones_x = torch.ones_like(x[..., :1])
+    xa = torch.cat([x, x.square().sum(-1, keepdim=True), ones_x], dim=-1)  # (B, N, 5)
+    ya = torch.cat([-2.0 * y, torch.ones_like(y[..., :1]), y.square().sum(-1, keepdim=True)], dim=-1)
+    ya_t = ya.transpose(1, 2)
+    b, n, m = x.shape[0], x.shape[1], y.shape[1]
+    idx_xy = torch.empty(b, n, dtype=torch.long, device=x.device)
+    best_yx = torch.full((b, m), float("inf"), dtype=x.dtype, device=x.device)
+    idx_yx = torch.zeros(b, m, dtype=torch.long, device=x.device)
+    for bs, rs in _chunks(b, n, m, max_block_elements):
+        block = torch.bmm(xa[bs, rs], ya_t[bs])  # squared distances (B', rows, M)
+        idx_xy[bs, rs] = block.argmin(dim=2)
+        val, arg = block.min(dim=1)
+        better = val < best_yx[bs]
+        best_yx[bs] = torch.where(better, val, best_yx[bs])
+        idx_yx[bs] = torch.where(better, arg + rs.start, idx_yx[bs])
+    return idx_xy, idx_yx

@@ -1,0 +1,82 @@
+"""Input checks shared by the public functions of :mod:`shapediff.geometry` and :mod:`shapediff.metrics`.
+
+Public functions call these at their boundary and trust their inputs afterwards; every failure is a
+``ValueError`` whose message names the argument, the expected form and what was received.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_points(
+    x: object,
+    name: str,
+    *,
+    dim: int | None = 3,
+    batched: bool = True,
+    min_points: int = 1,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """Validate a point cloud tensor and return it unchanged.
+
+    Args:
+        x: the value to check; expected ``(B, N, dim)`` (``batched=True``) or ``(N, dim)``.
+        name: the argument's name, used in the error message.
+        dim: required size of the last axis (3 for xyz); None accepts any size >= 1.
+        batched: whether a leading batch axis is expected.
+        min_points: the smallest accepted N (and B must be >= 1).
+        check_finite: reject NaN / Inf values (one reduction over the tensor).
+
+    Raises:
+        ValueError: not a floating tensor, wrong rank, wrong last axis, empty, too few points,
+            or non-finite values.
+    """
+    form = f"(B, N, {dim if dim is not None else 'D'})" if batched else f"(N, {dim if dim is not None else 'D'})"
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a {form} torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point {form} tensor, got dtype {x.dtype}")
+    rank = 3 if batched else 2
+    if x.dim() != rank:
+        raise ValueError(f"{name}: expected a {form} tensor, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[-1] != dim:
+        raise ValueError(f"{name}: expected a {form} tensor, got shape {tuple(x.shape)}")
+    if x.numel() == 0 or (batched and x.shape[0] == 0):
+        raise ValueError(f"{name}: expected a non-empty {form} tensor, got shape {tuple(x.shape)}")
+    if x.shape[-2] < min_points:
+        raise ValueError(f"{name}: expected at least {min_points} points, got shape {tuple(x.shape)}")
+    if check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or Inf values (shape {tuple(x.shape)})")
+    return x
+
+
+def check_same_batch(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> None:
+    """Raise ValueError unless ``x`` and ``y`` share batch size, device and dtype."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{y_name}: expected batch size {x.shape[0]} to match {x_name}, got shape {tuple(y.shape)}"
+        )
+    if x.device != y.device:
+        raise ValueError(f"{y_name}: expected device {x.device} like {x_name}, got {y.device}")
+    if x.dtype != y.dtype:
+        raise ValueError(f"{y_name}: expected dtype {x.dtype} like {x_name}, got {y.dtype}")
+
+
+def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as int when it is an integer >= ``minimum``, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_lengths(lengths: object, name: str, batch: int, max_len: int, device: torch.device) -> torch.Tensor | None:
+    """Validate optional per-cloud lengths ``(B,)`` for padded batches; returns a long tensor or None."""
+    if lengths is None:
+        return None
+    if not isinstance(lengths, torch.Tensor) or lengths.shape != (batch,) or lengths.is_floating_point():
+        shape = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise ValueError(f"{name}: expected an integer tensor of shape ({batch},), got {shape}")
+    if bool((lengths < 1).any()) or bool((lengths > max_len).any()):
+        raise ValueError(f"{name}: expected values in [1, {max_len}], got {lengths.tolist()}")
+    return lengths.to(device=device, dtype=torch.long)
