@@ -1,5 +1,6 @@
 """Denoising networks: ``forward(x_t (B, N, C), t (B,), cond=None) -> (B, N, C)``."""
 
 from shapediff.denoisers.pointnet import PointNetDenoiser
+from shapediff.denoisers.transformer import PointTransformer
 
-__all__ = ["PointNetDenoiser"]
+__all__ = ["PointNetDenoiser", "PointTransformer"]

@@ -1,0 +1,250 @@
+"""Point-cloud transformer denoiser (Point-E / DiT style) with class and partial-shape conditioning.
+
+One token per point (a linear embedding of xyz and any extra per-point features) and no
+positional encoding, so the network is permutation-equivariant in the points (Point-E,
+Nichol et al. 2022). The timestep enters either as a prepended token (Point-E) or through
+adaLN-Zero modulation of every block (DiT, Peebles & Xie 2023).
+
+Conditioning (``cond`` dict, see the team contract):
+- ``"class_label"`` (B,) long: a learned class embedding (index ``num_classes`` is the learned
+  null class); a prepended token in "token" mode, added to the time embedding in "adaln" mode.
+- ``"partial"`` (B, M, 3): each partial point goes through a per-point MLP and becomes a prefix
+  token (``partial_encoder="tokens"``) or a context token that every block cross-attends to
+  (``"cross_attention"``). Its null condition is one learned null token.
+
+Classifier-free guidance: during training (``model.train()``) each sample's whole condition is
+replaced by the null one with probability ``cond_drop_prob`` (Point-E: 0.1), drawn with torch's
+global RNG like ``nn.Dropout``; ``cond=None`` always means the null condition. A dropped sample's
+output equals exactly (up to float rounding) what ``cond=None`` gives, because its partial tokens
+are masked out of attention and the null token is shown in their place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from shapediff.nn import TimestepEmbedder
+from shapediff.nn.transformer_blocks import FinalLayer, TransformerBlock, dit_init_
+
+__all__ = ["PointTransformer"]
+
+_TIME_MODES = ("token", "adaln")
+_PARTIAL_MODES = (None, "tokens", "cross_attention")
+_COND_KEYS = ("class_label", "partial")
+
+
+class PointTransformer(nn.Module):
+    """Transformer denoiser on point sets: ``forward(x (B, N, C_in), t (B,), cond) -> (B, N, C_out)``.
+
+    Args:
+        in_channels: per-point input channels C_in (3 for xyz; more for extra features).
+        out_channels: per-point output channels C_out (eps / x0 / v, shaped like x_t).
+        width: token width C.
+        depth: number of transformer blocks.
+        heads: attention heads (must divide ``width``).
+        mlp_ratio: hidden width of each block's MLP relative to ``width``.
+        time_conditioning: "token" (Point-E: time embedding prepended as a token) or "adaln" (DiT adaLN-Zero).
+        num_classes: number of classes for ``cond["class_label"]``; None disables class conditioning.
+        partial_encoder: None, "tokens" (partial points as prefix tokens) or "cross_attention".
+        cond_drop_prob: per-sample probability of replacing the condition by the null one in train mode.
+        time_embed_dim: width of the sinusoidal timestep features fed to the time MLP.
+        dropout: dropout inside attention and MLPs.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        width: int = 256,
+        depth: int = 6,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        time_conditioning: str = "token",
+        num_classes: int | None = None,
+        partial_encoder: str | None = None,
+        cond_drop_prob: float = 0.1,
+        time_embed_dim: int = 256,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        _check_config(in_channels, out_channels, width, depth, heads, time_conditioning, num_classes,
+                      partial_encoder, cond_drop_prob)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.time_conditioning = time_conditioning
+        self.num_classes = num_classes
+        self.partial_encoder = partial_encoder
+        self.cond_drop_prob = float(cond_drop_prob)
+        adaln = time_conditioning == "adaln"
+        self.input_proj = nn.Linear(in_channels, width)
+        self.time_embed = TimestepEmbedder(time_embed_dim, width)
+        self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, width)
+        self.partial_embed = None
+        if partial_encoder is not None:
+            self.partial_embed = nn.Sequential(nn.Linear(3, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
+            self.partial_null = nn.Parameter(torch.zeros(1, 1, width))
+        context_dim = width if partial_encoder == "cross_attention" else None
+        self.ln_pre = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(width, heads, mlp_ratio, cond_dim=width if adaln else None,
+                             context_dim=context_dim, dropout=dropout)
+            for _ in range(depth)
+        )
+        self.final = FinalLayer(width, out_channels, cond_dim=width if adaln else None)
+        dit_init_(self)
+        if partial_encoder is not None:
+            nn.init.normal_(self.partial_null, std=0.02)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Denoise a batch of point sets.
+
+        Args:
+            x: (B, N, C_in) noisy points (plus features).
+            t: (B,) timesteps (integer in [0, T), or float).
+            cond: None (unconditional) or a dict with "class_label" (B,) long and/or "partial" (B, M, 3).
+        Returns:
+            (B, N, C_out) prediction for every point.
+        """
+        cond = self._validate(x, t, cond)
+        b, n = x.shape[:2]
+        keep = self._keep_mask(b, x.device) if cond else None
+        t_emb = self.time_embed(t)
+        class_emb = self._class_embedding(cond.get("class_label"), keep, b, x.device)
+        partial, partial_mask = self._partial_tokens(cond.get("partial"), keep, b)
+
+        prefix = [] if self.time_conditioning == "adaln" else [t_emb[:, None]]
+        if class_emb is not None and self.time_conditioning == "token":
+            prefix.append(class_emb[:, None])
+        c = None
+        if self.time_conditioning == "adaln":
+            c = t_emb if class_emb is None else t_emb + class_emb
+        context, context_mask = (partial, partial_mask) if self.partial_encoder == "cross_attention" else (None, None)
+        key_mask = None
+        if self.partial_encoder == "tokens":
+            key_mask = _prefix_key_mask(len(prefix), partial_mask, n, b, x.device)
+            prefix.append(partial)
+
+        h = self.ln_pre(torch.cat(prefix + [self.input_proj(x)], dim=1))
+        for block in self.blocks:
+            h = block(h, c, key_mask, context, context_mask)
+        return self.final(h[:, -n:], c)
+
+    # -- conditioning -------------------------------------------------------------------------
+
+    def _keep_mask(self, b: int, device: torch.device) -> torch.Tensor | None:
+        """(B,) bool, False for samples whose condition is dropped; None when nothing is dropped."""
+        if not self.training or self.cond_drop_prob <= 0.0:
+            return None
+        return torch.rand(b, device=device) >= self.cond_drop_prob
+
+    def _class_embedding(self, label: torch.Tensor | None, keep: torch.Tensor | None, b: int,
+                         device: torch.device) -> torch.Tensor | None:
+        """(B, C) embedding of the class labels, the null class where absent or dropped."""
+        if self.class_embed is None:
+            return None
+        null = torch.full((b,), self.num_classes, dtype=torch.long, device=device)
+        if label is None:
+            return self.class_embed(null)
+        label = label.to(device=device, dtype=torch.long)
+        return self.class_embed(label if keep is None else torch.where(keep, label, null))
+
+    def _partial_tokens(self, partial: torch.Tensor | None, keep: torch.Tensor | None,
+                        b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Partial tokens (B, S, C) and their key mask (B, S) (None = all visible).
+
+        Conditioned: S = M tokens. Null (absent): S = 1 learned null token. Mixed (some samples
+        dropped in training): S = 1 + M with the null token visible only to dropped samples.
+        """
+        if self.partial_embed is None:
+            return None, None
+        null = self.partial_null.expand(b, 1, -1)
+        if partial is None or (keep is not None and not bool(keep.any())):
+            return null, None
+        tokens = self.partial_embed(partial.to(null.dtype))
+        if keep is None or bool(keep.all()):
+            return tokens, None
+        mask = torch.cat([~keep[:, None], keep[:, None].expand(b, tokens.shape[1])], dim=1)
+        return torch.cat([null, tokens], dim=1), mask
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _validate(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None) -> dict:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.in_channels:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a (B, N, {self.in_channels}) tensor, got {got}")
+        b, n = x.shape[:2]
+        if b == 0 or n == 0:
+            raise ValueError(f"x: expected a non-empty (B, N, {self.in_channels}) tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+            raise ValueError("x: expected finite floating-point values (got NaN/Inf or a non-float dtype)")
+        if not isinstance(t, torch.Tensor) or t.shape != (b,):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t: expected a ({b},) tensor of timesteps, got {got}")
+        return self._validate_cond(cond, b)
+
+    def _validate_cond(self, cond: Mapping | None, b: int) -> dict:
+        if cond is None:
+            return {}
+        if not isinstance(cond, Mapping):
+            raise ValueError(f"cond: expected None or a dict with keys {_COND_KEYS}, got {type(cond).__name__}")
+        cond = {k: v for k, v in cond.items() if v is not None}
+        unknown = sorted(set(cond) - set(_COND_KEYS))
+        if unknown:
+            raise ValueError(f"cond: unknown key(s) {unknown}; PointTransformer accepts {list(_COND_KEYS)}")
+        if "class_label" in cond:
+            _check_labels(cond["class_label"], b, self.num_classes)
+        if "partial" in cond:
+            _check_partial(cond["partial"], b, self.partial_encoder)
+        return cond
+
+
+def _prefix_key_mask(n_before: int, partial_mask: torch.Tensor | None, n: int, b: int,
+                     device: torch.device) -> torch.Tensor | None:
+    """(B, L) key mask for [prefix tokens, partial tokens, point tokens]; None when all visible."""
+    if partial_mask is None:
+        return None
+    ones_before = torch.ones(b, n_before, dtype=torch.bool, device=device)
+    ones_after = torch.ones(b, n, dtype=torch.bool, device=device)
+    return torch.cat([ones_before, partial_mask, ones_after], dim=1)
+
+
+def _check_labels(label: object, b: int, num_classes: int | None) -> None:
+    if num_classes is None:
+        raise ValueError("cond['class_label']: this PointTransformer has num_classes=None and cannot use class labels")
+    if not isinstance(label, torch.Tensor) or label.shape != (b,) or label.is_floating_point():
+        got = f"{tuple(label.shape)} {label.dtype}" if isinstance(label, torch.Tensor) else type(label).__name__
+        raise ValueError(f"cond['class_label']: expected a ({b},) integer tensor, got {got}")
+    if bool(((label < 0) | (label >= num_classes)).any()):
+        raise ValueError(f"cond['class_label']: expected labels in [0, {num_classes}), got {label.tolist()}")
+
+
+def _check_partial(partial: object, b: int, partial_encoder: str | None) -> None:
+    if partial_encoder is None:
+        raise ValueError("cond['partial']: this PointTransformer has partial_encoder=None and cannot use partial points")
+    if not isinstance(partial, torch.Tensor) or partial.dim() != 3 or partial.shape[0] != b or partial.shape[-1] != 3:
+        got = tuple(partial.shape) if isinstance(partial, torch.Tensor) else type(partial).__name__
+        raise ValueError(f"cond['partial']: expected a ({b}, M, 3) tensor, got {got}")
+    if partial.shape[1] == 0:
+        raise ValueError("cond['partial']: expected at least one partial point, got M=0")
+    if not partial.is_floating_point() or not bool(torch.isfinite(partial).all()):
+        raise ValueError("cond['partial']: expected finite floating-point values (got NaN/Inf or a non-float dtype)")
+
+
+def _check_config(in_channels: int, out_channels: int, width: int, depth: int, heads: int, time_conditioning: str,
+                  num_classes: int | None, partial_encoder: str | None, cond_drop_prob: float) -> None:
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
+                        ("depth", depth), ("heads", heads)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if width % heads:
+        raise ValueError(f"heads: expected a divisor of width={width}, got {heads}")
+    if time_conditioning not in _TIME_MODES:
+        raise ValueError(f"time_conditioning: expected one of {_TIME_MODES}, got {time_conditioning!r}")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
+        raise ValueError(f"num_classes: expected None or a positive int, got {num_classes!r}")
+    if partial_encoder not in _PARTIAL_MODES:
+        raise ValueError(f"partial_encoder: expected one of {_PARTIAL_MODES}, got {partial_encoder!r}")
+    if not 0.0 <= float(cond_drop_prob) <= 1.0:
+        raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
