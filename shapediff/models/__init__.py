@@ -1,1 +1,7 @@
-"""shapediff.models."""
+"""User-facing pipelines pairing a denoiser with the diffusion core: sample, complete, save, load."""
+
+from shapediff.models.base import ShapeModel, load_model
+from shapediff.models.normalization import PointNormalizer
+from shapediff.models.point_cloud import PointCloudDiffusion
+
+__all__ = ["PointCloudDiffusion", "PointNormalizer", "ShapeModel", "load_model"]

@@ -1,0 +1,74 @@
+"""Checkpoint files: atomic writes, safe loading (``weights_only=True``), clear errors.
+
+A shapediff checkpoint is a dict of plain data and tensors:
+``{"format": "shapediff", "format_version": 1, "class": "shapediff.models.X", "config": {...},
+"state_dict": {...}, ...}``; training checkpoints add ``ema_state_dict``, optimiser state, step and
+the resolved training config.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "shapediff"
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a shapediff checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises FileNotFoundError for a missing file and ValueError for a truncated/corrupt file, a
+    file that is not a shapediff checkpoint, a newer format version, or one carrying a pickled
+    object other than tensors and plain data (refused, never executed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"checkpoint {str(path)!r}: refused to load: it holds objects other than tensors and plain "
+            f"data (weights_only=True); shapediff never unpickles arbitrary code ({err})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"checkpoint {str(path)!r}: not a readable PyTorch file (truncated or corrupt?): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r}: expected a shapediff checkpoint (format='shapediff'), got {_describe(payload)}")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"checkpoint {str(path)!r}: format_version {version!r} is not supported (this shapediff reads <= {FORMAT_VERSION})")
+    for key in ("class", "config", "state_dict"):
+        if key not in payload:
+            raise ValueError(f"checkpoint {str(path)!r}: missing key {key!r}")
+    return payload
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return f"a dict with keys {sorted(map(str, obj))[:8]}"
+    return f"an object of type {type(obj).__name__}"

@@ -1,0 +1,339 @@
+"""Shape completion of partial scans with point-cloud diffusion models.
+
+Three ways to complete a partial scan (M points) into a full cloud (N points):
+
+- ``"pvd"`` (:func:`complete_pvd`): PVD's conditional model (Zhou et al., ICCV 2021, Sec. 3.3).
+  It was trained with the first M points of x_t held at the clean partial scan and only the
+  other N - M noised and scored; at sampling the clean partial is put back on every step, so
+  the output's first M points are the input's.
+- ``"training_free"`` (:func:`complete_training_free`): any unconditional model. M of the N
+  points are held at the partial noised to the current level on every step, with RePaint-style
+  resampling jumps (Lugmayr et al., CVPR 2022) to harmonise the rest with them; the final step
+  holds them at the clean partial, so they too come back exactly.
+- ``"tokens"`` (:func:`complete_tokens`): a denoiser that takes the partial as
+  ``cond={"partial": (B, M, 3)}`` (the transformer); no point is held.
+
+:func:`complete` is what ``PointCloudDiffusion.complete`` calls: it validates and resamples the
+input (data coordinates), normalises with the model's statistics, dispatches and returns
+``(B, n, N, 3)`` (or ``(n, N, 3)`` for one unbatched scan) in data coordinates.
+
+Baselines for evaluation live here too: :func:`baseline_partial` (the scan itself, resampled
+to N), :func:`baseline_mirror` (the scan plus its mirror image) and :func:`baseline_retrieval`
+(the training shape nearest to the scan by one-sided Chamfer distance).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from shapediff.geometry.partial_scan import resample_points
+from shapediff.randomness import make_generator, mix_seed
+
+__all__ = [
+    "METHODS",
+    "prepare_partial",
+    "pvd_known_mask",
+    "complete",
+    "complete_pvd",
+    "complete_training_free",
+    "complete_tokens",
+    "baseline_partial",
+    "baseline_mirror",
+    "baseline_retrieval",
+]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("pvd", "training_free", "tokens")
+_KEEPS_PARTIAL = {"pvd": True, "training_free": True, "tokens": False}
+
+
+# ------------------------------------------------------------------------------------------ input
+def _to_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"{name}: expected numeric points, got a numpy array of dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected (M, 3) or (B, M, 3) points as a tensor or array, got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name}: expected real coordinates, got dtype {x.dtype}")
+    return x.detach()
+
+
+def _check_one(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.ndim != 2 or x.shape[-1] != 3:
+        raise ValueError(f"{name}: expected (M, 3) or (B, M, 3) points, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: is empty (0 points); a partial scan needs at least one point")
+    x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or Inf coordinates; remove those points first")
+    return x
+
+
+def prepare_partial(
+    partial: Any, num_partial_points: int, generator: torch.Generator | None = None, *, name: str = "partial"
+) -> torch.Tensor:
+    """Validate partial scans and resample each to ``num_partial_points`` points.
+
+    partial: (M, 3) or (B, M, 3) tensor/array, or a sequence of B (M_b, 3) clouds of any sizes.
+    A scan with more points than wanted is subsampled at random without replacement; one with
+    fewer keeps all its points and repeats random ones (both logged). Returns (B, M, 3) float32
+    on the input's device, in the input's (data) coordinates.
+    """
+    if not (isinstance(num_partial_points, int) and num_partial_points > 0):
+        raise ValueError(f"num_partial_points: expected a positive int, got {num_partial_points!r}")
+    if isinstance(partial, Sequence) and not isinstance(partial, (str, bytes)):
+        if len(partial) == 0:
+            raise ValueError(f"{name}: got an empty sequence of partial scans")
+        clouds = [_check_one(_to_tensor(p, f"{name}[{i}]"), f"{name}[{i}]") for i, p in enumerate(partial)]
+    else:
+        x = _to_tensor(partial, name)
+        if x.ndim == 3:
+            if x.shape[0] == 0:
+                raise ValueError(f"{name}: expected (B, M, 3) with B >= 1, got shape {tuple(x.shape)}")
+            clouds = [_check_one(p, name) for p in x]
+        else:
+            clouds = [_check_one(x, name)]
+    out = []
+    for cloud in clouds:
+        if cloud.shape[0] != num_partial_points:
+            logger.info("partial: resampling a scan of %d points to the model's M=%d", cloud.shape[0], num_partial_points)
+            cloud = resample_points(cloud, num_partial_points, generator)
+        out.append(cloud)
+    return torch.stack(out)
+
+
+def pvd_known_mask(batch: int, num_points: int, num_partial_points: int, device=None) -> torch.Tensor:
+    """(B, N, 3) bool mask, True on the first M points (the known partial scan, PVD's layout)."""
+    mask = torch.zeros(batch, num_points, 3, dtype=torch.bool, device=device)
+    mask[:, :num_partial_points] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------------ the methods
+def _sampler_args(model, steps: int | None, sampler: str | None) -> tuple[str, int | None]:
+    cfg = getattr(model, "config", {}).get("sampler", {}) or {}
+    return sampler or cfg.get("name", "dpmpp_2m"), steps if steps is not None else cfg.get("steps")
+
+
+def _repeat(partial_n: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, M, 3) -> (B * n, M, 3), hypotheses of one scan adjacent."""
+    return partial_n.repeat_interleave(n, dim=0)
+
+
+def _run_chunks(model, rows: torch.Tensor, chunk: int | None, fn) -> torch.Tensor:
+    """Apply ``fn(rows[i:j]) -> (b, N, 3)`` over chunks of the (B * n, M, 3) rows."""
+    chunk = chunk or rows.shape[0]
+    return torch.cat([fn(rows[i : i + chunk]) for i in range(0, rows.shape[0], chunk)])
+
+
+def complete_pvd(
+    model,
+    partial_normalised: torch.Tensor,
+    n: int = 1,
+    *,
+    steps: int | None = None,
+    sampler: str | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """PVD completion: (B, M, 3) normalised partials -> (B, n, N, 3) normalised completions.
+
+    The first M points of every x_t are the clean partial (``keep_known="clean"``), as the
+    model was trained; the other N - M start from noise. ``model`` provides ``denoiser``,
+    ``diffusion`` and ``num_points``.
+    """
+    b, m, _ = partial_normalised.shape
+    big_n = model.num_points
+    if m >= big_n:
+        raise ValueError(f"partial_normalised: expected M < N={big_n} points, got M={m}")
+    sampler, steps = _sampler_args(model, steps, sampler)
+
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        known = torch.zeros(rows.shape[0], big_n, 3, device=rows.device, dtype=rows.dtype)
+        known[:, :m] = rows
+        mask = pvd_known_mask(rows.shape[0], big_n, m, device=rows.device)
+        return model.diffusion.sample(
+            model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
+            known=known, mask=mask, keep_known="clean", progress=progress,
+        )
+
+    out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
+    return out.reshape(b, n, big_n, 3)
+
+
+def complete_training_free(
+    model,
+    partial_normalised: torch.Tensor,
+    n: int = 1,
+    *,
+    steps: int | None = None,
+    sampler: str | None = None,
+    generator: torch.Generator | None = None,
+    resample_jumps: int = 5,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Training-free (RePaint) completion with an unconditional model.
+
+    (B, M, 3) normalised partials -> (B, n, N, 3): the first M of the N points are held at the
+    partial noised to each step's level (``keep_known="noised"``); every step is repeated
+    ``resample_jumps`` times, re-noising in between (RePaint's resampling). M should be about
+    N x (the fraction of the surface the scan sees) so that point density stays uniform.
+    """
+    b, m, _ = partial_normalised.shape
+    big_n = model.num_points
+    if m >= big_n:
+        raise ValueError(f"partial_normalised: expected M < N={big_n} points, got M={m}")
+    if not (isinstance(resample_jumps, int) and resample_jumps >= 1):
+        raise ValueError(f"resample_jumps: expected an int >= 1, got {resample_jumps!r}")
+    sampler, steps = _sampler_args(model, steps, sampler)
+
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        known = torch.zeros(rows.shape[0], big_n, 3, device=rows.device, dtype=rows.dtype)
+        known[:, :m] = rows
+        mask = pvd_known_mask(rows.shape[0], big_n, m, device=rows.device)
+        return model.diffusion.sample(
+            model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
+            known=known, mask=mask, keep_known="noised", resample_jumps=resample_jumps, progress=progress,
+        )
+
+    out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
+    return out.reshape(b, n, big_n, 3)
+
+
+def complete_tokens(
+    model,
+    partial_normalised: torch.Tensor,
+    n: int = 1,
+    *,
+    steps: int | None = None,
+    sampler: str | None = None,
+    generator: torch.Generator | None = None,
+    guidance_scale: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Conditioning-token completion: the denoiser sees ``cond={"partial": (b, M, 3)}``.
+
+    (B, M, 3) normalised partials -> (B, n, N, 3) normalised; no point is held fixed.
+    """
+    b = partial_normalised.shape[0]
+    big_n = model.num_points
+    sampler, steps = _sampler_args(model, steps, sampler)
+
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        return model.diffusion.sample(
+            model.denoiser, (rows.shape[0], big_n, 3), sampler=sampler, steps=steps, generator=generator,
+            device=rows.device, cond={"partial": rows}, guidance_scale=guidance_scale, progress=progress,
+        )
+
+    out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
+    return out.reshape(b, n, big_n, 3)
+
+
+def _default_method(model) -> str:
+    mode = getattr(model, "completion", "none")
+    return {"pvd": "pvd", "tokens": "tokens"}.get(mode, "training_free")
+
+
+@torch.no_grad()
+def complete(
+    model,
+    partial: Any,
+    n: int = 1,
+    *,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int | None = None,
+    method: str | None = None,
+    num_known: int | None = None,
+    resample_jumps: int = 5,
+    guidance_scale: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Complete partial scans given in data coordinates; returns completions in data coordinates.
+
+    partial: (M, 3) or (B, M, 3) points (tensor or array, any M >= 1), or a list of B scans of
+        different sizes. Each scan is resampled to the model's M (logged when it differs).
+    n: hypotheses per scan. method: "pvd" | "training_free" | "tokens"; default from the
+        model's ``completion`` setting ("none" -> "training_free"). num_known: points held for
+        "training_free" (default: the model's ``num_partial_points``).
+    Returns (B, n, N, 3), or (n, N, 3) for one unbatched (M, 3) scan. For "pvd" and
+    "training_free" the first M points of each completion are exactly the resampled input.
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    method = method or _default_method(model)
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    m = num_known if (method == "training_free" and num_known is not None) else model.num_partial_points
+    unbatched = not isinstance(partial, Sequence) and getattr(partial, "ndim", 0) == 2
+    seed = seed if seed is not None else int(torch.randint(2**62, (1,)))
+    pts = prepare_partial(partial, m, make_generator(mix_seed(seed, 0x5CA7)))
+    device = model.device
+    gen = make_generator(seed, device)
+    partial_n = model.normalizer.normalize(pts.to(device))
+    kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress)
+    if method == "pvd":
+        out = complete_pvd(model, partial_n, n, **kwargs)
+    elif method == "training_free":
+        out = complete_training_free(model, partial_n, n, resample_jumps=resample_jumps, **kwargs)
+    else:
+        out = complete_tokens(model, partial_n, n, guidance_scale=guidance_scale, **kwargs)
+    out = model.normalizer.denormalize(out)
+    if _KEEPS_PARTIAL[method]:  # bit-exact input points, free of normalise/denormalise rounding
+        out[:, :, :m] = pts.to(device)[:, None]
+    return out[0] if unbatched else out
+
+
+# ------------------------------------------------------------------------------------- baselines
+def baseline_partial(partial: torch.Tensor, num_points: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The scan itself as the completion: (B, M, 3) -> (B, N, 3) by random resampling."""
+    partial = prepare_partial(partial, partial.shape[-2], name="partial")
+    return torch.stack([resample_points(p, num_points, generator) for p in partial])
+
+
+def baseline_mirror(
+    partial: torch.Tensor, num_points: int, axis: int = 0, center: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The scan plus its reflection in the plane ``x[axis] = center`` (objects are often
+    mirror-symmetric), resampled to N: (B, M, 3) -> (B, N, 3)."""
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis: expected 0, 1 or 2, got {axis!r}")
+    partial = prepare_partial(partial, partial.shape[-2], name="partial")
+    mirrored = partial.clone()
+    mirrored[..., axis] = 2 * center - mirrored[..., axis]
+    both = torch.cat([partial, mirrored], dim=1)
+    return torch.stack([resample_points(p, num_points, generator) for p in both])
+
+
+def baseline_retrieval(partial: torch.Tensor, train_clouds: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest training shape by one-sided Chamfer distance from the scan to the shape.
+
+    partial: (B, M, 3); train_clouds: (S, N, 3), same coordinates. Returns ``(clouds (B, N, 3),
+    index (B,) long)``: for each scan the training cloud minimising the mean squared distance
+    from each scan point to its nearest point of that cloud.
+    """
+    from shapediff.geometry import knn_points  # noqa: PLC0415
+
+    partial = prepare_partial(partial, partial.shape[-2], name="partial")
+    train = prepare_partial(train_clouds, train_clouds.shape[-2], name="train_clouds").to(partial.device)
+    best = torch.empty(partial.shape[0], dtype=torch.long, device=partial.device)
+    for b, scan in enumerate(partial):
+        costs = []
+        for i in range(0, train.shape[0], chunk):
+            shapes = train[i : i + chunk]
+            d2, _ = knn_points(scan[None].expand(shapes.shape[0], -1, -1), shapes, 1)
+            costs.append(d2[..., 0].mean(dim=1))
+        best[b] = torch.cat(costs).argmin()
+    return train[best], best

@@ -1,0 +1,203 @@
+"""PointCloudDiffusion: a point-cloud denoiser + the generic diffusion core + the data's normalisation."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapediff.config import instantiate
+from shapediff.models.base import ShapeModel
+from shapediff.models.normalization import PointNormalizer
+from shapediff.randomness import make_generator, per_example_randint, per_example_randn
+
+COMPLETION_MODES = ("none", "pvd", "tokens")
+
+
+class PointCloudDiffusion(ShapeModel):
+    """Generate (and complete) point clouds of ``num_points`` points.
+
+    Args:
+        denoiser: config of the network (``{"_target_": "shapediff.denoisers.PVCNN2", ...}``).
+        diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion`.
+        num_points: N, points per generated cloud.
+        normalization: ``"global"`` (PVD/PointFlow: per-axis mean, scalar std of the training set)
+            or ``"none"``. Fit with :meth:`fit_normalization` before training.
+        class_conditional: train with ``cond={"class_label": ...}`` from the batch's ``label``.
+        completion: ``"none"``; ``"pvd"`` (the first M points are the clean partial scan, only the
+            other N - M are noised and scored, as PVD trains); ``"tokens"`` (the partial goes to the
+            denoiser as ``cond["partial"]``).
+        num_partial_points: M, partial points the completion modes use (PVD: 200).
+        sampler: default sampler settings, e.g. ``{"name": "dpmpp_2m", "steps": 20}``.
+    """
+
+    def __init__(
+        self,
+        denoiser: Mapping[str, Any],
+        diffusion: Mapping[str, Any],
+        num_points: int = 2048,
+        normalization: str = "global",
+        class_conditional: bool = False,
+        completion: str = "none",
+        num_partial_points: int = 200,
+        sampler: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if completion not in COMPLETION_MODES:
+            raise ValueError(f"completion: expected one of {COMPLETION_MODES}, got {completion!r}")
+        if not isinstance(num_points, int) or num_points < 1:
+            raise ValueError(f"num_points: expected a positive int, got {num_points!r}")
+        if completion == "pvd" and not 0 < num_partial_points < num_points:
+            raise ValueError(f"num_partial_points: expected 0 < M < num_points={num_points}, got {num_partial_points}")
+        self.config = {
+            "denoiser": dict(denoiser), "diffusion": dict(diffusion), "num_points": num_points,
+            "normalization": normalization, "class_conditional": class_conditional, "completion": completion,
+            "num_partial_points": num_partial_points, "sampler": dict(sampler or {"name": "dpmpp_2m", "steps": 20}),
+        }
+        self.config = copy.deepcopy(_plain(self.config))
+        self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
+        self.diffusion = instantiate(self.config["diffusion"], where="model.diffusion")
+        self.normalizer = PointNormalizer(normalization)
+        self.num_points = num_points
+        self.class_conditional = class_conditional
+        self.completion = completion
+        self.num_partial_points = num_partial_points
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
+        """Fit the normaliser on a dataset's ``points`` (up to ``max_items`` items)."""
+        items = (dataset[i]["points"] for i in range(len(dataset) if max_items is None else min(max_items, len(dataset))))
+        self.normalizer.fit(items)
+        return self
+
+    # ----------------------------------------------------------------------------------- training
+    def training_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Diffusion loss for a batch ``{"points": (B, N, 3)[, "label": (B,), "partial": (B, M, 3), "seed": (B,)]}``.
+
+        With ``seed`` (the trainer sets it), each example's timestep and noise come from its own
+        seed, so results do not depend on batch splitting across processes.
+        """
+        points = _check_cloud(batch["points"], "batch['points']").to(self.device)
+        x0 = self.normalizer.normalize(points)
+        cond, partial = self._training_condition(batch)
+        mask = None
+        if self.completion == "pvd":
+            # PVD: the first M points are the clean partial scan, the other N - M the complete shape's.
+            x0 = torch.cat([partial, x0[:, : x0.shape[1] - partial.shape[1]]], dim=1)
+            mask = self._pvd_mask(x0)
+        t = noise = None
+        if "seed" in batch:
+            seeds = batch["seed"]
+            t = per_example_randint(self.diffusion.num_timesteps, seeds, device=self.device)
+            noise = per_example_randn(tuple(x0.shape[1:]), seeds, device=self.device, dtype=x0.dtype)
+        return self.diffusion.training_loss(self.denoiser, x0, cond=cond, mask=mask, t=t, noise=noise, generator=generator)
+
+    def _training_condition(self, batch) -> tuple[dict | None, torch.Tensor | None]:
+        """The denoiser's ``cond`` and the normalised partial scan (B, M, 3) (None when unused)."""
+        cond = {}
+        if self.class_conditional:
+            if "label" not in batch:
+                raise ValueError("batch: class_conditional=True needs a 'label' entry")
+            cond["class_label"] = batch["label"].to(self.device).long()
+        partial = None
+        if self.completion != "none":
+            if "partial" not in batch:
+                raise ValueError(f"batch: completion={self.completion!r} needs a 'partial' entry (use a partial-scan dataset)")
+            partial = self.normalizer.normalize(_check_cloud(batch["partial"], "batch['partial']").to(self.device))
+            if self.completion == "tokens":
+                cond["partial"] = partial
+            elif partial.shape[1] != self.num_partial_points:
+                raise ValueError(f"batch['partial']: expected M={self.num_partial_points} points, got {partial.shape[1]}")
+        return (cond or None), partial
+
+    def _pvd_mask(self, x0: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(x0.shape[0], x0.shape[1], 1, dtype=torch.bool, device=x0.device)
+        mask[:, : self.num_partial_points] = True
+        return mask.expand_as(x0)
+
+    # ----------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        class_label: int | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        **sampler_kwargs: Any,
+    ) -> torch.Tensor:
+        """Draw ``n`` clouds: returns (n, N, 3) in data coordinates on the model's device.
+
+        ``sampler``/``steps`` default to the model's ``sampler`` config (DPM-Solver++(2M), 20 steps).
+        ``class_label`` (int or (n,) tensor) needs a class-conditional model.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}")
+        sampler = sampler or self.config["sampler"].get("name", "dpmpp_2m")
+        steps = steps if steps is not None else self.config["sampler"].get("steps")
+        cond = self._class_cond(class_label, n)
+        batch_size = batch_size or n
+        generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        out = []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            part_cond = None if cond is None else {k: v[start : start + b] for k, v in cond.items()}
+            x = self.diffusion.sample(
+                self.denoiser, (b, self.num_points, 3), sampler=sampler, steps=steps, generator=generator,
+                device=self.device, cond=part_cond, guidance_scale=guidance_scale, progress=progress, **sampler_kwargs,
+            )
+            out.append(self.normalizer.denormalize(x))
+        return torch.cat(out)
+
+    def _class_cond(self, class_label, n: int) -> dict | None:
+        if class_label is None:
+            return None
+        if not self.class_conditional:
+            raise ValueError("class_label: this model is not class-conditional (class_conditional=False)")
+        labels = torch.as_tensor(class_label, device=self.device).long().reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.numel() != n:
+            raise ValueError(f"class_label: expected an int or {n} labels, got {labels.numel()}")
+        return {"class_label": labels}
+
+    def complete(self, partial: torch.Tensor, n: int = 1, **kwargs: Any) -> torch.Tensor:
+        """Complete partial scans; see :func:`shapediff.models.completion.complete`."""
+        from shapediff.models.completion import complete  # noqa: PLC0415  (completion sits on top)
+
+        return complete(self, partial, n=n, **kwargs)
+
+
+def _check_cloud(x: Any, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor of shape (B, N, 3), got {type(x).__name__}")
+    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected shape (B, N, 3) with N >= 1, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or Inf coordinates")
+    return x.float()
+
+
+def _plain(obj: Any) -> Any:
+    """Hydra/OmegaConf containers -> plain dicts/lists so the config pickles with weights_only."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: PLC0415
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:
+        pass
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

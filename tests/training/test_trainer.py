@@ -1,0 +1,111 @@
+"""Trainer: exact resume, divergence handling, accumulation, EMA, checkpoint files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shapediff.models.checkpoint import load_checkpoint
+from shapediff.training import EMA, CheckpointManager, Trainer, TrainerConfig, TrainingDiverged
+from shapediff.training.lr_schedules import lr_at
+from tests.training.toy import ToyData, ToyRegression
+
+
+def _cfg(**kw):
+    base = dict(max_steps=12, batch_size=8, lr=1e-2, checkpoint_every=4, log_every=1, progress=False,
+                tensorboard=False, device="cpu", ema_decay=0.9)
+    base.update(kw)
+    return TrainerConfig.from_dict(base)
+
+
+def _train(run_dir, **kw):
+    torch.manual_seed(0)
+    model = ToyRegression()
+    trainer = Trainer(model, ToyData(), _cfg(**kw), run_dir)
+    return trainer, trainer.fit()
+
+
+def test_resume_continues_exactly(tmp_path):
+    _, full = _train(tmp_path / "full")
+    _train(tmp_path / "cut", max_steps=8)
+    torch.manual_seed(123)  # a different init must not matter: weights come from the checkpoint
+    trainer = Trainer(ToyRegression(), ToyData(), _cfg(resume=True), tmp_path / "cut")
+    resumed = trainer.fit()
+    assert resumed.resumed_from_step == 8
+    full_losses = [r["loss"] for r in full.history[8:]]
+    assert [r["loss"] for r in resumed.history] == pytest.approx(full_losses, rel=1e-6, abs=1e-7)
+    a = load_checkpoint(full.last_checkpoint)["ema_state_dict"]
+    b = load_checkpoint(resumed.last_checkpoint)["ema_state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_existing_run_without_resume_is_refused(tmp_path):
+    _train(tmp_path, max_steps=4)
+    with pytest.raises(ValueError, match="resume=true"):
+        Trainer(ToyRegression(), ToyData(), _cfg(), tmp_path).fit()
+
+
+def test_resume_with_other_model_config_is_refused(tmp_path):
+    _train(tmp_path, max_steps=4)
+    with pytest.raises(ValueError, match="different model"):
+        Trainer(ToyRegression(dim=4, nan_at_x_above=5.0), ToyData(), _cfg(resume=True), tmp_path).fit()
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model = ToyRegression(nan_at_x_above=50.0)
+    trainer = Trainer(model, ToyData(n=64, poison_index=63), _cfg(max_steps=200, checkpoint_every=2), tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"step \d+.*last good checkpoint") as info:
+        trainer.fit()
+    latest = CheckpointManager(tmp_path / "checkpoints").latest()
+    assert latest is not None and latest.name in str(info.value)
+    payload = load_checkpoint(latest)
+    assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    _, one = _train(tmp_path / "a", max_steps=5, grad_clip=None)
+    _, acc = _train(tmp_path / "b", max_steps=5, grad_clip=None, grad_accum=4)
+    assert [r["loss"] for r in acc.history] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
+
+
+def test_keep_last_prunes_and_last_pointer_names_newest(tmp_path):
+    _train(tmp_path, max_steps=12, checkpoint_every=2, keep_last=2)
+    manager = CheckpointManager(tmp_path / "checkpoints", keep_last=2)
+    assert [p.name for p in manager.step_files()] == ["step_00000010.pt", "step_00000012.pt"]
+    assert manager.latest().name == "step_00000012.pt"
+
+
+def test_latest_skips_a_half_written_checkpoint(tmp_path):
+    _train(tmp_path, max_steps=4, checkpoint_every=2)
+    ckdir = tmp_path / "checkpoints"
+    (ckdir / "last").unlink()
+    (ckdir / "step_00000006.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert CheckpointManager(ckdir).latest().name == "step_00000004.pt"
+
+
+def test_ema_matches_closed_form():
+    lin = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(lin, decay=0.5, warmup=False)
+    expected = lin.weight.item()
+    for value in (1.0, 2.0, 3.0):
+        lin.weight.data.fill_(value)
+        ema.update(lin)
+        expected = 0.5 * expected + 0.5 * value
+    assert ema.weights()["weight"].item() == pytest.approx(expected)
+
+
+def test_lr_schedules():
+    assert lr_at(0, base_lr=1.0, name="exponential", steps_per_epoch=10, gamma=0.5) == 1.0
+    assert lr_at(25, base_lr=1.0, name="exponential", steps_per_epoch=10, gamma=0.5) == 0.25
+    assert lr_at(0, base_lr=1.0, name="cosine", max_steps=100, warmup_steps=10) == pytest.approx(0.1)
+    assert lr_at(100, base_lr=1.0, name="cosine", max_steps=100) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_at(0, base_lr=1.0, name="step")
+
+
+def test_unknown_trainer_key_is_an_error():
+    with pytest.raises(ValueError, match="unknown key.*bogus"):
+        TrainerConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="divisible"):
+        TrainerConfig.from_dict({"batch_size": 10, "grad_accum": 3})
