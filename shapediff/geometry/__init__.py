@@ -3,3 +3,4 @@
 from shapediff.geometry.knn import KNN, knn_points
 from shapediff.geometry.point_ops import ball_query, farthest_point_sample, gather_points, three_nn_interpolate
 from shapediff.geometry.validation import check_points
+from shapediff.geometry.partial_scan import DepthScan, hidden_point_removal, random_viewpoint, resample_points, virtual_scan, visible_subset
