@@ -2,5 +2,6 @@
 
 from shapediff.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from shapediff.data.synthetic import SyntheticShapes
+from shapediff.data.partial import PartialScans
 
-__all__ = ["SYNTHETIC_CATEGORIES", "SyntheticShapes"]
+__all__ = ["PartialScans", "SYNTHETIC_CATEGORIES", "SyntheticShapes"]
