@@ -104,37 +104,8 @@ def _knn_idx(x: torch.Tensor, y: torch.Tensor, k: int, lengths: torch.Tensor | N
     out = torch.empty(x.shape[0], x.shape[1], k, dtype=torch.long, device=x.device)
     for bs, rs in _chunks(x.shape[0], x.shape[1], y.shape[1], max_block):
         block = torch.baddbmm(y_sq[bs].unsqueeze(1), x[bs, rs], y[bs].transpose(1, 2), alpha=-2.0)
-        out[bs, rs] = block.topk(k, dim=-1, largest=False, sorted=True).indices
+        if k == 1:  # argmin is several times faster than topk on CPU
+            out[bs, rs, 0] = block.argmin(dim=-1)
+        else:
+            out[bs, rs] = block.topk(k, dim=-1, largest=False, sorted=True).indices
     return out
-
-
-def nearest_neighbors_both(
-    x: torch.Tensor, y: torch.Tensor, max_block_elements: int = DEFAULT_BLOCK_ELEMENTS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the nearest neighbour in each direction, from one distance matrix per pair.
-
-    Private-grade helper (trusts inputs) shared by the Chamfer distance and the metrics.
-
-    Args:
-        x: (B, N, 3); y: (B, M, 3), on the same device and dtype.
-    Returns:
-        (idx_xy (B, N) long: nearest y of each x, idx_yx (B, M) long: nearest x of each y).
-    """
-    shift = y.mean(dim=1, keepdim=True)
-    x, y = x - shift, y - shift
-    ones_x = torch.ones_like(x[..., :1])
-    xa = torch.cat([x, x.square().sum(-1, keepdim=True), ones_x], dim=-1)  # (B, N, 5)
-    ya = torch.cat([-2.0 * y, torch.ones_like(y[..., :1]), y.square().sum(-1, keepdim=True)], dim=-1)
-    ya_t = ya.transpose(1, 2)
-    b, n, m = x.shape[0], x.shape[1], y.shape[1]
-    idx_xy = torch.empty(b, n, dtype=torch.long, device=x.device)
-    best_yx = torch.full((b, m), float("inf"), dtype=x.dtype, device=x.device)
-    idx_yx = torch.zeros(b, m, dtype=torch.long, device=x.device)
-    for bs, rs in _chunks(b, n, m, max_block_elements):
-        block = torch.bmm(xa[bs, rs], ya_t[bs])  # squared distances (B', rows, M)
-        idx_xy[bs, rs] = block.argmin(dim=2)
-        val, arg = block.min(dim=1)
-        better = val < best_yx[bs]
-        best_yx[bs] = torch.where(better, val, best_yx[bs])
-        idx_yx[bs] = torch.where(better, arg + rs.start, idx_yx[bs])
-    return idx_xy, idx_yx

@@ -1,1 +1,6 @@
-"""shapediff.metrics."""
+"""shapediff.metrics: evaluation metrics (Chamfer, EMD, F-score, MMD / COV / 1-NNA)."""
+
+from shapediff.geometry.chamfer import chamfer_distance
+from shapediff.geometry.emd import emd
+from shapediff.metrics.generation import generation_metrics, mmd_cov, normalize_clouds, one_nn_accuracy
+from shapediff.metrics.pairwise import pairwise_distance_matrix

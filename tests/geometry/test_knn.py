@@ -8,7 +8,6 @@ import torch
 from scipy.spatial import cKDTree
 
 from shapediff.geometry import knn_points
-from shapediff.geometry.knn import nearest_neighbors_both
 
 
 def _clouds(b, n, m, d=3, seed=0, dtype=torch.float32):
@@ -71,15 +70,6 @@ def test_knn_gradient_matches_closed_form():
     expected = 2 * (x[0, :, None, :] - y[0][idx]).sum(1)
     torch.testing.assert_close(x.grad[0], expected.detach())
     torch.autograd.gradcheck(lambda a, b: knn_points(a, b, 2, use_pytorch3d=False).dists, (x, y))
-
-
-def test_nearest_neighbors_both_matches_ckdtree():
-    x, y = _clouds(2, 150, 90)
-    ixy, iyx = nearest_neighbors_both(x, y, max_block_elements=2 * 90 * 7)
-    for i in range(2):
-        _, a = cKDTree(y[i].numpy()).query(x[i].numpy())
-        _, b = cKDTree(x[i].numpy()).query(y[i].numpy())
-        assert (ixy[i].numpy() == a).mean() > 0.99 and (iyx[i].numpy() == b).mean() > 0.99
 
 
 @pytest.mark.parametrize(
