@@ -1,0 +1,216 @@
+"""Reading and writing meshes and point clouds, chosen by file suffix, with atomic writes.
+
+Meshes go through trimesh (.obj .ply .stl .glb .off). Point clouds are written to .ply .xyz .npy
+.pcd and read from those plus any mesh format (its vertices). Files are written to a temporary
+name in the destination folder and moved into place with ``os.replace``, so a reader never sees
+a half-written file.
+
+Loader facts this module guards against (see ``tests/geometry/test_mesh_io.py``):
+
+- ``trimesh.load(path, force="mesh")`` on a point-only PLY returns an EMPTY mesh without error, so
+  points are read without ``force`` (a ``trimesh.PointCloud`` comes back).
+- Open3D's ``read_point_cloud`` returns an empty cloud instead of raising on unreadable files, and
+  keeps the NaN rows of organised PCL clouds unless told not to.
+- Every empty result raises ``ValueError`` naming the file: nothing here returns an empty cloud.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import trimesh
+
+from shapediff._optional import require_open3d
+
+__all__ = [
+    "MESH_SUFFIXES",
+    "POINT_SUFFIXES",
+    "save_mesh",
+    "load_mesh",
+    "save_points",
+    "load_points",
+    "as_points_array",
+]
+
+log = logging.getLogger(__name__)
+
+MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".stl", ".glb", ".off")
+POINT_SUFFIXES: tuple[str, ...] = (".ply", ".xyz", ".npy", ".pcd")
+_POINT_READ_SUFFIXES = POINT_SUFFIXES + (".obj", ".stl", ".glb", ".off", ".zip")
+
+
+def as_points_array(points: Any, name: str = "points") -> np.ndarray:
+    """Validate an (N, 3) array or tensor of finite points; return it as float64 numpy (N, 3)."""
+    if hasattr(points, "detach"):  # torch.Tensor, without importing torch here
+        points = points.detach().cpu().numpy()
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected an (N, 3) array of numbers, got {type(points).__name__}") from err
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name}: expected an (N, 3) array, got shape {tuple(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one point, got shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or Inf values")
+    return arr
+
+
+def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise ValueError(f"path: {what} must end with one of {', '.join(allowed)}, got {str(path)!r}")
+    return suffix
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix) then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path: no such file {str(p)!r}")
+    if not p.is_file():
+        raise ValueError(f"path: expected a file, got a directory {str(p)!r}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"path: file {str(p)!r} is empty (0 bytes)")
+    return p
+
+
+def save_mesh(path: str | os.PathLike, mesh: trimesh.Trimesh) -> Path:
+    """Write ``mesh`` to ``path``; the format comes from the suffix (.obj .ply .stl .glb .off).
+
+    Returns the path written. Raises ValueError for an unknown suffix or a mesh without faces.
+    """
+    p = Path(path)
+    suffix = _suffix(p, MESH_SUFFIXES, "a mesh file")
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise ValueError(f"mesh: expected a trimesh.Trimesh, got {type(mesh).__name__}")
+    if len(mesh.faces) == 0:
+        raise ValueError(f"mesh: has no faces (vertices: {len(mesh.vertices)}); nothing to write to {str(p)!r}")
+    data = mesh.export(file_type=suffix[1:])
+    payload = data if isinstance(data, bytes) else data.encode("utf-8")
+    _atomic_write(p, lambda tmp: tmp.write_bytes(payload))
+    return p
+
+
+def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
+    """Read a triangle mesh (scenes are concatenated into one mesh, with their transforms).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file when it cannot be
+    parsed or holds no faces (point-only files: use ``load_points``).
+    """
+    p = _existing_file(path)
+    suffix = p.suffix.lower()
+    if suffix not in MESH_SUFFIXES + (".zip",):
+        raise ValueError(f"path: a mesh file must end with one of {', '.join(MESH_SUFFIXES)} (or .zip), got {str(p)!r}")
+    try:
+        mesh = trimesh.load(p, force="mesh")
+    except Exception as err:  # trimesh raises many types for corrupt files
+        raise ValueError(f"path: could not read a mesh from {str(p)!r}: {type(err).__name__}: {err}") from err
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        nverts = len(getattr(mesh, "vertices", ()))
+        raise ValueError(
+            f"path: {str(p)!r} holds no triangle faces ({nverts} vertices); "
+            "if it is a point cloud, read it with load_points"
+        )
+    return mesh
+
+
+def _write_points_ply(tmp: Path, pts: np.ndarray) -> None:
+    tmp.write_bytes(trimesh.PointCloud(pts).export(file_type="ply"))
+
+
+def _write_points_pcd(tmp: Path, pts: np.ndarray) -> None:
+    o3d = require_open3d()
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False, compressed=True):
+        raise OSError(f"Open3D could not write {str(tmp)!r}")
+
+
+def save_points(path: str | os.PathLike, points: Any) -> Path:
+    """Write an (N, 3) cloud (array or tensor) to .ply (binary), .xyz (text), .npy (float32) or .pcd.
+
+    .pcd is written by Open3D as ``binary_compressed``. Returns the path written.
+    """
+    p = Path(path)
+    suffix = _suffix(p, POINT_SUFFIXES, "a point-cloud file")
+    pts = as_points_array(points)
+    writers: dict[str, Callable[[Path], None]] = {
+        ".ply": lambda tmp: _write_points_ply(tmp, pts),
+        ".xyz": lambda tmp: np.savetxt(tmp, pts, fmt="%.9g"),
+        ".npy": lambda tmp: np.save(tmp, pts.astype(np.float32)),
+        ".pcd": lambda tmp: _write_points_pcd(tmp, pts),
+    }
+    _atomic_write(p, writers[suffix])
+    return p
+
+
+def _read_xyz(p: Path) -> np.ndarray:
+    arr = np.loadtxt(p, comments="#", ndmin=2, delimiter=None)
+    if arr.shape[1] < 3:
+        raise ValueError(f"expected at least 3 columns (x y z), got {arr.shape[1]}")
+    return arr[:, :3]
+
+
+def _read_npy(p: Path) -> np.ndarray:
+    arr = np.load(p, allow_pickle=False)
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise ValueError(f"expected an (N, 3) array (extra columns are ignored), got shape {arr.shape}")
+    return arr[:, :3]
+
+
+def _read_pcd(p: Path) -> np.ndarray:
+    o3d = require_open3d()
+    cloud = o3d.io.read_point_cloud(str(p), format="pcd", remove_nan_points=False, remove_infinite_points=False)
+    return np.asarray(cloud.points)
+
+
+def _read_trimesh_vertices(p: Path) -> np.ndarray:
+    # No force="mesh": a point-only PLY would come back as an empty mesh.
+    geom = trimesh.load(p, process=False)
+    if isinstance(geom, trimesh.Scene):
+        parts = [g.vertices for g in geom.dump()] if geom.geometry else []
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 3))
+    return np.asarray(getattr(geom, "vertices", np.zeros((0, 3))))
+
+
+def load_points(path: str | os.PathLike) -> np.ndarray:
+    """Read a point cloud as float32 (N, 3): .ply .xyz .npy .pcd, or a mesh file's vertices.
+
+    Rows with NaN/Inf (e.g. the invalid pixels of an organised PCL scan) are dropped with a logged
+    note; extra columns (colours, normals) are ignored. Raises FileNotFoundError for a missing file
+    and ValueError naming the file when it is corrupt or holds no finite point.
+    """
+    p = _existing_file(path)
+    suffix = p.suffix.lower()
+    if suffix not in _POINT_READ_SUFFIXES:
+        raise ValueError(f"path: a point-cloud file must end with one of {', '.join(_POINT_READ_SUFFIXES)}, got {str(p)!r}")
+    reader = {".xyz": _read_xyz, ".npy": _read_npy, ".pcd": _read_pcd}.get(suffix, _read_trimesh_vertices)
+    try:
+        pts = np.asarray(reader(p), dtype=np.float64).reshape(-1, 3)
+    except Exception as err:
+        raise ValueError(f"path: could not read points from {str(p)!r}: {type(err).__name__}: {err}") from err
+    finite = np.isfinite(pts).all(axis=1)
+    if not finite.all():
+        log.info("load_points: dropped %d of %d rows with NaN/Inf from %s", (~finite).sum(), len(pts), p)
+        pts = pts[finite]
+    if len(pts) == 0:
+        raise ValueError(f"path: {str(p)!r} holds no points (an empty or header-only file?)")
+    return pts.astype(np.float32)
