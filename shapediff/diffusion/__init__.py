@@ -1,1 +1,15 @@
-"""shapediff.diffusion."""
+"""shapediff.diffusion: the generic diffusion core. Knows nothing of 3D; works on any tensor (B, ...).
+
+- ``make_beta_schedule(name, num_timesteps, **kw)``: "linear", "cosine", "warm0.1", "sigmoid" betas (T,) float64.
+- ``GaussianDiffusion``: q_sample, eps/x0/v parameterisations, training_loss (mask, min-SNR-gamma),
+  posterior, ``sample(model, shape, sampler=..., ...)``.
+- ``SAMPLERS``: name -> sampler function, all with one signature (see ``samplers``).
+"""
+
+from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, Posterior
+from shapediff.diffusion.inpainting import KnownValues
+from shapediff.diffusion.samplers import SAMPLERS, Prediction, StepSchedule, make_step_schedule
+from shapediff.diffusion.schedules import SCHEDULES, make_beta_schedule, posterior_coefficients
+
+__all__ = ["GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "SAMPLERS", "SCHEDULES", "StepSchedule",
+           "make_beta_schedule", "make_step_schedule", "posterior_coefficients"]

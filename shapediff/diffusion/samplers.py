@@ -1,0 +1,224 @@
+"""Samplers: small pure functions with one signature, and a registry (k-diffusion style).
+
+Every sampler is ``fn(denoise, x, steps, *, generator, hold, eta, progress) -> x_0`` where
+
+- ``denoise(x, i) -> Prediction(x0, eps)`` evaluates the (guided) model at step i of ``steps``;
+- ``x``: the starting noise (B, ...) at level ``steps.alpha_bar[0]``;
+- ``steps``: a :class:`StepSchedule`, the model timesteps ``t`` (S,) long, descending, and
+  ``alpha_bar`` (S+1,) float64 with ``alpha_bar[i] = alphas_cumprod[t[i]]`` and ``alpha_bar[S] = 1``;
+- ``hold``: a :class:`~shapediff.diffusion.inpainting.KnownValues` applied after every step;
+- ``eta``: stochasticity where the sampler has one (DDIM), ignored elsewhere.
+
+Notation (Lu et al. 2022): alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t).
+Coefficients are computed from the float64 tables as Python floats, so x keeps its dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from shapediff.diffusion._noise import randn_like
+from shapediff.diffusion.inpainting import KnownValues
+from shapediff.diffusion.schedules import posterior_coefficients
+
+__all__ = ["Prediction", "StepSchedule", "SAMPLERS", "DEFAULT_STEPS", "DEFAULT_SPACING", "SPACINGS",
+           "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_heun"]
+
+
+class Prediction(NamedTuple):
+    """The model's estimate of the clean data ``x0`` and of the noise ``eps``, both shaped like x_t."""
+    x0: torch.Tensor
+    eps: torch.Tensor
+
+
+class StepSchedule(NamedTuple):
+    """Timesteps a sampler visits: ``t`` (S,) long descending, ``alpha_bar`` (S+1,) float64 ending in 1.0."""
+    t: torch.Tensor
+    alpha_bar: torch.Tensor
+    posterior_variance: str = "fixedsmall"
+
+
+Denoise = Callable[[torch.Tensor, int], Prediction]
+
+
+# ----------------------------------------------------------------------------------------- spacing
+def _fit_to_grid(values: torch.Tensor, table: torch.Tensor, steps: int) -> torch.Tensor:
+    """Nearest integer timesteps (descending, distinct) whose ``table`` entries match ``values`` (S,)."""
+    num_timesteps = table.shape[0]
+    idx = (values[:, None] - table[None, :]).abs().argmin(dim=1).flip(0)  # ascending in t
+    idx = torch.minimum(torch.maximum(idx, torch.arange(steps)), torch.arange(steps) + num_timesteps - steps)
+    for k in range(1, steps):  # enforce strictly increasing, staying within [k, T - S + k]
+        idx[k] = max(int(idx[k]), int(idx[k - 1]) + 1)
+    return idx.flip(0)
+
+
+def _log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod))
+
+
+def _uniform_t(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+    """Evenly spaced in t from T-1 down to 0 (DDIM's linear spacing, starting at the noisiest step)."""
+    num_timesteps = alphas_cumprod.shape[0]
+    return torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+def _uniform_logsnr(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+    """Evenly spaced in log-SNR lambda between lambda(T-1) and lambda(0) (DPM-Solver's "logSNR")."""
+    lam = _log_snr(alphas_cumprod)
+    targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+    return _fit_to_grid(targets, lam, steps)
+
+
+def _karras(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) eq. 5 in sigma = sqrt((1 - abar) / abar), rho = 7, snapped to integer t."""
+    log_sigma = -_log_snr(alphas_cumprod)
+    s_min, s_max = math.exp(float(log_sigma[0])), math.exp(float(log_sigma[-1]))
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return _fit_to_grid(sigmas.log(), log_sigma, steps)
+
+
+SPACINGS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "uniform": _uniform_t,
+    "logsnr": _uniform_logsnr,
+    "karras": _karras,
+}
+
+
+def make_step_schedule(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "uniform",
+                       posterior_variance: str = "fixedsmall") -> StepSchedule:
+    """The S = ``steps`` model timesteps (descending) for a (T,) float64 ``alphas_cumprod``; S <= T."""
+    t = SPACINGS[spacing](alphas_cumprod, steps)
+    alpha_bar = torch.cat([alphas_cumprod[t], torch.ones(1, dtype=torch.float64)])
+    return StepSchedule(t, alpha_bar, posterior_variance)
+
+
+# ------------------------------------------------------------------------------------------- loop
+def _run(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: KnownValues,
+         generator: torch.Generator, progress: bool) -> torch.Tensor:
+    """Apply ``step(x, i, carry) -> (x_next, carry)`` for i = 0..S-1, holding known entries after each.
+
+    With ``hold.jumps > 1`` each step is repeated after re-noising its result back to level i (RePaint);
+    the carry (multistep history) of the previous step is reused by every repeat.
+    """
+    carry = None
+    for i in tqdm(range(len(steps.t)), disable=not progress, desc="sampling", leave=False):
+        x_next, new_carry = x, carry
+        for r in range(hold.jumps):
+            if r:
+                x = hold.renoise(x_next, i + 1, i, generator)
+            x_next, new_carry = step(x, i, carry)
+            x_next = hold(x_next, i + 1, generator)
+        x, carry = x_next, new_carry
+    return x
+
+
+# --------------------------------------------------------------------------------------- samplers
+def sample_ddpm(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
+                hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Alg. 2): x_s ~ N(posterior mean(x0_hat, x_t), variance).
+
+    Variance "fixedsmall" is the posterior's beta~; "fixedlarge" is beta_{t|s} (= beta_t on the full
+    schedule). On a subsequence of timesteps this is improved-DDPM's respacing. ``eta`` is unused.
+    """
+    def step(x, i, carry):
+        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        c_x0, c_xt, var = posterior_coefficients(a_t, a_s)
+        if steps.posterior_variance == "fixedlarge":
+            var = 1.0 - a_t / a_s
+        mean = c_x0 * denoise(x, i).x0 + c_xt * x
+        if a_s == 1.0:  # last step: no noise (DDPM returns the mean at t = 0)
+            return mean, None
+        return mean + math.sqrt(var) * randn_like(x, generator), None
+    return _run(step, x, steps, hold, generator, progress)
+
+
+def sample_ddim(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
+                hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): x_s = alpha_s x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z.
+
+    sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s); eta = 0 is deterministic,
+    eta = 1 is ancestral sampling with the posterior variance.
+    """
+    def step(x, i, carry):
+        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        pred = denoise(x, i)
+        sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
+        out = math.sqrt(a_s) * pred.x0 + math.sqrt(max(1.0 - a_s - sigma**2, 0.0)) * pred.eps
+        if sigma > 0:
+            out = out + sigma * randn_like(x, generator)
+        return out, None
+    return _run(step, x, steps, hold, generator, progress)
+
+
+def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
+                    hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data-prediction form, deterministic.
+
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (exp(-h) - 1) D, h = lambda_s - lambda_t, with
+    D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev, r = h_prev / h (D = x0_t on the first step). The last
+    step to the clean level (sigma = 0, h = inf) is first order and returns x0_t, as in k-diffusion.
+    """
+    def step(x, i, carry):
+        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        x0 = denoise(x, i).x0
+        if a_s == 1.0:
+            return x0, None
+        h = 0.5 * (math.log(a_s / (1 - a_s)) - math.log(a_t / (1 - a_t)))
+        d = x0
+        if carry is not None:
+            x0_prev, h_prev = carry
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        out = math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
+        return out, (x0, h)
+    return _run(step, x, steps, hold, generator, progress)
+
+
+def sample_euler(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
+                 hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """Euler on the probability-flow ODE in sigma = sqrt((1 - abar)/abar) (Karras et al. 2022).
+
+    In the scaled variable x / alpha this step is algebraically DDIM with eta = 0, so it is that update;
+    the sampler differs by its default spacing ("karras").
+    """
+    return sample_ddim(denoise, x, steps, generator=generator, hold=hold, eta=0.0, progress=progress)
+
+
+def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
+                hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Alg. 1 without churn); the last step is Euler.
+
+    In y = x / alpha and sigma: d = (y - x0) / sigma; y' = y + (sigma_s - sigma_t) d;
+    y_s = y + (sigma_s - sigma_t) (d + d') / 2 with d' evaluated at (y', sigma_s) by the model at t[i+1].
+    """
+    def step(x, i, carry):
+        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        sig_t, sig_s = math.sqrt((1 - a_t) / a_t), math.sqrt((1 - a_s) / a_s)
+        y = x / math.sqrt(a_t)
+        d = (y - denoise(x, i).x0) / sig_t
+        y_next = y + (sig_s - sig_t) * d
+        if a_s == 1.0:
+            return y_next, None
+        d_next = (y_next - denoise(math.sqrt(a_s) * y_next, i + 1).x0) / sig_s
+        return math.sqrt(a_s) * (y + (sig_s - sig_t) * 0.5 * (d + d_next)), None
+    return _run(step, x, steps, hold, generator, progress)
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "euler": sample_euler,
+    "heun": sample_heun,
+}
+
+# steps=None means: all T steps for "ddpm", else this many.
+DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50, "heun": 25}
+DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp_2m": "logsnr",
+                                   "euler": "karras", "heun": "karras"}
