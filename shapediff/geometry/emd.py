@@ -140,8 +140,7 @@ def auction_assignment(
         if not bool(active.any()):
             return Assignment(match, primal, lower, rounds)
         eps = torch.where(active, eps / scale, eps)
-        match[active] = -1
-        owner.view(b, n)[active] = -1
+        _drop_unsatisfied(cost, price, match, owner, eps, active)
 
 
 def _auction_phase(cost, price, match, owner, eps, active, budget: int) -> int:
@@ -155,7 +154,7 @@ def _auction_phase(cost, price, match, owner, eps, active, budget: int) -> int:
             return rounds
         if rounds >= budget:
             raise RuntimeError(f"auction_assignment: no convergence within max_rounds ({rounds} rounds)")
-        values = cost[bu, iu] + price[bu]  # (L, N)
+        values = torch.index_select(cost.view(b * n, n), 0, bu * n + iu) + price[bu]  # (L, N)
         if n > 1:
             top = values.topk(2, dim=1, largest=False)
             best_j, gain = top.indices[:, 0], top.values[:, 1] - top.values[:, 0]
@@ -175,6 +174,21 @@ def _auction_phase(cost, price, match, owner, eps, active, budget: int) -> int:
         flat_match[winner[got]] = got % n
         flat_price[got] = best[got]
         rounds += 1
+
+
+def _drop_unsatisfied(cost, price, match, owner, eps, active) -> None:
+    """Unassign rows of active pairs that violate eps-complementary slackness for the new eps.
+
+    Rows still within eps of their best ``c_ij + p_j`` keep their column, so a new phase only
+    re-auctions the rows that need it (Bertsekas' warm start for epsilon-scaling).
+    """
+    b, n, _ = cost.shape
+    best = (cost + price.unsqueeze(1)).amin(dim=2)
+    mine = torch.gather(cost, 2, match.unsqueeze(-1)).squeeze(-1) + torch.gather(price, 1, match)
+    drop = (mine > best + eps[:, None]) & active[:, None]
+    bu, iu = drop.nonzero(as_tuple=True)
+    owner[bu * n + match[bu, iu]] = -1
+    match[bu, iu] = -1
 
 
 def _certificate(cost, price, match) -> tuple[torch.Tensor, torch.Tensor]:

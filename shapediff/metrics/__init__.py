@@ -2,5 +2,11 @@
 
 from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.emd import emd
+from shapediff.metrics.completion import (
+    completion_metrics,
+    f_score,
+    total_mutual_difference,
+    unidirectional_hausdorff,
+)
 from shapediff.metrics.generation import generation_metrics, mmd_cov, normalize_clouds, one_nn_accuracy
 from shapediff.metrics.pairwise import pairwise_distance_matrix
