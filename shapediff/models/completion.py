@@ -45,6 +45,7 @@ __all__ = [
     "baseline_partial",
     "baseline_mirror",
     "baseline_retrieval",
+    "save_completions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -337,3 +338,54 @@ def baseline_retrieval(partial: torch.Tensor, train_clouds: torch.Tensor, chunk:
             costs.append(d2[..., 0].mean(dim=1))
         best[b] = torch.cat(costs).argmin()
     return train[best], best
+
+
+# ------------------------------------------------------------------------------------------ output
+def save_completions(
+    out_dir,
+    partial: Any,
+    completions: Any,
+    *,
+    ground_truth: Any = None,
+    meshes: bool = True,
+    preview: bool = True,
+) -> dict[str, Any]:
+    """Write one scan's completions: ``partial.ply``, ``completion_K.ply``, ``completion_K.obj``
+    (a mesh each, when ``meshes``), ``ground_truth.ply`` and ``preview.png`` (partial |
+    completions | ground truth). partial: (M, 3); completions: (n, N, 3); ground_truth: (G, 3).
+
+    Returns ``{"files": [paths], "errors": {name: message}}``: a mesh or preview that cannot be
+    made is recorded and logged, and the other files are still written.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from shapediff.geometry import points_to_mesh, save_mesh, save_points  # noqa: PLC0415
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clouds = [np.asarray(torch.as_tensor(c).detach().cpu(), dtype=np.float32) for c in completions]
+    files = [save_points(out / "partial.ply", np.asarray(torch.as_tensor(partial).detach().cpu()))]
+    errors: dict[str, str] = {}
+    for k, cloud in enumerate(clouds):
+        files.append(save_points(out / f"completion_{k}.ply", cloud))
+        if meshes:
+            try:
+                files.append(save_mesh(out / f"completion_{k}.obj", points_to_mesh(cloud)))
+            except (ValueError, RuntimeError, ImportError) as err:
+                errors[f"completion_{k}.obj"] = str(err)
+                logger.warning("completion %d: no mesh (%s)", k, err)
+    items = [np.asarray(torch.as_tensor(partial).detach().cpu())] + clouds
+    if ground_truth is not None:
+        gt = np.asarray(torch.as_tensor(ground_truth).detach().cpu(), dtype=np.float32)
+        files.append(save_points(out / "ground_truth.ply", gt))
+        items.append(gt)
+    if preview:
+        try:
+            from shapediff.viz import render_grid  # noqa: PLC0415
+
+            render_grid(items, out / "preview.png", ncols=len(items))
+            files.append(out / "preview.png")
+        except (ImportError, RuntimeError, ValueError) as err:
+            errors["preview.png"] = str(err)
+            logger.warning("preview.png not written: %s", err)
+    return {"files": [str(f) for f in files], "errors": errors}
