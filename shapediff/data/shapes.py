@@ -21,7 +21,7 @@ def _p(kind: str, size, center=(0.0, 0.0, 0.0), rot: np.ndarray | None = None) -
                      np.eye(3) if rot is None else rot)
 
 
-def _leg(rng, round_legs: bool, radius: float, x: float, z: float, y0: float, y1: float) -> Primitive:
+def _leg(round_legs: bool, radius: float, x: float, z: float, y0: float, y1: float) -> Primitive:
     half = 0.5 * (y1 - y0)
     if round_legs:
         return _p("cylinder", (radius, half), (x, y0 + half, z))
@@ -35,7 +35,7 @@ def chair(rng: np.random.Generator) -> list[Primitive]:
     round_legs, leg_r = rng.random() < 0.5, rng.uniform(0.035, 0.06)
     inset = leg_r + rng.uniform(0.0, 0.08)
     parts = [_p("box", (w / 2, seat_t / 2, d / 2), (0.0, seat_y - seat_t / 2, 0.0))]
-    parts += [_leg(rng, round_legs, leg_r, sx * (w / 2 - inset), sz * (d / 2 - inset), 0.0, seat_y - seat_t + 0.01)
+    parts += [_leg(round_legs, leg_r, sx * (w / 2 - inset), sz * (d / 2 - inset), 0.0, seat_y - seat_t + 0.01)
               for sx in (-1, 1) for sz in (-1, 1)]
     back_h, back_t = rng.uniform(0.7, 1.1), rng.uniform(0.06, 0.1)
     tilt = -rng.uniform(0.0, 0.2)
@@ -66,7 +66,7 @@ def table(rng: np.random.Generator) -> list[Primitive]:
     round_legs, leg_r = rng.random() < 0.5, rng.uniform(0.04, 0.07)
     inset = leg_r + rng.uniform(0.0, 0.1)
     parts = [_p("box", (w / 2, top_t / 2, d / 2), (0.0, top_y, 0.0))]
-    parts += [_leg(rng, round_legs, leg_r, sx * (w / 2 - inset), sz * (d / 2 - inset), 0.0, height - top_t + 0.01)
+    parts += [_leg(round_legs, leg_r, sx * (w / 2 - inset), sz * (d / 2 - inset), 0.0, height - top_t + 0.01)
               for sx in (-1, 1) for sz in (-1, 1)]
     if rng.random() < 0.3:
         shelf_y = rng.uniform(0.15, 0.35) * height

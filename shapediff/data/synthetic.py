@@ -7,19 +7,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
+
+from shapediff.data._common import (SPLITS, check_choice, check_index, check_positive_int, check_seed,
+                                    default_sampling, subset_indices)
 
 from shapediff.data.primitives import Primitive, sample_union_surface, union_bounds, union_sdf
 from shapediff.data.shapes import BUILDERS, build_shape
+from shapediff.geometry import sdf_to_mesh
 
 CATEGORIES: tuple[str, ...] = tuple(BUILDERS)
-SPLITS = ("train", "val", "test")
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_categories(categories) -> list[str]:
@@ -54,9 +51,10 @@ class SyntheticShapes(Dataset):
         split: "train", "val" or "test".
         seed: dataset seed.
         pool_size: surface points computed once per shape (lazily, cached); items draw N of them.
-        sampling: "random" draws a fresh random subset of the pool on every access (from the
-            dataset's own generator, reseeded per DataLoader worker); "fixed" returns the same N
-            points for index i every time. Default: "random" for train, "fixed" for val/test.
+        sampling: "random" draws a fresh random subset of the pool on every access from torch's
+            global generator (the trainer seeds it before each fetch, a DataLoader per worker, so
+            runs and resumed runs repeat); "fixed" returns the same N points for index i every
+            time. Default: "random" for train, "fixed" for val/test.
         mesh_resolution: marching-cubes cells per 2 units of length for :meth:`mesh`.
 
     Items are ``{"points": float32 (N, 3), "label": int64 scalar, "category": str}`` in data
@@ -77,47 +75,29 @@ class SyntheticShapes(Dataset):
     ) -> None:
         self.categories = _check_categories(categories)
         self.num_classes = len(self.categories)
-        self.num_shapes = _check_positive_int(num_shapes, "num_shapes")
-        self.num_points = _check_positive_int(num_points, "num_points")
-        self.pool_size = _check_positive_int(pool_size, "pool_size")
-        self.mesh_resolution = _check_positive_int(mesh_resolution, "mesh_resolution")
+        self.num_shapes = check_positive_int(num_shapes, "num_shapes")
+        self.num_points = check_positive_int(num_points, "num_points")
+        self.pool_size = check_positive_int(pool_size, "pool_size")
+        self.mesh_resolution = check_positive_int(mesh_resolution, "mesh_resolution")
         if self.num_points > self.pool_size:
             raise ValueError(f"num_points: expected at most pool_size={self.pool_size}, got {num_points}")
-        if split not in SPLITS:
-            raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
-        sampling = sampling if sampling is not None else ("random" if split == "train" else "fixed")
-        if sampling not in ("random", "fixed"):
-            raise ValueError(f"sampling: expected 'random', 'fixed' or None, got {sampling!r}")
-        self.split, self.seed, self.sampling = split, int(seed), sampling
+        self.split = check_choice(split, "split", SPLITS)
+        self.seed = check_seed(seed)
+        self.sampling = default_sampling(sampling, self.split)
         self._labels = [i % self.num_classes for i in range(self.num_shapes)]
         self._parts = [build_shape(self.categories[c], self._rng(i, 0)) for i, c in enumerate(self._labels)]
         self._pools: dict[int, np.ndarray] = {}
         self._meshes: dict[int, object] = {}
-        self._generator = torch.Generator().manual_seed(self.seed * 3 + SPLITS.index(split))
-        self._worker_seed: int | None = None
 
     # ------------------------------------------------------------------ identity and randomness
     def _rng(self, index: int, purpose: int) -> np.random.Generator:
-        """Generator for shape ``index``: purpose 0 = shape parameters, 1 = surface pool, 2 = fixed subset."""
+        """Generator for shape ``index``: purpose 0 = shape parameters, 1 = surface pool."""
         cat = CATEGORIES.index(self.categories[self._labels[index]])
         key = [self.seed, SPLITS.index(self.split), cat, index // self.num_classes, purpose]
         return np.random.default_rng(np.random.SeedSequence(key))
 
     def _check_index(self, index) -> int:
-        if isinstance(index, torch.Tensor) and index.numel() == 1:
-            index = int(index)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -len(self) <= index < len(self):
-            raise ValueError(f"index: expected an int in [-{len(self)}, {len(self)}), got {index!r}")
-        return int(index) % len(self)
-
-    def _draw_generator(self) -> torch.Generator:
-        info = get_worker_info()  # each DataLoader worker reseeds from its own seed
-        if info is not None and self._worker_seed != info.seed:
-            self._worker_seed = info.seed
-            self._generator.manual_seed((info.seed * 1000003 + self.seed) % (2**63))
-        return self._generator
+        return check_index(index, len(self))
 
     # ------------------------------------------------------------------ dataset protocol
     def __len__(self) -> int:
@@ -127,9 +107,9 @@ class SyntheticShapes(Dataset):
         index = self._check_index(index)
         pool = self.surface_pool(index)
         if self.sampling == "random":
-            idx = torch.randperm(self.pool_size, generator=self._draw_generator())[: self.num_points].numpy()
-        else:
-            idx = self._rng(index, 2).permutation(self.pool_size)[: self.num_points]
+            idx = subset_indices(self.pool_size, self.num_points, "random")
+        else:  # the pool is already in random order: its first N points are a uniform sample
+            idx = np.arange(self.num_points)
         return {
             "points": torch.from_numpy(pool[idx]),
             "label": torch.tensor(self._labels[index], dtype=torch.int64),
@@ -166,7 +146,7 @@ class SyntheticShapes(Dataset):
         """float32 (N, 3) fresh points uniform over the exact surface of shape ``index``, independent
         of the cached pool; ``seed=None`` draws from a fresh OS-seeded generator."""
         index = self._check_index(index)
-        num_points = _check_positive_int(num_points, "num_points")
+        num_points = check_positive_int(num_points, "num_points")
         rng = np.random.default_rng(seed)
         return torch.from_numpy(sample_union_surface(self._parts[index], num_points, rng).astype(np.float32))
 
@@ -218,16 +198,9 @@ def _narrow_band_volume(parts: list[Primitive], lo: np.ndarray, counts: np.ndarr
 
 def _mesh_from_parts(parts: list[Primitive], spacing: float):
     """Marching cubes of the union's SDF on a grid of cell size ``spacing`` padded around its bounds."""
-    import trimesh
-    from skimage.measure import marching_cubes
-
     lo, hi = union_bounds(parts)
     # an irrational offset keeps flat faces (boxes, caps) off the grid planes: no zero-valued corners
     lo = lo - (2.0 + 1.0 / math.pi) * spacing
     counts = np.ceil((hi - lo) / spacing).astype(int) + 3
     volume = _narrow_band_volume(parts, lo, counts, spacing)
-    verts, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(spacing,) * 3)
-    mesh = trimesh.Trimesh(verts + lo, faces, process=False)
-    if mesh.volume < 0:
-        mesh.invert()
-    return mesh
+    return sdf_to_mesh(volume, level=0.0, bounds=(lo, lo + spacing * (counts - 1)))
