@@ -112,7 +112,7 @@ def _run(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: KnownValues
         for r in range(hold.jumps):
             if r:
                 x = hold.renoise(x_next, i + 1, i, generator)
-            x_next, new_carry = step(x, i, carry)
+            x_next, new_carry = step(x, i, carry if r == 0 else None)
             x_next = hold(x_next, i + 1, generator)
         x, carry = x_next, new_carry
     return x
@@ -205,7 +205,8 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
         y_next = y + (sig_s - sig_t) * d
         if a_s == 1.0:
             return y_next, None
-        d_next = (y_next - denoise(math.sqrt(a_s) * y_next, i + 1).x0) / sig_s
+        x_mid = hold(math.sqrt(a_s) * y_next, i + 1, generator)  # the corrector sees the known entries too
+        d_next = (x_mid / math.sqrt(a_s) - denoise(x_mid, i + 1).x0) / sig_s
         return math.sqrt(a_s) * (y + (sig_s - sig_t) * 0.5 * (d + d_next)), None
     return _run(step, x, steps, hold, generator, progress)
 

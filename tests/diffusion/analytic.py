@@ -54,15 +54,13 @@ class MixtureDenoiser(nn.Module):
 
     def _posterior_mean_at(self, x: torch.Tensor, u: int) -> torch.Tensor:
         a = float(self.abar[u].sqrt())
-        logits, comps = [], []
-        for k in range(self.mu.shape[0]):
-            diff = x - a * self.mu[k]  # (B, d)
-            logits.append(self.log_w[k] - 0.5 * self.logdet[u, k] - 0.5 * ((diff @ self.cinv[u, k]) * diff).sum(1))
-            comps.append(self.mu[k] + diff @ self.gain[u, k].T)
-        if len(comps) == 1:
-            return comps[0]
-        resp = torch.softmax(torch.stack(logits, 1), dim=1)  # (B, K)
-        return (resp[..., None] * torch.stack(comps, 1)).sum(1)
+        diff = x[:, None, :] - a * self.mu  # (B, K, d)
+        comps = self.mu + torch.einsum("bki,kji->bkj", diff, self.gain[u])
+        if self.mu.shape[0] == 1:
+            return comps[:, 0]
+        mahal = (torch.einsum("bki,kij->bkj", diff, self.cinv[u]) * diff).sum(-1)
+        resp = torch.softmax(self.log_w - 0.5 * self.logdet[u] - 0.5 * mahal, dim=1)  # (B, K)
+        return (resp[..., None] * comps).sum(1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         if t.dtype != torch.long or t.shape != (x_t.shape[0],) or int(t.min()) < 0 or int(t.max()) >= len(self.abar):
@@ -98,3 +96,48 @@ def sample_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def binomial_tolerance(p: float, n: int, z: float = 4.5) -> float:
     """z standard errors of a fraction estimated from n draws."""
     return z * math.sqrt(p * (1 - p) / n)
+
+
+class ConditionalGaussianDenoiser(nn.Module):
+    """Optimal denoiser of a model trained PVD-style on N(mean, cov) data with ``known`` dims kept clean.
+
+    Such a model sees the known entries clean in x_t, so its best estimate of the unknown ones is the
+    posterior mean under the conditional law N(m_c, S_c) with m_c = mu_u + S_uk S_kk^{-1} (x_k - mu_k),
+    S_c = S_uu - S_uk S_kk^{-1} S_ku. Inputs (B, d); ``known`` is a (d,) bool mask.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction: str, mean, cov, known: torch.Tensor) -> None:
+        super().__init__()
+        mu, sig = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
+        k, u = known, ~known
+        reg = sig[u][:, k] @ torch.linalg.inv(sig[k][:, k])
+        self.prediction, self.known = prediction, known
+        self.mu, self.reg = mu, reg
+        self.cond_cov = sig[u][:, u] - reg @ sig[k][:, u]
+        self.abar = alphas_cumprod.to(torch.float64)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        x = x_t.to(torch.float64)
+        k, u = self.known, ~self.known
+        m_c = self.mu[u] + (x[:, k] - self.mu[k]) @ self.reg.T  # (B, |u|)
+        abar = self.abar[t][:, None]
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        eye = torch.eye(int(u.sum()), dtype=x.dtype)
+        rows = t[:1] if bool((t == t[0]).all()) else t  # one gain when the batch shares its timestep
+        ab = self.abar[rows][:, None, None]
+        gain = ab.sqrt() * self.cond_cov @ torch.linalg.inv(ab * self.cond_cov + (1 - ab) * eye)  # (B or 1, u, u)
+        x0 = x.clone()
+        x0[:, u] = m_c + ((x[:, u] - a * m_c)[:, None, :] @ gain.transpose(1, 2)).squeeze(1)
+        return _output(self.prediction, x0, x, a, s).to(x_t.dtype)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float | None = None, atol: float | None = None) -> None:
+    """Like torch.testing.assert_close (same dtype, same shape, |a - e| <= atol + rtol |e|) without its
+    first-call import of torch.distributed, which costs seconds on a loaded machine."""
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
+    wide = actual.dtype == torch.float64  # torch.testing's defaults per dtype
+    rtol = rtol if rtol is not None else (1e-7 if wide else 1.3e-6)
+    atol = atol if atol is not None else (1e-7 if wide else 1e-5)
+    excess = ((actual - expected).abs() - (atol + rtol * expected.abs())).max()
+    assert float(excess) <= 0, f"max |actual - expected| exceeds the tolerance by {float(excess):.3g}"
