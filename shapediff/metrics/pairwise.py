@@ -37,7 +37,7 @@ def pairwise_distance_matrix(
     progress: bool = False,
     chamfer_variant: Literal["squared", "l1"] = "squared",
     emd_cost: Literal["euclidean", "squared"] = "euclidean",
-    emd_method: Literal["exact", "auction"] = "auction",
+    emd_method: Literal["exact", "auction"] = "exact",
     workers: int | None = None,
 ) -> torch.Tensor:
     """Distances between every cloud of ``a`` and every cloud of ``b``.

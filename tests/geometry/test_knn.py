@@ -31,7 +31,7 @@ def test_knn_matches_ckdtree(b, n, m, k):
 
 
 def test_knn_small_blocks_equal_large_blocks():
-    x, y = _clouds(3, 97, 61)
+    x, y = _clouds(3, 23, 61)
     a = knn_points(x, y, 4, use_pytorch3d=False)
     b = knn_points(x, y, 4, max_block_elements=50, use_pytorch3d=False)  # forces 1 cloud x 1 row chunks
     c = knn_points(x, y, 4, max_block_elements=61 * 3 * 5, use_pytorch3d=False)  # batched 5-row chunks
