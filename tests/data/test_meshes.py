@@ -195,3 +195,23 @@ def test_shared_real_clouds_and_meshes(shared_data):
     for path in small[:4]:
         mesh = meshes.mesh(index[path])
         assert _distance_to_mesh(mesh, meshes[index[path]]["points"].numpy()).max() < 1e-3 * mesh.scale
+
+
+@pytest.mark.parametrize("name", ["shapenet_meshes", "mesh_folder", "point_cloud_folder"])
+def test_hydra_configs_build(name, shapenet_v2_root, tmp_path):
+    import yaml
+
+    from shapediff.config import instantiate
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "data" / f"{name}.yaml").read_text())
+    assert cfg["root"] == "???" and "split" not in cfg
+    if name == "shapenet_meshes":
+        cfg.update(root=str(shapenet_v2_root), categories=["chair"])
+    elif name == "mesh_folder":
+        cfg.update(root=str(_write_modelnet(tmp_path / "ModelNet")), up_axis="z")
+    else:
+        (tmp_path / "clouds" / "train").mkdir(parents=True)
+        np.save(tmp_path / "clouds" / "train" / "a.npy", np.random.default_rng(0).normal(size=(300, 3)))
+        cfg.update(root=str(tmp_path / "clouds"))
+    ds = instantiate(cfg, split="train")
+    assert len(ds) > 0 and ds[0]["points"].shape == (cfg["num_points"], 3)
