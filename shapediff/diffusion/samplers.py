@@ -11,6 +11,15 @@ Every sampler is ``fn(denoise, x, steps, *, generator, hold, eta, progress) -> x
 
 Notation (Lu et al. 2022): alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t).
 Coefficients are computed from the float64 tables as Python floats, so x keeps its dtype.
+
+Timestep spacing (``SPACINGS``; the model only accepts integer t, so every spacing is snapped to distinct
+integers). DPM-Solver++ defaults to "logsnr", uniform in lambda, which is the variable its update
+integrates exactly. Measured on Gaussian data with the exact denoiser (max |Cov error| of the exact
+pushforward, tests/diffusion/test_samplers_analytic.py; benchmarks/bench_samplers.py prints the table),
+20 steps: linear schedule 0.029 (logsnr) vs 0.22 (uniform in t) vs 0.089 (karras); warm0.1 0.059 vs 1.05
+vs 0.29; cosine 0.060 vs 0.051 vs 0.32. Uniform-in-t wastes steps where the linear and warm schedules
+are nearly pure noise. DDIM/DDPM keep DDIM's uniform spacing; euler/heun default to Karras et al.'s
+rho = 7 spacing as in k-diffusion (pass spacing="logsnr" for the cosine schedule, where it is 2x better).
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ def test_deterministic_pushforward_is_exact(schedule, prediction, sampler, steps
 
 
 def test_pushforward_error_shrinks_with_steps(linear_eps):
-    """DDIM is first order: 1000 steps are ~20x closer than 50; DPM-Solver++ at 20 beats DDIM at 50."""
+    """DDIM is first order: 1000 steps are ~20x closer than 50; DPM-Solver++ at 20 beats DDIM at 50 and is
+    second order."""
     diffusion, model = linear_eps
     probes = torch.cat([torch.zeros(1, 3), torch.eye(3)]).double()
 
@@ -129,6 +130,10 @@ def test_pushforward_error_shrinks_with_steps(linear_eps):
     ddim_50, ddim_1000, dpmpp_20 = cov_error("ddim", 50), cov_error("ddim", 1000), cov_error("dpmpp_2m", 20)
     assert ddim_1000 < 0.005 and ddim_1000 < ddim_50 / 10
     assert dpmpp_20 < ddim_50 / 2
+    # orders of convergence: doubling the steps halves DDIM's error (1st order) and quarters
+    # DPM-Solver++(2M)'s (2nd order; measured 0.0047 -> 0.0011)
+    assert 1.6 < ddim_50 / cov_error("ddim", 100) < 2.5
+    assert cov_error("dpmpp_2m", 50) / cov_error("dpmpp_2m", 100) > 3.2
 
 
 # --------------------------------------------------------------------------------- mixture
