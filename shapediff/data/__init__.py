@@ -5,9 +5,10 @@ from shapediff.data.synthetic import SyntheticShapes
 from shapediff.data.synsets import CATEGORY_TO_SYNSET, SYNSET_TO_CATEGORY, to_synset
 from shapediff.data.shapenet import ShapeNetPC15k
 from shapediff.data.meshes import MeshFolder, PointCloudFolder, ShapeNetCoreMeshes, sample_surface
+from shapediff.data.genre import GenReScans
 from shapediff.data.partial import PartialScans
 
 __all__ = [
-    "CATEGORY_TO_SYNSET", "MeshFolder", "PartialScans", "PointCloudFolder", "SYNSET_TO_CATEGORY", "SYNTHETIC_CATEGORIES",
+    "CATEGORY_TO_SYNSET", "GenReScans", "MeshFolder", "PartialScans", "PointCloudFolder", "SYNSET_TO_CATEGORY", "SYNTHETIC_CATEGORIES",
     "ShapeNetCoreMeshes", "ShapeNetPC15k", "SyntheticShapes", "sample_surface", "to_synset",
 ]
