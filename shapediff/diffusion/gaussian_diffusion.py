@@ -100,17 +100,7 @@ class GaussianDiffusion:
                 raise ValueError(f"betas: expected a ({num_timesteps},) sequence (num_timesteps) of values in (0, 1), "
                                  f"got shape {tuple(betas_t.shape)} with range [{betas_t.min():.3g}, {betas_t.max():.3g}]")
         self.schedule, self.prediction, self.posterior_variance_type = schedule, prediction, posterior_variance
-        self.num_timesteps = int(betas_t.shape[0])
-        self.betas = betas_t
-        self.alphas_cumprod = torch.cumprod(1.0 - betas_t, dim=0)
-        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-        coef_x0, coef_xt, var = posterior_coefficients(self.alphas_cumprod, self.alphas_cumprod_prev)
-        self.posterior_mean_coef1, self.posterior_mean_coef2, self.posterior_variance = coef_x0, coef_xt, var
-        # log of beta~ with its 0 at t = 0 replaced by beta~_1 (DDPM's posterior_log_variance_clipped)
-        self.posterior_log_variance_clipped = torch.log(torch.cat([var[1:2], var[1:]]))
-        self.fixedlarge_variance = torch.cat([var[1:2], betas_t[1:]])
+        self._set_tables(betas_t)
         self.config: dict[str, Any] = {
             "_target_": "shapediff.diffusion.GaussianDiffusion", "schedule": schedule,
             "num_timesteps": self.num_timesteps, "prediction": prediction,
@@ -118,17 +108,36 @@ class GaussianDiffusion:
             "betas": None if betas is None else betas_t.tolist(), **schedule_kwargs}
         self._cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 
+    def _set_tables(self, betas: torch.Tensor) -> None:
+        """The float64 (T,) tables of DDPM (Ho et al. 2020) / improved DDPM (Nichol & Dhariwal 2021)."""
+        self.num_timesteps = int(betas.shape[0])
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        coef_x0, coef_xt, var = posterior_coefficients(self.alphas_cumprod, self.alphas_cumprod_prev)
+        self.posterior_mean_coef1, self.posterior_mean_coef2, self.posterior_variance = coef_x0, coef_xt, var
+        # log of beta~ with its 0 at t = 0 replaced by beta~_1 (DDPM's posterior_log_variance_clipped)
+        self.posterior_log_variance_clipped = torch.log(torch.cat([var[1:2], var[1:]]))
+        self.fixedlarge_variance = torch.cat([var[1:2], betas[1:]])
+
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, num_timesteps={self.num_timesteps}, "
                 f"prediction={self.prediction!r}, posterior_variance={self.posterior_variance_type!r})")
 
     # ------------------------------------------------------------------------------ table access
+    def _table(self, name: str, device: torch.device) -> torch.Tensor:
+        """Table ``name`` (T,) on ``device``, cached; float64 except on MPS, which has no float64."""
+        key = (name, device)
+        if key not in self._cache:
+            table = getattr(self, name)
+            self._cache[key] = (table.float() if device.type == "mps" else table).to(device)
+        return self._cache[key]
+
     def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Table ``name`` at timesteps t (B,), cast to like's dtype/device, shaped (B, 1, ..., 1)."""
-        key = (name, like.device)
-        if key not in self._cache:
-            self._cache[key] = getattr(self, name).to(like.device)
-        values = self._cache[key][t.to(like.device)]
+        values = self._table(name, like.device)[t.to(like.device)]
         return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def _check_t(self, t: Any, batch: int, device: torch.device) -> torch.Tensor:
@@ -164,8 +173,8 @@ class GaussianDiffusion:
         return alpha * x0 + sigma * noise
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
-        """Signal-to-noise ratio abar_t / (1 - abar_t) at t (B,), float64."""
-        abar = self.alphas_cumprod.to(t.device)[t]
+        """Signal-to-noise ratio abar_t / (1 - abar_t) at t (B,), float64 (float32 on MPS)."""
+        abar = self._table("alphas_cumprod", t.device)[t]
         return abar / (1.0 - abar)
 
     # ------------------------------------------------------------------------ parameterisations
@@ -228,7 +237,7 @@ class GaussianDiffusion:
         min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v.
         """
         if min_snr_gamma is None:
-            return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+            return torch.ones(t.shape, device=t.device)
         snr = self.snr(t)
         clipped = snr.clamp(max=min_snr_gamma)
         return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[self.prediction]
