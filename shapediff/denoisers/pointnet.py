@@ -15,14 +15,15 @@ class _SetBlock(nn.Module):
     def __init__(self, width: int, emb_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(width)
-        self.inp = nn.Linear(3 * width, width)
+        self.point = nn.Linear(width, width)
+        self.pooled = nn.Linear(2 * width, width)  # acts on [max, mean]; broadcast, so no (B, N, 3C) concat
         self.film = nn.Linear(emb_dim, 2 * width)
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         z = self.norm(h)
         pooled = torch.cat([z.max(dim=1).values, z.mean(dim=1)], dim=-1)  # (B, 2C)
-        z = self.inp(torch.cat([z, pooled[:, None].expand(-1, z.shape[1], -1)], dim=-1))
+        z = self.point(z) + self.pooled(pooled)[:, None]
         scale, shift = self.film(emb)[:, None].chunk(2, dim=-1)
         return h + self.out(z * (1 + scale) + shift)
 
