@@ -82,6 +82,7 @@ def find_shapenet_models(root: str | Path, categories=None) -> list[tuple[str, s
 class _SurfaceDataset(Dataset):
     """Shared item logic: a cached pool of surface points per shape, random or fixed N-subsets."""
 
+    _per_item = ("paths", "labels")  # per-item lists that validate() filters
     num_points: int
     pool_size: int
     sampling: str
@@ -89,7 +90,7 @@ class _SurfaceDataset(Dataset):
     seed: int
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.paths)
 
     def _load_pool(self, index: int) -> np.ndarray:  # (pool_size, 3) data coordinates
         raise NotImplementedError
@@ -100,6 +101,25 @@ class _SurfaceDataset(Dataset):
         if index not in self._pools:
             self._pools[index] = self._load_pool(index)
         return self._pools[index]
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Read every file now; drop unusable ones (one counted warning) or raise (on_bad_file="raise").
+        Returns the skipped [(path, reason)]."""
+        good = []
+        for i, path in enumerate(list(self.paths)):
+            try:
+                self.surface_pool(i)
+                good.append(i)
+            except (ValueError, FileNotFoundError) as err:
+                self._bad.add(path, str(err))
+        self._bad.report(len(self.paths))
+        if not good:
+            raise ValueError(f"root: no usable file under {str(self.root)!r} ({len(self._bad.items)} skipped)")
+        pools = [self._pools[i] for i in good]
+        for name in self._per_item:
+            setattr(self, name, [getattr(self, name)[i] for i in good])
+        self._pools = dict(enumerate(pools))
+        return list(self._bad.items)
 
     def __getitem__(self, index) -> dict:
         index = check_index(index, len(self))
@@ -125,14 +145,19 @@ class ShapeNetCoreMeshes(_SurfaceDataset):
         normalization: "none" (ShapeNet's own normalised frame), "unit_sphere" or "bbox" per shape.
         sampling: "random" or "fixed" subsets (as :class:`ShapeNetPC15k`).
 
-    Meshes are read on first access; an unreadable mesh raises ValueError naming its file (run
-    ``scripts/prepare_shapenet.py`` for a full pass that lists every failure). :meth:`mesh` gives
-    the concatenated ``trimesh.Trimesh`` (for TSDFs: ``shapediff.data.TSDFDataset`` when present).
+    Meshes are read on first access, where an unreadable mesh raises ValueError naming its file;
+    ``validate=True`` reads them all at construction instead and skips bad ones with one counted
+    warning (``on_bad_file="raise"``: fail). ``scripts/prepare_shapenet.py`` does such a pass in
+    parallel and lists every failure. :meth:`mesh` gives the concatenated ``trimesh.Trimesh``
+    (TSDF grids: wrap this dataset in ``shapediff.data.TSDFDataset``).
     """
+
+    _per_item = ("paths", "labels", "model_ids")
 
     def __init__(self, root: str, categories: Sequence[str] | str | None = None, split: str = "train",
                  num_points: int = 2048, pool_size: int = 15000, normalization: str = "none",
-                 sampling: str | None = None, split_ratios: Sequence[float] = (0.85, 0.05, 0.10), seed: int = 0) -> None:
+                 sampling: str | None = None, split_ratios: Sequence[float] = (0.85, 0.05, 0.10), seed: int = 0,
+                 validate: bool = False, on_bad_file: str = "skip") -> None:
         self.split = check_split(split, allow_all=True)
         self.num_points = check_positive_int(num_points, "num_points")
         self.pool_size = check_positive_int(pool_size, "pool_size")
@@ -146,13 +171,16 @@ class ShapeNetCoreMeshes(_SurfaceDataset):
             models = [m for m in models if split_of(m[1], ratios) == self.split]
         if not models:
             raise ValueError(f"split: no models fall in split {self.split!r} (split_ratios={ratios}) under {str(root)!r}")
-        self._keys = models
         self.categories = [category_name(s) for s in self.synset_ids]
         self.num_classes = len(self.categories)
         self.labels = [self.synset_ids.index(s) for s, _, _ in models]
         self.model_ids = [m for _, m, _ in models]
         self.paths = [p for _, _, p in models]
+        self.root = Path(root).expanduser()
         self._pools: dict[int, np.ndarray] = {}
+        self._bad = BadFiles(on_bad_file, "ShapeNetCoreMeshes")
+        if validate:
+            self.validate()
 
     def mesh(self, index: int):
         """The model's mesh (all parts concatenated) as a ``trimesh.Trimesh``; ValueError naming a broken file."""
@@ -198,31 +226,12 @@ class _FolderDataset(_SurfaceDataset):
         self.seed = check_seed(seed)
         self.root = Path(root).expanduser()
         files, cats = _index_folder(self.root, suffixes, self.split, check_ratios(split_ratios))
-        self._keys, self.paths = files, files
+        self.paths = files
         self.categories = sorted(set(cats))
         self.num_classes = len(self.categories)
         self.labels = [self.categories.index(c) for c in cats]
         self._pools: dict[int, np.ndarray] = {}
         self._bad = BadFiles(on_bad_file, type(self).__name__)
-
-    def validate(self) -> list[tuple[str, str]]:
-        """Read every file now; drop unusable ones (one counted warning) or raise (on_bad_file="raise").
-        Returns the skipped [(path, reason)]."""
-        good = []
-        for i, path in enumerate(list(self.paths)):
-            try:
-                self.surface_pool(i)
-                good.append(i)
-            except (ValueError, FileNotFoundError) as err:
-                self._bad.add(path, str(err))
-        self._bad.report(len(self.paths))
-        if not good:
-            raise ValueError(f"root: no usable file under {str(self.root)!r} ({len(self._bad.items)} skipped)")
-        pools = [self._pools[i] for i in good]
-        self._keys = self.paths = [self.paths[i] for i in good]
-        self.labels = [self.labels[i] for i in good]
-        self._pools = dict(enumerate(pools))
-        return list(self._bad.items)
 
 
 class MeshFolder(_FolderDataset):

@@ -215,3 +215,11 @@ def test_hydra_configs_build(name, shapenet_v2_root, tmp_path):
         cfg.update(root=str(tmp_path / "clouds"))
     ds = instantiate(cfg, split="train")
     assert len(ds) > 0 and ds[0]["points"].shape == (cfg["num_points"], 3)
+
+
+def test_shapenet_core_meshes_validate(shapenet_v2_root):
+    with pytest.warns(RuntimeWarning, match=r"ShapeNetCoreMeshes: skipped 1 of 3 files: .*c0broken.*IndexError"):
+        ds = ShapeNetCoreMeshes(shapenet_v2_root, categories="chair", split="all", validate=True)
+    assert ds.model_ids == ["c0a1", "c0b2"] and len(ds) == 2 and ds[1]["points"].shape == (2048, 3)
+    with pytest.raises(ValueError, match="c0broken"):
+        ShapeNetCoreMeshes(shapenet_v2_root, categories="chair", split="all", validate=True, on_bad_file="raise")
