@@ -75,7 +75,8 @@ def ball_query(
 
     Args:
         points: (B, N, 3) clouds; centers: (B, S, 3); radius > 0; k: K >= 1.
-        max_block_elements: bound on the (B', S', N) distance block computed at once.
+        max_block_elements: bound on the (B, S', N, 3) difference block computed at once (at
+            least one centre per chunk).
 
     Returns:
         idx: (B, S, K) long indices into N.
@@ -91,7 +92,7 @@ def ball_query(
     kk = min(k, n)
     out = torch.empty(b, s, k, dtype=torch.long, device=points.device)
     arange = torch.arange(n, device=points.device)
-    rows = max(1, max_block_elements // (b * n))
+    rows = max(1, max_block_elements // (3 * b * n))
     for r in range(0, s, rows):
         c = centers[:, r : r + rows].detach()
         d2 = (c.unsqueeze(2) - points.detach().unsqueeze(1)).square().sum(-1)  # (B, S', N)
