@@ -19,6 +19,7 @@ Methods:
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
@@ -77,7 +78,10 @@ def emd(
         if method == "exact":
             match = _exact_match(x.detach(), y.detach(), cost)
         else:
-            match = auction_assignment(cost_matrix(x.detach(), y.detach(), cost), tol=tol).match
+            res = auction_assignment(cost_matrix(x.detach(), y.detach(), cost), tol=tol)
+            if bool((res.primal - res.lower_bound > tol * res.primal.abs()).any()):
+                warnings.warn("emd: auction stopped at the dtype's resolution above tol; use float64 or method='exact'")
+            match = res.match
     matched = torch.gather(y, 1, match.unsqueeze(-1).expand(-1, -1, 3))
     d2 = (x - matched).square().sum(-1)
     if cost == "squared":
@@ -137,7 +141,16 @@ def auction_assignment(
 
     Returns:
         Assignment(match (B, N), primal (B,), lower_bound (B,), iterations) with float64 totals.
+        A pair also stops when eps reaches the dtype's resolution (prices no longer move); its
+        gap may then exceed ``tol``: check ``primal - lower_bound``.
     """
+    if not isinstance(cost, torch.Tensor) or cost.dim() != 3 or cost.shape[1] != cost.shape[2] or cost.numel() == 0:
+        shape = tuple(cost.shape) if isinstance(cost, torch.Tensor) else type(cost).__name__
+        raise ValueError(f"cost: expected a non-empty (B, N, N) tensor, got {shape}")
+    if not cost.is_floating_point() or not bool(torch.isfinite(cost).all()):
+        raise ValueError("cost: expected finite floating-point values")
+    if not 0.0 < tol < 1.0:
+        raise ValueError(f"tol: expected 0 < tol < 1, got {tol!r}")
     b, n, _ = cost.shape
     span = (cost.amax(dim=(1, 2)) - cost.amin(dim=(1, 2))).clamp_min(torch.finfo(cost.dtype).tiny)
     eps = span / 4.0

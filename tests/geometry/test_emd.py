@@ -109,3 +109,12 @@ def test_gradient_with_fixed_assignment():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         emd(**kwargs)
+
+
+def test_auction_assignment_bad_input():
+    with pytest.raises(ValueError, match=r"cost: expected a non-empty \(B, N, N\) tensor, got \(2, 3\)"):
+        auction_assignment(torch.rand(2, 3))
+    with pytest.raises(ValueError, match="cost: expected finite"):
+        auction_assignment(torch.full((1, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match="tol: expected 0 < tol < 1"):
+        auction_assignment(torch.rand(1, 2, 2), tol=1.5)
