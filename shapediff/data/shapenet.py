@@ -130,6 +130,9 @@ class ShapeNetPC15k(Dataset):
         on_bad_file: "skip" unreadable / wrong-shape / non-finite files with one counted warning,
             or "raise" a ValueError naming the first one.
 
+    The split's clouds are read and checked at construction and held in memory, as PointFlow does
+    (180 KB per shape: about 0.8 GB for the 4,612 chairs of PointFlow's training split).
+
     Items: ``points`` float32 (N, 3), ``ref_points`` float32 (N_ref, 3), ``label`` int64,
     ``category`` str, ``synset`` str, ``model_id`` str, ``index`` int64, ``mean`` float32 (1, 3) and
     ``std`` float32 (1, 1) such that data = points * std + mean (identity for "none").
