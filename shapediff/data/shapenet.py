@@ -131,7 +131,7 @@ class ShapeNetPC15k(Dataset):
             or "raise" a ValueError naming the first one.
 
     The split's clouds are read and checked at construction and held in memory, as PointFlow does
-    (180 KB per shape: about 0.8 GB for the 4,612 chairs of PointFlow's training split).
+    (180 KB per shape: about 0.9 GB for 5,000 shapes).
 
     Items: ``points`` float32 (N, 3), ``ref_points`` float32 (N_ref, 3), ``label`` int64,
     ``category`` str, ``synset`` str, ``model_id`` str, ``index`` int64, ``mean`` float32 (1, 3) and
