@@ -205,6 +205,39 @@ def _parse_fp(blocks) -> list[tuple]:
     return out
 
 
+def _build_sa(sa, c, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_start):
+    """SA stages -> (modules, input channels of each stage (the FP skips), output channels)."""
+    stages, skip_channels = [], []
+    for i, (conv, (num_centres, radius, k, widths)) in enumerate(sa):
+        skip_channels.append(c)
+        extra, mods = (embed_dim if i > 0 else 0), []
+        if conv is not None:
+            oc, nb, res = conv
+            for p in range(1 if (pvd_sa_quirk and i > 0) else nb):
+                mods.append(pvconv(c + (extra if p == 0 else 0), int(w * oc), res, use_attention and i % 2 == 1 and p == 0))
+                c = int(w * oc)
+            extra = 0  # the time embedding entered through the first PVConv
+        mods.append(SetAbstraction(c + extra, [int(w * x) for x in widths], num_centres, radius, k, fps_start))
+        c = mods[-1].out_channels
+        stages.append(_stage(mods))
+    return stages, skip_channels, c
+
+
+def _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, fp_attention):
+    """FP stages -> (modules, output channels)."""
+    stages = []
+    for j, (widths, conv) in enumerate(fp):
+        mods = [FeaturePropagation(c + skip_channels[-1 - j] + embed_dim, [int(w * x) for x in widths])]
+        c = mods[0].out_channels
+        if conv is not None:
+            oc, nb, res = conv
+            for p in range(nb):
+                mods.append(pvconv(c, int(w * oc), res, fp_attention and j % 2 == 1 and j < len(fp) - 1 and p == 0))
+                c = int(w * oc)
+        stages.append(_stage(mods))
+    return stages, c
+
+
 class PVCNN2(nn.Module):
     """PVD's point-voxel U-Net denoiser: ``forward(x_t (B, N, C_in), t (B,), cond=None) -> (B, N, C_out)``.
 
@@ -251,34 +284,11 @@ class PVCNN2(nn.Module):
             return PVConv(cin, cout, int(vr * res), attention=attention, dropout=dropout,
                           with_se=se_after_attention or not attention)
 
-        sa_layers, skip_channels, c = [], [], in_channels
-        for i, (conv, (num_centres, radius, k, widths)) in enumerate(sa):
-            skip_channels.append(c)
-            extra, mods = (embed_dim if i > 0 else 0), []
-            if conv is not None:
-                oc, nb, res = conv
-                for p in range(1 if (pvd_sa_quirk and i > 0) else nb):
-                    mods.append(pvconv(c + (extra if p == 0 else 0), int(w * oc), res, use_attention and i % 2 == 1 and p == 0))
-                    c = int(w * oc)
-                extra = 0  # the time embedding entered through the first PVConv
-            mods.append(SetAbstraction(c + extra, [int(w * x) for x in widths], num_centres, radius, k, fps_start))
-            c = mods[-1].out_channels
-            sa_layers.append(_stage(mods))
+        sa_layers, skip_channels, c = _build_sa(sa, in_channels, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_start)
         self.sa_layers = nn.ModuleList(sa_layers)
         self.global_att = SpatialSelfAttention(c, dims=1) if use_attention else None
-
         skip_channels[0] = in_channels - 3  # the last FP stage sees only the extra input features
-        fp_layers = []
-        for j, (widths, conv) in enumerate(fp):
-            mods = [FeaturePropagation(c + skip_channels[-1 - j] + embed_dim, [int(w * x) for x in widths])]
-            c = mods[0].out_channels
-            if conv is not None:
-                oc, nb, res = conv
-                for p in range(nb):
-                    att = fp_attention and use_attention and j % 2 == 1 and j < len(fp) - 1 and p == 0
-                    mods.append(pvconv(c, int(w * oc), res, att))
-                    c = int(w * oc)
-            fp_layers.append(_stage(mods))
+        fp_layers, c = _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, use_attention and fp_attention)
         self.fp_layers = nn.ModuleList(fp_layers)
         hc = int(w * head_channels)
         self.classifier = nn.Sequential(SharedMLP(c, hc), nn.Dropout(head_dropout), nn.Conv1d(hc, out_channels, 1))
