@@ -396,9 +396,12 @@ class GaussianDiffusion:
                 raise ValueError(f"device: expected a torch.device or a string like 'cpu'/'cuda', got {device!r}") from err
         if isinstance(known, torch.Tensor):
             return known.device
-        params = getattr(model, "parameters", None)
-        first = next(iter(params()), None) if callable(params) else None
-        return first.device if first is not None else torch.device("cpu")
+        for attr in ("parameters", "buffers"):  # a parameter-free module (e.g. an analytic denoiser) has buffers
+            tensors = getattr(model, attr, None)
+            first = next(iter(tensors()), None) if callable(tensors) else None
+            if first is not None:
+                return first.device
+        return torch.device("cpu")
 
     @staticmethod
     def _check_known(known: Any, mask: Any, shape: tuple[int, ...], device: torch.device,
