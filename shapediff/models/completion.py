@@ -25,17 +25,19 @@ to N), :func:`baseline_mirror` (the scan plus its mirror image) and :func:`basel
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from shapediff.geometry.partial_scan import resample_points
 from shapediff.randomness import make_generator, mix_seed
 
 __all__ = [
     "METHODS",
+    "KnownIndicatorDenoiser",
     "prepare_partial",
     "pvd_known_mask",
     "complete",
@@ -46,6 +48,9 @@ __all__ = [
     "baseline_mirror",
     "baseline_retrieval",
     "save_completions",
+    "evaluate_completion",
+    "completion_table",
+    "write_completion_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,6 +121,38 @@ def pvd_known_mask(batch: int, num_points: int, num_partial_points: int, device=
     mask = torch.zeros(batch, num_points, 3, dtype=torch.bool, device=device)
     mask[:, :num_partial_points] = True
     return mask
+
+
+class KnownIndicatorDenoiser(nn.Module):
+    """Wraps a denoiser built with ``in_channels=4`` so that it sees which points are known.
+
+    PVD's network must tell the M clean partial points from the N - M noisy ones by itself; a
+    set network with global pooling (``PointNetDenoiser``) learns that slowly. This wrapper
+    appends a channel that is 1 on the first M points (PVD's layout) and 0 elsewhere:
+    ``forward(x (B, N, 3), t, cond) = denoiser(cat[x, flag] (B, N, 4), t, cond)``.
+
+    Args:
+        denoiser: config node (``{"_target_": ..., "in_channels": 4, ...}``) or module of the inner network.
+        num_known: M, the number of leading known points.
+    """
+
+    def __init__(self, denoiser: Any, num_known: int = 200):
+        super().__init__()
+        if isinstance(denoiser, Mapping):
+            from shapediff.config import instantiate  # noqa: PLC0415
+
+            denoiser = instantiate(denoiser, where="model.denoiser")
+        if not isinstance(denoiser, nn.Module):
+            raise ValueError(f"denoiser: expected a config mapping or an nn.Module, got {type(denoiser).__name__}")
+        if not (isinstance(num_known, int) and num_known > 0):
+            raise ValueError(f"num_known: expected a positive int, got {num_known!r}")
+        self.denoiser, self.num_known = denoiser, num_known
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """x: (B, N, 3) with the known points first -> (B, N, 3)."""
+        flag = torch.zeros(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+        flag[:, : self.num_known] = 1.0
+        return self.denoiser(torch.cat([x, flag], dim=-1), t, cond)
 
 
 # ------------------------------------------------------------------------------------ the methods
@@ -389,3 +426,118 @@ def save_completions(
             errors["preview.png"] = str(err)
             logger.warning("preview.png not written: %s", err)
     return {"files": [str(f) for f in files], "errors": errors}
+
+
+# -------------------------------------------------------------------------------------- evaluation
+def _summarise(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.double().mean()) for k, v in values.items()}
+
+
+def evaluate_completion(
+    model,
+    partial: torch.Tensor,
+    ground_truth: torch.Tensor,
+    *,
+    train_clouds: torch.Tensor | None = None,
+    methods: Sequence[str] | None = None,
+    n: int = 1,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    resample_jumps: int = 5,
+    metrics: Sequence[str] = ("cd", "emd", "f_score"),
+    batch_size: int | None = None,
+    outputs: dict[str, torch.Tensor] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Completion metrics of ``model`` (each of ``methods``) and of the baselines, in one run.
+
+    partial: (B, M, 3) scans; ground_truth: (B, N, 3) complete clouds (data coordinates);
+    train_clouds: (S, N, 3) for the retrieval baseline. Returns ``{name: {"CD", "EMD",
+    "F-score@0.01", "UHD"[, "TMD" with n >= 2], "seconds"}}`` averaged over the B scans; names are
+    the methods and "baseline_partial", "baseline_mirror", "baseline_retrieval". Pass a dict as
+    ``outputs`` to receive each method's (B, n, N, 3) completions in it.
+    """
+    import time  # noqa: PLC0415
+
+    from shapediff.metrics import completion_metrics  # noqa: PLC0415
+
+    methods = list(methods) if methods else [_default_method(model)]
+    partial = prepare_partial(partial, partial.shape[-2])
+    gt = prepare_partial(ground_truth, ground_truth.shape[-2], name="ground_truth")
+    big_n, results = gt.shape[1], {}
+    for method in methods:
+        start = time.perf_counter()
+        out = complete(model, partial, n=n, steps=steps, sampler=sampler, seed=seed, method=method,
+                       resample_jumps=resample_jumps, batch_size=batch_size).cpu()
+        seconds = time.perf_counter() - start
+        if outputs is not None:
+            outputs[method] = out
+        pred = out if n > 1 else out[:, 0]
+        results[method] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
+    gen = torch.Generator().manual_seed(seed)
+    baselines = {"baseline_partial": baseline_partial(partial, big_n, gen),
+                 "baseline_mirror": baseline_mirror(partial, big_n, axis=0, generator=gen)}
+    if train_clouds is not None:
+        baselines["baseline_retrieval"] = baseline_retrieval(partial, train_clouds)[0]
+    for name, pred in baselines.items():
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics))
+    return results
+
+
+def completion_table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of :func:`evaluate_completion`'s results (one row per method)."""
+    columns = [c for c in ("CD", "EMD", "F-score@0.01", "UHD", "TMD", "seconds") if any(c in r for r in results.values())]
+    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for name, row in results.items():
+        cells = [("%.5f" % row[c] if c != "seconds" else "%.1f" % row[c]) if c in row else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a finished completion training run writes (``scripts/train.py`` calls it).
+
+    Completes the first ``eval_cfg["num_samples"]`` scans of ``ref_dataset`` (items with
+    "points" and "partial"), writes ``metrics.json`` (the model vs the partial and mirror
+    baselines; ``scripts/evaluate_completion.py`` adds retrieval), ``completions/scan_XXX/``
+    (see :func:`save_completions`) for ``num_ply`` scans, meshes for ``num_meshes`` of them, and
+    ``preview.png`` (rows of partial | completion | ground truth). Returns the metrics.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415
+
+    run_dir = Path(run_dir)
+    count = min(int(eval_cfg["num_samples"]), len(ref_dataset))
+    items = [ref_dataset[i] for i in range(count)]
+    partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
+    gt = torch.stack([torch.as_tensor(it["points"]).float() for it in items])
+    names = {"cd": "cd", "emd": "emd"}
+    metrics = tuple(names[m] for m in eval_cfg.get("metrics", ("cd",)) if m in names) + ("f_score",)
+    seed = int(eval_cfg.get("seed", 0))
+    outputs: dict[str, torch.Tensor] = {}
+    results = evaluate_completion(model, partial, gt, n=1, seed=seed, metrics=metrics,
+                                  batch_size=eval_cfg.get("batch_size"), outputs=outputs)
+    out = next(iter(outputs.values()))
+    summary = {"num_scans": count, "num_points": int(gt.shape[1]), "num_partial_points": int(partial.shape[1]),
+               "results": results, "table": completion_table(results)}
+    shown = min(int(eval_cfg.get("num_ply", 8)), count)
+    if shown:
+        for i in range(shown):
+            save_completions(run_dir / "completions" / f"scan_{i:03d}", partial[i], out[i], ground_truth=gt[i],
+                             meshes=i < int(eval_cfg.get("num_meshes", 0)), preview=False)
+        if eval_cfg.get("preview", True):
+            _preview_rows(partial[:shown], out[:shown, 0], gt[:shown], run_dir / "preview.png")
+    write_json_atomic(summary, run_dir / "metrics.json")
+    logger.info("completion metrics:\n%s", summary["table"])
+    return summary
+
+
+def _preview_rows(partial: torch.Tensor, completions: torch.Tensor, gt: torch.Tensor, path) -> None:
+    try:
+        from shapediff.viz import render_grid  # noqa: PLC0415
+
+        items = [c.numpy() for row in zip(partial, completions, gt) for c in row]
+        render_grid(items, path, ncols=3)
+    except (ImportError, RuntimeError, ValueError) as err:
+        logger.warning("preview.png not written: %s", err)

@@ -176,6 +176,16 @@ class PointCloudDiffusion(ShapeModel):
 
         return complete(self, partial, n=n, **kwargs)
 
+    @property
+    def write_run_outputs(self):
+        """Completion models end a training run with completion outputs, not generation ones
+        (``shapediff.training.outputs`` uses this hook when present; absent when completion="none")."""
+        if self.completion == "none":
+            raise AttributeError("write_run_outputs: only completion models write their own run outputs")
+        from shapediff.models.completion import write_completion_outputs  # noqa: PLC0415
+
+        return lambda ref_dataset, run_dir, eval_cfg: write_completion_outputs(self, ref_dataset, run_dir, eval_cfg)
+
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
