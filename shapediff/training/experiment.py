@@ -38,6 +38,23 @@ def build_model(cfg: DictConfig | dict):
     return instantiate(pipeline, where="pipeline", **extra)
 
 
+def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):
+    """An ``eval_fn`` for the trainer: generation metrics on ``periodic_samples`` samples and a preview render."""
+    from shapediff.training.outputs import evaluate_generation, render_preview  # noqa: PLC0415
+
+    def evaluate(model, step: int) -> dict[str, Any]:
+        samples, metrics = evaluate_generation(model, ref_dataset, int(eval_cfg["periodic_samples"]),
+                                               metrics=("cd",), seed=int(eval_cfg["seed"]))
+        result: dict[str, Any] = {k: float(v) for k, v in metrics.items() if k.startswith(("MMD", "COV", "1-NNA"))}
+        image = render_preview(samples[:8], Path(run_dir) / "eval" / f"step_{step:08d}.png")
+        if image is not None:
+            result["samples_image"] = image
+        log.info("step %d: %s", step, {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
+        return result
+
+    return evaluate
+
+
 def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
     """Train the configured model and, on rank 0, write samples, meshes, metrics and a preview.
 
@@ -53,7 +70,10 @@ def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
             model.prepare(train_set)          # e.g. fit normalisation / latent scale from the training split
         elif hasattr(model, "fit_normalization"):
             model.fit_normalization(train_set)
-        trainer = Trainer(model, train_set, trainer_cfg, run_dir, dist=dist,
+        eval_fn = None
+        if trainer_cfg.eval_every and hasattr(model, "sample"):
+            eval_fn = periodic_evaluation(build_dataset(cfg, cfg["evaluation"]["split"]), run_dir, to_plain(cfg["evaluation"]))
+        trainer = Trainer(model, train_set, trainer_cfg, run_dir, dist=dist, eval_fn=eval_fn,
                           extra_payload={"run_config": to_plain(cfg)})
         result = trainer.fit()
         summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.step,

@@ -302,7 +302,10 @@ class Trainer:
             metrics = self.eval_fn(model, self.step) if self.dist.is_main else {}
         if writer is not None:
             for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, self.step)
+                if isinstance(value, np.ndarray) and value.ndim == 3:  # an (H, W, 3) render of samples
+                    writer.add_image(f"eval/{key}", value, self.step, dataformats="HWC")
+                else:
+                    writer.add_scalar(f"eval/{key}", value, self.step)
         return metrics
 
     def _tensorboard(self):
