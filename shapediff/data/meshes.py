@@ -191,8 +191,15 @@ class ShapeNetCoreMeshes(_SurfaceDataset):
         return sample_surface(self.mesh(index), self.pool_size, seed=seed)
 
 
-def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> tuple[list[Path], list[str]]:
-    """Files of ``split`` under ``root`` and their category (first folder below root/split, else "")."""
+def _category(parts: tuple[str, ...]) -> str:
+    """The first folder of a relative path once split folders are removed ("" at the top)."""
+    folders = [p for p in parts[:-1] if p not in ("train", "val", "test")]
+    return folders[0] if folders else ""
+
+
+def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> tuple[list[Path], list[str], list[str]]:
+    """Files of ``split`` under ``root``, their categories, and the sorted categories of all files
+    (so labels agree across splits)."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"root: no such folder {str(path)!r}")
@@ -206,12 +213,12 @@ def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> 
         if split == "all":
             keep.append((f, parts))
         elif has_split_dirs and split in parts[:-1]:  # root/<split>/... or ModelNet's root/<class>/<split>/...
-            keep.append((f, tuple(p for p in parts if p != split)))
+            keep.append((f, parts))
         elif not has_split_dirs and split_of("/".join(parts), ratios) == split:
             keep.append((f, parts))
     if not keep:
         raise ValueError(f"split: no files of split {split!r} under {str(path)!r}")
-    return [f for f, _ in keep], [parts[0] if len(parts) > 1 else "" for _, parts in keep]
+    return [f for f, _ in keep], [_category(parts) for _, parts in keep], sorted({_category(p) for p in rel})
 
 
 class _FolderDataset(_SurfaceDataset):
@@ -225,9 +232,8 @@ class _FolderDataset(_SurfaceDataset):
         self.sampling = default_sampling(sampling, "train" if self.split == "all" else self.split)
         self.seed = check_seed(seed)
         self.root = Path(root).expanduser()
-        files, cats = _index_folder(self.root, suffixes, self.split, check_ratios(split_ratios))
+        files, cats, self.categories = _index_folder(self.root, suffixes, self.split, check_ratios(split_ratios))
         self.paths = files
-        self.categories = sorted(set(cats))
         self.num_classes = len(self.categories)
         self.labels = [self.categories.index(c) for c in cats]
         self._pools: dict[int, np.ndarray] = {}

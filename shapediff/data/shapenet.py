@@ -43,26 +43,24 @@ def find_pc15k_root(root: str | Path) -> Path:
     return path
 
 
-def _list_split(root: Path, synsets: list[str] | None, split: str) -> list[tuple[str, list[Path]]]:
-    """[(synset, sorted .npy files)] for the requested synsets (all present ones when None)."""
-    if synsets is None:
-        found = sorted(p.name for p in root.iterdir() if p.is_dir() and _SYNSET_RE.match(p.name))
-        listed = [(s, sorted((root / s / split).glob("*.npy"))) for s in found]
-        listed = [(s, files) for s, files in listed if files]
-        if not listed:
-            raise ValueError(f"split: no .npy files in any <synset>/{split}/ folder under {str(root)!r}")
-        return listed
+def _present_synsets(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _SYNSET_RE.match(p.name))
+
+
+def _list_split(root: Path, synsets: list[str], split: str, explicit: bool) -> list[tuple[str, list[Path]]]:
+    """[(synset, sorted .npy files)] for ``synsets``; named (``explicit``) ones must have files."""
     out = []
     for s in synsets:
         if not (root / s).is_dir():
-            present = sorted(p.name for p in root.iterdir() if p.is_dir() and _SYNSET_RE.match(p.name))
             raise FileNotFoundError(f"categories: no folder for {category_name(s)!r} ({s}) under {str(root)!r}; "
-                                    f"present: {[f'{category_name(p)} ({p})' for p in present]}")
+                                    f"present: {[f'{category_name(p)} ({p})' for p in _present_synsets(root)]}")
         files = sorted((root / s / split).glob("*.npy"))
-        if not files:
+        if not files and explicit:
             raise ValueError(f"categories: {category_name(s)!r} ({s}) has no shapes in split {split!r} "
                              f"(no .npy files in {str(root / s / split)!r})")
         out.append((s, files))
+    if not any(files for _, files in out):
+        raise ValueError(f"split: no .npy files in any <synset>/{split}/ folder under {str(root)!r}")
     return out
 
 
@@ -81,10 +79,11 @@ def _load_cloud(path: Path) -> tuple[np.ndarray | None, str]:
     return arr.astype(np.float32, copy=False), ""
 
 
-def _load_split(root: Path, synsets: list[str] | None, split: str, bad: BadFiles):
-    """(clouds (S, 15000, 3), labels, synsets, model ids) in category order, files sorted."""
+def _load_split(root: Path, synsets: list[str], split: str, bad: BadFiles, explicit: bool = True):
+    """(clouds (S, 15000, 3), labels, synsets, model ids) in category order, files sorted; the label
+    of a cloud is the position of its synset in ``synsets``."""
     clouds, labels, sids, mids, total = [], [], [], [], 0
-    for label, (synset, files) in enumerate(_list_split(root, synsets, split)):
+    for label, (synset, files) in enumerate(_list_split(root, synsets, split, explicit)):
         total += len(files)
         for f in files:
             arr, reason = _load_cloud(f)
@@ -114,7 +113,8 @@ class ShapeNetPC15k(Dataset):
     Args:
         root: the ``ShapeNetCore.v2.PC15k`` folder (or the folder containing it).
         categories: names (PointFlow's, e.g. "airplane", "chair", "car") or synset ids; None or
-            "all" = every synset folder present with files in this split. Labels follow this order.
+            "all" = every synset folder present (sorted; labels then agree across splits even where
+            a synset has no files in this split). Labels follow this order.
         split: "train", "val" or "test" (the folders of the layout).
         num_points: N training points per item, drawn from each cloud's first 10,000.
         num_ref_points: points per item in ``"ref_points"``, drawn from the last 5,000 (held out).
@@ -169,9 +169,12 @@ class ShapeNetPC15k(Dataset):
         self.sampling = default_sampling(sampling, self.split)
         self.on_bad_file = on_bad_file
         self.root = find_pc15k_root(root)
-        synsets = resolve_categories(categories)
-        clouds, labels, sids, mids = _load_split(self.root, synsets, self.split, BadFiles(on_bad_file, "ShapeNetPC15k"))
-        self.synset_ids = synsets if synsets is not None else sorted(set(sids), key=sids.index)
+        named = resolve_categories(categories)
+        self._explicit = named is not None
+        # with every category, labels follow all synset folders present, so they agree across splits
+        self.synset_ids = named if named is not None else _present_synsets(self.root)
+        clouds, labels, sids, mids = _load_split(self.root, self.synset_ids, self.split,
+                                                 BadFiles(on_bad_file, "ShapeNetPC15k"), explicit=named is not None)
         self.categories = [category_name(s) for s in self.synset_ids]
         self.num_classes = len(self.categories)
         order = list(range(len(clouds)))
@@ -201,7 +204,8 @@ class ShapeNetPC15k(Dataset):
             if self.split == "train":
                 self._stats = global_stats(self._clouds)
             else:
-                train = _load_split(self.root, self.synset_ids, "train", BadFiles(self.on_bad_file, "ShapeNetPC15k"))[0]
+                train = _load_split(self.root, self.synset_ids, "train", BadFiles(self.on_bad_file, "ShapeNetPC15k"),
+                                    explicit=self._explicit)[0]
                 self._stats = global_stats(train)
         return self._stats
 

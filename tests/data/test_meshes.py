@@ -125,6 +125,10 @@ def test_mesh_folder_modelnet_layout_and_axes(tmp_path):
     extent = pts.max(0) - pts.min(0)
     np.testing.assert_allclose(extent, [0.2, 1.0, 0.3], atol=1e-3)
     assert MeshFolder(root, split="all", num_points=16).num_classes == 2
+    (root / "lamp" / "train").mkdir(parents=True)  # a class without test files keeps its label slot
+    (root / "lamp" / "train" / "l.obj").write_text(trimesh.creation.icosphere().export(file_type="obj"))
+    assert MeshFolder(root, split="test", num_points=16).categories == ["bottle", "desk", "lamp"]
+    assert MeshFolder(root, split="test", num_points=16).labels == [0, 1]
     normalised = MeshFolder(root, split="test", num_points=256, normalization="bbox")
     assert np.abs(normalised[0]["points"].numpy()).max() == pytest.approx(1.0, abs=0.05)
 

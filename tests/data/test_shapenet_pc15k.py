@@ -41,6 +41,11 @@ def test_layout_labels_and_names(pc15k_root):
     item = by_name[6]
     assert item["category"] == "airplane" and item["synset"] == AIRPLANE and int(item["label"]) == 1
     assert len(ShapeNetPC15k(pc15k_root, categories=None, split="val")) == 3  # all present synsets
+    (pc15k_root / "02958343" / "train").mkdir(parents=True)  # a car folder with no val files
+    np.save(pc15k_root / "02958343" / "train" / "car0.npy", np.zeros((15000, 3), np.float32))
+    val = ShapeNetPC15k(pc15k_root, categories=None, split="val", shuffle_seed=None)
+    assert val.categories == ["airplane", "car", "chair"] and val.labels == [0, 2, 2]  # same labels as train
+    assert ShapeNetPC15k(pc15k_root, categories=None, split="train").categories == val.categories
     assert len(ShapeNetPC15k(pc15k_root, categories="all", split="test")) == 3
 
 
@@ -173,6 +178,8 @@ def test_shared_derived_layout(shared_data):
             assert 0.9 < diagonal < 1.1  # ShapeNet-normalised: bbox diagonal about 1
     everything = ShapeNetPC15k(root, categories=None, split="train")
     assert set(everything.categories) >= {"airplane", "chair", "lamp", "table"}
+    val = ShapeNetPC15k(root, categories=None, split="val")  # lamp has no val files: its label slot stays
+    assert val.categories == everything.categories and "lamp" not in {val[i]["category"] for i in range(len(val))}
     test = ShapeNetPC15k(root, categories="chair", split="test")
     assert "pointflowrenderer_chair_pcl" in test.model_ids  # the original PointFlow sample
 
