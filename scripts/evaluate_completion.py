@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--resample-jumps", type=int, default=5)
     p.add_argument("--metrics", nargs="+", default=["cd", "f_score"], help="cd emd f_score")
+    p.add_argument("--retrieval-init-t", type=int, nargs="*", default=[],
+                   help="also run PVD started from the retrieved shape noised to these timesteps (SDEdit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -74,14 +76,14 @@ def main(argv=None) -> int:
         results = evaluate_completion(model, partial, gt, train_clouds=train_clouds, methods=args.methods, n=args.n,
                                       steps=args.steps, sampler=args.sampler, seed=args.seed,
                                       resample_jumps=args.resample_jumps, metrics=args.metrics,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, retrieval_init_t=args.retrieval_init_t)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     table = completion_table(results)
     summary = {"checkpoint": str(args.checkpoint), "split": split, "num_scans": len(items), "num_points": gt.shape[1],
                "num_partial_points": partial.shape[1], "num_train_shapes": len(train_clouds), "n": args.n,
-               "sampler": args.sampler, "steps": args.steps, "data_seconds": round(data_seconds, 1),
+               "sampler": args.sampler, "steps": args.steps, "retrieval_init_t": args.retrieval_init_t, "data_seconds": round(data_seconds, 1),
                "results": results, "table": table}
     stem = args.out or args.checkpoint.with_name(args.checkpoint.stem + "_completion_eval")
     from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415

@@ -25,6 +25,7 @@ to N), :func:`baseline_mirror` (the scan plus its mirror image) and :func:`basel
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -172,6 +173,14 @@ def _run_chunks(model, rows: torch.Tensor, chunk: int | None, fn) -> torch.Tenso
     return torch.cat([fn(rows[i : i + chunk]) for i in range(0, rows.shape[0], chunk)])
 
 
+def _truncated(diffusion, start_t: int):
+    """The same process restricted to its first ``start_t`` timesteps (t in [0, start_t))."""
+    from shapediff.diffusion import GaussianDiffusion  # noqa: PLC0415
+
+    return GaussianDiffusion(prediction=diffusion.prediction, posterior_variance=diffusion.posterior_variance_type,
+                             num_timesteps=start_t, betas=diffusion.betas[:start_t].clone())
+
+
 def complete_pvd(
     model,
     partial_normalised: torch.Tensor,
@@ -182,29 +191,48 @@ def complete_pvd(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    init_normalised: torch.Tensor | None = None,
+    init_t: int = 200,
 ) -> torch.Tensor:
     """PVD completion: (B, M, 3) normalised partials -> (B, n, N, 3) normalised completions.
 
     The first M points of every x_t are the clean partial (``keep_known="clean"``), as the
     model was trained; the other N - M start from noise. ``model`` provides ``denoiser``,
     ``diffusion`` and ``num_points``.
+
+    init_normalised: optional (B, N - M, 3) starting clouds (e.g. a retrieved training shape):
+    SDEdit (Meng et al., ICLR 2022): they are noised to timestep ``init_t - 1`` and denoised from
+    there with the partial held, using ``steps x init_t / T`` of the steps.
     """
     b, m, _ = partial_normalised.shape
-    big_n = model.num_points
+    big_n, total_t = model.num_points, model.diffusion.num_timesteps
     if m >= big_n:
         raise ValueError(f"partial_normalised: expected M < N={big_n} points, got M={m}")
     sampler, steps = _sampler_args(model, steps, sampler)
+    diffusion, rows = model.diffusion, partial_normalised
+    if init_normalised is not None:
+        if tuple(init_normalised.shape) != (b, big_n - m, 3):
+            raise ValueError(f"init_normalised: expected shape {(b, big_n - m, 3)}, got {tuple(init_normalised.shape)}")
+        if not (isinstance(init_t, int) and 1 <= init_t <= total_t):
+            raise ValueError(f"init_t: expected an int in [1, {total_t}], got {init_t!r}")
+        diffusion, rows = _truncated(model.diffusion, init_t), torch.cat([partial_normalised, init_normalised], dim=1)
+        steps = None if steps is None else max(1, math.ceil(steps * init_t / total_t))
 
-    def run(rows: torch.Tensor) -> torch.Tensor:
-        known = torch.zeros(rows.shape[0], big_n, 3, device=rows.device, dtype=rows.dtype)
-        known[:, :m] = rows
-        mask = pvd_known_mask(rows.shape[0], big_n, m, device=rows.device)
-        return model.diffusion.sample(
-            model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
-            known=known, mask=mask, keep_known="clean", progress=progress,
+    def run(chunk: torch.Tensor) -> torch.Tensor:
+        known = torch.zeros(chunk.shape[0], big_n, 3, device=chunk.device, dtype=chunk.dtype)
+        known[:, :m] = chunk[:, :m]
+        mask = pvd_known_mask(chunk.shape[0], big_n, m, device=chunk.device)
+        start = None
+        if init_normalised is not None:  # x at level init_t - 1: q_sample of [partial, init]
+            abar = float(diffusion.alphas_cumprod[-1])
+            eps = torch.randn(known.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
+            start = math.sqrt(abar) * chunk + math.sqrt(1.0 - abar) * eps
+        return diffusion.sample(
+            model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=chunk.device,
+            known=known, mask=mask, keep_known="clean", progress=progress, noise=start,
         )
 
-    out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
+    out = _run_chunks(model, _repeat(rows, n), batch_size, run)
     return out.reshape(b, n, big_n, 3)
 
 
@@ -298,6 +326,8 @@ def complete(
     guidance_scale: float | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    init: Any = None,
+    init_t: int = 200,
 ) -> torch.Tensor:
     """Complete partial scans given in data coordinates; returns completions in data coordinates.
 
@@ -306,6 +336,8 @@ def complete(
     n: hypotheses per scan. method: "pvd" | "training_free" | "tokens"; default from the
         model's ``completion`` setting ("none" -> "training_free"). num_known: points held for
         "training_free" (default: the model's ``num_partial_points``).
+    init: "pvd" only: starting shapes (B, K, 3) or (K, 3) in data coordinates (e.g. retrieved
+        training shapes), resampled to N - M points and denoised from timestep ``init_t`` (SDEdit).
     Returns (B, n, N, 3), or (n, N, 3) for one unbatched (M, 3) scan. For "pvd" and
     "training_free" the first M points of each completion are exactly the resampled input.
     """
@@ -322,8 +354,16 @@ def complete(
     gen = make_generator(seed, device)
     partial_n = model.normalizer.normalize(pts.to(device))
     kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress)
+    if init is not None and method != "pvd":
+        raise ValueError(f"init: only method='pvd' starts from given shapes, got method={method!r}")
     if method == "pvd":
-        out = complete_pvd(model, partial_n, n, **kwargs)
+        init_n = None
+        if init is not None:
+            init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
+            if init_pts.shape[0] != pts.shape[0]:
+                raise ValueError(f"init: expected {pts.shape[0]} shapes, one per partial scan, got {init_pts.shape[0]}")
+            init_n = model.normalizer.normalize(init_pts.to(device))
+        out = complete_pvd(model, partial_n, n, init_normalised=init_n, init_t=init_t, **kwargs)
     elif method == "training_free":
         out = complete_training_free(model, partial_n, n, resample_jumps=resample_jumps, **kwargs)
     else:
@@ -448,6 +488,7 @@ def evaluate_completion(
     metrics: Sequence[str] = ("cd", "emd", "f_score"),
     batch_size: int | None = None,
     outputs: dict[str, torch.Tensor] | None = None,
+    retrieval_init_t: Sequence[int] = (),
 ) -> dict[str, dict[str, float]]:
     """Completion metrics of ``model`` (each of ``methods``) and of the baselines, in one run.
 
@@ -455,7 +496,8 @@ def evaluate_completion(
     train_clouds: (S, N, 3) for the retrieval baseline. Returns ``{name: {"CD", "EMD",
     "F-score@0.01", "UHD"[, "TMD" with n >= 2], "seconds"}}`` averaged over the B scans; names are
     the methods and "baseline_partial", "baseline_mirror", "baseline_retrieval". Pass a dict as
-    ``outputs`` to receive each method's (B, n, N, 3) completions in it.
+    ``outputs`` to receive each method's (B, n, N, 3) completions in it. ``retrieval_init_t``
+    adds rows "pvd+retrieval_init@T0": PVD started from the retrieved shape noised to T0 (SDEdit).
     """
     import time  # noqa: PLC0415
 
@@ -474,6 +516,15 @@ def evaluate_completion(
             outputs[method] = out
         pred = out if n > 1 else out[:, 0]
         results[method] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
+    if train_clouds is not None and retrieval_init_t:
+        retrieved = baseline_retrieval(partial, train_clouds)[0]
+        for t0 in retrieval_init_t:
+            start = time.perf_counter()
+            out = complete(model, partial, n=n, steps=steps, sampler=sampler, seed=seed, method="pvd", init=retrieved,
+                           init_t=int(t0), batch_size=batch_size).cpu()
+            pred = out if n > 1 else out[:, 0]
+            results[f"pvd+retrieval_init@{t0}"] = (_summarise(completion_metrics(pred, gt, partial, metrics=metrics))
+                                                   | {"seconds": time.perf_counter() - start})
     gen = torch.Generator().manual_seed(seed)
     baselines = {"baseline_partial": baseline_partial(partial, big_n, gen),
                  "baseline_mirror": baseline_mirror(partial, big_n, axis=0, generator=gen)}

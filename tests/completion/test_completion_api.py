@@ -202,3 +202,24 @@ def test_baseline_partial_and_mirror():
         assert torch.cdist(mir[b], both[b], compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values.max() == 0
     with pytest.raises(ValueError, match="axis"):
         baseline_mirror(partial, 10, axis=3)
+
+
+def test_pvd_from_an_initial_shape_starts_at_init_t_around_it():
+    model = _model("pvd")
+    spy = model.denoiser = _Spy(model.denoiser)
+    partial = _partial(2)
+    gen = torch.Generator().manual_seed(9)
+    init = torch.randn(2, N - M, 3, generator=gen) * 3.0 + torch.tensor([10.0, -5.0, 2.0])
+    out = complete(model, partial, n=3, steps=50, sampler="ddpm", seed=0, init=init, init_t=20)
+    assert out.shape == (2, 3, N, 3) and torch.equal(out[:, :, :M], partial[:, None].expand(2, 3, M, 3))
+    ts = [int(t[0]) for _, t, _ in spy.calls]
+    assert ts[0] == 19 and len(ts) == 10  # 50 steps x 20 / T=100, starting at t = init_t - 1
+    abar = model.diffusion.alphas_cumprod[19]
+    x = spy.calls[0][0][:, M:].double()
+    want = model.normalizer.normalize(init).repeat_interleave(3, dim=0).double() * abar.sqrt()
+    z = (x - want) / (1 - abar).sqrt()
+    assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1
+    with pytest.raises(ValueError, match="init"):
+        complete(model, partial, n=1, steps=2, init=init[:1])
+    with pytest.raises(ValueError, match="init_t"):
+        complete(model, partial, n=1, steps=2, init=init, init_t=0)
