@@ -11,7 +11,7 @@ import torch
 import trimesh
 
 from shapediff.data import MeshFolder, PointCloudFolder, ShapeNetCoreMeshes, sample_surface
-from tests.data.conftest import AIRPLANE, CHAIR, write_shapenet_v2
+from tests.data.conftest import AIRPLANE
 
 
 def _distance_to_mesh(mesh, points):
