@@ -173,6 +173,15 @@ def _run_chunks(model, rows: torch.Tensor, chunk: int | None, fn) -> torch.Tenso
     return torch.cat([fn(rows[i : i + chunk]) for i in range(0, rows.shape[0], chunk)])
 
 
+def _held_points(rows: torch.Tensor, num_points: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b, >= M, 3) rows -> known (b, N, 3) with the rows' first M points first, and PVD's mask."""
+    if m >= num_points:
+        raise ValueError(f"partial_normalised: expected M < N={num_points} points, got M={m}")
+    known = torch.zeros(rows.shape[0], num_points, 3, device=rows.device, dtype=rows.dtype)
+    known[:, :m] = rows[:, :m]
+    return known, pvd_known_mask(rows.shape[0], num_points, m, device=rows.device)
+
+
 def _truncated(diffusion, start_t: int):
     """The same process restricted to its first ``start_t`` timesteps (t in [0, start_t))."""
     from shapediff.diffusion import GaussianDiffusion  # noqa: PLC0415
@@ -206,8 +215,7 @@ def complete_pvd(
     """
     b, m, _ = partial_normalised.shape
     big_n, total_t = model.num_points, model.diffusion.num_timesteps
-    if m >= big_n:
-        raise ValueError(f"partial_normalised: expected M < N={big_n} points, got M={m}")
+    _held_points(partial_normalised[:1], big_n, m)  # validates M < N
     sampler, steps = _sampler_args(model, steps, sampler)
     diffusion, rows = model.diffusion, partial_normalised
     if init_normalised is not None:
@@ -219,9 +227,7 @@ def complete_pvd(
         steps = None if steps is None else max(1, math.ceil(steps * init_t / total_t))
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
-        known = torch.zeros(chunk.shape[0], big_n, 3, device=chunk.device, dtype=chunk.dtype)
-        known[:, :m] = chunk[:, :m]
-        mask = pvd_known_mask(chunk.shape[0], big_n, m, device=chunk.device)
+        known, mask = _held_points(chunk, big_n, m)
         start = None
         if init_normalised is not None:  # x at level init_t - 1: q_sample of [partial, init]
             abar = float(diffusion.alphas_cumprod[-1])
@@ -257,16 +263,13 @@ def complete_training_free(
     """
     b, m, _ = partial_normalised.shape
     big_n = model.num_points
-    if m >= big_n:
-        raise ValueError(f"partial_normalised: expected M < N={big_n} points, got M={m}")
     if not (isinstance(resample_jumps, int) and resample_jumps >= 1):
         raise ValueError(f"resample_jumps: expected an int >= 1, got {resample_jumps!r}")
+    _held_points(partial_normalised[:1], big_n, m)  # validates M < N
     sampler, steps = _sampler_args(model, steps, sampler)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
-        known = torch.zeros(rows.shape[0], big_n, 3, device=rows.device, dtype=rows.dtype)
-        known[:, :m] = rows
-        mask = pvd_known_mask(rows.shape[0], big_n, m, device=rows.device)
+        known, mask = _held_points(rows, big_n, m)
         return model.diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
             known=known, mask=mask, keep_known="noised", resample_jumps=resample_jumps, progress=progress,
