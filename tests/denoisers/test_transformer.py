@@ -11,6 +11,17 @@ from torch import nn
 from shapediff.denoisers import PointTransformer
 from shapediff.nn.transformer_blocks import AdaLNZero, FinalLayer
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on the shared 2-core machine: one torch thread avoids OpenMP oversubscription
+    (a training step measured 3-10x slower with 2 threads under load); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 MODES = list(itertools.product(["token", "adaln"], [None, "tokens", "cross_attention"]))
 
 
@@ -199,3 +210,178 @@ def test_invalid_inputs_raise(kwargs, call, match):
 def test_invalid_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _tiny(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the diffusion core and the PointCloudDiffusion pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def test_guidance_through_core_sampler():
+    """The core's classifier-free guidance with this model: scale 1 is the conditional sample,
+    scale 0 the unconditional one (the model's cond=None path), and the blend is continuous."""
+    from shapediff.diffusion import GaussianDiffusion
+
+    model = _randomise_zero_inits(_tiny("token", "tokens", cond_drop_prob=0.5), std=0.05).eval()
+    diffusion = GaussianDiffusion("linear", num_timesteps=100)
+    _, _, cond = _inputs(b=4, m=6)
+
+    def run(scale, c=cond):
+        return diffusion.sample(model, (4, 16, 3), sampler="ddim", steps=5, seed=3, cond=c, guidance_scale=scale)
+
+    conditional, unconditional = run(None), run(None, None)
+    assert (conditional - unconditional).abs().amax(dim=(1, 2)).min() > 1e-3
+    torch.testing.assert_close(run(1.0), conditional)
+    torch.testing.assert_close(run(0.0), unconditional)
+    # Just above 1 the formula uncond + s * (cond - uncond) is evaluated: it must land next to
+    # the conditional sample (the None path and the cond path agree with the plain calls).
+    torch.testing.assert_close(run(1.0 + 1e-4), conditional, rtol=1e-3, atol=1e-3)
+    assert (run(3.0) - conditional).abs().max() > 1e-2
+
+
+def _unit(points: torch.Tensor) -> torch.Tensor:
+    return (points - points.mean(0)) / points.std()
+
+
+def test_tiny_model_overfits_one_shape():
+    """Eps-prediction loss on one chair (32 points), on a fixed set of 32 (t, noise) pairs, falls
+    from 1.0 (the zero-initialised head predicts eps = 0, so the loss is E[eps^2]) by more than 2.5x
+    in 100 Adam steps (measured: 1.006 -> 0.288, 3.5x). Not to 0: an equivariant net cannot tell
+    which noisy point belongs to which surface point at large t."""
+    from shapediff.data import SyntheticShapes
+    from shapediff.diffusion import GaussianDiffusion
+
+    shape = SyntheticShapes(categories=["chair"], num_shapes=1, num_points=32, split="train", pool_size=500)[0]
+    x0 = _unit(shape["points"])
+    model = PointTransformer(width=32, depth=2, heads=4, time_embed_dim=32)
+    diffusion = GaussianDiffusion("linear", num_timesteps=1000)
+    g = torch.Generator().manual_seed(0)
+    t_eval, noise_eval = torch.randint(0, 1000, (32,), generator=g), torch.randn(32, 32, 3, generator=g)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return float(diffusion.training_loss(model, x0.expand(32, -1, -1), t=t_eval, noise=noise_eval))
+
+    before = eval_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = diffusion.training_loss(model, x0.expand(8, -1, -1), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert before == pytest.approx(float(noise_eval.square().mean()), rel=1e-6)
+    assert after < before / 2.5, (before, after)
+
+
+def _class_conditional_pipeline(num_classes: int, num_points: int, width: int, depth: int):
+    from shapediff.models import PointCloudDiffusion
+
+    denoiser = {"_target_": "shapediff.denoisers.PointTransformer", "width": width, "depth": depth, "heads": 4,
+                "time_embed_dim": width, "num_classes": num_classes, "cond_drop_prob": 0.1}
+    diffusion = {"_target_": "shapediff.diffusion.GaussianDiffusion", "schedule": "linear", "num_timesteps": 1000}
+    return PointCloudDiffusion(denoiser, diffusion, num_points=num_points, class_conditional=True)
+
+
+def _train(model, points: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, lr: float) -> list[float]:
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(len(points), (batch,), generator=g)
+        loss = model.training_loss({"points": points[idx], "label": labels[idx]}, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([dataset[i]["points"] for i in range(len(dataset))]), torch.tensor(dataset.labels)
+
+
+def test_class_conditional_pipeline_smoke():
+    """PointCloudDiffusion + PointTransformer: class-conditional training steps and guided sampling run,
+    and the requested class reaches the samples (same seed, different label -> different cloud)."""
+    from shapediff.data import SyntheticShapes
+
+    data = SyntheticShapes(categories=["chair", "airplane", "vase"], num_shapes=3, num_points=64, pool_size=256)
+    points, labels = _stack(data)
+    model = _class_conditional_pipeline(3, 64, width=32, depth=1)
+    model.fit_normalization(data)
+    losses = _train(model, points, labels, steps=5, batch=6, lr=1e-3)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    model.eval()
+    kw = {"sampler": "ddpm", "steps": 5, "seed": 0, "guidance_scale": 2.0}
+    a = model.sample(3, class_label=torch.tensor([0, 1, 2]), **kw)
+    b = model.sample(3, class_label=torch.tensor([1, 1, 1]), **kw)
+    assert a.shape == (3, 64, 3) and torch.isfinite(a).all()
+    torch.testing.assert_close(a[1], b[1])  # same label, same seed
+    assert not torch.equal(a[0], b[0]) and not torch.equal(a[2], b[2])
+
+
+def _nearest_class_mean_chamfer(clouds: torch.Tensor, refs: torch.Tensor, ref_labels: torch.Tensor,
+                                num_classes: int) -> torch.Tensor:
+    """(A,) predicted class: argmin over classes of the mean Chamfer distance to that class's references."""
+    from shapediff.metrics import chamfer_distance
+
+    a, r = clouds.shape[0], refs.shape[0]
+    d = chamfer_distance(clouds.repeat_interleave(r, 0), refs.repeat(a, 1, 1)).view(a, r)
+    return torch.stack([d[:, ref_labels == c].mean(1) for c in range(num_classes)], 1).argmin(1)
+
+
+@pytest.mark.slow
+def test_class_conditional_sampling_gives_the_requested_class():
+    """A tiny class-conditional model (3 SyntheticShapes categories, 128 points, 600 steps) samples
+    the requested class far more often than chance (1/3), judged by nearest-class-mean Chamfer.
+
+    The judge: a sample's class is the one whose reference shapes (val split) are closest in mean
+    squared Chamfer distance (the project's generation metric). Averaging over a class's references
+    rather than taking the single nearest one keeps one odd reference from deciding. It is checked
+    in the same test on real held-out shapes (test split), where it must be at least 90% right.
+    Requests are balanced (10 per class), so a judge or a model stuck on one class scores exactly 1/3.
+    Measured (2-core CPU, 1 thread): 28/30 at guidance 3 (8/10 chairs, 10/10 airplanes, 10/10
+    vases), 19/30 without guidance; about 4 minutes under heavy load. The bar, 17/30, has
+    probability < 0.3% under chance (Binomial(30, 1/3)).
+    """
+    from shapediff.data import SyntheticShapes
+
+    cats = ["chair", "airplane", "vase"]
+    kw = {"categories": cats, "num_shapes": 24, "num_points": 128, "pool_size": 2000}
+    train_points, train_labels = _stack(SyntheticShapes(split="train", **kw))
+    refs, ref_labels = _stack(SyntheticShapes(split="val", **kw))
+    held_out, held_out_labels = _stack(SyntheticShapes(split="test", **{**kw, "num_shapes": 12}))
+    judge_acc = (_nearest_class_mean_chamfer(held_out, refs, ref_labels, 3) == held_out_labels).float().mean()
+    assert judge_acc >= 0.9, f"the judge itself is unreliable on real shapes: {judge_acc:.2f}"
+
+    model = _class_conditional_pipeline(3, 128, width=32, depth=2)
+    model.normalizer.fit([train_points])
+    losses = _train(model, train_points, train_labels, steps=600, batch=16, lr=2e-3)
+    assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:10]) / 10
+    model.eval()
+    wanted = torch.arange(3).repeat_interleave(10)
+    samples = model.sample(30, class_label=wanted, guidance_scale=3.0, sampler="ddpm", steps=100, seed=0)
+    correct = int((_nearest_class_mean_chamfer(samples, refs, ref_labels, 3) == wanted).sum())
+    assert correct >= 17, f"{correct}/30 samples judged as the requested class (chance: 10/30)"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("time_conditioning", "partial_encoder"), [("token", "tokens"), ("adaln", "cross_attention")])
+def test_cuda_matches_cpu_and_runs_in_bf16(time_conditioning, partial_encoder):
+    from shapediff.devices import resolve_device
+
+    model = _randomise_zero_inits(_tiny(time_conditioning, partial_encoder, cond_drop_prob=0.5)).eval()
+    x, t, cond = _inputs(b=4, n=300, m=40)
+    with torch.no_grad():
+        ref = model(x, t, cond)
+        dev = resolve_device("cuda")
+        model = model.to(dev)
+        xd, td, cd = x.to(dev), t.to(dev), {k: v.to(dev) for k, v in cond.items()}
+        torch.testing.assert_close(model(xd, td, cd).cpu(), ref, rtol=1e-3, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = model(xd, td, cd).float().cpu()
+        assert (half - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
+    model.train()(xd, td, cd).square().mean().backward()  # masked (mixed dropout) path on CUDA
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
