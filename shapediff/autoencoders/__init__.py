@@ -1,1 +1,5 @@
-"""shapediff.autoencoders."""
+"""shapediff.autoencoders: the 3D KL-VAE that compresses TSDF grids into latent grids."""
+
+from shapediff.autoencoders.vae import DiagonalGaussian, TSDFVAE, occupancy_iou
+
+__all__ = ["DiagonalGaussian", "TSDFVAE", "occupancy_iou"]

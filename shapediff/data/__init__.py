@@ -7,8 +7,9 @@ from shapediff.data.shapenet import ShapeNetPC15k
 from shapediff.data.meshes import MeshFolder, PointCloudFolder, ShapeNetCoreMeshes, sample_surface
 from shapediff.data.genre import GenReScans
 from shapediff.data.partial import PartialScans
+from shapediff.data.tsdf_dataset import TSDFDataset
 
 __all__ = [
     "CATEGORY_TO_SYNSET", "GenReScans", "MeshFolder", "PartialScans", "PointCloudFolder", "SYNSET_TO_CATEGORY", "SYNTHETIC_CATEGORIES",
-    "ShapeNetCoreMeshes", "ShapeNetPC15k", "SyntheticShapes", "sample_surface", "to_synset",
+    "ShapeNetCoreMeshes", "ShapeNetPC15k", "SyntheticShapes", "TSDFDataset", "sample_surface", "to_synset",
 ]

@@ -3,5 +3,6 @@
 from shapediff.denoisers.pointnet import PointNetDenoiser
 from shapediff.denoisers.pvcnn import PVCNN2
 from shapediff.denoisers.transformer import PointTransformer
+from shapediff.denoisers.unet3d import UNet3D
 
-__all__ = ["PVCNN2", "PointNetDenoiser", "PointTransformer"]
+__all__ = ["PVCNN2", "PointNetDenoiser", "PointTransformer", "UNet3D"]

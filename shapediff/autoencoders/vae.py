@@ -1,0 +1,181 @@
+"""A 3D KL-VAE for TSDF grids: (B, 1, R, R, R) -> latent (B, C, R/f, R/f, R/f) -> (B, 1, R, R, R).
+
+In the line of SDFusion's and Diffusion-SDF's autoencoders (LDM's KL autoencoder made 3D): ResBlocks
+with GroupNorm + SiLU, stride-2 convolutions (f = 2^(len(channel_mult) - 1); 32^3 -> 8^3 with the
+default (1, 2, 4)), self-attention only at the lowest resolution. Loss = L1 on the TSDF, optionally
+weighted near the surface, + kl_weight * KL(q(z|x) || N(0, I)); both terms are means over their
+elements (voxels, latent entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from shapediff.nn.blocks3d import AttentionBlock3d, Downsample3d, ResBlock3d, Upsample3d, group_norm
+
+__all__ = ["DiagonalGaussian", "TSDFVAE", "occupancy_iou"]
+
+
+class DiagonalGaussian(NamedTuple):
+    """q(z | x) = N(mean, exp(logvar)); both (B, C, r, r, r)."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    def sample(self, noise: torch.Tensor) -> torch.Tensor:
+        """Reparameterised sample ``mean + exp(logvar / 2) * noise`` (noise shaped like mean)."""
+        return self.mean + torch.exp(0.5 * self.logvar) * noise
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per latent entry, (B, C, r, r, r)."""
+        return 0.5 * (self.mean**2 + self.logvar.exp() - 1.0 - self.logvar)
+
+
+def _stage(channels: Sequence[int], blocks: int, groups: int) -> tuple[nn.ModuleList, int]:
+    """ResBlocks that go from channels[0] to channels[1]."""
+    cin, cout = channels
+    mods = nn.ModuleList(ResBlock3d(cin if i == 0 else cout, cout, num_groups=groups) for i in range(blocks))
+    return mods, cout
+
+
+class TSDFVAE(nn.Module):
+    """3D KL-VAE for TSDF grids.
+
+    Args:
+        resolution: R of the input grids (divisible by the downsampling factor f).
+        in_channels: channels of the input grid (1 for a TSDF).
+        base_channels: C of the first level; level i has ``base_channels * channel_mult[i]``.
+        channel_mult: per-level multipliers; len - 1 stride-2 downsamplings.
+        num_res_blocks: ResBlocks per level (encoder and decoder).
+        latent_channels: C of the latent grid.
+        attention: self-attention in the middle blocks (lowest resolution only).
+        num_heads, num_groups: attention heads, GroupNorm groups.
+        kl_weight: beta_KL.
+        surface_weight: extra L1 weight on voxels with |tsdf| < 1 (within the truncation band).
+        logvar_clamp: logvar is clamped to [-30, 20] as in LDM.
+    """
+
+    def __init__(self, resolution: int = 32, in_channels: int = 1, base_channels: int = 16,
+                 channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 1, latent_channels: int = 4,
+                 attention: bool = True, num_heads: int = 4, num_groups: int = 8, kl_weight: float = 1e-6,
+                 surface_weight: float = 2.0):
+        super().__init__()
+        self.factor = 2 ** (len(channel_mult) - 1)
+        if not isinstance(resolution, int) or resolution < self.factor or resolution % self.factor:
+            raise ValueError(f"resolution: expected an int divisible by the downsampling factor {self.factor}, got {resolution!r}")
+        if not channel_mult or kl_weight < 0 or surface_weight < 0:
+            raise ValueError(f"channel_mult/kl_weight/surface_weight: expected a non-empty list and non-negative weights, "
+                             f"got {channel_mult!r}, {kl_weight!r}, {surface_weight!r}")
+        self.resolution, self.in_channels, self.latent_channels = resolution, in_channels, latent_channels
+        self.latent_resolution = resolution // self.factor
+        self.kl_weight, self.surface_weight = float(kl_weight), float(surface_weight)
+        chans = [base_channels * m for m in channel_mult]
+        g = num_groups
+        # encoder
+        self.enc_in = nn.Conv3d(in_channels, chans[0], 3, padding=1)
+        self.enc_blocks, self.enc_down = nn.ModuleList(), nn.ModuleList()
+        c = chans[0]
+        for i, ci in enumerate(chans):
+            blocks, c = _stage((c, ci), num_res_blocks, g)
+            self.enc_blocks.append(blocks)
+            self.enc_down.append(Downsample3d(c) if i < len(chans) - 1 else nn.Identity())
+        self.enc_mid = self._middle(c, attention, num_heads, g)
+        self.enc_out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv3d(c, 2 * latent_channels, 3, padding=1))
+        # decoder (mirror)
+        self.dec_in = nn.Conv3d(latent_channels, c, 3, padding=1)
+        self.dec_mid = self._middle(c, attention, num_heads, g)
+        self.dec_blocks, self.dec_up = nn.ModuleList(), nn.ModuleList()
+        for i, ci in reversed(list(enumerate(chans))):
+            blocks, c = _stage((c, ci), num_res_blocks, g)
+            self.dec_blocks.append(blocks)
+            self.dec_up.append(Upsample3d(c) if i > 0 else nn.Identity())
+        self.dec_out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv3d(c, in_channels, 3, padding=1))
+
+    @staticmethod
+    def _middle(c: int, attention: bool, heads: int, groups: int) -> nn.ModuleList:
+        mods = [ResBlock3d(c, num_groups=groups)]
+        if attention:
+            mods.append(AttentionBlock3d(c, heads, groups))
+        mods.append(ResBlock3d(c, num_groups=groups))
+        return nn.ModuleList(mods)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, r, r, r) of one latent grid."""
+        r = self.latent_resolution
+        return (self.latent_channels, r, r, r)
+
+    def _check_grid(self, x: Any, name: str = "tsdf") -> torch.Tensor:
+        r, c = self.resolution, self.in_channels
+        if not isinstance(x, torch.Tensor) or x.ndim != 5 or tuple(x.shape[1:]) != (c, r, r, r):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected a (B, {c}, {r}, {r}, {r}) tensor, got {got}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name}: contains NaN or Inf")
+        return x.float()
+
+    def encode(self, tsdf: torch.Tensor) -> DiagonalGaussian:
+        """tsdf: (B, 1, R, R, R) in [-1, 1] -> q(z | x) with mean/logvar (B, C, r, r, r)."""
+        h = self.enc_in(self._check_grid(tsdf))
+        for blocks, down in zip(self.enc_blocks, self.enc_down):
+            for block in blocks:
+                h = block(h)
+            h = down(h)
+        for block in self.enc_mid:
+            h = block(h)
+        mean, logvar = self.enc_out(h).chunk(2, dim=1)
+        return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
+
+    def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """z: (B, C, r, r, r) -> TSDF (B, 1, R, R, R) (clamped to [-1, 1] unless ``clamp=False``)."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 5 or tuple(z.shape[1:]) != self.latent_shape:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z: expected a (B, {', '.join(map(str, self.latent_shape))}) tensor, got {got}")
+        h = self.dec_in(z)
+        for block in self.dec_mid:
+            h = block(h)
+        for blocks, up in zip(self.dec_blocks, self.dec_up):
+            for block in blocks:
+                h = block(h)
+            h = up(h)
+        out = self.dec_out(h)
+        return out.clamp(-1.0, 1.0) if clamp else out
+
+    def forward(self, tsdf: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct (posterior sample with ``noise``, posterior mean without): -> (recon, posterior)."""
+        post = self.encode(tsdf)
+        z = post.mean if noise is None else post.sample(noise)
+        return self.decode(z, clamp=False), post
+
+    def loss_terms(self, tsdf: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{"l1": weighted L1, "kl": mean KL, "loss": l1 + kl_weight * kl} for a (B, 1, R, R, R) batch."""
+        tsdf = self._check_grid(tsdf)
+        recon, post = self(tsdf, noise)
+        weight = 1.0 + self.surface_weight * (tsdf.abs() < 1.0).float()
+        l1 = (weight * (recon - tsdf).abs()).sum() / weight.sum()
+        kl = post.kl().mean()
+        return {"l1": l1, "kl": kl, "loss": l1 + self.kl_weight * kl}
+
+    def training_loss(self, batch: Mapping[str, torch.Tensor] | torch.Tensor,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar VAE loss of ``batch["tsdf"]`` (B, 1, R, R, R); ``noise`` (B, C, r, r, r) draws z (mean if None)."""
+        tsdf = batch["tsdf"] if isinstance(batch, Mapping) else batch
+        return self.loss_terms(tsdf.to(self.enc_in.weight.device), noise)["loss"]
+
+
+def occupancy_iou(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """IoU of occupancies ``pred < 0`` and ``target < 0`` per item: (B, ...) grids -> (B,).
+
+    ``mask`` (bool, broadcastable) restricts both to those voxels. Items with an empty union get IoU 1.
+    """
+    a, b = pred < 0, target < 0
+    if mask is not None:
+        a, b = a & mask, b & mask
+    dims = tuple(range(1, a.ndim))
+    inter = (a & b).sum(dims).float()
+    union = (a | b).sum(dims).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))

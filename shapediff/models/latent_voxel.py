@@ -1,0 +1,410 @@
+"""Latent-voxel diffusion (SDFusion / Diffusion-SDF / XCube line): TSDF -> 3D KL-VAE latent -> diffusion -> meshes.
+
+Two user-facing models, both trained by ``scripts/train.py`` through ``training_loss(batch)``:
+
+- :class:`TSDFAutoencoder` (stage 1, ``experiment=latent_vae``): the VAE on ``batch["tsdf"]``.
+- :class:`LatentVoxelDiffusion` (stage 2, ``experiment=latent_quickstart``): loads a stage-1 checkpoint,
+  freezes the VAE, fits the latent scale on the training split (``prepare``) and trains a denoiser
+  (:class:`shapediff.denoisers.UNet3D`) on ``z = (mean(q(z|x)) - shift) * scale``.
+
+Completion (:meth:`LatentVoxelDiffusion.complete`) and why nothing hidden leaks (SDFusion issue #49:
+its demo encodes the *full* shape and only then masks the latent, so the encoder's receptive field
+carries the hidden part into the "known" latents):
+
+1. the hidden voxels of the input are overwritten with ``fill`` (+1, "empty") *before* encoding, so the
+   encoder never sees them: the result cannot depend on them (tested by changing them);
+2. the voxel mask is min-pooled over each latent cell's f^3 block (f = VAE downsampling): a latent cell
+   is known only if all its voxels are observed; ``erode`` more cells can be dropped, since cells next to
+   hidden ones saw ``fill`` through the encoder's receptive field (contaminated, not leaked);
+3. sampling holds the known latents RePaint-style (noised to the current level, ``resample_jumps``
+   harmonisation steps) because the denoiser is trained unconditionally; the final step puts the clean
+   known latents back; several hypotheses come from one seed (``n``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shapediff.autoencoders import TSDFVAE, occupancy_iou
+from shapediff.config import instantiate
+from shapediff.models.base import ShapeModel
+from shapediff.models.checkpoint import load_checkpoint
+from shapediff.models.point_cloud import _plain
+from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
+
+__all__ = ["LatentVoxelDiffusion", "TSDFAutoencoder", "VoxelSamples", "meshes_to_points"]
+
+log = logging.getLogger("shapediff.models")
+DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]}
+
+
+class VoxelSamples(NamedTuple):
+    """Generated or completed shapes: ``tsdf`` (n, R, R, R) in [-1, 1] and one trimesh per item (empty if none)."""
+
+    tsdf: torch.Tensor
+    meshes: list
+
+
+def meshes_to_points(meshes: Sequence[Any], num_points: int, seed: int = 0) -> torch.Tensor:
+    """(len(meshes), N, 3) float32 points uniform on each mesh's surface (area-weighted, seeded).
+
+    An empty mesh (nothing generated) gives N copies of the origin, so it still counts in metrics.
+    """
+    from shapediff.data import sample_surface  # noqa: PLC0415
+
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+        raise ValueError(f"num_points: expected a positive int, got {num_points!r}")
+    out = [torch.zeros(num_points, 3) if len(m.faces) == 0 or m.area <= 0
+           else torch.from_numpy(sample_surface(m, num_points, seed=mix_seed(seed, i))) for i, m in enumerate(meshes)]
+    return torch.stack(out) if out else torch.zeros(0, num_points, 3)
+
+
+def _grid(grid: Mapping[str, Any] | None, resolution: int) -> dict[str, Any]:
+    g = {**DEFAULT_GRID, "resolution": resolution, **(dict(grid) if grid else {})}
+    if g["resolution"] != resolution:
+        raise ValueError(f"grid.resolution: expected the VAE's resolution {resolution}, got {g['resolution']}")
+    g["bounds"] = [[float(v) for v in row] for row in g["bounds"]]
+    g["truncation"] = float(g["truncation"])
+    return g
+
+
+def _check_tsdf_batch(x: Any, r: int, name: str) -> torch.Tensor:
+    """(R, R, R), (B, R, R, R) or (B, 1, R, R, R) -> (B, 1, R, R, R) float."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a tensor of shape (R, R, R), (B, R, R, R) or (B, 1, R, R, R) with R={r}, "
+                         f"got {type(x).__name__}")
+    y = x.reshape(1, 1, *x.shape) if x.ndim == 3 else x[:, None] if x.ndim == 4 else x
+    if y.ndim != 5 or tuple(y.shape[1:]) != (1, r, r, r):
+        raise ValueError(f"{name}: expected shape (R, R, R), (B, R, R, R) or (B, 1, R, R, R) with R={r}, got {tuple(x.shape)}")
+    if y.is_floating_point() and not torch.isfinite(y).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return y
+
+
+def _write_preview(meshes: list, path: Path) -> None:
+    """preview.png of up to 8 meshes; skipped (logged) when rendering is unavailable."""
+    try:
+        from shapediff.viz import render_grid  # noqa: PLC0415
+
+        if meshes:
+            render_grid(meshes, path, ncols=4)
+    except (ImportError, RuntimeError, ValueError) as err:
+        log.warning("preview.png not written: %s", err)
+
+
+def _to_meshes(tsdf: torch.Tensor, bounds: Sequence) -> list:
+    from shapediff.geometry import sdf_to_mesh  # noqa: PLC0415
+
+    return [sdf_to_mesh(g, level=0.0, bounds=bounds) for g in tsdf.detach().float().cpu()]
+
+
+class TSDFAutoencoder(ShapeModel):
+    """Stage 1: a :class:`shapediff.autoencoders.TSDFVAE` as a trainable, saveable shapediff model.
+
+    Args:
+        vae: config of the VAE (``{"_target_": "shapediff.autoencoders.TSDFVAE", ...}``).
+        grid: the TSDF frame the VAE is trained in: ``{"resolution", "truncation", "bounds"}`` (saved
+            with the weights so stage 2 decodes into the same frame).
+        posterior: "sample" (reparameterised z in training, as LDM) or "mean".
+    """
+
+    def __init__(self, vae: Mapping[str, Any], grid: Mapping[str, Any] | None = None, posterior: str = "sample"):
+        super().__init__()
+        if posterior not in ("sample", "mean"):
+            raise ValueError(f"posterior: expected 'sample' or 'mean', got {posterior!r}")
+        self.vae: TSDFVAE = instantiate(_plain(dict(vae)), where="model.vae")
+        self.grid = _grid(_plain(grid), self.vae.resolution)
+        self.posterior = posterior
+        self.config = copy.deepcopy({"vae": _plain(dict(vae)), "grid": self.grid, "posterior": posterior})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def training_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """VAE loss of ``batch["tsdf"]`` (B, 1, R, R, R); per-example posterior noise from ``batch["seed"]``."""
+        tsdf = _check_tsdf_batch(batch["tsdf"], self.vae.resolution, "batch['tsdf']").to(self.device)
+        noise = None
+        if self.posterior == "sample":
+            seeds = batch["seed"] if "seed" in batch else torch.randint(2**62, (tsdf.shape[0],))
+            noise = per_example_randn(self.vae.latent_shape, seeds, device=self.device)
+        return self.vae.training_loss(tsdf, noise)
+
+    @torch.no_grad()
+    def reconstruct(self, tsdf: torch.Tensor) -> torch.Tensor:
+        """TSDF (B, 1, R, R, R) -> reconstruction through the posterior mean, (B, 1, R, R, R)."""
+        x = _check_tsdf_batch(tsdf, self.vae.resolution, "tsdf").to(self.device)
+        return self.vae.decode(self.vae.encode(x).mean)
+
+    @torch.no_grad()
+    def evaluate(self, dataset, max_items: int | None = None, batch_size: int = 16) -> dict[str, Any]:
+        """Occupancy IoU (tsdf < 0) of reconstructions of ``dataset`` items: mean and per category."""
+        n = len(dataset) if max_items is None else min(max_items, len(dataset))
+        ious, cats = [], []
+        for start in range(0, n, batch_size):
+            items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+            x = torch.stack([it["tsdf"] for it in items]).to(self.device)
+            ious.append(occupancy_iou(self.reconstruct(x), x).cpu())
+            cats += [str(it.get("category", "all")) for it in items]
+        iou = torch.cat(ious)
+        per_cat = {c: round(float(iou[[k for k, cc in enumerate(cats) if cc == c]].mean()), 4) for c in sorted(set(cats))}
+        return {"iou": round(float(iou.mean()), 4), "iou_per_category": per_cat, "num_shapes": n}
+
+    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """Trainer hook: reconstruction IoU on the evaluation split -> metrics.json, a few meshes."""
+        from shapediff.geometry import save_mesh  # noqa: PLC0415
+        from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415
+
+        run_dir = Path(run_dir)
+        start = time.perf_counter()
+        metrics = self.evaluate(ref_dataset, int(eval_cfg.get("num_samples", 32)))
+        metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+        num_meshes = min(int(eval_cfg.get("num_meshes", 4)), len(ref_dataset))
+        if num_meshes:
+            x = torch.stack([ref_dataset[i]["tsdf"] for i in range(num_meshes)])
+            for i, mesh in enumerate(_to_meshes(self.reconstruct(x)[:, 0], self.grid["bounds"])):
+                if len(mesh.faces):
+                    save_mesh(run_dir / "meshes" / f"recon_{i:03d}.obj", mesh)
+        write_json_atomic(metrics, run_dir / "metrics.json")
+        return metrics
+
+
+def _vae_from_checkpoint(path: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(vae config, grid, VAE weights) of a TSDFAutoencoder checkpoint (EMA weights preferred)."""
+    payload = load_checkpoint(path)
+    if payload["class"] != TSDFAutoencoder.class_path():
+        raise ValueError(f"vae_checkpoint {str(path)!r}: expected a {TSDFAutoencoder.class_path()} checkpoint, "
+                         f"got {payload['class']}")
+    state = payload.get("ema_state_dict") or payload["state_dict"]
+    weights = {k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")}
+    return payload["config"]["vae"], payload["config"]["grid"], weights
+
+
+class LatentVoxelDiffusion(ShapeModel):
+    """Stage 2: diffusion on the frozen VAE's scaled latent grids; samples and completes TSDFs and meshes.
+
+    Args:
+        denoiser: config of the latent denoiser (``shapediff.denoisers.UNet3D`` with in/out channels = the
+            VAE's latent channels and resolution = its latent resolution).
+        diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion`.
+        vae: config of the VAE (architecture; weights come from ``vae_checkpoint`` or the saved state).
+        vae_checkpoint: path of a stage-1 :class:`TSDFAutoencoder` checkpoint: its VAE config, grid and
+            (EMA) weights are used, and the saved config of this model no longer needs the file.
+        grid: TSDF frame (taken from the VAE checkpoint when given there).
+        latent_scale, latent_shift: z = (mean - shift) * scale; None = fit with :meth:`prepare` on the training
+            split (scale = 1 / std of all latent entries, shift = their mean). Kept as buffers in the weights.
+        scale_num_shapes: training shapes used to fit them.
+        sampler: default sampler settings ``{"name": "ddim", "steps": 50}``.
+        num_points: N points sampled from each generated mesh for evaluation.
+    """
+
+    def __init__(self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], vae: Mapping[str, Any] | None = None,
+                 vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
+                 latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
+                 sampler: Mapping[str, Any] | None = None, num_points: int = 2048):
+        super().__init__()
+        weights = None
+        if vae_checkpoint is not None:
+            vae, ckpt_grid, weights = _vae_from_checkpoint(str(vae_checkpoint))
+            grid = grid or ckpt_grid
+        if vae is None:
+            raise ValueError("vae: expected a VAE config or a vae_checkpoint path, got neither")
+        self.vae: TSDFVAE = instantiate(_plain(dict(vae)), where="model.vae")
+        if weights is not None:
+            self.vae.load_state_dict(weights)
+        self.vae.requires_grad_(False)
+        self.grid = _grid(_plain(grid), self.vae.resolution)
+        self.denoiser: nn.Module = instantiate(_plain(dict(denoiser)), where="model.denoiser")
+        self.diffusion = instantiate(_plain(dict(diffusion)), where="model.diffusion")
+        self._check_denoiser()
+        self.register_buffer("latent_scale", torch.tensor(float(latent_scale or 0.0)))
+        self.register_buffer("latent_shift", torch.tensor(float(latent_shift or 0.0)))
+        self.scale_num_shapes, self.num_points = int(scale_num_shapes), int(num_points)
+        self.config = copy.deepcopy(_plain({
+            "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
+            "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
+            "scale_num_shapes": scale_num_shapes, "sampler": dict(sampler or {"name": "ddim", "steps": 50}),
+            "num_points": num_points}))
+
+    def _check_denoiser(self) -> None:
+        c, r = self.vae.latent_channels, self.vae.latent_resolution
+        probe = torch.zeros(1, c, r, r, r)
+        try:
+            out = self.denoiser(probe, torch.zeros(1, dtype=torch.long), None)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"denoiser: cannot take the VAE's (B, {c}, {r}, {r}, {r}) latents: {err}") from err
+        if out.shape != probe.shape:
+            raise ValueError(f"denoiser: expected an output of shape (B, {c}, {r}, {r}, {r}), got {tuple(out.shape)}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return self.vae.latent_shape
+
+    def train(self, mode: bool = True) -> "LatentVoxelDiffusion":
+        super().train(mode)
+        self.vae.eval()  # frozen: always in inference mode
+        return self
+
+    # ------------------------------------------------------------------------- latents
+    @torch.no_grad()
+    def encode(self, tsdf: torch.Tensor, mask: torch.Tensor | None = None, fill: float = 1.0) -> torch.Tensor:
+        """TSDF (B, 1, R, R, R) -> scaled latent (B, C, r, r, r); with ``mask`` (True = observed), hidden
+        voxels are replaced by ``fill`` before the encoder sees them."""
+        x = _check_tsdf_batch(tsdf, self.vae.resolution, "tsdf").to(self.device).float()
+        if mask is not None:
+            x = torch.where(mask.to(self.device), x, torch.full_like(x, fill))
+        self._check_fitted()
+        return (self.vae.encode(x).mean - self.latent_shift) * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B, C, r, r, r) -> TSDF (B, R, R, R) in [-1, 1]."""
+        self._check_fitted()
+        return self.vae.decode(z / self.latent_scale + self.latent_shift)[:, 0]
+
+    def _check_fitted(self) -> None:
+        if float(self.latent_scale) <= 0:
+            raise ValueError("latent_scale: not fitted; call model.prepare(train_dataset) or pass latent_scale=")
+
+    @torch.no_grad()
+    def fit_latent_scale(self, dataset: Iterable, max_items: int | None = None, batch_size: int = 16) -> float:
+        """Set shift = mean and scale = 1 / std of the VAE posterior means over ``dataset``'s ``tsdf`` items."""
+        n = len(dataset) if max_items is None else min(max_items, len(dataset))
+        if n == 0:
+            raise ValueError("dataset: empty; the latent scale needs at least one training shape")
+        zs = []
+        for start in range(0, n, batch_size):
+            x = torch.stack([dataset[i]["tsdf"] for i in range(start, min(n, start + batch_size))]).to(self.device)
+            zs.append(self.vae.encode(_check_tsdf_batch(x, self.vae.resolution, "dataset['tsdf']")).mean.double())
+        z = torch.cat(zs)
+        self.latent_shift.fill_(float(z.mean()))
+        self.latent_scale.fill_(float(1.0 / z.std().clamp(min=1e-8)))
+        log.info("latent shift %.4f, scale %.4f from %d shapes", float(self.latent_shift), float(self.latent_scale), n)
+        return float(self.latent_scale)
+
+    def prepare(self, train_set) -> None:
+        """Trainer hook: fit the latent scale on the training split unless it is set already."""
+        if float(self.latent_scale) <= 0:
+            self.fit_latent_scale(train_set, self.scale_num_shapes)
+
+    # ------------------------------------------------------------------------- training
+    def training_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Diffusion loss on the scaled latents of ``batch["tsdf"]`` (B, 1, R, R, R); per-example t and noise
+        from ``batch["seed"]`` when present (the trainer sets it)."""
+        z = self.encode(batch["tsdf"])
+        t = noise = None
+        if "seed" in batch:
+            t = per_example_randint(self.diffusion.num_timesteps, batch["seed"], device=self.device)
+            noise = per_example_randn(tuple(z.shape[1:]), batch["seed"], device=self.device)
+        return self.diffusion.training_loss(self.denoiser, z, t=t, noise=noise, generator=generator)
+
+    # ------------------------------------------------------------------------- sampling
+    def _sampler_args(self, sampler: str | None, steps: int | None, kwargs: dict) -> tuple[str, int | None, dict]:
+        """Explicit arguments, else the ``sampler`` config (its other keys, e.g. eta, are sampler kwargs)."""
+        cfg = self.config["sampler"]
+        extra = {k: v for k, v in cfg.items() if k not in ("name", "steps")} if sampler is None else {}
+        return sampler or cfg.get("name", "ddim"), steps if steps is not None else cfg.get("steps"), {**extra, **kwargs}
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
+               batch_size: int | None = None, meshes: bool = True, progress: bool = False,
+               **sampler_kwargs: Any) -> VoxelSamples:
+        """Generate ``n`` shapes: TSDF (n, R, R, R) decoded from sampled latents, and their level-0 meshes
+        (marching cubes; an empty or sign-free volume gives an empty mesh). ``meshes=False`` skips meshing."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}")
+        self._check_fitted()
+        sampler, steps, sampler_kwargs = self._sampler_args(sampler, steps, sampler_kwargs)
+        generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        out = []
+        for start in range(0, n, batch_size or n):
+            b = min(batch_size or n, n - start)
+            z = self.diffusion.sample(self.denoiser, (b, *self.latent_shape), sampler=sampler, steps=steps,
+                                      generator=generator, device=self.device, progress=progress, **sampler_kwargs)
+            out.append(self.decode(z))
+        tsdf = torch.cat(out)
+        return VoxelSamples(tsdf, _to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+
+    def latent_mask(self, mask: torch.Tensor, erode: int = 0) -> torch.Tensor:
+        """Voxel mask (B, 1, R, R, R) bool (True = observed) -> latent mask (B, 1, r, r, r): a latent cell is
+        known only if every voxel of its f^3 block is (min-pooling), then ``erode`` cells more are dropped."""
+        f = self.vae.factor
+        known = -F.max_pool3d(-(mask.float()), kernel_size=f, stride=f)
+        if erode > 0:
+            known = -F.max_pool3d(-known, kernel_size=2 * erode + 1, stride=1, padding=erode)
+        return known > 0.5
+
+    @torch.no_grad()
+    def complete(self, partial_tsdf: torch.Tensor, mask: torch.Tensor, n: int = 1, steps: int | None = None,
+                 sampler: str | None = None, seed: int | None = None, resample_jumps: int = 3, erode: int = 0,
+                 fill: float = 1.0, paste_known: bool = False, meshes: bool = True) -> VoxelSamples:
+        """Complete partial TSDFs: ``n`` hypotheses for each of B observations (see the module docstring).
+
+        Args:
+            partial_tsdf: (R, R, R), (B, R, R, R) or (B, 1, R, R, R) TSDF; values where ``mask`` is False are
+                never read (they may hold anything, even the true hidden shape).
+            mask: bool, same shape, True = observed voxel.
+            n: hypotheses per observation. resample_jumps: RePaint harmonisation repeats per step.
+            erode: latent cells dropped from the known region beyond min-pooling. fill: value the encoder
+                sees in hidden voxels. paste_known: copy the observed voxels into the output TSDF.
+        Returns:
+            VoxelSamples with tsdf (B * n, R, R, R) (observation-major) and meshes.
+        """
+        r = self.vae.resolution
+        x = _check_tsdf_batch(partial_tsdf, r, "partial_tsdf").to(self.device).float()
+        m = _check_tsdf_batch(mask, r, "mask").to(self.device)
+        if m.dtype != torch.bool or m.shape != x.shape:
+            raise ValueError(f"mask: expected a bool tensor shaped like partial_tsdf {tuple(x.shape)}, got {m.dtype} {tuple(m.shape)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}")
+        x = torch.where(m, x, torch.full_like(x, fill))  # hidden voxels are gone before anything reads them
+        known = self.encode(x).repeat_interleave(n, 0)
+        lmask = self.latent_mask(m, erode).repeat_interleave(n, 0).expand_as(known)
+        sampler, steps, kwargs = self._sampler_args(sampler, steps, {})
+        z = self.diffusion.sample(self.denoiser, tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
+                                  seed=seed if seed is not None else int(torch.randint(2**62, (1,))), device=self.device,
+                                  known=known, mask=lmask, keep_known="noised", resample_jumps=resample_jumps)
+        tsdf = self.decode(z)
+        if paste_known:
+            tsdf = torch.where(m[:, 0].repeat_interleave(n, 0), x[:, 0].repeat_interleave(n, 0), tsdf)
+        return VoxelSamples(tsdf, _to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+
+    # ------------------------------------------------------------------------- evaluation
+    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """Trainer hook: sample meshes, points on them, MMD / COV / 1-NNA against ``ref_dataset``'s points."""
+        from shapediff.geometry import save_mesh  # noqa: PLC0415
+        from shapediff.metrics import generation_metrics  # noqa: PLC0415
+        from shapediff.training.outputs import reference_clouds, write_json_atomic  # noqa: PLC0415
+
+        run_dir, n, seed = Path(run_dir), int(eval_cfg["num_samples"]), int(eval_cfg["seed"])
+        start = time.perf_counter()
+        out = self.sample(n, seed=seed, batch_size=int(eval_cfg.get("batch_size") or n))
+        sample_seconds = time.perf_counter() - start
+        refs = reference_clouds(ref_dataset, n, seed)
+        points = meshes_to_points(out.meshes, refs.shape[1], seed)
+        empty = sum(len(m.faces) == 0 for m in out.meshes)
+        metrics: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(eval_cfg["metrics"])))
+        metrics.update(num_samples=n, num_references=len(refs), num_points=refs.shape[1], empty_meshes=empty,
+                       watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
+                       sample_seconds=round(sample_seconds, 2))
+        torch.save({"tsdf": out.tsdf.cpu(), "points": points}, run_dir / "samples.pt")
+        for i, mesh in enumerate(out.meshes[: int(eval_cfg.get("num_meshes", 4))]):
+            if len(mesh.faces):
+                save_mesh(run_dir / "meshes" / f"sample_{i:03d}.obj", mesh)
+        write_json_atomic(metrics, run_dir / "metrics.json")
+        if eval_cfg.get("preview", True):
+            _write_preview([m for m in out.meshes if len(m.faces)][:8], run_dir / "preview.png")
+        return metrics

@@ -1,0 +1,136 @@
+"""LatentVoxelDiffusion: latent scale, leak-free completion, meshes, save/load (tiny untrained networks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shapediff
+from shapediff.geometry import sdf_to_mesh
+from shapediff.geometry.tsdf import tsdf_from_sdf
+from shapediff.models import LatentVoxelDiffusion, TSDFAutoencoder
+from shapediff.models.latent_voxel import meshes_to_points
+
+from .conftest import DIFFUSION, SYNTH, UNET, VAE
+
+
+def _half_mask(x: torch.Tensor, known: int = 8) -> torch.Tensor:
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[..., :known] = True  # the z < 0 half is observed
+    return mask
+
+
+def test_latent_scale_gives_unit_variance(tiny_model, tsdf_train):
+    from shapediff.data import TSDFDataset
+
+    z = tiny_model.encode(torch.stack([tsdf_train[i]["tsdf"] for i in range(len(tsdf_train))]))
+    assert z.mean().abs() < 1e-4 and z.std().item() == pytest.approx(1.0, abs=1e-3)
+    held_out = TSDFDataset(SYNTH, split="val", resolution=16, truncation=2.0)
+    z_val = tiny_model.encode(torch.stack([held_out[i]["tsdf"] for i in range(len(held_out))]))
+    assert 0.7 < z_val.std().item() < 1.4
+    assert float(tiny_model.latent_scale) > 0
+
+
+def test_latent_mask_is_min_pooled(tiny_model):
+    mask = torch.rand(2, 1, 16, 16, 16) > 0.02
+    got = tiny_model.latent_mask(mask)
+    assert got.shape == (2, 1, 8, 8, 8)  # f = 2 for the tiny VAE
+    for b in range(2):
+        for i in range(8):
+            for j in range(8):
+                for k in range(8):
+                    block = mask[b, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2, 2 * k:2 * k + 2]
+                    assert bool(got[b, 0, i, j, k]) == bool(block.all())
+    eroded = tiny_model.latent_mask(torch.ones(1, 1, 16, 16, 16, dtype=torch.bool), erode=1)
+    assert eroded.all()  # erosion does not eat the grid border
+
+
+def test_completion_cannot_see_hidden_voxels(tiny_model, tsdf_train):
+    x = tsdf_train[0]["tsdf"]
+    mask = _half_mask(x)
+    other = torch.where(mask, x, tsdf_train[1]["tsdf"])  # same observation, another shape behind it
+    a = tiny_model.complete(x, mask, n=2, seed=3, meshes=False).tsdf
+    b = tiny_model.complete(other, mask, n=2, seed=3, meshes=False).tsdf
+    assert torch.equal(a, b)
+    # the naive way (encode the full shape, then mask the latent: SDFusion issue #49) does see them
+    lmask = tiny_model.latent_mask(mask[None])
+    leak_a, leak_b = tiny_model.encode(x[None]), tiny_model.encode(other[None])
+    assert not torch.allclose(leak_a[lmask.expand_as(leak_a)], leak_b[lmask.expand_as(leak_b)])
+
+
+def test_completion_hypotheses_seeds_and_paste(tiny_model, tsdf_train):
+    x = tsdf_train[2]["tsdf"]
+    mask = _half_mask(x)
+    out = tiny_model.complete(x, mask, n=3, seed=0)
+    assert out.tsdf.shape == (3, 16, 16, 16) and len(out.meshes) == 3
+    assert not torch.equal(out.tsdf[0], out.tsdf[1])  # several hypotheses
+    assert torch.equal(tiny_model.complete(x, mask, n=3, seed=0, meshes=False).tsdf, out.tsdf)  # reproducible
+    pasted = tiny_model.complete(x, mask, n=2, seed=0, paste_known=True, meshes=False).tsdf
+    assert torch.equal(pasted[:, mask[0]], x[0][mask[0]].expand(2, -1))
+
+
+def test_empty_volume_gives_empty_mesh(tiny_model):
+    assert len(sdf_to_mesh(torch.ones(16, 16, 16)).faces) == 0
+    with torch.no_grad():  # force the decoder to say "empty" everywhere
+        tiny_model.vae.dec_out[-1].weight.zero_()
+        tiny_model.vae.dec_out[-1].bias.fill_(5.0)
+    out = tiny_model.sample(2, seed=0)
+    assert (out.tsdf == 1).all()
+    assert all(len(m.faces) == 0 for m in out.meshes)
+    assert torch.equal(meshes_to_points(out.meshes, 16), torch.zeros(2, 16, 3))
+
+
+def test_meshes_watertight_where_tsdf_closed():
+    closed = tsdf_from_sdf(lambda p: (p - 0.1).norm(dim=-1) - 0.6, 24, 3.0)
+    mesh = sdf_to_mesh(closed)
+    assert mesh.is_watertight and abs(mesh.volume - 4 / 3 * torch.pi * 0.6**3) < 0.05
+    cut = tsdf_from_sdf(lambda p: (p - 0.9).norm(dim=-1) - 0.6, 24, 3.0)  # crosses the grid's bounds
+    assert not sdf_to_mesh(cut).is_watertight
+    pts = meshes_to_points([mesh], 500, seed=1)[0]
+    assert ((pts - 0.1).norm(dim=-1) - 0.6).abs().max() < 0.02
+
+
+def test_training_loss_seeded_and_vae_frozen(tiny_model, tsdf_train):
+    batch = {"tsdf": torch.stack([tsdf_train[i]["tsdf"] for i in range(3)]), "seed": torch.tensor([5, 6, 7])}
+    tiny_model.train()
+    loss = tiny_model.training_loss(batch)
+    assert torch.equal(loss, tiny_model.training_loss(batch))
+    loss.backward()
+    assert all(p.grad is None for p in tiny_model.vae.parameters())
+    assert any(p.grad is not None for p in tiny_model.denoiser.parameters())
+    assert not tiny_model.vae.training
+
+
+def test_save_load_without_vae_file(tmp_path, tsdf_train):
+    ae = TSDFAutoencoder(VAE, grid={"resolution": 16, "truncation": 2.0})
+    ae.save(tmp_path / "vae.pt")
+    model = LatentVoxelDiffusion(UNET, DIFFUSION, vae_checkpoint=str(tmp_path / "vae.pt"), sampler={"name": "ddim", "steps": 3})
+    assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), ae.vae.state_dict().values()))
+    assert model.grid["truncation"] == 2.0
+    model.prepare(tsdf_train)
+    model.save(tmp_path / "lvd.pt")
+    (tmp_path / "vae.pt").unlink()
+    loaded = shapediff.load_model(tmp_path / "lvd.pt", device="cpu")
+    assert isinstance(loaded, LatentVoxelDiffusion) and loaded.config["vae_checkpoint"] is None
+    assert float(loaded.latent_scale) == float(model.latent_scale)
+    assert torch.equal(loaded.sample(2, seed=4, meshes=False).tsdf, model.eval().sample(2, seed=4, meshes=False).tsdf)
+
+
+def test_errors(tiny_model, tmp_path):
+    x = torch.zeros(16, 16, 16)
+    with pytest.raises(ValueError, match="mask"):
+        tiny_model.complete(x, torch.ones(16, 16, 16), n=1)
+    with pytest.raises(ValueError, match="partial_tsdf"):
+        tiny_model.complete(torch.zeros(8, 8, 8), torch.ones(8, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="n"):
+        tiny_model.sample(0)
+    with pytest.raises(ValueError, match="denoiser"):
+        LatentVoxelDiffusion({**UNET, "in_channels": 3, "out_channels": 3}, DIFFUSION, vae=VAE, grid={"resolution": 16})
+    with pytest.raises(ValueError, match="vae"):
+        LatentVoxelDiffusion(UNET, DIFFUSION)
+    fresh = LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16})
+    with pytest.raises(ValueError, match="latent_scale"):
+        fresh.sample(1)
+    tiny_model.save(tmp_path / "lvd.pt")
+    with pytest.raises(ValueError, match="TSDFAutoencoder"):
+        LatentVoxelDiffusion(UNET, DIFFUSION, vae_checkpoint=str(tmp_path / "lvd.pt"))
