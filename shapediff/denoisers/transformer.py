@@ -154,16 +154,17 @@ class PointTransformer(nn.Module):
                         b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Partial tokens (B, S, C) and their key mask (B, S) (None = all visible).
 
-        Conditioned: S = M tokens. Null (absent): S = 1 learned null token. Mixed (some samples
-        dropped in training): S = 1 + M with the null token visible only to dropped samples.
+        Conditioned: S = M tokens. Null (absent): S = 1 learned null token. Training with dropout:
+        S = 1 + M, the null token visible only to dropped samples, the M tokens only to the others
+        (always this form, so every parameter is in the graph, as DDP wants, and nothing syncs).
         """
         if self.partial_embed is None:
             return None, None
         null = self.partial_null.expand(b, 1, -1)
-        if partial is None or (keep is not None and not bool(keep.any())):
+        if partial is None:
             return null, None
         tokens = self.partial_embed(partial.to(null.dtype))
-        if keep is None or bool(keep.all()):
+        if keep is None:
             return tokens, None
         mask = torch.cat([~keep[:, None], keep[:, None].expand(b, tokens.shape[1])], dim=1)
         return torch.cat([null, tokens], dim=1), mask

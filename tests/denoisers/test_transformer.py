@@ -138,6 +138,18 @@ def test_condition_dropout_extremes_and_eval_mode():
         torch.testing.assert_close(always.eval()(x, t, cond), never.eval()(x, t, cond))
 
 
+@pytest.mark.parametrize("cond_drop_prob", [1e-9, 1.0])
+@pytest.mark.parametrize("partial_encoder", ["tokens", "cross_attention"])
+def test_every_parameter_is_in_the_training_graph(partial_encoder, cond_drop_prob):
+    """DDP (find_unused_parameters=False) needs every parameter used in every training step,
+    whether no sample or every sample of the batch has its condition dropped."""
+    model = _randomise_zero_inits(_tiny("adaln", partial_encoder, cond_drop_prob=cond_drop_prob)).train()
+    x, t, cond = _inputs()
+    model(x, t, cond).square().mean().backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not unused
+
+
 def test_partial_only_and_class_only_conditions():
     model = _randomise_zero_inits(_tiny("adaln", "tokens")).eval()
     x, t, cond = _inputs()
