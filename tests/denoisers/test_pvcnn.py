@@ -84,6 +84,30 @@ def test_pvconv_is_permutation_equivariant():
     assert torch.allclose(out[:, :, perm], out_p, atol=1e-5)
 
 
+@pytest.mark.parametrize("dims, scaled, heads", [(3, False, 1), (1, True, 2)])
+def test_self_attention_matches_explicit_formula(dims, scaled, heads):
+    from shapediff.nn import SpatialSelfAttention
+
+    att = SpatialSelfAttention(16, dims=dims, num_heads=heads, scaled=scaled).double()
+    x = torch.randn(2, 16, *([3] * dims), dtype=torch.float64)
+    flat = lambda conv: conv(x).reshape(2, heads, 16 // heads, -1)  # noqa: E731
+    q, k, v = flat(att.q), flat(att.k), flat(att.v)
+    logits = q.transpose(2, 3) @ k * ((16 // heads) ** -0.5 if scaled else 1.0)  # (B, H, L, L)
+    mixed = (v @ torch.softmax(logits, dim=-1).transpose(2, 3)).reshape(x.shape)  # PVD: v w^T
+    want = torch.nn.functional.silu(att.norm(x + att.out(mixed)))
+    assert torch.allclose(att(x), want, atol=1e-10)
+
+
+def test_squeeze_excitation_matches_explicit_formula():
+    from shapediff.nn import SqueezeExcitation
+
+    se = SqueezeExcitation(16).double()
+    x = torch.randn(2, 16, 3, 3, 3, dtype=torch.float64)
+    w1, w2 = se.fc[0].weight, se.fc[2].weight
+    gate = torch.sigmoid(torch.relu(x.mean(dim=(2, 3, 4)) @ w1.T) @ w2.T)
+    assert torch.allclose(se(x), x * gate[:, :, None, None, None], atol=1e-12)
+
+
 # Every ball holds every point (radius 10 >> cloud, K = points at that level), so ball query's
 # "first K in index order, padded with the first" rule cannot depend on the order; FPS then is the
 # only order-dependent op, which the two start rules below handle.
