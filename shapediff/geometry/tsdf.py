@@ -45,6 +45,7 @@ __all__ = [
     "tsdf_from_sdf",
     "tsdf_from_mesh",
     "winding_number",
+    "partial_points_to_tsdf",
 ]
 
 
@@ -240,3 +241,69 @@ def tsdf_from_mesh(mesh: Any, resolution: int = 32, truncation: float = 3.0, bou
         inside = _winding_inside(torch.as_tensor(v[f], dtype=torch.float32), pts, d, r, voxel_size(r, b))
         d = torch.where(inside, -d, d)
     return _truncate(d, tau, voxel_size(r, b)).reshape(r, r, r)
+
+
+def _ray_free_samples(pts: torch.Tensor, cam: torch.Tensor, lo: torch.Tensor, spacing: torch.Tensor, r: int,
+                      h: float) -> torch.Tensor:
+    """Flat indices of grid samples nearest to points on the camera rays, up to one voxel before each hit."""
+    d = pts - cam
+    length = d.norm(dim=-1, keepdim=True)
+    s = torch.arange(0.0, float(length.max()), 0.5 * h, dtype=pts.dtype)  # half-voxel steps
+    pos = cam + (d / length)[:, None] * s[None, :, None]  # (M, S, 3)
+    ok = s[None] < (length - h)
+    idx = torch.round((pos - lo) / spacing).long()
+    ok &= ((idx >= 0) & (idx < r)).all(-1)
+    idx = idx[ok]
+    return torch.unique((idx[:, 0] * r + idx[:, 1]) * r + idx[:, 2])
+
+
+def _camera_facing_normals(pts: torch.Tensor, cam: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """(M, 3) unit normals: smallest principal axis of each point's k neighbours, turned towards the camera."""
+    from shapediff.geometry.knn import knn_points  # noqa: PLC0415
+
+    _, idx = knn_points(pts[None].float(), pts[None].float(), min(k, pts.shape[0]))
+    nb = pts[idx[0]]  # (M, k, 3)
+    centred = nb - nb.mean(1, keepdim=True)
+    normals = torch.linalg.eigh(centred.transpose(1, 2) @ centred).eigenvectors[..., 0]
+    return torch.where(((cam - pts) * normals).sum(-1, keepdim=True) < 0, -normals, normals)
+
+
+def partial_points_to_tsdf(points: torch.Tensor, camera: torch.Tensor | Sequence[float], resolution: int = 32,
+                           truncation: float = 3.0, bounds: Sequence = DEFAULT_BOUNDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """A partial TSDF and its known-voxel mask from a depth scan's points and the camera centre.
+
+    * known surface: samples v within one voxel h of their nearest observed point p take the distance to p's
+      tangent plane, ``(v - p) . n / (tau h)``, n = the normal of p's 10 nearest points (PCA) turned towards
+      the camera: positive in front of the surface, negative behind it (at most one voxel deep, so nothing
+      is assumed about the thickness beyond that);
+    * known empty: samples the rays pass (half-voxel steps, stopping one voxel before each point) take
+      ``min(1, distance to the nearest observed point / (tau h))`` (an upper bound: unseen surfaces can
+      be closer sideways);
+    * everything else (behind the surface, outside every ray) is unknown: mask False, value 0.
+
+    Args:
+        points: (M, 3) observed points in the grid's world frame. camera: (3,) camera centre.
+    Returns:
+        tsdf (R, R, R) float32, mask (R, R, R) bool (True = known).
+    """
+    from shapediff.geometry.knn import knn_points  # noqa: PLC0415
+
+    r, tau, b = _check_grid_args(resolution, truncation, bounds)
+    if not torch.is_tensor(points) or points.ndim != 2 or points.shape[-1] != 3 or points.shape[0] == 0:
+        raise ValueError(f"points: expected a non-empty (M, 3) tensor, got {getattr(points, 'shape', type(points).__name__)}")
+    cam = torch.as_tensor(camera, dtype=torch.float64).reshape(-1)
+    if cam.shape != (3,) or not torch.isfinite(cam).all() or not torch.isfinite(points).all():
+        raise ValueError(f"camera/points: expected a finite (3,) camera and finite points, got camera {camera!r}")
+    pts, h = points.detach().cpu().double(), voxel_size(r, b)
+    grid = grid_points(r, b, dtype=torch.float64).reshape(-1, 3)
+    dist_sq, idx = knn_points(grid[None].float(), pts[None].float(), 1)
+    dist, near = dist_sq[0, :, 0].double().sqrt(), pts[idx[0, :, 0]]
+    tsdf = torch.zeros(r**3, dtype=torch.float64)
+    mask = torch.zeros(r**3, dtype=torch.bool)
+    free = _ray_free_samples(pts, cam, torch.as_tensor(b[0]), torch.as_tensor((b[1] - b[0]) / (r - 1)), r, h)
+    tsdf[free], mask[free] = dist[free] / (tau * h), True
+    surface = dist <= h
+    normals = _camera_facing_normals(pts, cam)[idx[0, :, 0]][surface]
+    tsdf[surface] = ((grid[surface] - near[surface]) * normals).sum(-1) / (tau * h)
+    mask[surface] = True
+    return tsdf.clamp(-1.0, 1.0).float().reshape(r, r, r), mask.reshape(r, r, r)

@@ -382,6 +382,19 @@ class LatentVoxelDiffusion(ShapeModel):
             tsdf = torch.where(m[:, 0].repeat_interleave(n, 0), x[:, 0].repeat_interleave(n, 0), tsdf)
         return VoxelSamples(tsdf, _to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
 
+    def complete_points(self, points: torch.Tensor, camera: torch.Tensor | Sequence[float], n: int = 1,
+                        **kwargs: Any) -> VoxelSamples:
+        """Complete a depth scan: (M, 3) points (grid frame) and the (3,) camera centre -> :meth:`complete`.
+
+        Voxels along the rays in front of the surface are known-empty, voxels at the surface known-surface,
+        the rest unknown (:func:`shapediff.geometry.tsdf.partial_points_to_tsdf`).
+        """
+        from shapediff.geometry.tsdf import partial_points_to_tsdf  # noqa: PLC0415
+
+        g = self.grid
+        tsdf, mask = partial_points_to_tsdf(points, camera, g["resolution"], g["truncation"], g["bounds"])
+        return self.complete(tsdf, mask, n=n, **kwargs)
+
     # ------------------------------------------------------------------------- evaluation
     def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         """Trainer hook: sample meshes, points on them, MMD / COV / 1-NNA against ``ref_dataset``'s points."""

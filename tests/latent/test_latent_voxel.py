@@ -61,11 +61,11 @@ def test_completion_cannot_see_hidden_voxels(tiny_model, tsdf_train):
 def test_completion_hypotheses_seeds_and_paste(tiny_model, tsdf_train):
     x = tsdf_train[2]["tsdf"]
     mask = _half_mask(x)
-    out = tiny_model.complete(x, mask, n=3, seed=0)
+    out = tiny_model.complete(x, mask, n=3, seed=0, resample_jumps=1)
     assert out.tsdf.shape == (3, 16, 16, 16) and len(out.meshes) == 3
     assert not torch.equal(out.tsdf[0], out.tsdf[1])  # several hypotheses
-    assert torch.equal(tiny_model.complete(x, mask, n=3, seed=0, meshes=False).tsdf, out.tsdf)  # reproducible
-    pasted = tiny_model.complete(x, mask, n=2, seed=0, paste_known=True, meshes=False).tsdf
+    assert torch.equal(tiny_model.complete(x, mask, n=3, seed=0, resample_jumps=1, meshes=False).tsdf, out.tsdf)  # reproducible
+    pasted = tiny_model.complete(x, mask, n=2, seed=0, resample_jumps=1, paste_known=True, meshes=False).tsdf
     assert torch.equal(pasted[:, mask[0]], x[0][mask[0]].expand(2, -1))
 
 
@@ -134,3 +134,17 @@ def test_errors(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "lvd.pt")
     with pytest.raises(ValueError, match="TSDFAutoencoder"):
         LatentVoxelDiffusion(UNET, DIFFUSION, vae_checkpoint=str(tmp_path / "lvd.pt"))
+
+
+def test_complete_from_depth_scan(tiny_model):
+    import trimesh
+
+    from shapediff.geometry import virtual_scan
+
+    scan = virtual_scan(trimesh.creation.icosphere(3, radius=0.6), torch.tensor([0.0, 0.0, 2.5]), width=32, height=32)
+    out = tiny_model.complete_points(torch.as_tensor(scan.points), scan.viewpoint, n=2, seed=0,
+                                     resample_jumps=1, paste_known=True, meshes=False)
+    assert out.tsdf.shape == (2, 16, 16, 16)
+    assert (out.tsdf[:, 8, 8, -1] == 1).all()  # carved free space in front of the sphere is kept (pasted)
+    with pytest.raises(ValueError, match="points"):
+        tiny_model.complete_points(torch.zeros(0, 3), (0.0, 0.0, 2.5))

@@ -120,3 +120,20 @@ def test_bad_sources():
         tsdf_from_mesh((np.zeros((3, 3)), np.array([[0, 1, 5]])), 8)
     with pytest.raises(ValueError, match="sign"):
         tsdf_from_mesh(trimesh.creation.box(), 8, sign="parity")
+
+
+def test_partial_scan_tsdf_known_voxels_are_right():
+    from shapediff.geometry import virtual_scan
+    from shapediff.geometry.tsdf import partial_points_to_tsdf
+
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    scan = virtual_scan(mesh, torch.tensor([0.0, 0.0, 2.5]), width=64, height=64)
+    tsdf, mask = partial_points_to_tsdf(torch.as_tensor(scan.points), scan.viewpoint, 24, 3.0)
+    ref = closed_form(lambda p: sphere_sdf(p, 0.6), 24, 3.0)
+    assert 0.02 < mask.float().mean() < 0.5
+    wrong = ((tsdf < 0) != (ref < 0)) & mask
+    assert (ref[wrong].abs() < 0.02).all()  # signs agree except on the surface itself
+    assert (tsdf - ref)[mask].abs().max() < 0.1
+    assert (tsdf[mask] < 0).any() and (tsdf[mask] == 1).any()  # known surface (both sides) and known empty
+    far_side = grid_points(24)[..., 2] < -0.3
+    assert not (mask & far_side & (ref < 1)).any()  # nothing near the hidden back surface is "known"
