@@ -35,6 +35,7 @@ __all__ = [
     "save_points",
     "load_points",
     "as_points_array",
+    "atomic_write",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
     return suffix
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix) then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -106,7 +107,7 @@ def save_mesh(path: str | os.PathLike, mesh: trimesh.Trimesh) -> Path:
         raise ValueError(f"mesh: has no faces (vertices: {len(mesh.vertices)}); nothing to write to {str(p)!r}")
     data = mesh.export(file_type=suffix[1:])
     payload = data if isinstance(data, bytes) else data.encode("utf-8")
-    _atomic_write(p, lambda tmp: tmp.write_bytes(payload))
+    atomic_write(p, lambda tmp: tmp.write_bytes(payload))
     return p
 
 
@@ -158,7 +159,7 @@ def save_points(path: str | os.PathLike, points: Any) -> Path:
         ".npy": lambda tmp: np.save(tmp, pts.astype(np.float32)),
         ".pcd": lambda tmp: _write_points_pcd(tmp, pts),
     }
-    _atomic_write(p, writers[suffix])
+    atomic_write(p, writers[suffix])
     return p
 
 
