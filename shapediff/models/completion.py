@@ -111,7 +111,7 @@ def prepare_partial(
     out = []
     for cloud in clouds:
         if cloud.shape[0] != num_partial_points:
-            logger.info("partial: resampling a scan of %d points to the model's M=%d", cloud.shape[0], num_partial_points)
+            logger.info("%s: resampling a cloud of %d points to %d", name, cloud.shape[0], num_partial_points)
             cloud = resample_points(cloud, num_partial_points, generator)
         out.append(cloud)
     return torch.stack(out)

@@ -118,7 +118,7 @@ def test_any_number_of_partial_points_is_resampled_with_a_note(caplog):
     big, small = _partial(None, m=300), _partial(None, m=5)
     with caplog.at_level(logging.INFO, logger="shapediff.models.completion"):
         out = complete(model, big, n=1, steps=2, sampler="ddim", seed=0)
-    assert any("resampling a scan of 300 points" in r.getMessage() for r in caplog.records)
+    assert any("partial: resampling a cloud of 300 points" in r.getMessage() for r in caplog.records)
     kept = out[0, :M]
     assert torch.cdist(kept, big, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values.max() == 0
     assert torch.unique(kept, dim=0).shape[0] == M  # without replacement
