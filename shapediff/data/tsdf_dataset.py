@@ -12,10 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-try:
-    from shapediff.geometry.mesh_io import atomic_write
-except ImportError:  # mesh_io before atomic_write became public
-    from shapediff.geometry.mesh_io import _atomic_write as atomic_write
+from shapediff.geometry.mesh_io import atomic_write
 from shapediff.geometry.tsdf import DEFAULT_BOUNDS, _check_grid_args, tsdf_from_mesh, tsdf_from_sdf
 
 CACHE_VERSION = 1
