@@ -7,10 +7,10 @@ Measured on 2048 points sampled from a sphere (r 0.5), the Stanford bunny and a 
 the sphere; lower is better; measured for issue 8):
 
     method                          sphere          bunny           chair
-    poisson (default, dist.-trim)   0.0125 / 0.0146 0.0102 / 0.0134 0.0197 / 0.0240
-    poisson, 5% density trim only   0.0145 / 0.0163 0.0108 / 0.0129 0.0672 / 0.0508  (gap blobs)
+    poisson (default, dist.-trim)   0.0127 / 0.0145 0.0102 / 0.0133 0.0198 / 0.0240
+    poisson, 5% density trim only   0.0146 / 0.0164 0.0107 / 0.0129 0.0669 / 0.0507  (gap blobs)
     ball pivoting                   0.0128 / 0.0205 0.0094 / 0.0177 0.0170 / 0.0208  (holes)
-    alpha shape (alpha 5 x spacing) 0.1329 / 0.0230 0.0308 / 0.0290 0.0133 / 0.0281  (bumpy)
+    alpha shape (alpha 5 x spacing) 0.1329 / 0.0231 0.0308 / 0.0290 0.0133 / 0.0282  (bumpy)
 
 Poisson averages the noise away and gives one smooth, mostly closed surface; ball pivoting and
 alpha shapes interpolate the noisy points themselves. Poisson's weakness is the surface it invents
@@ -23,6 +23,7 @@ Octree ``depth=7`` (128^3) matches 2048 points; depth 8 costs more and fits the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ from shapediff.geometry.mesh_io import as_points_array
 
 __all__ = ["RECONSTRUCTION_METHODS", "points_to_mesh"]
 
+log = logging.getLogger(__name__)
+
 RECONSTRUCTION_METHODS: tuple[str, ...] = ("poisson", "ball_pivoting", "alpha")
 _MIN_POINTS = 16
 
@@ -44,7 +47,11 @@ def _oriented_cloud(pts: np.ndarray, k: int) -> Any:
     o3d = require_open3d()
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(knn=k))
-    cloud.orient_normals_consistent_tangent_plane(k)
+    try:
+        cloud.orient_normals_consistent_tangent_plane(k)
+    except RuntimeError as err:  # Qhull fails on planar / collinear clouds: orient by the centroid alone
+        log.info("points_to_mesh: MST normal orientation failed (%s); orienting away from the centroid", err)
+        cloud.orient_normals_towards_camera_location(pts.mean(axis=0))
     normals = np.asarray(cloud.normals)
     # The MST orientation is consistent up to one global sign: take the outward-majority one.
     if np.einsum("ij,ij->i", normals, pts - pts.mean(axis=0)).mean() < 0:
@@ -115,11 +122,15 @@ def points_to_mesh(
         raise ValueError(f"density_quantile: expected a float in [0, 1), got {density_quantile}")
     if np.ptp(pts, axis=0).max() == 0:
         raise ValueError("points: all points coincide; no surface to reconstruct")
+    # Work in a unit frame (centre 0, bbox diagonal 1): Open3D's ball pivoting hangs on tiny scales.
+    center, scale = (pts.min(0) + pts.max(0)) / 2, float(np.linalg.norm(np.ptp(pts, axis=0)))
+    unit = (pts - center) / scale
     if method == "poisson":
-        o3d_mesh = _poisson(pts, normals_k, depth, density_quantile, trim)
+        o3d_mesh = _poisson(unit, normals_k, depth, density_quantile, trim)
     elif method == "ball_pivoting":
-        o3d_mesh = _ball_pivoting(pts, normals_k, radii)
+        o3d_mesh = _ball_pivoting(unit, normals_k, None if radii is None else tuple(r / scale for r in radii))
     else:
-        o3d_mesh = _alpha_shape(pts, alpha)
-    mesh = trimesh.Trimesh(np.asarray(o3d_mesh.vertices), np.asarray(o3d_mesh.triangles), process=True)
+        o3d_mesh = _alpha_shape(unit, None if alpha is None else alpha / scale)
+    vertices = np.asarray(o3d_mesh.vertices) * scale + center
+    mesh = trimesh.Trimesh(vertices, np.asarray(o3d_mesh.triangles), process=True)
     return keep_components(mesh, min_fraction=min_component_fraction)
