@@ -13,7 +13,8 @@ the sphere; lower is better; measured for issue 8):
     alpha shape (alpha 5 x spacing) 0.1329 / 0.0231 0.0308 / 0.0290 0.0133 / 0.0282  (bumpy)
 
 Poisson averages the noise away and gives one smooth, mostly closed surface; ball pivoting and
-alpha shapes interpolate the noisy points themselves. Poisson's weakness is the surface it invents
+alpha shapes interpolate the noisy points themselves (ball pivoting is a little closer on the
+chair's thin parts, but leaves holes wherever the noise exceeds its radii). Poisson's weakness is the surface it invents
 far from the samples (thin chair legs, open shells): density-quantile trimming removes only part of
 it, so by default vertices farther than ``trim`` x the mean nearest-neighbour spacing from every
 input point are cut instead (low-density trimming stays available: ``density_quantile``), then
