@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ncols", type=int, default=4, help="grid columns when there are more than 4 items")
     p.add_argument("--max", type=int, default=32, help="at most this many files per folder")
     p.add_argument("--size", type=int, default=320, help="tile height in pixels")
+    p.add_argument("--frames", type=int, default=36, help="turntable frames (with --out x.gif)")
     p.add_argument("--up", choices=("y", "z"), default="y", help="data up axis (ShapeNet y, ModelNet z)")
     return p.parse_args(argv)
 
@@ -72,17 +73,19 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"view.py: {err}", file=sys.stderr)
         return 2
-    labels = [f.stem if len(set(x.name for x in files)) == len(files) else f"{f.parent.name}/{f.stem}" for f in files]
+    labels = [f.stem for f in files]
+    if len(set(labels)) < len(files):  # e.g. samples/sample_000.ply and meshes/sample_000.obj
+        labels = [f"{f.parent.name}/{f.stem}" for f in files]
     camera = Camera(up=args.up)
     if args.out is None:
         try:
             show(*items, labels=labels)
         except RuntimeError as err:
-            print(f"view.py: {err} Pass --out image.png to render instead.", file=sys.stderr)
+            print(f"view.py: {err}", file=sys.stderr)
             return 2
         return 0
     if args.out.suffix.lower() == ".gif":
-        out = turntable(items, args.out, height=args.size, labels=labels, camera=camera)
+        out = turntable(items, args.out, frames=args.frames, height=args.size, labels=labels, camera=camera)
     elif len(items) <= 4:
         out = render(items, args.out, height=args.size, labels=labels, camera=camera)
     else:

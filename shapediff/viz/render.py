@@ -11,7 +11,7 @@ rendered at ``_RENDER_SIZE``, cropped to the tile's aspect ratio and resized (do
 antialiasing), then labelled and composited with Pillow. Geometry is removed after every tile.
 Everything is drawn as unlit coloured points, the one pipeline that is cheap on llvmpipe (measured
 here: a 2048-point tile 0.08 s CPU, while Filament's triangle pipeline took ~20 s CPU per mesh tile
-even when warm). Clouds are brighter towards the camera; meshes are drawn as 60k surface samples
+even when warm). Clouds are brighter towards the camera; meshes are drawn as dense surface samples (60k for a 256-pixel tile)
 (surfels) sized to close the surface, with two-sided flat Lambert shading from a head light.
 """
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # costs seconds to minutes of CPU. Tiles up to 256 px are supersampled 2x; larger ones less, and
 # tiles above this size are upscaled (raise it with SHAPEDIFF_RENDER_SIZE).
 _RENDER_SIZE = int(os.environ.get("SHAPEDIFF_RENDER_SIZE", "512"))
-_MESH_SAMPLES = 60_000  # surface splats per mesh
+_MESH_SAMPLES = 60_000  # surface splats per mesh in a 256-pixel tile
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {"renderer": None, "size": 0}
 _BACKGROUND = (255, 255, 255)
@@ -65,15 +65,19 @@ def _renderer() -> Any:
     return renderer
 
 
-def _mesh_surfels(item: VizItem, eye_dir: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Dense surface samples of a mesh with baked two-sided flat Lambert colours, and their spacing."""
+def _mesh_surfels(item: VizItem, eye_dir: np.ndarray, tile_px: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Dense surface samples of a mesh with baked two-sided flat Lambert colours, and their spacing.
+
+    About ``_MESH_SAMPLES`` for a 256-pixel tile, scaling with the tile's area (10k to 150k).
+    """
     mesh = trimesh.Trimesh(item.points, item.faces, process=False)
-    pts, face_idx = trimesh.sample.sample_surface(mesh, _MESH_SAMPLES, seed=0)
+    count = int(np.clip(_MESH_SAMPLES * (tile_px / 256) ** 2, 10_000, 150_000))
+    pts, face_idx = trimesh.sample.sample_surface(mesh, count, seed=0)
     normals = mesh.face_normals[face_idx]
     light = eye_dir + np.array([0.3, 0.5, 0.0])
     lambert = np.abs(normals @ (light / np.linalg.norm(light)))  # two-sided: open meshes show their inside
     colors = np.asarray(item.color)[None] * (0.35 + 0.65 * lambert)[:, None]
-    return pts, colors, math.sqrt(mesh.area / _MESH_SAMPLES)
+    return pts, colors, math.sqrt(mesh.area / count)
 
 
 def _cloud_colors(item: VizItem, eye_dir: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
@@ -96,7 +100,7 @@ def _render_tile(item: VizItem, camera: Camera, frame: tuple[np.ndarray, float] 
     eye_dir = camera.direction()
     px_per_unit = size / (2 * distance * math.tan(half))  # at the centre's depth
     if item.is_mesh and len(item.faces):
-        pts, colors, spacing = _mesh_surfels(item, eye_dir)
+        pts, colors, spacing = _mesh_surfels(item, eye_dir, max(width, height))
         px = min(max(2.5 * spacing * px_per_unit, 1.0), 16.0)  # splats just large enough to close the surface
     else:
         pts, colors = item.points, _cloud_colors(item, eye_dir, center, radius)

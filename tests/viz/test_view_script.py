@@ -40,6 +40,9 @@ def test_run_directory_to_png(view, tmp_path):
     assert [f.name for f in files] == ["sample_000.ply", "sample_001.ply", "sample_000.obj"]
     assert isinstance(view.load_item(files[2]), trimesh.Trimesh) and view.load_item(files[0]).shape == (512, 3)
     assert view.main([str(run), "--out", str(tmp_path / "v.png"), "--size", "96"]) == 0
+    assert view.main([str(files[0]), str(files[2]), "--out", str(tmp_path / "one.gif"), "--size", "48",
+                      "--frames", "3"]) == 0
+    assert Image.open(tmp_path / "one.gif").n_frames == 3
     image = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))
     assert image.shape == (96, 3 * 96, 3)
     for k in range(3):
