@@ -292,7 +292,7 @@ class GaussianDiffusion:
                mask: torch.Tensor | None = None, cond: Any = None, guidance_scale: float | None = None,
                eta: float = 0.0, resample_jumps: int = 1, progress: bool = False, keep_known: str = "clean",
                spacing: str | None = None, dtype: torch.dtype | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, clip_x0: float | None = None) -> torch.Tensor:
         """Draw samples of ``shape`` (B, ...) by running ``sampler`` from pure noise; no gradients.
 
         Args:
@@ -315,6 +315,10 @@ class GaussianDiffusion:
             dtype: sample dtype; None = noise's or known's dtype, else float32.
             noise: the starting x at the first step's level (``shape``); None = drawn from the generator.
                 Deterministic samplers are then a fixed map of it (e.g. for interpolation).
+            clip_x0: clamp every x0 prediction to [-clip_x0, clip_x0] and re-derive eps from it
+                (DDPM's "clip_denoised"). At high noise an eps-model's x0 = (x_t - sigma eps) / alpha
+                multiplies eps errors by up to 1/alpha (~160 for the linear schedule's last step);
+                deterministic data-prediction solvers (DDIM, DPM-Solver++) carry that error to the end.
         Returns:
             (B, ...) tensor of ``shape`` on ``device``.
         """
@@ -330,11 +334,13 @@ class GaussianDiffusion:
                 raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
         known, mask = self._check_known(known, mask, shape, device, dtype)
         self._check_options(eta, resample_jumps, keep_known, known, guidance_scale)
+        if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and clip_x0 > 0 and math.isfinite(clip_x0)):
+            raise ValueError(f"clip_x0: expected None or a positive finite number, got {clip_x0!r}")
         generator = self._make_generator(seed, generator, device)
         schedule = make_step_schedule(self.alphas_cumprod, steps, spacing or DEFAULT_SPACING[sampler],
                                       self.posterior_variance_type)
         hold = KnownValues(known, mask, schedule.alpha_bar, keep_known, resample_jumps)
-        denoise = self._denoiser(model, schedule, cond, guidance_scale, shape[0], device)
+        denoise = self._denoiser(model, schedule, cond, guidance_scale, shape[0], device, clip_x0)
         with torch.no_grad():
             if noise is None:
                 x = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
@@ -347,7 +353,7 @@ class GaussianDiffusion:
         return x
 
     def _denoiser(self, model: Callable, schedule, cond: Any, guidance_scale: float | None, batch: int,
-                  device: torch.device) -> Callable[[torch.Tensor, int], Prediction]:
+                  device: torch.device, clip_x0: float | None = None) -> Callable[[torch.Tensor, int], Prediction]:
         """``denoise(x, i) -> Prediction`` at step i of ``schedule`` (guided model call + conversion)."""
         t_all = schedule.t.to(device)
 
@@ -357,7 +363,12 @@ class GaussianDiffusion:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"model: expected an output shaped like x_t {tuple(x.shape)}, got {got}")
             abar = float(schedule.alpha_bar[i])
-            return _split_output(self.prediction, out.to(x.dtype), x, math.sqrt(abar), math.sqrt(1.0 - abar))
+            alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
+            pred = _split_output(self.prediction, out.to(x.dtype), x, alpha, sigma)
+            if clip_x0 is None:
+                return pred
+            x0 = pred[0].clamp(-clip_x0, clip_x0)
+            return Prediction(x0, (x - alpha * x0) / sigma)
         return denoise
 
     # ---------------------------------------------------------------------------- validation

@@ -26,11 +26,14 @@ class PointNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("fitted", torch.tensor(mode == "none"))
+        # Largest |coordinate| of the normalised training data (inf until fitted): samplers clip x0 near it.
+        self.register_buffer("bound", torch.tensor(float("inf")))
 
     @torch.no_grad()
     def fit(self, clouds: Iterable[torch.Tensor]) -> "PointNormalizer":
         """Fit from an iterable of (N, 3) or (B, N, 3) clouds (float64 accumulation)."""
         if self.mode == "none":
+            self.bound.fill_(max(float(torch.as_tensor(p).abs().max()) for p in clouds))
             return self
         total, sq, count = torch.zeros(self.mean.shape, dtype=torch.float64), torch.zeros((), dtype=torch.float64), 0
         pts_all = []
@@ -49,6 +52,7 @@ class PointNormalizer(nn.Module):
             raise ValueError(f"normalization.fit: degenerate data (std={float(std)}); are all points identical?")
         self.mean.copy_(mean.float())
         self.scale.copy_(std.float())
+        self.bound.fill_(max(float(((pts - mean) / std).abs().max()) for pts in pts_all))
         self.fitted.fill_(True)
         return self
 

@@ -25,6 +25,7 @@ def test_normalisation_is_fitted_and_samples_come_back_in_data_coordinates():
     model.fit_normalization(data)
     torch.testing.assert_close(model.normalizer.mean, torch.tensor([10.0, -3.0, 2.0]), atol=0.6, rtol=0)
     assert float(model.normalizer.scale) == pytest.approx(5.0, rel=0.1)
+    assert 2.0 < float(model.normalizer.bound) < 6.0  # largest |normalised coordinate| of Gaussian data
     x = model.sample(3, steps=4, seed=0)
     assert x.shape == (3, 64, 3)
     # An untrained net (zero output head) predicts eps = 0, so samples sit near the data mean, at data scale.
