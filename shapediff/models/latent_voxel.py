@@ -178,6 +178,28 @@ class TSDFAutoencoder(ShapeModel):
         return metrics
 
 
+class _ClippedDenoiser(nn.Module):
+    """Clamps the x0 a denoiser implies to [-clip, clip] (DDPM's ``clip_denoised``, Imagen's static thresholding)
+    and returns the output re-expressed in the diffusion's parameterisation (eps / x0 / v).
+
+    Scaled latents have unit variance, so |x0| > clip (default 4) is out of distribution: an undertrained
+    eps-model at high noise implies x0 errors amplified by 1 / sqrt(abar_t) (~150x at t = T), which the
+    decoder would turn into saturated volumes.
+    """
+
+    def __init__(self, denoiser: nn.Module, diffusion: Any, clip: float):
+        super().__init__()
+        self.denoiser, self.diffusion, self.clip = denoiser, diffusion, clip
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        x0, _ = self.diffusion.split_output(self.denoiser(x_t, t, cond), x_t, t)
+        x0 = x0.clamp(-self.clip, self.clip)
+        eps = self.diffusion.predict_eps_from_x0(x_t, t, x0)
+        if self.diffusion.prediction == "v":
+            return self.diffusion.predict_v(x0, t, eps)
+        return x0 if self.diffusion.prediction == "x0" else eps
+
+
 def _vae_from_checkpoint(path: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """(vae config, grid, VAE weights) of a TSDFAutoencoder checkpoint (EMA weights preferred)."""
     payload = load_checkpoint(path)
@@ -205,12 +227,13 @@ class LatentVoxelDiffusion(ShapeModel):
         scale_num_shapes: training shapes used to fit them.
         sampler: default sampler settings ``{"name": "ddim", "steps": 50}``.
         num_points: N points sampled from each generated mesh for evaluation.
+        clip_latent: clamp the x0 implied at every sampling step to [-clip, clip] (None = off).
     """
 
     def __init__(self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], vae: Mapping[str, Any] | None = None,
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
                  latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
-                 sampler: Mapping[str, Any] | None = None, num_points: int = 2048):
+                 sampler: Mapping[str, Any] | None = None, num_points: int = 2048, clip_latent: float | None = 4.0):
         super().__init__()
         weights = None
         if vae_checkpoint is not None:
@@ -229,11 +252,12 @@ class LatentVoxelDiffusion(ShapeModel):
         self.register_buffer("latent_scale", torch.tensor(float(latent_scale or 0.0)))
         self.register_buffer("latent_shift", torch.tensor(float(latent_shift or 0.0)))
         self.scale_num_shapes, self.num_points = int(scale_num_shapes), int(num_points)
+        self.clip_latent = clip_latent
         self.config = copy.deepcopy(_plain({
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
             "scale_num_shapes": scale_num_shapes, "sampler": dict(sampler or {"name": "ddim", "steps": 50}),
-            "num_points": num_points}))
+            "num_points": num_points, "clip_latent": clip_latent}))
 
     def _check_denoiser(self) -> None:
         c, r = self.vae.latent_channels, self.vae.latent_resolution
@@ -318,6 +342,9 @@ class LatentVoxelDiffusion(ShapeModel):
         extra = {k: v for k, v in cfg.items() if k not in ("name", "steps")} if sampler is None else {}
         return sampler or cfg.get("name", "ddim"), steps if steps is not None else cfg.get("steps"), {**extra, **kwargs}
 
+    def _sampling_model(self) -> nn.Module:
+        return self.denoiser if self.clip_latent is None else _ClippedDenoiser(self.denoiser, self.diffusion, self.clip_latent)
+
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
                batch_size: int | None = None, meshes: bool = True, progress: bool = False,
@@ -332,7 +359,7 @@ class LatentVoxelDiffusion(ShapeModel):
         out = []
         for start in range(0, n, batch_size or n):
             b = min(batch_size or n, n - start)
-            z = self.diffusion.sample(self.denoiser, (b, *self.latent_shape), sampler=sampler, steps=steps,
+            z = self.diffusion.sample(self._sampling_model(), (b, *self.latent_shape), sampler=sampler, steps=steps,
                                       generator=generator, device=self.device, progress=progress, **sampler_kwargs)
             out.append(self.decode(z))
         tsdf = torch.cat(out)
@@ -374,7 +401,7 @@ class LatentVoxelDiffusion(ShapeModel):
         known = self.encode(x).repeat_interleave(n, 0)
         lmask = self.latent_mask(m, erode).repeat_interleave(n, 0).expand_as(known)
         sampler, steps, kwargs = self._sampler_args(sampler, steps, {})
-        z = self.diffusion.sample(self.denoiser, tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
+        z = self.diffusion.sample(self._sampling_model(), tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
                                   seed=seed if seed is not None else int(torch.randint(2**62, (1,))), device=self.device,
                                   known=known, mask=lmask, keep_known="noised", resample_jumps=resample_jumps)
         tsdf = self.decode(z)
@@ -399,6 +426,7 @@ class LatentVoxelDiffusion(ShapeModel):
     def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         """Trainer hook: sample meshes, points on them, MMD / COV / 1-NNA against ``ref_dataset``'s points."""
         from shapediff.geometry import save_mesh  # noqa: PLC0415
+        from shapediff.geometry.mesh_io import atomic_write  # noqa: PLC0415
         from shapediff.metrics import generation_metrics  # noqa: PLC0415
         from shapediff.training.outputs import reference_clouds, write_json_atomic  # noqa: PLC0415
 
@@ -413,7 +441,8 @@ class LatentVoxelDiffusion(ShapeModel):
         metrics.update(num_samples=n, num_references=len(refs), num_points=refs.shape[1], empty_meshes=empty,
                        watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
                        sample_seconds=round(sample_seconds, 2))
-        torch.save({"tsdf": out.tsdf.cpu(), "points": points}, run_dir / "samples.pt")
+        samples = {"tsdf": out.tsdf.cpu(), "points": points}
+        atomic_write(run_dir / "samples.pt", lambda tmp: torch.save(samples, tmp))
         for i, mesh in enumerate(out.meshes[: int(eval_cfg.get("num_meshes", 4))]):
             if len(mesh.faces):
                 save_mesh(run_dir / "meshes" / f"sample_{i:03d}.obj", mesh)

@@ -148,3 +148,20 @@ def test_complete_from_depth_scan(tiny_model):
     assert (out.tsdf[:, 8, 8, -1] == 1).all()  # carved free space in front of the sphere is kept (pasted)
     with pytest.raises(ValueError, match="points"):
         tiny_model.complete_points(torch.zeros(0, 3), (0.0, 0.0, 2.5))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_clipped_denoiser_bounds_implied_x0(prediction):
+    from shapediff.config import instantiate
+    from shapediff.models.latent_voxel import _ClippedDenoiser
+
+    diffusion = instantiate({**DIFFUSION, "prediction": prediction})
+    x_t, t = torch.randn(4, 2, 3, 3, 3) * 3, torch.tensor([0, 10, 50, 99])
+    raw = lambda x, tt, cond: torch.randn_like(x) * 5  # noqa: E731  (an untrained, overconfident denoiser)
+    torch.manual_seed(1)
+    x0_raw = diffusion.split_output(raw(x_t, t, None), x_t, t).x0
+    torch.manual_seed(1)
+    x0 = diffusion.split_output(_ClippedDenoiser(raw, diffusion, 2.0)(x_t, t), x_t, t).x0
+    assert x0.abs().max() <= 2.0 + 1e-4
+    inside = x0_raw.abs() < 2.0
+    assert torch.allclose(x0[inside], x0_raw[inside], atol=1e-4)  # identity where x0 is in range
