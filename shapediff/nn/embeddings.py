@@ -37,4 +37,4 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(embed_dim, out_dim), act, nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.embed_dim))
+        return self.mlp(timestep_embedding(t, self.embed_dim).to(self.mlp[0].weight.dtype))

@@ -1,0 +1,39 @@
+"""Every Hydra config composes; the CPU-sized models build from the quickstart with any denoiser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from shapediff.training.experiment import build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = _compose(f"experiment={experiment}")
+    assert cfg.name and "_target_" in cfg.model and "_target_" in cfg.pipeline
+
+
+@pytest.mark.parametrize("model", ["pointnet_small", "pvcnn_small", "transformer_small"])
+def test_quickstart_builds_with_each_small_denoiser(model):
+    cfg = _compose("experiment=quickstart", f"model={model}")
+    built = build_model(cfg)
+    assert built.num_points == 512 and built.config["denoiser"]["_target_"] == OmegaConf.to_container(cfg.model)["_target_"]
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(Exception, match="bogus"):
+        _compose("experiment=quickstart", "trainer.bogus=1")
+    with pytest.raises(ValueError, match="unknown key"):
+        build_model(_compose("experiment=quickstart", "model=pvcnn_small", "+model.width=3"))
