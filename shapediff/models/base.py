@@ -58,7 +58,10 @@ class ShapeModel(nn.Module):
 
 
 def _build(target: type[ShapeModel], payload: dict, path, device, prefer_ema: bool) -> ShapeModel:
-    model = target.from_config(payload["config"])
+    try:
+        model = target.from_config(payload["config"])
+    except TypeError as err:  # config keys of another class or version
+        raise ValueError(f"checkpoint {str(path)!r}: its config does not build a {payload['class']}: {err}") from err
     state = payload.get("ema_state_dict") if prefer_ema and payload.get("ema_state_dict") else payload["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -84,6 +84,9 @@ class PointCloudDiffusion(ShapeModel):
         With ``seed`` (the trainer sets it), each example's timestep and noise come from its own
         seed, so results do not depend on batch splitting across processes.
         """
+        if not isinstance(batch, Mapping) or "points" not in batch:
+            got = f"keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else type(batch).__name__
+            raise ValueError(f"batch: expected a mapping with a 'points' (B, N, 3) tensor, got {got}")
         points = _check_cloud(batch["points"], "batch['points']").to(self.device)
         x0 = self.normalizer.normalize(points)
         cond, partial = self._training_condition(batch)
