@@ -208,10 +208,12 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
         pts = np.asarray(reader(p), dtype=np.float64).reshape(-1, 3)
     except Exception as err:
         raise ValueError(f"path: could not read points from {str(p)!r}: {type(err).__name__}: {err}") from err
+    with np.errstate(over="ignore"):
+        pts = pts.astype(np.float32)  # before the finite check: values beyond float32's range become Inf
     finite = np.isfinite(pts).all(axis=1)
     if not finite.all():
         log.info("load_points: dropped %d of %d rows with NaN/Inf from %s", (~finite).sum(), len(pts), p)
         pts = pts[finite]
     if len(pts) == 0:
         raise ValueError(f"path: {str(p)!r} holds no points (an empty or header-only file?)")
-    return pts.astype(np.float32)
+    return pts
