@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"checkpoint {str(path)!r}: refused to load: it holds objects other than tensors and plain "
             f"data (weights_only=True); shapediff never unpickles arbitrary code ({err})"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # torch.load raises many types for corrupt files (RuntimeError, ValueError, KeyError, ...)
         raise ValueError(f"checkpoint {str(path)!r}: not a readable PyTorch file (truncated or corrupt?): {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r}: expected a shapediff checkpoint (format='shapediff'), got {_describe(payload)}")

@@ -462,9 +462,10 @@ def test_synthetic_shapes_bad_args(kwargs, prefix):
 # ---- regressions from scripts/fuzz_readers.py ---------------------------------------------------
 
 
-@pytest.mark.parametrize("record, bad", [("storage_alignment", b"ZZ"), ("byteorder", b"\xc8\xc8")])
+@pytest.mark.parametrize("record, bad", [("storage_alignment", b"ZZ"), ("byteorder", b"\xc8\xc8"), ("data.pkl", b"\x80\x02h\x05.")])
 def test_checkpoint_corrupt_zip_record(tmp_path, saved, record, bad):
-    """torch.load raises ValueError / UnicodeDecodeError for these; the message must name the file."""
+    """torch.load raises ValueError / UnicodeDecodeError / KeyError (a pickle BINGET of an unset memo
+    slot) for these; the message must name the file."""
     import zipfile
 
     path = tmp_path / "rec.pt"
