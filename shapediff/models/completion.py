@@ -236,6 +236,7 @@ def complete_pvd(
         return diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=chunk.device,
             known=known, mask=mask, keep_known="clean", progress=progress, noise=start,
+            clip_x0=model.default_clip_x0(),
         )
 
     out = _run_chunks(model, _repeat(rows, n), batch_size, run)
@@ -273,6 +274,7 @@ def complete_training_free(
         return model.diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
             known=known, mask=mask, keep_known="noised", resample_jumps=resample_jumps, progress=progress,
+            clip_x0=model.default_clip_x0(),
         )
 
     out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
@@ -303,6 +305,7 @@ def complete_tokens(
         return model.diffusion.sample(
             model.denoiser, (rows.shape[0], big_n, 3), sampler=sampler, steps=steps, generator=generator,
             device=rows.device, cond={"partial": rows}, guidance_scale=guidance_scale, progress=progress,
+            clip_x0=model.default_clip_x0(),
         )
 
     out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)

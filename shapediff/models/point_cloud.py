@@ -154,8 +154,7 @@ class PointCloudDiffusion(ShapeModel):
         steps = steps if steps is not None else self.config["sampler"].get("steps")
         cond = self._class_cond(class_label, n)
         if clip_x0 == "auto":
-            bound = float(self.normalizer.bound)
-            clip_x0 = 1.2 * bound if math.isfinite(bound) else None
+            clip_x0 = self.default_clip_x0()
         batch_size = batch_size or n
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
         out = []
@@ -169,6 +168,11 @@ class PointCloudDiffusion(ShapeModel):
             )
             out.append(self.normalizer.denormalize(x))
         return torch.cat(out)
+
+    def default_clip_x0(self) -> float | None:
+        """1.2 x the largest |normalised training coordinate| (None before normalisation is fitted)."""
+        bound = float(self.normalizer.bound)
+        return 1.2 * bound if math.isfinite(bound) else None
 
     def _class_cond(self, class_label, n: int) -> dict | None:
         if class_label is None:
