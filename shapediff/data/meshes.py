@@ -93,7 +93,7 @@ class _SurfaceDataset(Dataset):
         return len(self.paths)
 
     def _load_pool(self, index: int) -> np.ndarray:  # (pool_size, 3) data coordinates
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _load_pool (a base-class hook)")
 
     def surface_pool(self, index: int) -> np.ndarray:
         """float32 (pool_size, 3) points of shape ``index`` in data coordinates (cached)."""

@@ -24,12 +24,9 @@ TINY = dict(
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # ~8 engineers share 2 cores: two OpenMP threads per process slow these small ops 10x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    # ~8 engineers shared 2 cores: two OpenMP threads per process slowed these small ops 10x.
     yield
-    torch.set_num_threads(n)
 
 
 def _torus(n: int, seed: int = 0) -> torch.Tensor:
