@@ -2,7 +2,7 @@
 """Bounded-time mutation fuzz of the file readers: geometry.load_points / load_mesh and
 models.checkpoint.load_checkpoint.
 
-Valid seed files (.ply binary points, .ply/.obj/.off meshes, .pcd binary_compressed and ascii,
+Valid seed files (.ply binary points, .ply/.obj/.off meshes, .pcd binary_compressed, binary and ascii,
 .xyz, .npy, .pt checkpoint) are mutated (truncation, byte flips, inserted / deleted / repeated
 chunks, header numbers replaced) and fed to the readers in a persistent worker process. Outcomes:
 
@@ -59,6 +59,10 @@ def make_seeds(folder: Path, marker: Path) -> list[Path]:
     (folder / "ascii.pcd").write_text(
         "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 4\nHEIGHT 1\n"
         "VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 4\nDATA ascii\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n"
+    )
+    (folder / "binary.pcd").write_bytes(
+        b"VERSION 0.7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F U\nCOUNT 1 1 1 1\nWIDTH 8\nHEIGHT 1\n"
+        b"VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 8\nDATA binary\n" + np.c_[pts[:8].astype(np.float32), np.zeros((8, 1), np.float32)].tobytes()
     )
     box = trimesh.creation.box()
     for suffix in (".obj", ".off"):

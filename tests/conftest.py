@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Scripts run as subprocesses import this working tree's package, whatever (if any) install points elsewhere.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
 # Real meshes and scans made by others live beside the project (never copied into it).
 SHARED_DATA = Path(os.environ.get("SHAPEDIFF_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 

@@ -10,7 +10,8 @@ Loader facts this module guards against (see ``tests/geometry/test_mesh_io.py``)
 - ``trimesh.load(path, force="mesh")`` on a point-only PLY returns an EMPTY mesh without error, so
   points are read without ``force`` (a ``trimesh.PointCloud`` comes back).
 - Open3D's ``read_point_cloud`` returns an empty cloud instead of raising on unreadable files, and
-  keeps the NaN rows of organised PCL clouds unless told not to.
+  crashes the process on some malformed PCD headers: .pcd files go through the checked reader
+  :mod:`shapediff.geometry.pcd`, which hands only verified ``binary_compressed`` data to Open3D.
 - Every empty result raises ``ValueError`` naming the file: nothing here returns an empty cloud.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 import trimesh
 
 from shapediff._optional import require_open3d
+from shapediff.geometry.pcd import read_pcd
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -177,12 +179,6 @@ def _read_npy(p: Path) -> np.ndarray:
     return arr[:, :3]
 
 
-def _read_pcd(p: Path) -> np.ndarray:
-    o3d = require_open3d()
-    cloud = o3d.io.read_point_cloud(str(p), format="pcd", remove_nan_points=False, remove_infinite_points=False)
-    return np.asarray(cloud.points)
-
-
 def _read_trimesh_vertices(p: Path) -> np.ndarray:
     # No force="mesh": a point-only PLY would come back as an empty mesh.
     geom = trimesh.load(p, process=False)
@@ -203,7 +199,7 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     suffix = p.suffix.lower()
     if suffix not in _POINT_READ_SUFFIXES:
         raise ValueError(f"path: a point-cloud file must end with one of {', '.join(_POINT_READ_SUFFIXES)}, got {str(p)!r}")
-    reader = {".xyz": _read_xyz, ".npy": _read_npy, ".pcd": _read_pcd}.get(suffix, _read_trimesh_vertices)
+    reader = {".xyz": _read_xyz, ".npy": _read_npy, ".pcd": read_pcd}.get(suffix, _read_trimesh_vertices)
     try:
         pts = np.asarray(reader(p), dtype=np.float64).reshape(-1, 3)
     except Exception as err:
