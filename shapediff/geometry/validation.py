@@ -6,7 +6,51 @@ Public functions call these at their boundary and trust their inputs afterwards;
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# Largest |coordinate| accepted per floating dtype: beyond it squared distances can overflow.
+# Derivation (xyz in [-L, L]^3, clouds of N <= 2**24 points, F = the dtype's largest finite value):
+#   a squared distance is at most 3 * (2L)^2 = 12 L^2; knn's expanded block |y|^2 - 2 x.y, after
+#   centring on y's mean, is at most 36 L^2; a Chamfer/EMD mean sums N terms <= 12 L^2 (float32
+#   accumulation for float16/bfloat16/float32). So 36 L^2 < F and 12 * 2**24 * L^2 < F:
+#   float32 / bfloat16: L < 1.3e15 -> 1e15;  float64: L < 9.4e149 -> 1e149;  float16: the distance
+#   block itself is held in half, so 36 L^2 < 65504 -> L < 42.6 -> 32.
+# Millimetre data of a kilometre-sized scene (1e6) is far inside the float32 bound.
+COORDINATE_LIMITS: dict[torch.dtype, float] = {
+    torch.float16: 32.0,
+    torch.bfloat16: 1e15,
+    torch.float32: 1e15,
+    torch.float64: 1e149,
+}
+
+
+def coordinate_limit(dtype: torch.dtype) -> float:
+    """The largest |coordinate| accepted for ``dtype`` (see ``COORDINATE_LIMITS``); float32's for others."""
+    return COORDINATE_LIMITS.get(dtype, COORDINATE_LIMITS[torch.float32])
+
+
+def check_coordinates(x: torch.Tensor, name: str, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Raise ValueError when ``x`` holds NaN/Inf or a |coordinate| above ``coordinate_limit``.
+
+    ``compute_dtype``: the dtype the caller computes in (a model casts to float32), default ``x.dtype``.
+    One reduction (NaN propagates through ``amax``). The message names the argument, the bound and
+    the largest |coordinate| found.
+    """
+    if x.numel() == 0:
+        return x
+    top = float(x.detach().abs().amax())
+    if not math.isfinite(top):
+        raise ValueError(f"{name}: contains NaN or Inf values (shape {tuple(x.shape)})")
+    dtype = compute_dtype or x.dtype
+    limit = coordinate_limit(dtype)
+    if top > limit:
+        raise ValueError(
+            f"{name}: expected |coordinates| <= {limit:g} for {dtype} (squared distances overflow beyond it), "
+            f"got a largest |coordinate| of {top:.4g}; rescale the data (e.g. to metres or unit size) or use float64"
+        )
+    return x
 
 
 def check_points(
@@ -26,11 +70,12 @@ def check_points(
         dim: required size of the last axis (3 for xyz); None accepts any size >= 1.
         batched: whether a leading batch axis is expected.
         min_points: the smallest accepted N (and B must be >= 1).
-        check_finite: reject NaN / Inf values (one reduction over the tensor).
+        check_finite: reject NaN / Inf values and |coordinates| above ``coordinate_limit(x.dtype)``
+            (1e15 for float32, 1e149 for float64, 32 for float16; one reduction over the tensor).
 
     Raises:
         ValueError: not a floating tensor, wrong rank, wrong last axis, empty, too few points,
-            or non-finite values.
+            non-finite values or coordinates beyond the dtype's bound.
     """
     form = f"(B, N, {dim if dim is not None else 'D'})" if batched else f"(N, {dim if dim is not None else 'D'})"
     if not isinstance(x, torch.Tensor):
@@ -46,8 +91,8 @@ def check_points(
         raise ValueError(f"{name}: expected a non-empty {form} tensor, got shape {tuple(x.shape)}")
     if x.shape[-2] < min_points:
         raise ValueError(f"{name}: expected at least {min_points} points, got shape {tuple(x.shape)}")
-    if check_finite and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf values (shape {tuple(x.shape)})")
+    if check_finite:
+        check_coordinates(x, name)
     return x
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from shapediff.geometry.partial_scan import resample_points
+from shapediff.geometry.validation import check_coordinates
 from shapediff.randomness import make_generator, mix_seed
 
 __all__ = [
@@ -51,6 +52,10 @@ __all__ = [
     "save_completions",
     "evaluate_completion",
     "completion_table",
+    "parse_clip_x0",
+    "summarise_seeds",
+    "held_out_scans",
+    "shape_bank",
     "write_completion_outputs",
 ]
 
@@ -81,7 +86,7 @@ def _check_one(x: torch.Tensor, name: str) -> torch.Tensor:
     x = x.float()
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or Inf coordinates; remove those points first")
-    return x
+    return check_coordinates(x, name)  # |coordinates| beyond float32's safe bound (1e15)
 
 
 def prepare_partial(
@@ -182,6 +187,24 @@ def _held_points(rows: torch.Tensor, num_points: int, m: int) -> tuple[torch.Ten
     return known, pvd_known_mask(rows.shape[0], num_points, m, device=rows.device)
 
 
+def _clip(model, clip_x0: float | str | None) -> float | None:
+    """The x0 clamp the samplers get: "auto" -> the model's default bound; None or a number as given."""
+    return model.default_clip_x0() if clip_x0 == "auto" else clip_x0
+
+
+def parse_clip_x0(value: str) -> float | str | None:
+    """A command line's ``clip_x0``: "auto", "none" (-> None) or a positive number."""
+    if value in ("auto", "none"):
+        return None if value == "none" else value
+    try:
+        bound = float(value)
+    except ValueError:
+        bound = float("nan")
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"clip_x0: expected 'auto', 'none' or a positive number, got {value!r}")
+    return bound
+
+
 def _truncated(diffusion, start_t: int):
     """The same process restricted to its first ``start_t`` timesteps (t in [0, start_t))."""
     from shapediff.diffusion import GaussianDiffusion  # noqa: PLC0415
@@ -202,6 +225,7 @@ def complete_pvd(
     progress: bool = False,
     init_normalised: torch.Tensor | None = None,
     init_t: int = 200,
+    clip_x0: float | str | None = "auto",
 ) -> torch.Tensor:
     """PVD completion: (B, M, 3) normalised partials -> (B, n, N, 3) normalised completions.
 
@@ -212,6 +236,7 @@ def complete_pvd(
     init_normalised: optional (B, N - M, 3) starting clouds (e.g. a retrieved training shape):
     SDEdit (Meng et al., ICLR 2022): they are noised to timestep ``init_t - 1`` and denoised from
     there with the partial held, using ``steps x init_t / T`` of the steps.
+    clip_x0: "auto" (the model's :meth:`default_clip_x0`), a bound, or None (no clamp).
     """
     b, m, _ = partial_normalised.shape
     big_n, total_t = model.num_points, model.diffusion.num_timesteps
@@ -236,7 +261,7 @@ def complete_pvd(
         return diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=chunk.device,
             known=known, mask=mask, keep_known="clean", progress=progress, noise=start,
-            clip_x0=model.default_clip_x0(),
+            clip_x0=_clip(model, clip_x0),
         )
 
     out = _run_chunks(model, _repeat(rows, n), batch_size, run)
@@ -254,6 +279,7 @@ def complete_training_free(
     resample_jumps: int = 5,
     batch_size: int | None = None,
     progress: bool = False,
+    clip_x0: float | str | None = "auto",
 ) -> torch.Tensor:
     """Training-free (RePaint) completion with an unconditional model.
 
@@ -274,7 +300,7 @@ def complete_training_free(
         return model.diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
             known=known, mask=mask, keep_known="noised", resample_jumps=resample_jumps, progress=progress,
-            clip_x0=model.default_clip_x0(),
+            clip_x0=_clip(model, clip_x0),
         )
 
     out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
@@ -292,6 +318,7 @@ def complete_tokens(
     guidance_scale: float | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    clip_x0: float | str | None = "auto",
 ) -> torch.Tensor:
     """Conditioning-token completion: the denoiser sees ``cond={"partial": (b, M, 3)}``.
 
@@ -305,7 +332,7 @@ def complete_tokens(
         return model.diffusion.sample(
             model.denoiser, (rows.shape[0], big_n, 3), sampler=sampler, steps=steps, generator=generator,
             device=rows.device, cond={"partial": rows}, guidance_scale=guidance_scale, progress=progress,
-            clip_x0=model.default_clip_x0(),
+            clip_x0=_clip(model, clip_x0),
         )
 
     out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
@@ -334,6 +361,8 @@ def complete(
     progress: bool = False,
     init: Any = None,
     init_t: int = 200,
+    retrieval_bank: Any = None,
+    clip_x0: float | str | None = "auto",
 ) -> torch.Tensor:
     """Complete partial scans given in data coordinates; returns completions in data coordinates.
 
@@ -344,6 +373,11 @@ def complete(
         "training_free" (default: the model's ``num_partial_points``).
     init: "pvd" only: starting shapes (B, K, 3) or (K, 3) in data coordinates (e.g. retrieved
         training shapes), resampled to N - M points and denoised from timestep ``init_t`` (SDEdit).
+    retrieval_bank: "pvd" only, instead of ``init``: (S, K, 3) complete shapes (the training set)
+        in data coordinates; each scan starts from its nearest shape by one-sided Chamfer distance
+        (:func:`baseline_retrieval`), i.e. retrieval-initialised SDEdit from ``init_t``.
+    clip_x0: clamp of the denoiser's clean-cloud estimates: "auto" (1.2 x the largest normalised
+        training coordinate), a number, or None.
     Returns (B, n, N, 3), or (n, N, 3) for one unbatched (M, 3) scan. For "pvd" and
     "training_free" the first M points of each completion are exactly the resampled input.
     """
@@ -352,6 +386,10 @@ def complete(
     method = method or _default_method(model)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if (init is not None or retrieval_bank is not None) and method != "pvd":
+        raise ValueError(f"init / retrieval_bank: only method='pvd' starts from given shapes, got method={method!r}")
+    if init is not None and retrieval_bank is not None:
+        raise ValueError("init, retrieval_bank: pass one of them (retrieval_bank chooses the init shapes itself)")
     m = num_known if (method == "training_free" and num_known is not None) else model.num_partial_points
     unbatched = not isinstance(partial, Sequence) and getattr(partial, "ndim", 0) == 2
     seed = seed if seed is not None else int(torch.randint(2**62, (1,)))
@@ -359,10 +397,11 @@ def complete(
     device = model.device
     gen = make_generator(seed, device)
     partial_n = model.normalizer.normalize(pts.to(device))
-    kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress)
-    if init is not None and method != "pvd":
-        raise ValueError(f"init: only method='pvd' starts from given shapes, got method={method!r}")
+    kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0)
     if method == "pvd":
+        if retrieval_bank is not None:
+            bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank")
+            init = baseline_retrieval(pts, bank.to(pts.device))[0]
         init_n = None
         if init is not None:
             init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
@@ -378,6 +417,15 @@ def complete(
     if _KEEPS_PARTIAL[method]:  # bit-exact input points, free of normalise/denormalise rounding
         out[:, :, :m] = pts.to(device)[:, None]
     return out[0] if unbatched else out
+
+
+def _num_points(clouds: Any) -> int:
+    """K of (S, K, 3) clouds; prepare_partial validates the rest."""
+    shape = getattr(clouds, "shape", None)
+    if shape is None or len(shape) != 3:
+        got = f"shape {tuple(shape)}" if shape is not None else type(clouds).__name__
+        raise ValueError(f"retrieval_bank: expected (S, K, 3) complete shapes, got {got}")
+    return max(int(shape[1]), 1)
 
 
 # ------------------------------------------------------------------------------------- baselines
@@ -466,7 +514,7 @@ def save_completions(
         try:
             from shapediff.viz import render_grid  # noqa: PLC0415
 
-            render_grid(items, out / "preview.png", ncols=len(items))
+            render_grid(items, out / "preview.png", ncols=len(items), fit="shared")  # one scale: partial | completions | gt
             files.append(out / "preview.png")
         except (ImportError, RuntimeError, ValueError) as err:
             errors["preview.png"] = str(err)
@@ -491,10 +539,12 @@ def evaluate_completion(
     sampler: str | None = None,
     seed: int = 0,
     resample_jumps: int = 5,
+    num_known: int | None = None,
     metrics: Sequence[str] = ("cd", "emd", "f_score"),
     batch_size: int | None = None,
     outputs: dict[str, torch.Tensor] | None = None,
     retrieval_init_t: Sequence[int] = (),
+    clip_x0: float | str | None = "auto",
 ) -> dict[str, dict[str, float]]:
     """Completion metrics of ``model`` (each of ``methods``) and of the baselines, in one run.
 
@@ -503,7 +553,9 @@ def evaluate_completion(
     "F-score@0.01", "UHD"[, "TMD" with n >= 2], "seconds"}}`` averaged over the B scans; names are
     the methods and "baseline_partial", "baseline_mirror", "baseline_retrieval". Pass a dict as
     ``outputs`` to receive each method's (B, n, N, 3) completions in it. ``retrieval_init_t``
-    adds rows "pvd+retrieval_init@T0": PVD started from the retrieved shape noised to T0 (SDEdit).
+    adds rows "pvd+retrieval_init@T0": PVD started from the retrieved shape noised to T0 (SDEdit,
+    ``complete(..., retrieval_bank=train_clouds, init_t=T0)``). ``seconds`` is the wall time of
+    each method on the whole batch (retrieval included where it is part of the method).
     """
     import time  # noqa: PLC0415
 
@@ -513,40 +565,92 @@ def evaluate_completion(
     partial = prepare_partial(partial, partial.shape[-2])
     gt = prepare_partial(ground_truth, ground_truth.shape[-2], name="ground_truth")
     big_n, results = gt.shape[1], {}
-    for method in methods:
+    common = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, clip_x0=clip_x0)
+    runs = {method: dict(method=method, resample_jumps=resample_jumps, num_known=num_known) for method in methods}
+    if train_clouds is not None:
+        runs |= {f"pvd+retrieval_init@{t0}": dict(method="pvd", retrieval_bank=train_clouds, init_t=int(t0))
+                 for t0 in retrieval_init_t}
+    for name, options in runs.items():
         start = time.perf_counter()
-        out = complete(model, partial, n=n, steps=steps, sampler=sampler, seed=seed, method=method,
-                       resample_jumps=resample_jumps, batch_size=batch_size).cpu()
+        out = complete(model, partial, **common, **options).cpu()
         seconds = time.perf_counter() - start
         if outputs is not None:
-            outputs[method] = out
+            outputs[name] = out
         pred = out if n > 1 else out[:, 0]
-        results[method] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
-    if train_clouds is not None and retrieval_init_t:
-        retrieved = baseline_retrieval(partial, train_clouds)[0]
-        for t0 in retrieval_init_t:
-            start = time.perf_counter()
-            out = complete(model, partial, n=n, steps=steps, sampler=sampler, seed=seed, method="pvd", init=retrieved,
-                           init_t=int(t0), batch_size=batch_size).cpu()
-            pred = out if n > 1 else out[:, 0]
-            results[f"pvd+retrieval_init@{t0}"] = (_summarise(completion_metrics(pred, gt, partial, metrics=metrics))
-                                                   | {"seconds": time.perf_counter() - start})
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
     gen = torch.Generator().manual_seed(seed)
-    baselines = {"baseline_partial": baseline_partial(partial, big_n, gen),
-                 "baseline_mirror": baseline_mirror(partial, big_n, axis=0, generator=gen)}
+    baselines = {"baseline_partial": lambda: baseline_partial(partial, big_n, gen),
+                 "baseline_mirror": lambda: baseline_mirror(partial, big_n, axis=0, generator=gen)}
     if train_clouds is not None:
-        baselines["baseline_retrieval"] = baseline_retrieval(partial, train_clouds)[0]
-    for name, pred in baselines.items():
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics))
+        baselines["baseline_retrieval"] = lambda: baseline_retrieval(partial, train_clouds)[0]
+    for name, make in baselines.items():
+        start = time.perf_counter()
+        pred = make()
+        seconds = time.perf_counter() - start
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
     return results
 
 
+def summarise_seeds(runs: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Mean and spread over seeds of several :func:`evaluate_completion` results.
+
+    Returns ``{name: {metric: mean, metric + "_std": sample std (0 for one run), metric + "_min",
+    metric + "_max"}}`` over the runs that hold ``name``.
+    """
+    if not runs:
+        raise ValueError("runs: expected at least one evaluate_completion result, got none")
+    out: dict[str, dict[str, float]] = {}
+    for name in runs[0]:
+        rows = [r[name] for r in runs if name in r]
+        out[name] = {}
+        for metric in rows[0]:
+            values = torch.tensor([row[metric] for row in rows], dtype=torch.float64)
+            std = float(values.std()) if len(values) > 1 else 0.0
+            out[name] |= {metric: float(values.mean()), f"{metric}_std": std,
+                          f"{metric}_min": float(values.min()), f"{metric}_max": float(values.max())}
+    return out
+
+
+def held_out_scans(dataset, count: int, *, one_view_per_shape: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(partial (B, M, 3), ground truth (B, N, 3))`` of ``count`` items of a partial-scan dataset.
+
+    The first ``count`` items by default (consecutive items are views of one shape). With
+    ``one_view_per_shape``, item ``i`` is shape ``i`` seen from view ``i mod views_per_shape``,
+    so ``count`` scans cover ``count`` different shapes (and, round-robin, every category).
+    """
+    views = int(getattr(dataset, "views_per_shape", 1)) if one_view_per_shape else 1
+    total = len(dataset) // views
+    if not (isinstance(count, int) and 1 <= count):
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    indices = [i * views + (i % views) for i in range(min(count, total))]
+    items = [dataset[i] for i in indices]
+    if "partial" not in items[0]:
+        raise ValueError("dataset: its items have no 'partial' scan; use a partial-scan dataset (PartialScans)")
+    partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
+    return partial, torch.stack([torch.as_tensor(it["points"]).float() for it in items])
+
+
+def shape_bank(dataset, count: int | None = None) -> torch.Tensor:
+    """(S, N, 3) complete clouds of the shapes under a partial-scan dataset, one per shape (the
+    retrieval baseline's and ``retrieval_bank``'s training set); ``count`` limits S."""
+    shapes = getattr(dataset, "dataset", dataset)
+    count = len(shapes) if count is None else min(count, len(shapes))
+    return torch.stack([torch.as_tensor(shapes[i]["points"]).float() for i in range(count)])
+
+
 def completion_table(results: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of :func:`evaluate_completion`'s results (one row per method)."""
+    """A Markdown table of :func:`evaluate_completion`'s results (one row per method); with
+    :func:`summarise_seeds`' spreads a cell reads "mean ± std"."""
     columns = [c for c in ("CD", "EMD", "F-score@0.01", "UHD", "TMD", "seconds") if any(c in r for r in results.values())]
     lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
     for name, row in results.items():
-        cells = [("%.5f" % row[c] if c != "seconds" else "%.1f" % row[c]) if c in row else "" for c in columns]
+        cells = []
+        for c in columns:
+            fmt = "%.1f" if c == "seconds" else "%.5f"
+            cell = fmt % row[c] if c in row else ""
+            if f"{c}_std" in row and cell:
+                cell += " ± " + fmt % row[f"{c}_std"]
+            cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -554,8 +658,8 @@ def completion_table(results: dict[str, dict[str, float]]) -> str:
 def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, Any]) -> dict[str, Any]:
     """What a finished completion training run writes (``scripts/train.py`` calls it).
 
-    Completes the first ``eval_cfg["num_samples"]`` scans of ``ref_dataset`` (items with
-    "points" and "partial"), writes ``metrics.json`` (the model vs the partial and mirror
+    Completes ``eval_cfg["num_samples"]`` scans of ``ref_dataset`` (items with "points" and
+    "partial"; one view per shape, see :func:`held_out_scans`), writes ``metrics.json`` (the model vs the partial and mirror
     baselines; ``scripts/evaluate_completion.py`` adds retrieval), ``completions/scan_XXX/``
     (see :func:`save_completions`) for ``num_ply`` scans, meshes for ``num_meshes`` of them, and
     ``preview.png`` (rows of partial | completion | ground truth). Returns the metrics.
@@ -565,10 +669,8 @@ def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, An
     from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415
 
     run_dir = Path(run_dir)
-    count = min(int(eval_cfg["num_samples"]), len(ref_dataset))
-    items = [ref_dataset[i] for i in range(count)]
-    partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
-    gt = torch.stack([torch.as_tensor(it["points"]).float() for it in items])
+    partial, gt = held_out_scans(ref_dataset, int(eval_cfg["num_samples"]), one_view_per_shape=True)
+    count = partial.shape[0]
     names = {"cd": "cd", "emd": "emd"}
     metrics = tuple(names[m] for m in eval_cfg.get("metrics", ("cd",)) if m in names) + ("f_score",)
     seed = int(eval_cfg.get("seed", 0))
@@ -595,6 +697,6 @@ def _preview_rows(partial: torch.Tensor, completions: torch.Tensor, gt: torch.Te
         from shapediff.viz import render_grid  # noqa: PLC0415
 
         items = [c.numpy() for row in zip(partial, completions, gt) for c in row]
-        render_grid(items, path, ncols=3)
+        render_grid(items, path, ncols=3, fit="shared")
     except (ImportError, RuntimeError, ValueError) as err:
         logger.warning("preview.png not written: %s", err)

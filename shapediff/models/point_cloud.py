@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from shapediff.config import instantiate
+from shapediff.geometry.validation import check_coordinates
 from shapediff.models.base import ShapeModel
 from shapediff.models.normalization import PointNormalizer
 from shapediff.randomness import make_generator, per_example_randint, per_example_randn
@@ -208,8 +209,7 @@ def _check_cloud(x: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected a torch.Tensor of shape (B, N, 3), got {type(x).__name__}")
     if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] == 0:
         raise ValueError(f"{name}: expected shape (B, N, 3) with N >= 1, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or Inf coordinates")
+    check_coordinates(x, name, compute_dtype=torch.float32)  # NaN / Inf, and |coordinates| > 1e15
     return x.float()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -40,6 +41,7 @@ def _bad_clouds() -> dict[str, tuple[torch.Tensor | list, str]]:
         "empty_B": (torch.rand(0, 8, 3), "non-empty"),
         "int_dtype": (torch.zeros(2, 8, 3, dtype=torch.long), "floating-point"),
         "not_tensor": ([[0.0, 0.0, 0.0]], "got list"),
+        "huge": (x * 1e30, "expected |coordinates| <= 1e+15 for torch.float32"),
     }
 
 
@@ -129,10 +131,52 @@ def test_float16_and_float64_accepted_consistently():
     assert torch.allclose(half, ref, rtol=2e-2, atol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="float32 squared distances overflow at 1e30: identical clouds give CD=inf, not 0")
-def test_huge_coordinates_chamfer_identical_is_zero():
+def test_huge_coordinates_refused_with_bound_and_max():
+    """1e30 in float32 would overflow squared distances (CD(h, h) was inf): refused, naming the bound and the max."""
     h = torch.rand(2, 16, 3) * 1e30
-    assert torch.equal(M.chamfer_distance(h, h.flip(1)), torch.zeros(2))
+    h[1, 3, 2] = -3e30
+    with pytest.raises(ValueError) as err:
+        M.chamfer_distance(h, h.flip(1))
+    msg = str(err.value)
+    assert msg.startswith("x: expected |coordinates| <= 1e+15 for torch.float32") and "of -3e+30" not in msg, msg
+    assert "largest |coordinate| of 3e+30" in msg, msg
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_coordinate_bound_holds_the_overflow_arithmetic(dtype):
+    """The documented bound L per dtype: 36 L^2 (knn's expanded block) and, for >= 32-bit sums,
+    12 * 2**24 * L^2 (a mean over 2**24 squared distances) stay below the dtype's largest value."""
+    from shapediff.geometry.validation import coordinate_limit
+
+    limit = coordinate_limit(dtype)
+    largest = (torch.finfo(dtype).max / 36) ** 0.5
+    if dtype != torch.float16:
+        largest = min(largest, (torch.finfo(torch.float32 if dtype == torch.bfloat16 else dtype).max / (12 * 2**24)) ** 0.5)
+    assert largest / 10 < limit < largest  # safe, and within a factor 10 of the arithmetic's limit
+
+
+@pytest.mark.parametrize("dtype, limit", [(torch.float32, 1e15), (torch.float16, 32.0)])
+def test_coordinates_at_the_bound_give_exact_finite_metrics(dtype, limit):
+    """Worst case at the bound: two clouds in opposite corners (every squared distance 12 L^2) and
+    random clouds in [-L, L]^3. Chamfer / EMD / knn are finite and match float64; just above: refused."""
+    corner = torch.full((1, 64, 3), limit, dtype=torch.float64)
+    rand = (torch.rand(2, 64, 3, dtype=torch.float64) * 2 - 1) * limit
+    for x, y in ((corner, -corner), (rand, rand.flip(0))):
+        ref = M.chamfer_distance(x, y)
+        got = M.chamfer_distance(x.to(dtype), y.to(dtype))
+        assert torch.isfinite(got).all() and torch.allclose(got.double(), ref, rtol=2e-2 if dtype == torch.float16 else 1e-5)
+        assert torch.allclose(M.emd(x.to(dtype), y.to(dtype)).double(), M.emd(x, y), rtol=2e-2 if dtype == torch.float16 else 1e-5)
+        assert torch.isfinite(G.knn_points(x.to(dtype), y.to(dtype), 2).dists).all()
+    with pytest.raises(ValueError, match=re.escape(f"<= {limit:g} for {dtype}")):
+        M.chamfer_distance((corner * 1.01).to(dtype), corner.to(dtype))
+
+
+def test_millimetre_scale_data_is_exact():
+    """Legitimate large units (1e6 mm = 1 km) are far inside the bound: float32 metrics match float64."""
+    x, y = torch.rand(2, 256, 3, dtype=torch.float64) * 1e6, torch.rand(2, 256, 3, dtype=torch.float64) * 1e6
+    assert torch.allclose(M.chamfer_distance(x.float(), y.float()).double(), M.chamfer_distance(x, y), rtol=1e-5)
+    assert torch.allclose(M.emd(x.float(), y.float()).double(), M.emd(x, y), rtol=1e-5)
+    assert torch.allclose(M.f_score(x.float(), y.float(), threshold=5e4).double(), M.f_score(x, y, threshold=5e4).double())
 
 
 def test_huge_coordinates_finite_distance_pair_in_float64():
@@ -290,7 +334,7 @@ def test_sample_valid_is_finite(tiny):
 
 
 @pytest.mark.parametrize(
-    "case", ["rank2", "last_dim4", "nan", "inf", "empty_N"],
+    "case", ["rank2", "last_dim4", "nan", "inf", "empty_N", "huge"],
 )
 def test_training_loss_bad_points(tiny, case):
     with pytest.raises(ValueError) as err:
@@ -308,10 +352,21 @@ def test_training_loss_valid_edge_inputs(tiny, points):
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
-@pytest.mark.xfail(strict=True, reason="training_loss on 1e30 coordinates returns NaN instead of a ValueError")
-def test_training_loss_huge_coordinates(tiny):
-    with pytest.raises(ValueError, match="batch"):
-        tiny.training_loss({"points": torch.rand(2, 64, 3) * 1e30})
+@pytest.mark.parametrize("points", [torch.rand(2, 64, 3) * 1e30, torch.rand(2, 64, 3, dtype=torch.float64) * 1e30],
+                         ids=["float32", "float64"])
+def test_training_loss_huge_coordinates(tiny, points):
+    """It returned a NaN loss; the model computes in float32, so float64 1e30 is refused as well."""
+    with pytest.raises(ValueError) as err:
+        tiny.training_loss({"points": points})
+    assert str(err.value).startswith("batch['points']: expected |coordinates| <= 1e+15 for torch.float32"), str(err.value)
+
+
+def test_training_loss_millimetre_scale_is_finite():
+    model = PointCloudDiffusion(**TINY)
+    data = torch.rand(4, 64, 3) * 1e6
+    model.normalizer.fit([data])
+    loss = model.training_loss({"points": data}, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and 0.1 < float(loss.detach()) < 10.0  # an eps-MSE of order 1, as on unit data
 
 
 @pytest.mark.parametrize("batch", [{"pts": torch.rand(2, 64, 3)}, torch.rand(2, 64, 3)], ids=["missing_key", "tensor"])
@@ -345,10 +400,11 @@ def test_complete_valid_edge_inputs(tiny, partial):
     assert out.shape == (1, 64, 3) and torch.isfinite(out).all()
 
 
-@pytest.mark.xfail(strict=True, reason="complete() on 1e30 coordinates returns non-finite points silently")
 def test_complete_huge_coordinates(tiny):
-    with pytest.raises(ValueError, match="partial"):
+    """It returned non-finite points silently."""
+    with pytest.raises(ValueError) as err:
         tiny.complete(torch.rand(16, 3) * 1e30, steps=3, seed=0)
+    assert str(err.value).startswith("partial") and "<= 1e+15" in str(err.value), str(err.value)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
