@@ -36,10 +36,19 @@ class DiagonalGaussian(NamedTuple):
 
 
 def _stage(channels: Sequence[int], blocks: int, groups: int) -> tuple[nn.ModuleList, int]:
-    """ResBlocks that go from channels[0] to channels[1]."""
+    """``blocks`` ResBlocks that go from channels[0] to channels[1] (none: the channels stay channels[0])."""
     cin, cout = channels
     mods = nn.ModuleList(ResBlock3d(cin if i == 0 else cout, cout, num_groups=groups) for i in range(blocks))
-    return mods, cout
+    return mods, cout if blocks else cin
+
+
+def _per_level(num_res_blocks: int | Sequence[int], levels: int) -> list[int]:
+    """num_res_blocks as one non-negative int per level."""
+    counts = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
+    if len(counts) != levels or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        raise ValueError(f"num_res_blocks: expected a non-negative int or {levels} of them (one per level of "
+                         f"channel_mult), got {num_res_blocks!r}")
+    return counts
 
 
 class TSDFVAE(nn.Module):
@@ -50,19 +59,23 @@ class TSDFVAE(nn.Module):
         in_channels: channels of the input grid (1 for a TSDF).
         base_channels: C of the first level; level i has ``base_channels * channel_mult[i]``.
         channel_mult: per-level multipliers; len - 1 stride-2 downsamplings.
-        num_res_blocks: ResBlocks per level (encoder and decoder).
+        num_res_blocks: ResBlocks per level (encoder and decoder): one int for all levels, or one per level
+            (0 allowed: e.g. ``(0, 1, 1)`` keeps the full-resolution level to a single convolution).
         latent_channels: C of the latent grid.
         attention: self-attention in the middle blocks (lowest resolution only).
         num_heads, num_groups: attention heads, GroupNorm groups.
         kl_weight: beta_KL.
         surface_weight: extra L1 weight on voxels with |tsdf| < 1 (within the truncation band).
+        resample_channels: True = the stride-2 down/up convolutions change the channel count to the next
+            level's, so a level only ever holds its own channels (cheap few-channel full-resolution levels
+            on a CPU); False = the level's first ResBlock changes it (LDM's layout).
         logvar_clamp: logvar is clamped to [-30, 20] as in LDM.
     """
 
     def __init__(self, resolution: int = 32, in_channels: int = 1, base_channels: int = 16,
-                 channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 1, latent_channels: int = 4,
-                 attention: bool = True, num_heads: int = 4, num_groups: int = 8, kl_weight: float = 1e-6,
-                 surface_weight: float = 2.0):
+                 channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int | Sequence[int] = 1,
+                 latent_channels: int = 4, attention: bool = True, num_heads: int = 4, num_groups: int = 8,
+                 kl_weight: float = 1e-6, surface_weight: float = 2.0, resample_channels: bool = False):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
         if not isinstance(resolution, int) or resolution < self.factor or resolution % self.factor:
@@ -70,6 +83,7 @@ class TSDFVAE(nn.Module):
         if not channel_mult or kl_weight < 0 or surface_weight < 0:
             raise ValueError(f"channel_mult/kl_weight/surface_weight: expected a non-empty list and non-negative weights, "
                              f"got {channel_mult!r}, {kl_weight!r}, {surface_weight!r}")
+        blocks = _per_level(num_res_blocks, len(channel_mult))
         self.resolution, self.in_channels, self.latent_channels = resolution, in_channels, latent_channels
         self.latent_resolution = resolution // self.factor
         self.kl_weight, self.surface_weight = float(kl_weight), float(surface_weight)
@@ -80,9 +94,12 @@ class TSDFVAE(nn.Module):
         self.enc_blocks, self.enc_down = nn.ModuleList(), nn.ModuleList()
         c = chans[0]
         for i, ci in enumerate(chans):
-            blocks, c = _stage((c, ci), num_res_blocks, g)
-            self.enc_blocks.append(blocks)
-            self.enc_down.append(Downsample3d(c) if i < len(chans) - 1 else nn.Identity())
+            stage, c = _stage((c, ci), blocks[i], g)
+            self.enc_blocks.append(stage)
+            last = i == len(chans) - 1
+            c_next = chans[i + 1] if resample_channels and not last else c
+            self.enc_down.append(nn.Identity() if last else Downsample3d(c, c_next))
+            c = c_next
         self.enc_mid = self._middle(c, attention, num_heads, g)
         self.enc_out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv3d(c, 2 * latent_channels, 3, padding=1))
         # decoder (mirror)
@@ -90,9 +107,11 @@ class TSDFVAE(nn.Module):
         self.dec_mid = self._middle(c, attention, num_heads, g)
         self.dec_blocks, self.dec_up = nn.ModuleList(), nn.ModuleList()
         for i, ci in reversed(list(enumerate(chans))):
-            blocks, c = _stage((c, ci), num_res_blocks, g)
-            self.dec_blocks.append(blocks)
-            self.dec_up.append(Upsample3d(c) if i > 0 else nn.Identity())
+            stage, c = _stage((c, ci), blocks[i], g)
+            self.dec_blocks.append(stage)
+            c_next = chans[i - 1] if resample_channels and i > 0 else c
+            self.dec_up.append(Upsample3d(c, c_next) if i > 0 else nn.Identity())
+            c = c_next
         self.dec_out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv3d(c, in_channels, 3, padding=1))
 
     @staticmethod

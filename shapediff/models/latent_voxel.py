@@ -41,7 +41,7 @@ from shapediff.models.checkpoint import load_checkpoint
 from shapediff.models.point_cloud import _plain
 from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
 
-__all__ = ["LatentVoxelDiffusion", "TSDFAutoencoder", "VoxelSamples", "meshes_to_points"]
+__all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder", "VoxelSamples", "meshes_to_points"]
 
 log = logging.getLogger("shapediff.models")
 DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]}
@@ -66,6 +66,20 @@ def meshes_to_points(meshes: Sequence[Any], num_points: int, seed: int = 0) -> t
     out = [torch.zeros(num_points, 3) if len(m.faces) == 0 or m.area <= 0
            else torch.from_numpy(sample_surface(m, num_points, seed=mix_seed(seed, i))) for i, m in enumerate(meshes)]
     return torch.stack(out) if out else torch.zeros(0, num_points, 3)
+
+
+class EncodedLatents(torch.utils.data.Dataset):
+    """A TSDF dataset encoded once by a frozen VAE: items ``{"latent": (C, r, r, r) posterior mean (unscaled),
+    "index": int64}``, so that stage-2 training steps skip the encoder (the costly full-resolution part)."""
+
+    def __init__(self, latents: torch.Tensor):
+        self.latents = latents
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"latent": self.latents[index], "index": torch.tensor(int(index), dtype=torch.int64)}
 
 
 def _grid(grid: Mapping[str, Any] | None, resolution: int) -> dict[str, Any]:
@@ -178,9 +192,28 @@ class TSDFAutoencoder(ShapeModel):
         return metrics
 
 
-class _ClippedDenoiser(nn.Module):
-    """Clamps the x0 a denoiser implies to [-clip, clip] (DDPM's ``clip_denoised``, Imagen's static thresholding)
-    and returns the output re-expressed in the diffusion's parameterisation (eps / x0 / v).
+class _X0Adjusted(nn.Module):
+    """A denoiser whose implied x0 goes through ``adjust(x0, t)``; the output is re-expressed in the diffusion's
+    parameterisation (eps / x0 / v), so any sampler can use it."""
+
+    def __init__(self, denoiser: nn.Module, diffusion: Any):
+        super().__init__()
+        self.denoiser, self.diffusion = denoiser, diffusion
+
+    def adjust(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        x0, _ = self.diffusion.split_output(self.denoiser(x_t, t, cond), x_t, t)
+        x0 = self.adjust(x0, t)
+        eps = self.diffusion.predict_eps_from_x0(x_t, t, x0)
+        if self.diffusion.prediction == "v":
+            return self.diffusion.predict_v(x0, t, eps)
+        return x0 if self.diffusion.prediction == "x0" else eps
+
+
+class _ClippedDenoiser(_X0Adjusted):
+    """Clamps the x0 a denoiser implies to [-clip, clip] (DDPM's ``clip_denoised``, Imagen's static thresholding).
 
     Scaled latents have unit variance, so |x0| > clip (default 4) is out of distribution: an undertrained
     eps-model at high noise implies x0 errors amplified by 1 / sqrt(abar_t) (~150x at t = T), which the
@@ -188,16 +221,29 @@ class _ClippedDenoiser(nn.Module):
     """
 
     def __init__(self, denoiser: nn.Module, diffusion: Any, clip: float):
-        super().__init__()
-        self.denoiser, self.diffusion, self.clip = denoiser, diffusion, clip
+        super().__init__(denoiser, diffusion)
+        self.clip = clip
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        x0, _ = self.diffusion.split_output(self.denoiser(x_t, t, cond), x_t, t)
-        x0 = x0.clamp(-self.clip, self.clip)
-        eps = self.diffusion.predict_eps_from_x0(x_t, t, x0)
-        if self.diffusion.prediction == "v":
-            return self.diffusion.predict_v(x0, t, eps)
-        return x0 if self.diffusion.prediction == "x0" else eps
+    def adjust(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-self.clip, self.clip)
+
+
+class _ObservationGuided(_X0Adjusted):
+    """Reconstruction guidance: every implied x0 takes one normalised gradient step on the decoder's misfit to
+    the observed voxels, ``x0 - scale * g / rms(g)`` with ``g = grad_x0 misfit(decode(x0))``: a data-consistency
+    step on x0 as in DiffPIR (Zhu et al. 2023), with DPS's gradient through the decoder (Chung et al. 2023)
+    but not through the denoiser. ``misfit`` is :meth:`LatentVoxelDiffusion.observation_misfit`."""
+
+    def __init__(self, denoiser: nn.Module, diffusion: Any, misfit: Any, scale: float):
+        super().__init__(denoiser, diffusion)
+        self.misfit, self.scale = misfit, scale
+
+    def adjust(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = x0.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.misfit(z).sum(), z)
+        rms = grad.square().mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt()
+        return x0 - self.scale * grad / rms.clamp(min=1e-12)
 
 
 def _vae_from_checkpoint(path: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
@@ -228,12 +274,15 @@ class LatentVoxelDiffusion(ShapeModel):
         sampler: default sampler settings ``{"name": "ddim", "steps": 50}``.
         num_points: N points sampled from each generated mesh for evaluation.
         clip_latent: clamp the x0 implied at every sampling step to [-clip, clip] (None = off).
+        pre_encode: train on the training split encoded once (:meth:`training_dataset`) instead of encoding
+            every batch; the VAE is frozen, so the latents are the same.
     """
 
     def __init__(self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], vae: Mapping[str, Any] | None = None,
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
                  latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
-                 sampler: Mapping[str, Any] | None = None, num_points: int = 2048, clip_latent: float | None = 4.0):
+                 sampler: Mapping[str, Any] | None = None, num_points: int = 2048, clip_latent: float | None = 4.0,
+                 pre_encode: bool = True):
         super().__init__()
         weights = None
         if vae_checkpoint is not None:
@@ -252,12 +301,12 @@ class LatentVoxelDiffusion(ShapeModel):
         self.register_buffer("latent_scale", torch.tensor(float(latent_scale or 0.0)))
         self.register_buffer("latent_shift", torch.tensor(float(latent_shift or 0.0)))
         self.scale_num_shapes, self.num_points = int(scale_num_shapes), int(num_points)
-        self.clip_latent = clip_latent
+        self.clip_latent, self.pre_encode = clip_latent, bool(pre_encode)
         self.config = copy.deepcopy(_plain({
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
             "scale_num_shapes": scale_num_shapes, "sampler": dict(sampler or {"name": "ddim", "steps": 50}),
-            "num_points": num_points, "clip_latent": clip_latent}))
+            "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode)}))
 
     def _check_denoiser(self) -> None:
         c, r = self.vae.latent_channels, self.vae.latent_resolution
@@ -304,16 +353,21 @@ class LatentVoxelDiffusion(ShapeModel):
             raise ValueError("latent_scale: not fitted; call model.prepare(train_dataset) or pass latent_scale=")
 
     @torch.no_grad()
-    def fit_latent_scale(self, dataset: Iterable, max_items: int | None = None, batch_size: int = 16) -> float:
-        """Set shift = mean and scale = 1 / std of the VAE posterior means over ``dataset``'s ``tsdf`` items."""
-        n = len(dataset) if max_items is None else min(max_items, len(dataset))
+    def _posterior_means(self, dataset, n: int, batch_size: int = 16) -> torch.Tensor:
+        """(n, C, r, r, r) VAE posterior means (unscaled) of the first ``n`` ``tsdf`` items of ``dataset``."""
         if n == 0:
             raise ValueError("dataset: empty; the latent scale needs at least one training shape")
         zs = []
         for start in range(0, n, batch_size):
             x = torch.stack([dataset[i]["tsdf"] for i in range(start, min(n, start + batch_size))]).to(self.device)
-            zs.append(self.vae.encode(_check_tsdf_batch(x, self.vae.resolution, "dataset['tsdf']")).mean.double())
-        z = torch.cat(zs)
+            zs.append(self.vae.encode(_check_tsdf_batch(x, self.vae.resolution, "dataset['tsdf']")).mean)
+        return torch.cat(zs)
+
+    @torch.no_grad()
+    def fit_latent_scale(self, dataset: Iterable, max_items: int | None = None, batch_size: int = 16) -> float:
+        """Set shift = mean and scale = 1 / std of the VAE posterior means over ``dataset``'s ``tsdf`` items."""
+        n = len(dataset) if max_items is None else min(max_items, len(dataset))
+        z = self._posterior_means(dataset, n, batch_size).double()
         self.latent_shift.fill_(float(z.mean()))
         self.latent_scale.fill_(float(1.0 / z.std().clamp(min=1e-8)))
         log.info("latent shift %.4f, scale %.4f from %d shapes", float(self.latent_shift), float(self.latent_scale), n)
@@ -324,11 +378,25 @@ class LatentVoxelDiffusion(ShapeModel):
         if float(self.latent_scale) <= 0:
             self.fit_latent_scale(train_set, self.scale_num_shapes)
 
+    def training_dataset(self, train_set):
+        """Trainer hook: ``train_set`` encoded once (:class:`EncodedLatents`) when ``pre_encode``, else itself."""
+        if not self.pre_encode:
+            return train_set
+        start = time.perf_counter()
+        latents = self._posterior_means(train_set, len(train_set)).cpu()
+        log.info("encoded %d training shapes in %.1f s", len(train_set), time.perf_counter() - start)
+        return EncodedLatents(latents)
+
     # ------------------------------------------------------------------------- training
     def training_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Diffusion loss on the scaled latents of ``batch["tsdf"]`` (B, 1, R, R, R); per-example t and noise
-        from ``batch["seed"]`` when present (the trainer sets it)."""
-        z = self.encode(batch["tsdf"])
+        """Diffusion loss on the scaled latents of ``batch["tsdf"]`` (B, 1, R, R, R), or of ``batch["latent"]``
+        (B, C, r, r, r) posterior means from :meth:`training_dataset`; per-example t and noise from
+        ``batch["seed"]`` when present (the trainer sets it)."""
+        if "latent" in batch:
+            self._check_fitted()
+            z = (batch["latent"].to(self.device) - self.latent_shift) * self.latent_scale
+        else:
+            z = self.encode(batch["tsdf"])
         t = noise = None
         if "seed" in batch:
             t = per_example_randint(self.diffusion.num_timesteps, batch["seed"], device=self.device)
@@ -377,7 +445,8 @@ class LatentVoxelDiffusion(ShapeModel):
     @torch.no_grad()
     def complete(self, partial_tsdf: torch.Tensor, mask: torch.Tensor, n: int = 1, steps: int | None = None,
                  sampler: str | None = None, seed: int | None = None, resample_jumps: int = 3, erode: int = 0,
-                 fill: float = 1.0, paste_known: bool = False, meshes: bool = True) -> VoxelSamples:
+                 fill: float = 1.0, paste_known: bool = False, meshes: bool = True, guidance: float = 0.1,
+                 refine_steps: int = 30, refine_lr: float = 0.05) -> VoxelSamples:
         """Complete partial TSDFs: ``n`` hypotheses for each of B observations (see the module docstring).
 
         Args:
@@ -387,6 +456,12 @@ class LatentVoxelDiffusion(ShapeModel):
             n: hypotheses per observation. resample_jumps: RePaint harmonisation repeats per step.
             erode: latent cells dropped from the known region beyond min-pooling. fill: value the encoder
                 sees in hidden voxels. paste_known: copy the observed voxels into the output TSDF.
+            guidance: reconstruction-guidance step on every implied x0, in latent standard deviations
+                (:class:`_ObservationGuided`; 0 = off).
+            refine_steps, refine_lr: Adam steps of decoder inversion on the final latent (:meth:`fit_observation`;
+                0 = off). Both only read observed voxels and make the decoded output itself keep them: the
+                known latent cells alone cannot, since the decoder mixes in neighbouring generated cells and the
+                observed voxels of partly observed cells are in no known cell.
         Returns:
             VoxelSamples with tsdf (B * n, R, R, R) (observation-major) and meshes.
         """
@@ -397,17 +472,54 @@ class LatentVoxelDiffusion(ShapeModel):
             raise ValueError(f"mask: expected a bool tensor shaped like partial_tsdf {tuple(x.shape)}, got {m.dtype} {tuple(m.shape)}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
+        for name, value in (("guidance", guidance), ("refine_lr", refine_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         x = torch.where(m, x, torch.full_like(x, fill))  # hidden voxels are gone before anything reads them
         known = self.encode(x).repeat_interleave(n, 0)
         lmask = self.latent_mask(m, erode).repeat_interleave(n, 0).expand_as(known)
+        obs, obs_mask = x.repeat_interleave(n, 0), m.repeat_interleave(n, 0)
+        model = self._sampling_model()
+        if guidance > 0:
+            model = _ObservationGuided(model, self.diffusion, lambda z: self.observation_misfit(z, obs, obs_mask), guidance)
         sampler, steps, kwargs = self._sampler_args(sampler, steps, {})
-        z = self.diffusion.sample(self._sampling_model(), tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
+        z = self.diffusion.sample(model, tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
                                   seed=seed if seed is not None else int(torch.randint(2**62, (1,))), device=self.device,
                                   known=known, mask=lmask, keep_known="noised", resample_jumps=resample_jumps)
+        z = self.fit_observation(z, obs, obs_mask, refine_steps, refine_lr)
         tsdf = self.decode(z)
         if paste_known:
             tsdf = torch.where(m[:, 0].repeat_interleave(n, 0), x[:, 0].repeat_interleave(n, 0), tsdf)
         return VoxelSamples(tsdf, _to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+
+    def observation_misfit(self, z: torch.Tensor, tsdf: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) misfit of decoded scaled latents z (B, C, r, r, r) to ``tsdf`` (B, 1, R, R, R) on the voxels where
+        ``mask`` (B, 1, R, R, R) is True: the VAE's L1 (weighted by ``1 + surface_weight`` in the truncation band),
+        a mean over each item's observed voxels. Differentiable in z; nothing outside ``mask`` is read."""
+        recon = self.vae.decode(z / self.latent_scale + self.latent_shift, clamp=False)
+        observed = torch.where(mask, tsdf, torch.zeros_like(tsdf))
+        weight = mask * (1.0 + self.vae.surface_weight * (observed.abs() < 1.0))
+        dims = tuple(range(1, recon.ndim))
+        return (weight * (recon - observed).abs()).sum(dims) / weight.sum(dims).clamp(min=1.0)
+
+    def fit_observation(self, z: torch.Tensor, tsdf: torch.Tensor, mask: torch.Tensor, steps: int = 30,
+                        lr: float = 0.05) -> torch.Tensor:
+        """Decoder inversion: ``steps`` Adam steps (learning rate ``lr``, in latent standard deviations) on the
+        whole latent z (B, C, r, r, r) to minimise :meth:`observation_misfit`; returns the new z (no grad).
+
+        Hidden regions move only as far as the decoder's receptive field ties them to observed voxels."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"refine_steps: expected an int >= 0, got {steps!r}")
+        if steps == 0:
+            return z
+        with torch.enable_grad():
+            var = z.detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([var], lr=lr)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                self.observation_misfit(var, tsdf, mask).sum().backward()
+                opt.step()
+        return var.detach()
 
     def complete_points(self, points: torch.Tensor, camera: torch.Tensor | Sequence[float], n: int = 1,
                         **kwargs: Any) -> VoxelSamples:

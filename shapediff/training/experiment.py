@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from shapediff.config import _resolve_target, instantiate
-from shapediff.training.distributed import cleanup_distributed, setup_distributed
+from shapediff.training.checkpoints import CheckpointManager
+from shapediff.training.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from shapediff.training.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger("shapediff.training")
@@ -55,38 +57,94 @@ def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):
     return evaluate
 
 
-def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
-    """Train the configured model and, on rank 0, write samples, meshes, metrics and a preview.
+def stage_config(cfg: DictConfig | dict, name: str) -> DictConfig:
+    """The config of ``cfg.stages[name]``, a stage trained before ``cfg`` itself (e.g. the VAE of a latent model).
 
-    Returns a summary dict (run_dir, steps, final loss, metrics).
+    The stage's nodes replace the main config's (a node with a ``_target_``: model, pipeline, data, ...) or
+    are merged over them (plain nodes: trainer, evaluation); interpolations such as ``${model}`` then mean the
+    stage's own nodes. It runs in ``<run_dir>/<name>``; ``checkpoint_to`` is not part of it.
     """
-    trainer_cfg = TrainerConfig.from_dict(to_plain(cfg["trainer"]))
-    dist = setup_distributed(trainer_cfg.device)
-    try:
-        run_dir = Path(cfg["run_dir"])
-        train_set = build_dataset(cfg, "train")
-        model = build_model(cfg)
-        if hasattr(model, "prepare"):
-            model.prepare(train_set)          # e.g. fit normalisation / latent scale from the training split
-        elif hasattr(model, "fit_normalization"):
-            model.fit_normalization(train_set)
-        eval_fn = None
-        if trainer_cfg.eval_every and hasattr(model, "sample"):
-            eval_fn = periodic_evaluation(build_dataset(cfg, cfg["evaluation"]["split"]), run_dir, to_plain(cfg["evaluation"]))
-        trainer = Trainer(model, train_set, trainer_cfg, run_dir, dist=dist, eval_fn=eval_fn,
-                          extra_payload={"run_config": to_plain(cfg)})
-        result = trainer.fit()
-        summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.step,
-                                   "final_loss": result.history[-1]["loss"] if result.history else None,
-                                   "checkpoint": str(result.last_checkpoint)}
-        if dist.is_main:
-            from shapediff.training.outputs import write_run_outputs  # noqa: PLC0415
+    root = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False)
+    stages = root.pop("stages", None) or {}
+    if name not in stages:
+        raise ValueError(f"stages: no stage {name!r}; the config has {sorted(stages)}")
+    stage = dict(stages[name])
+    stage.pop("checkpoint_to", None)
+    for key, node in stage.items():
+        plain = isinstance(node, dict) and "_target_" not in node and isinstance(root.get(key), dict)
+        root[key] = OmegaConf.to_container(OmegaConf.merge(root[key], node)) if plain else node
+    root["run_dir"] = str(Path(str(OmegaConf.create(cfg)["run_dir"])) / name)
+    root["name"] = f"{OmegaConf.create(cfg)['name']}/{name}"
+    return OmegaConf.create(root)
 
-            with trainer.ema_weights() as ema_model:
-                ema_model.eval()
-                eval_split = cfg["evaluation"]["split"]
-                summary["metrics"] = write_run_outputs(ema_model, build_dataset(cfg, eval_split), run_dir,
-                                                       to_plain(cfg["evaluation"]))
+
+def _run_stages(cfg: DictConfig | dict, dist: DistInfo) -> tuple[DictConfig | dict, dict[str, Any]]:
+    """Train every ``cfg.stages`` entry in order; each one's last checkpoint goes into ``checkpoint_to`` of the
+    main config, which is returned without its stages."""
+    main = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=False))
+    stages = OmegaConf.to_container(main["stages"], resolve=False) if main.get("stages") else {}
+    if not stages:
+        return cfg, {}
+    summaries = {}
+    for name, stage in stages.items():
+        target = stage.get("checkpoint_to") if isinstance(stage, dict) else None
+        if not isinstance(target, str) or target.split(".")[0] not in main:
+            raise ValueError(f"stages.{name}.checkpoint_to: expected the dotted key of this config that receives the "
+                             f"stage's last checkpoint (e.g. pipeline.vae_checkpoint), got {target!r}")
+        stage_cfg = stage_config(cfg, name)
+        log.info("stage %s: training into %s", name, stage_cfg["run_dir"])
+        summaries[name] = _train(stage_cfg, dist)
+        barrier(dist)
+        last = CheckpointManager(Path(stage_cfg["run_dir"]) / "checkpoints").latest()
+        OmegaConf.update(main, target, str(last), merge=False)
+    del main["stages"]
+    return main, summaries
+
+
+def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
+    """Train the configured model (after the ``stages`` it lists, if any) and, on rank 0, write samples,
+    meshes, metrics and a preview.
+
+    Returns a summary dict (run_dir, steps, final loss, metrics; ``stages``: the same for each stage).
+    """
+    dist = setup_distributed(TrainerConfig.from_dict(to_plain(cfg["trainer"])).device)
+    try:
+        cfg, stage_summaries = _run_stages(cfg, dist)
+        summary = _train(cfg, dist)
+        if stage_summaries:
+            summary["stages"] = stage_summaries
         return summary
     finally:
         cleanup_distributed(dist)
+
+
+def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
+    trainer_cfg = TrainerConfig.from_dict(to_plain(cfg["trainer"]))
+    run_dir = Path(cfg["run_dir"])
+    train_set = build_dataset(cfg, "train")
+    model = build_model(cfg)
+    if hasattr(model, "prepare"):
+        model.prepare(train_set)          # e.g. fit normalisation / latent scale from the training split
+    elif hasattr(model, "fit_normalization"):
+        model.fit_normalization(train_set)
+    if hasattr(model, "training_dataset"):
+        train_set = model.training_dataset(train_set)  # e.g. the split pre-encoded by a frozen autoencoder
+    eval_fn = None
+    if trainer_cfg.eval_every and hasattr(model, "sample"):
+        eval_fn = periodic_evaluation(build_dataset(cfg, cfg["evaluation"]["split"]), run_dir, to_plain(cfg["evaluation"]))
+    trainer = Trainer(model, train_set, trainer_cfg, run_dir, dist=dist, eval_fn=eval_fn,
+                      extra_payload={"run_config": to_plain(cfg)})
+    start = time.perf_counter()
+    result = trainer.fit()
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.step,
+                               "final_loss": result.history[-1]["loss"] if result.history else None,
+                               "checkpoint": str(result.last_checkpoint), "train_seconds": round(time.perf_counter() - start, 1)}
+    if dist.is_main:
+        from shapediff.training.outputs import write_run_outputs  # noqa: PLC0415
+
+        with trainer.ema_weights() as ema_model:
+            ema_model.eval()
+            eval_split = cfg["evaluation"]["split"]
+            summary["metrics"] = write_run_outputs(ema_model, build_dataset(cfg, eval_split), run_dir,
+                                                   to_plain(cfg["evaluation"]))
+    return summary

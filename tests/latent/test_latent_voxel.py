@@ -69,6 +69,48 @@ def test_completion_hypotheses_seeds_and_paste(tiny_model, tsdf_train):
     assert torch.equal(pasted[:, mask[0]], x[0][mask[0]].expand(2, -1))
 
 
+def test_decoder_inversion_makes_the_output_keep_known_voxels(tiny_model, tsdf_train):
+    """Without it the known latent cells alone do not keep the observation (the decoder mixes in generated
+    neighbours); inverting the decoder on the observed voxels does, even for this untrained model."""
+    from shapediff.autoencoders import occupancy_iou
+
+    x = torch.stack([tsdf_train[i]["tsdf"] for i in range(3)])
+    mask = _half_mask(x)
+    args = {"n": 1, "seed": 0, "resample_jumps": 1, "meshes": False, "guidance": 0.0}
+    before = tiny_model.complete(x, mask, refine_steps=0, **args).tsdf[:, None]
+    after = tiny_model.complete(x, mask, refine_steps=100, refine_lr=0.1, **args).tsdf[:, None]
+    assert occupancy_iou(before, x, mask).mean() < 0.3
+    assert occupancy_iou(after, x, mask).mean() > 0.8  # 0.87 measured
+    z = torch.randn(3, *tiny_model.latent_shape)
+    fitted = tiny_model.fit_observation(z, x, mask, steps=20, lr=0.1)
+    misfit = tiny_model.observation_misfit
+    with torch.no_grad():
+        assert (misfit(fitted, x, mask) < 0.7 * misfit(z, x, mask)).all()
+        # the misfit reads observed voxels only
+        assert torch.equal(misfit(z, x, mask), misfit(z, torch.where(mask, x, -x), mask))
+    assert torch.equal(tiny_model.fit_observation(z, x, mask, steps=0), z)
+
+
+def test_observation_guidance_steps_x0_toward_the_observation(tiny_model, tsdf_train):
+    from shapediff.models.latent_voxel import _ObservationGuided
+
+    x = torch.stack([tsdf_train[i]["tsdf"] for i in range(2)])
+    mask = _half_mask(x)
+    misfit = lambda z: tiny_model.observation_misfit(z, x, mask)  # noqa: E731
+    guided = _ObservationGuided(lambda z, t, cond: torch.zeros_like(z), tiny_model.diffusion, misfit, 0.05)
+    x0 = torch.randn(2, *tiny_model.latent_shape)
+    t = torch.tensor([0, 0])
+    moved = guided.adjust(x0, t)
+    step = (moved - x0).square().mean(dim=(1, 2, 3, 4)).sqrt()
+    assert torch.allclose(step, torch.full((2,), 0.05), rtol=1e-4)  # a normalised step of the stated size
+    with torch.no_grad():
+        assert (misfit(moved) < misfit(x0)).all()
+    with pytest.raises(ValueError, match="guidance"):
+        tiny_model.complete(x[0], mask[0], guidance=-1.0)
+    with pytest.raises(ValueError, match="refine_steps"):
+        tiny_model.complete(x[0], mask[0], refine_steps=-1)
+
+
 def test_empty_volume_gives_empty_mesh(tiny_model):
     assert len(sdf_to_mesh(torch.ones(16, 16, 16)).faces) == 0
     with torch.no_grad():  # force the decoder to say "empty" everywhere
@@ -95,6 +137,11 @@ def test_training_loss_seeded_and_vae_frozen(tiny_model, tsdf_train):
     tiny_model.train()
     loss = tiny_model.training_loss(batch)
     assert torch.equal(loss, tiny_model.training_loss(batch))
+    # the pre-encoded training set gives the same latents, so the same loss
+    encoded = tiny_model.training_dataset(tsdf_train)
+    assert len(encoded) == len(tsdf_train) and encoded[1]["latent"].shape == tiny_model.latent_shape
+    pre = {"latent": torch.stack([encoded[i]["latent"] for i in range(3)]), "seed": batch["seed"]}
+    assert torch.allclose(tiny_model.training_loss(pre), loss, rtol=1e-5)
     loss.backward()
     assert all(p.grad is None for p in tiny_model.vae.parameters())
     assert any(p.grad is not None for p in tiny_model.denoiser.parameters())

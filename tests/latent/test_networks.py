@@ -24,6 +24,27 @@ def test_vae_shapes_and_downsampling():
     assert vae.latent_shape == (3, 8, 8, 8)
 
 
+def test_light_vae_keeps_full_resolution_narrow():
+    """Per-level ResBlock counts and channel changes in the resampling convolutions (configs/model/latent_vae_light)."""
+    vae = TSDFVAE(resolution=32, base_channels=4, channel_mult=(1, 2, 4), num_res_blocks=(0, 1, 1), latent_channels=3,
+                  num_groups=4, attention=False, resample_channels=True)
+    widths = {}  # grid resolution -> widest activation seen at it
+    for mod in vae.modules():
+        if isinstance(mod, torch.nn.Conv3d):
+            mod.register_forward_hook(lambda m, i, o: widths.__setitem__(o.shape[-1], max(widths.get(o.shape[-1], 0), o.shape[1])))
+    x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
+    out, post = vae(x)
+    assert post.mean.shape == (2, 3, 8, 8, 8) and out.shape == x.shape
+    assert widths[32] == 4 and widths[16] == 8 and widths[8] == 16  # base_channels x channel_mult, nothing wider
+    assert len(vae.enc_blocks[0]) == 0 and len(vae.dec_blocks[-1]) == 0 and len(vae.enc_blocks[2]) == 1
+    wide = TSDFVAE(resolution=32, base_channels=4, channel_mult=(1, 2, 4), latent_channels=3, num_groups=4, attention=False)
+    assert sum(p.numel() for p in vae.parameters()) < sum(p.numel() for p in wide.parameters())
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        TSDFVAE(resolution=32, channel_mult=(1, 2, 4), num_res_blocks=(1, 1))
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        TSDFVAE(resolution=32, channel_mult=(1, 2, 4), num_res_blocks=(1, -1, 1))
+
+
 def test_kl_matches_torch_distributions():
     mean, logvar = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
     ref = torch.distributions.kl_divergence(torch.distributions.Normal(mean, (0.5 * logvar).exp()),
