@@ -4,10 +4,14 @@
     python scripts/complete.py runs/completion_quickstart/checkpoints/last.pt ../shared/data/pcn_demo/chair.pcd
     python scripts/complete.py CKPT scan1.ply scan2.npy --n 4 --sampler ddpm --steps 1000 --out completions
     python scripts/complete.py CKPT scan.xyz --method training_free --resample-jumps 5 --gt full.ply
+    python scripts/complete.py CKPT scan.ply --retrieval-init-t 50      # start from the nearest training shape (SDEdit)
 
 Reads each scan (.ply .pcd .xyz .npy, or a mesh file's vertices such as .obj) in the model's data
 coordinates, and writes OUT/<scan name>/: partial.ply, completion_K.ply and completion_K.obj (a
 mesh per completion), ground_truth.ply (with --gt) and preview.png (partial | completions | gt).
+--retrieval-init-t T starts PVD from the training shape nearest to each scan (one-sided Chamfer),
+noised to timestep T; the shapes come from --bank (an (S, K, 3) .npy/.pt) or else from the
+training split of the data config saved in a training checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from pathlib import Path
 
 from shapediff.models import load_model
-from shapediff.models.completion import METHODS, save_completions
+from shapediff.models.completion import METHODS, parse_clip_x0, save_completions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--resample-jumps", type=int, default=5, help="RePaint repeats per step (training_free)")
     p.add_argument("--num-known", type=int, default=None, help="points held for training_free (default: the model's M)")
+    p.add_argument("--retrieval-init-t", type=int, default=None,
+                   help="pvd: start from the nearest training shape noised to this timestep (SDEdit)")
+    p.add_argument("--bank", type=Path, default=None,
+                   help="(S, K, 3) .npy/.pt shapes to retrieve from (default: the checkpoint's training split)")
+    p.add_argument("--clip-x0", type=parse_clip_x0, default="auto", help="'auto' (the model's bound), a number, or 'none'")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth cloud for the preview (single scan only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -40,6 +49,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-mesh", action="store_true", help="do not reconstruct meshes")
     p.add_argument("--no-preview", action="store_true", help="do not render preview.png")
     return p.parse_args(argv)
+
+
+def _bank(path: Path | None, checkpoint: Path):
+    """(S, K, 3) shapes to retrieve from: a .npy/.pt file, or the checkpoint's training split."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
+    from shapediff.models.completion import shape_bank  # noqa: PLC0415
+    from shapediff.training.experiment import build_dataset  # noqa: PLC0415
+
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--bank: no file {str(path)!r}")
+        if path.suffix not in (".npy", ".pt"):
+            raise ValueError(f"--bank: expected a .npy or .pt file of (S, K, 3) shapes, got {str(path)!r}")
+        return torch.as_tensor(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+    run_config = load_checkpoint(checkpoint).get("run_config")
+    if not run_config:
+        raise ValueError(f"--retrieval-init-t: checkpoint {str(checkpoint)!r} has no run_config to build the training "
+                         "shapes from; pass --bank")
+    return shape_bank(build_dataset(run_config, "train"))
 
 
 def main(argv=None) -> int:
@@ -55,8 +86,12 @@ def main(argv=None) -> int:
         scans = [load_points(s) for s in args.scans]
         gt = load_points(args.gt) if args.gt is not None else None
         start = time.perf_counter()
+        retrieval = {}
+        if args.retrieval_init_t is not None:
+            retrieval = dict(retrieval_bank=_bank(args.bank, args.checkpoint), init_t=args.retrieval_init_t)
         out = model.complete(scans, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, method=args.method,
-                             num_known=args.num_known, resample_jumps=args.resample_jumps, progress=True).cpu()
+                             num_known=args.num_known, resample_jumps=args.resample_jumps, progress=True,
+                             clip_x0=args.clip_x0, **retrieval).cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -109,3 +109,47 @@ def test_training_run_hook_writes_completion_outputs(tmp_path):
         denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1},
         diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 50}, num_points=N)
     assert not hasattr(generation_only, "write_run_outputs")
+
+
+def test_evaluate_script_over_seeds_one_view_per_shape_with_retrieval_init(tmp_path):
+    payload = _model().checkpoint_payload()
+    cfg = dict(DATA_CFG, views_per_shape=2)
+    payload["run_config"] = {"data": cfg, "evaluation": {"split": "val"}}
+    ckpt = atomic_torch_save(payload, tmp_path / "ckpt.pt")
+    rc = _script("evaluate_completion").main([str(ckpt), "--num-scans", "3", "--steps", "4", "--one-view-per-shape",
+                                             "--seeds", "0", "1", "--retrieval-init-t", "10", "--clip-x0", "none",
+                                             "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["num_scans"] == 3 and summary["seeds"] == [0, 1] and summary["clip_x0"] is None
+    assert set(summary["results"]) == {"pvd", "pvd+retrieval_init@10", "baseline_partial", "baseline_mirror",
+                                       "baseline_retrieval"}
+    per_seed = [run["pvd"]["CD"] for run in summary["per_seed"]]
+    assert summary["results"]["pvd"]["CD"] == pytest.approx(np.mean(per_seed))
+    assert summary["results"]["pvd"]["CD_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert per_seed[0] != per_seed[1]  # the seeds are different runs
+    # the baselines do not depend on the model's seed except for the random resampling of the scan
+    assert summary["results"]["baseline_retrieval"]["CD_std"] == 0.0
+    assert " ± " in (tmp_path / "eval.md").read_text()
+
+
+def test_complete_script_with_retrieval_init(tmp_path, capsys):
+    payload = _model().checkpoint_payload()
+    payload["run_config"] = {"data": DATA_CFG, "evaluation": {"split": "val"}}
+    ckpt = atomic_torch_save(payload, tmp_path / "ckpt.pt")
+    scan = tmp_path / "scan.npy"
+    np.save(scan, (torch.randn(40, 3) * 0.3).numpy())
+    out = tmp_path / "out"
+    args = [str(ckpt), str(scan), "--n", "1", "--steps", "10", "--no-mesh", "--no-preview", "--retrieval-init-t", "5"]
+    assert _script("complete").main([*args, "--out", str(out)]) == 0  # bank: the checkpoint's training split
+    bank = tmp_path / "bank.npy"
+    np.save(bank, (torch.randn(3, 100, 3) * 0.3).numpy())
+    assert _script("complete").main([*args, "--out", str(out / "b"), "--bank", str(bank)]) == 0
+    cloud = load_points(out / "b" / "scan" / "completion_0.ply")
+    assert cloud.shape == (N, 3) and np.isfinite(cloud).all()
+    capsys.readouterr()
+    assert _script("complete").main([*args, "--bank", str(tmp_path / "nope.npy")]) == 1
+    assert "nope.npy" in capsys.readouterr().err
+    plain = atomic_torch_save(_model().checkpoint_payload(), tmp_path / "plain.pt")
+    assert _script("complete").main([str(plain), *args[1:]]) == 1
+    assert "--bank" in capsys.readouterr().err
