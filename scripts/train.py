@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = run_training(cfg)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
+    except (ValueError, OSError, TrainingDiverged) as err:  # OSError: e.g. disk full on a checkpoint write
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(summary, indent=2, default=str))

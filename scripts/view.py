@@ -48,7 +48,8 @@ def collect(paths: list[Path], limit: int) -> list[Path]:
             continue
         subdirs = [d for d in (path / "samples", path / "meshes") if d.is_dir()]
         for folder in subdirs or [path]:
-            found = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIXES)
+            found = sorted(f for f in folder.iterdir()
+                           if f.is_file() and f.suffix.lower() in _SUFFIXES and not f.name.startswith("."))  # not temp files
             files.extend(found[:limit])
     if not files:
         raise FileNotFoundError(f"paths: no point-cloud or mesh files ({', '.join(sorted(_SUFFIXES))}) in {[str(p) for p in paths]}")

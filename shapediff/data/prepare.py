@@ -4,8 +4,8 @@
 ``<synset>/<model>/models/model_normalized.obj`` and writes ``output/<synset>/<split>/<model>.npy``
 (float32 (15000, 3), ShapeNet's own normalised y-up frame, as PointFlow's archive). It runs in
 parallel, writes every file atomically (temporary name, then ``os.replace``), skips outputs that
-already exist (so a killed run resumes where it stopped) and returns every failed model with its
-reason. Optional caches beside ``output`` (never inside it, so PC15k loaders see only clouds):
+already exist whole (so a killed run resumes where it stopped; a truncated file is redone) and
+returns every failed model with its reason. Optional caches beside ``output`` (never inside it, so PC15k loaders see only clouds):
 
 - ``<output>.partial/<synset>/<split>/<model>.npz``: ``partial_views`` virtual depth scans
   (:func:`shapediff.geometry.virtual_scan`), arrays ``view_0``.. (M_i, 3) and ``viewpoints`` (V, 3);
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -72,6 +73,23 @@ def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
         raise
 
 
+def is_complete_array_file(path: Path) -> bool:
+    """Whether ``path`` is a whole .npy (header intact, size = header + data) or a whole .npz (every
+    member's CRC checks). A resumed run redoes outputs that fail this, e.g. a file truncated by a
+    crash of the file system or of an older, non-atomic writer."""
+    try:
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                return archive.testzip() is None
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            return os.fstat(fh.fileno()).st_size == fh.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def _partial_scans(mesh, views: int, seed: int) -> dict:
     from shapediff.geometry import virtual_scan
 
@@ -110,7 +128,7 @@ def _make_jobs(models, output: Path, ratios, num_points, seed, partial_views, ts
             wanted["partial"] = output.with_name(output.name + ".partial") / rel.with_suffix(".npz")
         if tsdf_resolution:
             wanted["tsdf"] = output.with_name(f"{output.name}.tsdf{tsdf_resolution}") / rel.with_suffix(".npy")
-        todo = {k: str(v) for k, v in wanted.items() if not v.exists()}
+        todo = {k: str(v) for k, v in wanted.items() if not is_complete_array_file(v)}
         if not todo:
             present += 1
             continue

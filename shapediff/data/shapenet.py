@@ -54,7 +54,7 @@ def _list_split(root: Path, synsets: list[str], split: str, explicit: bool) -> l
         if not (root / s).is_dir():
             raise FileNotFoundError(f"categories: no folder for {category_name(s)!r} ({s}) under {str(root)!r}; "
                                     f"present: {[f'{category_name(p)} ({p})' for p in _present_synsets(root)]}")
-        files = sorted((root / s / split).glob("*.npy"))
+        files = sorted(f for f in (root / s / split).glob("*.npy") if not f.name.startswith("."))  # not temp files
         if not files and explicit:
             raise ValueError(f"categories: {category_name(s)!r} ({s}) has no shapes in split {split!r} "
                              f"(no .npy files in {str(root / s / split)!r})")

@@ -21,7 +21,11 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    On any failure (disk full, interrupt) the temporary file is removed and ``path`` keeps its
+    previous content; an OSError is re-raised naming ``path`` (e.g. "No space left on device").
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,8 +35,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"could not write checkpoint {str(path)!r} (nothing was replaced): "
+                          f"{err.strerror or err}") from err
         raise
     return path
 
