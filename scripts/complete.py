@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from shapediff.cli import run_main
 from shapediff.models import load_model
 from shapediff.models.completion import METHODS, parse_clip_x0, save_completions
 
@@ -108,4 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from shapediff.cli import run_main
 from shapediff.config import instantiate
 from shapediff.models import load_model
 from shapediff.models.checkpoint import load_checkpoint
@@ -76,4 +77,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from shapediff.cli import run_main
 from shapediff.models.completion import parse_clip_x0
 
 
@@ -101,4 +102,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from shapediff.cli import run_main
 from shapediff.data.prepare import prepare_pc15k
 
 
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

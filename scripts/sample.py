@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from shapediff.cli import run_main
 from shapediff.models import load_model
 
 
@@ -59,4 +60,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

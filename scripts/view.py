@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from shapediff.cli import run_main
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.mesh_io import MESH_SUFFIXES, POINT_SUFFIXES
 from shapediff.viz import Camera, render, render_grid, show, turntable
@@ -96,4 +97,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -407,6 +407,39 @@ def test_complete_huge_coordinates(tiny):
     assert str(err.value).startswith("partial") and "<= 1e+15" in str(err.value), str(err.value)
 
 
+# ---- viewer ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "items, detail",
+    [
+        (np.zeros((0, 3)), "items[0]: expected at least one point"),
+        (np.full((10, 3), NAN), "items[0]: contains NaN or Inf"),
+        (np.r_[np.random.default_rng(0).random((9, 3)), [[np.inf, 0, 0]]], "items[0]: contains NaN or Inf"),
+        (np.random.default_rng(0).random((10, 2)), "items[0]: expected an (N, 3) array, got shape (10, 2)"),
+        (torch.rand(9), "items[0]: expected an (N, 3) array, got shape (9,)"),
+        ([np.random.default_rng(0).random((10, 3)), "abc"], "items[1]: expected an (N, 3) array of numbers"),
+        (None, "items: expected (N, 3) / (B, N, 3) arrays"),
+        ([], "items: expected at least one cloud or mesh"),
+        (trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [0, 1, 0]], faces=[[0, 1, 2]], process=False), None),
+    ],
+    ids=["empty", "nan", "inf_row", "last_dim2", "rank1", "string_item", "none", "empty_list", "valid_mesh"],
+)
+def test_viewer_bad_items(tmp_path, items, detail):
+    """shapediff.viz.render / render_array / show validate before any drawing: nothing is written."""
+    from shapediff import viz
+
+    if detail is None:  # the valid control: only the validation layer is exercised (no rendering)
+        assert len(viz.items.as_items(items)) == 1
+        return
+    for call in (lambda: viz.render_array(items, height=32), lambda: viz.render(items, tmp_path / "x.png"),
+                 lambda: viz.render_grid(items, tmp_path / "g.png"), lambda: viz.turntable(items, tmp_path / "t.gif")):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value).startswith(detail), str(err.value)
+    assert not list(tmp_path.iterdir())
+
+
 # ---- checkpoints ------------------------------------------------------------------------------
 
 
