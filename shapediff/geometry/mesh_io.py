@@ -28,6 +28,7 @@ import trimesh
 
 from shapediff._optional import require_open3d
 from shapediff.geometry.pcd import read_pcd
+from shapediff.geometry.validation import FLOAT64_LIMIT
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -48,7 +49,11 @@ _POINT_READ_SUFFIXES = POINT_SUFFIXES + (".obj", ".stl", ".glb", ".off", ".zip")
 
 
 def as_points_array(points: Any, name: str = "points") -> np.ndarray:
-    """Validate an (N, 3) array or tensor of finite points; return it as float64 numpy (N, 3)."""
+    """Validate an (N, 3) array or tensor of finite points; return it as float64 numpy (N, 3).
+
+    |coordinates| above float64's bound (``validation.FLOAT64_LIMIT``, 1e149) are refused:
+    squared distances and bounding-box diagonals overflow beyond it (Open3D then crashes).
+    """
     if hasattr(points, "detach"):  # torch.Tensor, without importing torch here
         points = points.detach().cpu().numpy()
     try:
@@ -59,8 +64,12 @@ def as_points_array(points: Any, name: str = "points") -> np.ndarray:
         raise ValueError(f"{name}: expected an (N, 3) array, got shape {tuple(arr.shape)}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one point, got shape {tuple(arr.shape)}")
-    if not np.isfinite(arr).all():
+    top = float(np.abs(arr).max())
+    if not np.isfinite(top):
         raise ValueError(f"{name}: contains NaN or Inf values")
+    if top > FLOAT64_LIMIT:
+        raise ValueError(f"{name}: expected |coordinates| <= {FLOAT64_LIMIT:g} (squared distances overflow beyond it), "
+                         f"got a largest |coordinate| of {top:.4g}")
     return arr
 
 
@@ -150,11 +159,16 @@ def _write_points_pcd(tmp: Path, pts: np.ndarray) -> None:
 def save_points(path: str | os.PathLike, points: Any) -> Path:
     """Write an (N, 3) cloud (array or tensor) to .ply (binary), .xyz (text), .npy (float32) or .pcd.
 
-    .pcd is written by Open3D as ``binary_compressed``. Returns the path written.
+    .pcd is written by Open3D as ``binary_compressed``. Returns the path written. .ply .npy and .pcd
+    store float32: coordinates beyond float32's range are refused rather than written as Inf.
     """
     p = Path(path)
     suffix = _suffix(p, POINT_SUFFIXES, "a point-cloud file")
     pts = as_points_array(points)
+    top, f32_max = float(np.abs(pts).max()), float(np.finfo(np.float32).max)
+    if suffix != ".xyz" and top > f32_max:
+        raise ValueError(f"points: {suffix} stores float32, whose largest value is {f32_max:.4g}; got a "
+                         f"largest |coordinate| of {top:.4g} (use .xyz, which keeps float64 text)")
     writers: dict[str, Callable[[Path], None]] = {
         ".ply": lambda tmp: _write_points_ply(tmp, pts),
         ".xyz": lambda tmp: np.savetxt(tmp, pts, fmt="%.9g"),

@@ -18,11 +18,12 @@ import torch
 #   float32 / bfloat16: L < 1.3e15 -> 1e15;  float64: L < 9.4e149 -> 1e149;  float16: the distance
 #   block itself is held in half, so 36 L^2 < 65504 -> L < 42.6 -> 32.
 # Millimetre data of a kilometre-sized scene (1e6) is far inside the float32 bound.
+FLOAT16_LIMIT, FLOAT32_LIMIT, FLOAT64_LIMIT = 32.0, 1e15, 1e149
 COORDINATE_LIMITS: dict[torch.dtype, float] = {
-    torch.float16: 32.0,
-    torch.bfloat16: 1e15,
-    torch.float32: 1e15,
-    torch.float64: 1e149,
+    torch.float16: FLOAT16_LIMIT,
+    torch.bfloat16: FLOAT32_LIMIT,
+    torch.float32: FLOAT32_LIMIT,
+    torch.float64: FLOAT64_LIMIT,
 }
 
 

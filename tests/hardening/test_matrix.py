@@ -196,8 +196,9 @@ def test_huge_coordinates_finite_distance_pair_in_float64():
         (np.random.default_rng(0).random((1, 50, 3)), "got shape (1, 50, 3)"),
         (np.random.default_rng(0).random((50, 2)), "got shape (50, 2)"),
         ("abc", "points:"),
+        (np.random.default_rng(0).normal(size=(50, 3)) * 1e200, "expected |coordinates| <= 1e+149"),  # Open3D segfaulted
     ],
-    ids=["nan", "empty", "rank3", "last2", "string"],
+    ids=["nan", "empty", "rank3", "last2", "string", "huge"],
 )
 @pytest.mark.parametrize("func", ["points_to_mesh", "save_points"])
 def test_bad_points_array(tmp_path, func, value, detail):
@@ -206,6 +207,19 @@ def test_bad_points_array(tmp_path, func, value, detail):
         call(value)
     assert str(err.value).startswith("points:") and detail in str(err.value), str(err.value)
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".npy", ".pcd", ".xyz"])
+def test_save_points_beyond_float32_range(tmp_path, suffix):
+    """.ply / .npy / .pcd store float32: 1e39 would be written as Inf, so it is refused; .xyz keeps float64 text."""
+    pts = np.eye(3) * 1e39
+    if suffix == ".xyz":
+        G.save_points(tmp_path / f"o{suffix}", pts)
+        np.testing.assert_array_equal(np.loadtxt(tmp_path / f"o{suffix}"), pts)
+        return
+    with pytest.raises(ValueError, match=rf"^points: \{suffix} stores float32.*largest \|coordinate\| of 1e\+39"):
+        G.save_points(tmp_path / f"o{suffix}", pts)
+    assert not list(tmp_path.iterdir())
 
 
 def test_points_to_mesh_degenerate_clouds():
