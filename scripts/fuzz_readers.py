@@ -206,6 +206,7 @@ def fuzz(seconds: float, seed: int = 0, timeout: float = 10.0, keep: Path | None
     worker.start()
     counts: Counter = Counter()
     per_reader: Counter = Counter()
+    per_suffix: Counter = Counter()
     findings: list[dict] = []
     t0 = time.monotonic()
     i = 0
@@ -219,6 +220,7 @@ def fuzz(seconds: float, seed: int = 0, timeout: float = 10.0, keep: Path | None
                 res = worker.run(reader, path, timeout)
                 counts[res["outcome"]] += 1
                 per_reader[f"{reader}:{res['outcome']}"] += 1
+                per_suffix[f"{src.suffix}:{res['outcome']}"] += 1
                 if res["outcome"] == "finding":
                     rec = {"reader": reader, "seed_file": src.name, "mutation": desc, **res}
                     if keep is not None:
@@ -235,7 +237,8 @@ def fuzz(seconds: float, seed: int = 0, timeout: float = 10.0, keep: Path | None
     if marker.exists():
         findings.append({"kind": "pickle payload executed", "marker": str(marker)})
     return {"seconds": round(time.monotonic() - t0, 1), "files": i, "reads": sum(counts.values()),
-            "outcomes": dict(counts), "per_reader": dict(sorted(per_reader.items())), "findings": findings}
+            "outcomes": dict(counts), "per_reader": dict(sorted(per_reader.items())),
+            "per_suffix": dict(sorted(per_suffix.items())), "findings": findings}
 
 
 def main(argv: list[str] | None = None) -> int:

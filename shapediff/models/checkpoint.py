@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -20,28 +21,34 @@ FORMAT = "shapediff"
 FORMAT_VERSION = 1
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any], what: str = "file") -> Path:
+    """``write(fh)`` into a temporary file beside ``path``, fsync, then rename it over ``path``.
 
     On any failure (disk full, interrupt) the temporary file is removed and ``path`` keeps its
-    previous content; an OSError is re-raised naming ``path`` (e.g. "No space left on device").
+    previous content; an OSError is re-raised naming the ``what`` and ``path`` (e.g. "No space left
+    on device").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not write checkpoint {str(path)!r} (nothing was replaced): "
+            raise OSError(err.errno, f"could not write {what} {str(path)!r} (its previous content is kept): "
                           f"{err.strerror or err}") from err
         raise
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through :func:`atomic_write_file`: ``path`` is either the old file or the whole new one."""
+    return atomic_write_file(path, lambda fh: torch.save(obj, fh), "checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

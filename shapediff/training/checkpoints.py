@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
-from shapediff.models.checkpoint import atomic_torch_save, load_checkpoint
+from shapediff.models.checkpoint import atomic_torch_save, atomic_write_file, load_checkpoint
 
 _STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -27,7 +26,7 @@ class CheckpointManager:
 
     def save(self, payload: dict, step: int) -> Path:
         path = atomic_torch_save(payload, self.directory / f"step_{step:08d}.pt")
-        _atomic_write_text(self.directory / "last", path.name + "\n")
+        atomic_write_file(self.directory / "last", lambda fh: fh.write(f"{path.name}\n".encode()), "the last-checkpoint pointer")
         self._prune(keep=path.name)
         return path
 
@@ -57,18 +56,3 @@ class CheckpointManager:
             if path.name != keep:
                 path.unlink(missing_ok=True)
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not update {str(path)!r} (it still names the previous checkpoint): "
-                          f"{err.strerror or err}") from err
-        raise

@@ -1,8 +1,9 @@
 """Bad-input matrix over the public entry points (issue 11).
 
 Every bad input must raise ValueError / FileNotFoundError whose message names the argument or file;
-inputs that are valid (duplicates, a single point) must give a finite result. Cases where the library
-is not yet sound are ``xfail(strict=True)`` with the reason, so a fix flips them to a failure.
+inputs that are valid (duplicates, a single point, millimetre-scale data) must give a finite, correct
+result. The table in tests/README.md lists each row with its test; a case the library cannot yet meet
+belongs here as ``xfail(strict=True)`` with the reason, so a fix flips it to a failure (none today).
 """
 
 from __future__ import annotations
