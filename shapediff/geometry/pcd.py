@@ -25,6 +25,7 @@ KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPO
 DATA_KINDS = ("ascii", "binary", "binary_compressed")
 MAX_COUNT = 4096  # largest per-field COUNT accepted (PCL's widest descriptor, ShapeContext1980, has 1980)
 MAX_HEADER_BYTES = 1 << 20  # a header (comments included) longer than this is not a PCD header
+LZF_MAX_RATIO = 88  # LZF's longest back reference: 3 input bytes -> 264 output bytes
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UINT = re.compile(r"^\d+$")
 _SIZES = {"I": (1, 2, 4, 8), "U": (1, 2, 4, 8), "F": (4, 8)}
@@ -195,6 +196,9 @@ def _check_compressed(h: PcdHeader, data: bytes) -> None:
     if unpacked != h.points * h.point_step:
         raise _fail("DATA", f"an uncompressed size of POINTS * {h.point_step} = {h.points * h.point_step} bytes",
                     unpacked)
+    if unpacked > LZF_MAX_RATIO * packed:  # refuse before Open3D allocates `unpacked` bytes
+        raise _fail("DATA", f"an uncompressed size of at most {LZF_MAX_RATIO} x the compressed size {packed} (LZF's "
+                    "largest expansion)", unpacked)
 
 
 def read_pcd(path: str | Path) -> np.ndarray:

@@ -64,6 +64,7 @@ MALFORMED = {
     "compressed_no_sizes": (pcd_bytes(b"\x01\x02", DATA="binary_compressed"), "DATA", "8 bytes of sizes"),
     "compressed_packed_too_big": (_compressed(2, 12, 10**6, 24), "DATA", "compressed size of at most"),
     "compressed_unpacked_mismatch": (_compressed(2, 12, 0, 2**32 - 1), "DATA", "POINTS * 12 = 24 bytes"),
+    "compressed_ratio_impossible": (_compressed(10**8, 12, 4, 12 * 10**8, b"\x00" * 4), "DATA", "at most 88 x the compressed"),
 }
 
 
