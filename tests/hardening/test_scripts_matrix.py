@@ -128,6 +128,13 @@ CASES = {
         (["{ok.pt}", "{ok.xyz}", "--n", "1", "--steps", "2", "--no-preview", "--no-mesh", "--out", "{a_file}"],
          "Not a directory"),
     ],
+    "evaluate_completion.py": [
+        (["{missing.pt}"], "no such file '{missing.pt}'"),
+        (["{corrupt.pt}"], "not a readable PyTorch file"),
+        (["{pickle.pt}"], "refused to load"),
+        (["{ok.pt}"], "{ok.pt}"),  # a model checkpoint without the run config that names its data
+        (["{ok.pt}", "--data-from", "{missing.pt}"], "no such file '{missing.pt}'"),
+    ],
     "view.py": [
         (["{missing.xyz}", "--out", "{out.png}"], "no such file or folder '{missing.xyz}'"),
         (["{empty.xyz}", "--out", "{out.png}"], "'{empty.xyz}' is empty (0 bytes)"),
