@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from shapediff.cli import run_main
 from shapediff.models import load_model
+from shapediff.models.checkpoint import atomic_torch_save
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +47,7 @@ def main(argv=None) -> int:
         return 1
     seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(samples, args.out / "samples.pt")
+    atomic_torch_save(samples, args.out / "samples.pt")
     for i, cloud in enumerate(samples):
         save_points(args.out / f"sample_{i:03d}.ply", cloud.numpy())
     if not args.no_preview:
