@@ -117,17 +117,18 @@ def parse_pcd_header(data: bytes) -> PcdHeader:
     size_tok = _per_field(entries, "SIZE", n)
     type_tok = _per_field(entries, "TYPE", n)
     count_tok = _per_field(entries, "COUNT", n, ["1"] * n)
-    if any(not _UINT.match(t) for t in size_tok + count_tok):
-        raise _fail("SIZE" if any(not _UINT.match(t) for t in size_tok) else "COUNT", "non-negative integers",
-                    " ".join(size_tok if any(not _UINT.match(t) for t in size_tok) else count_tok))
+    for key, tokens in (("SIZE", size_tok), ("COUNT", count_tok)):
+        if any(not _UINT.match(t) for t in tokens):
+            raise _fail(key, "non-negative integers", " ".join(tokens))
     sizes, counts = tuple(map(int, size_tok)), tuple(map(int, count_tok))
     for f, s, t, c in zip(fields, sizes, type_tok, counts):
         if t not in _SIZES:
             raise _fail("TYPE", "I, U or F per field", " ".join(type_tok))
         if s not in _SIZES[t]:
             raise _fail("SIZE", f"one of {_SIZES[t]} bytes for field {f!r} of TYPE {t}", s)
-        if not 1 <= c <= (1 if f in "xyz" else MAX_COUNT):
-            raise _fail("COUNT", f"1 for field {f!r}" if f in "xyz" else f"1..{MAX_COUNT} for field {f!r}", c)
+        xyz = f in ("x", "y", "z")
+        if not 1 <= c <= (1 if xyz else MAX_COUNT):
+            raise _fail("COUNT", f"1 for field {f!r}" if xyz else f"1..{MAX_COUNT} for field {f!r}", c)
     width, height = _uint(entries, "WIDTH"), _uint(entries, "HEIGHT", 1)
     points = _uint(entries, "POINTS", width * height)
     if points != width * height:

@@ -48,6 +48,7 @@ MALFORMED = {
     "type_unknown": (pcd_bytes(TYPE="X F F"), "TYPE", "I, U or F"),
     "no_xyz": (pcd_bytes(FIELDS="a b c"), "FIELDS", "including x, y and z"),
     "duplicate_field": (pcd_bytes(FIELDS="x x z"), "FIELDS", "distinct names"),
+    "field_xy_not_x": (pcd_bytes(FIELDS="xy y z"), "FIELDS", "including x, y and z"),
     "viewpoint_short": (pcd_bytes(VIEWPOINT="0 0 0"), "VIEWPOINT", "7 finite numbers"),
     "viewpoint_nan": (pcd_bytes(VIEWPOINT="0 0 0 nan 0 0 0"), "VIEWPOINT", "7 finite numbers"),
     "data_unknown": (pcd_bytes(DATA="zip"), "DATA", "ascii or binary or binary_compressed"),
@@ -116,13 +117,14 @@ def test_open3d_written_files_read_exactly(tmp_path, ascii_, compressed):
 
 
 def test_binary_fields_in_any_order_and_padding(tmp_path):
-    """x y z need not come first: a record of (rgb U4, _ padding 4 bytes, z F8, x F4, y F4)."""
-    rec = np.dtype([("rgb", "<u4"), ("pad", "V4"), ("z", "<f8"), ("x", "<f4"), ("y", "<f4")])
+    """x y z need not come first: a record of (rgb U4, _ padding 4 bytes, z F8, xy F4 x 2 (an array field
+    whose name merely contains x), x F4, y F4)."""
+    rec = np.dtype([("rgb", "<u4"), ("pad", "V4"), ("z", "<f8"), ("xy", "<f4", (2,)), ("x", "<f4"), ("y", "<f4")])
     data = np.zeros(3, dtype=rec)
-    data["x"], data["y"], data["z"] = [1, 2, 3], [4, 5, 6], [7, 8, 9]
+    data["x"], data["y"], data["z"], data["xy"] = [1, 2, 3], [4, 5, 6], [7, 8, 9], 99
     path = tmp_path / "order.pcd"
-    path.write_bytes(pcd_bytes(data.tobytes(), FIELDS="rgb _ z x y", SIZE="4 4 8 4 4", TYPE="U U F F F",
-                               COUNT="1 1 1 1 1", WIDTH="3", POINTS="3", DATA="binary"))
+    path.write_bytes(pcd_bytes(data.tobytes(), FIELDS="rgb _ z xy x y", SIZE="4 4 8 4 4 4", TYPE="U U F F F F",
+                               COUNT="1 1 1 2 1 1", WIDTH="3", POINTS="3", DATA="binary"))
     np.testing.assert_array_equal(load_points(path), [[1, 4, 7], [2, 5, 8], [3, 6, 9]])
 
 
