@@ -3,9 +3,6 @@ features. Cheap enough to train on a laptop CPU; the quickstart's default networ
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -31,34 +28,6 @@ class _SetBlock(nn.Module):
         return h + self.out(z * (1 + scale) + shift)
 
 
-def local_geometry(xyz: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
-    """Gaussian-kernel neighbourhood statistics of every point of a cloud, at several scales.
-
-    For each scale h the neighbours j != i of point i get weights w_ij = softmax_j(-|x_j - x_i|^2
-    / 2h^2); the features are the log kernel density (log-sum-exp minus log N), the weighted
-    mean offset E_w[x_j] - x_i (mean shift, pointing to the nearby surface) over h, and the
-    weighted covariance of the neighbours (the local plane's orientation) over h^2: 10 numbers.
-
-    Args: xyz (B, N, 3); scales: bandwidths h > 0 in xyz's units. Returns (B, N, 10 x len(scales)).
-    """
-    d2 = torch.cdist(xyz, xyz).square()  # (B, N, N)
-    d2.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))  # no self-loops
-    nearest = d2.amin(dim=-1, keepdim=True)  # log-sum-exp shift, finite for N >= 2
-    moments = torch.cat([xyz, (xyz[..., :, None] * xyz[..., None, :]).flatten(-2)], dim=-1)  # (B, N, 12) [x, x x^T]
-    rows, cols = torch.triu_indices(3, 3)
-    feats = []
-    for h in scales:
-        # kernel / its largest value; clamped so far points weigh ~1e-22, not subnormal floats (100x slower)
-        e = torch.exp(((nearest - d2) / (2 * h * h)).clamp_min(-50.0))
-        total = e.sum(dim=-1, keepdim=True)
-        m = (e @ moments) / total  # E_w[x], E_w[x x^T]
-        mean, second = m[..., :3], m[..., 3:].unflatten(-1, (3, 3))
-        cov = second - mean[..., :, None] * mean[..., None, :]
-        log_density = total.log() - nearest / (2 * h * h) - math.log(xyz.shape[1])
-        feats += [log_density, (mean - xyz) / h, cov[..., rows, cols] / (h * h)]
-    return torch.cat(feats, dim=-1)
-
-
 class PointNetDenoiser(nn.Module):
     """eps/x0/v = f(x_t, t[, class]) for point sets; permutation equivariant.
 
@@ -70,10 +39,6 @@ class PointNetDenoiser(nn.Module):
         time_embed_dim: width of the sinusoidal timestep embedding.
         num_classes: if set, ``cond={"class_label": (B,) long}`` adds a class embedding; class
             index ``num_classes`` is the learned null class used when ``cond`` is None.
-        local_scales: kernel bandwidths (in the network's input units) of :func:`local_geometry`
-            features added to every point's input (first three input channels = coordinates). A
-            set network sees the cloud only through pooled features, too coarse to place a point
-            on the surface at low noise; these give it its neighbourhood. None = off.
     """
 
     def __init__(
@@ -84,20 +49,14 @@ class PointNetDenoiser(nn.Module):
         depth: int = 4,
         time_embed_dim: int = 64,
         num_classes: int | None = None,
-        local_scales: Sequence[float] | None = None,
     ):
         super().__init__()
-        scales = [float(h) for h in local_scales] if local_scales else []
-        if any(not (math.isfinite(h) and h > 0) for h in scales):
-            raise ValueError(f"local_scales: expected positive bandwidths, got {local_scales!r}")
-        self.local_scales = scales
         emb_dim = 2 * width
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.inp = nn.Linear(in_channels, width)
-        self.local = nn.Linear(10 * len(scales), width) if scales else None
         self.blocks = nn.ModuleList(_SetBlock(width, emb_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_channels)
@@ -121,8 +80,6 @@ class PointNetDenoiser(nn.Module):
             raise ValueError(f"x: expected (B, N, {self.in_channels}), got shape {tuple(x.shape)}")
         emb = self._embedding(t, cond)
         h = self.inp(x)
-        if self.local is not None:
-            h = h + self.local(local_geometry(x[..., :3], self.local_scales))
         for block in self.blocks:
             h = block(h, emb)
         return self.out(self.out_norm(h))
