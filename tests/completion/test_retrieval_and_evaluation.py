@@ -126,3 +126,18 @@ def test_summarise_seeds_and_table():
     assert "| baseline_partial | 4.00000 ± 0.00000 |  |" in table
     with pytest.raises(ValueError, match="at least one"):
         summarise_seeds([])
+
+
+def test_completion_previews_share_one_frame(monkeypatch, tmp_path):
+    import shapediff.viz
+
+    calls = []
+    monkeypatch.setattr(shapediff.viz, "render_grid", lambda items, path, **kw: calls.append((len(items), kw)))
+    from shapediff.models.completion import _preview_rows, save_completions
+
+    gen = torch.Generator().manual_seed(0)
+    partial, completions, gt = torch.randn(M, 3, generator=gen), torch.randn(2, N, 3, generator=gen), torch.randn(N, 3)
+    save_completions(tmp_path, partial, completions, ground_truth=gt, meshes=False)
+    _preview_rows(partial[None], completions[:1], gt[None], tmp_path / "rows.png")
+    # partial | 2 completions | ground truth, then one row of partial | completion | ground truth: one scale each
+    assert calls == [(4, {"ncols": 4, "fit": "shared"}), (3, {"ncols": 3, "fit": "shared"})]
