@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapediff.cli import run_main
+from shapediff.cli import USER_ERROR, run_main
 from shapediff.models import load_model
 from shapediff.models.completion import METHODS, parse_clip_x0, save_completions
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     if args.gt is not None and len(args.scans) != 1:
         print("error: --gt: expected exactly one scan with a ground truth, got %d scans" % len(args.scans), file=sys.stderr)
-        return 1
+        return USER_ERROR
     try:
         model = load_model(args.checkpoint, device=args.device)
         scans = [load_points(s) for s in args.scans]
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                              clip_x0=args.clip_x0, **retrieval).cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     seconds = time.perf_counter() - start
     summary, used = {}, set()
     for i, (path, scan, completions) in enumerate(zip(args.scans, scans, out)):

@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from shapediff.cli import run_main
+from shapediff.cli import USER_ERROR, run_main
+from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.models.completion import parse_clip_x0
 
 
@@ -61,7 +62,6 @@ def main(argv=None) -> int:
     from shapediff.models.completion import (completion_table, evaluate_completion, held_out_scans,  # noqa: PLC0415
                                              shape_bank, summarise_seeds)
     from shapediff.training.experiment import build_dataset  # noqa: PLC0415
-    from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415
 
     seeds = args.seeds or [args.seed]
     try:
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                 for seed in seeds]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     results = runs[0] if len(runs) == 1 else summarise_seeds(runs)
     table = completion_table(results)
     summary = {"checkpoint": str(args.checkpoint), "data_from": str(data_ckpt), "split": split,
@@ -94,9 +94,7 @@ def main(argv=None) -> int:
                "data_seconds": round(data_seconds, 1), "results": results, "per_seed": runs, "table": table}
     stem = args.out or args.checkpoint.with_name(args.checkpoint.stem + "_completion_eval")
     write_json_atomic(summary, stem.with_suffix(".json"))
-    tmp = stem.with_name(f".{stem.name}.md.tmp")
-    tmp.write_text(table + "\n")
-    tmp.replace(stem.with_suffix(".md"))
+    write_text_atomic(stem.with_suffix(".md"), table + "\n")
     print(table)
     return 0
 

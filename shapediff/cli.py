@@ -3,9 +3,17 @@
     if __name__ == "__main__":
         sys.exit(run_main(main))
 
-``ValueError`` (bad input, named by the library) and ``OSError`` (a missing file, an output path that
-is a file, a full disk, ...) print ``error: <message>`` on stderr and exit with status 2;
-``KeyboardInterrupt`` exits with 130. Set ``SHAPEDIFF_DEBUG=1`` to get the traceback instead.
+Exit statuses, the same for every script in ``scripts/`` (tests/README.md, "Exit statuses"):
+
+- 0: done.
+- 1 (``RUNTIME_FAILURE``): the input was accepted but the work failed: training diverged
+  (``TrainingDiverged``), some models failed in ``prepare_shapenet.py``, the fuzzer found something.
+- 2 (``USER_ERROR``): the command cannot run as given: a bad argument, config key or input file,
+  or an OS error on a path (missing, a file where a folder is expected, disk full). ``ValueError``
+  and ``OSError`` print ``error: <message>`` on stderr; argparse's and Hydra's own errors exit 2 too.
+- 130 (``INTERRUPTED``): Ctrl-C.
+
+Set ``SHAPEDIFF_DEBUG=1`` to get the traceback instead of the one line.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable
 
+RUNTIME_FAILURE = 1
 USER_ERROR = 2
 INTERRUPTED = 130
 

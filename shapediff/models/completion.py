@@ -666,7 +666,7 @@ def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, An
     """
     from pathlib import Path  # noqa: PLC0415
 
-    from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415
+    from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
 
     run_dir = Path(run_dir)
     partial, gt = held_out_scans(ref_dataset, int(eval_cfg["num_samples"]), one_view_per_shape=True)

@@ -70,9 +70,9 @@ def test_complete_script_reports_bad_input(tmp_path, capsys):
     ckpt = _model().save(tmp_path / "model.pt")
     np.save(tmp_path / "empty.npy", np.zeros((0, 3), np.float32))
     rc = _script("complete").main([str(ckpt), str(tmp_path / "missing.ply"), "--out", str(tmp_path / "o")])
-    assert rc == 1 and "missing.ply" in capsys.readouterr().err
+    assert rc == 2 and "missing.ply" in capsys.readouterr().err
     rc = _script("complete").main([str(ckpt), str(tmp_path / "empty.npy"), "--out", str(tmp_path / "o")])
-    assert rc == 1 and "empty" in capsys.readouterr().err.lower()
+    assert rc == 2 and "empty" in capsys.readouterr().err.lower()
 
 
 def test_evaluate_script_compares_with_baselines(tmp_path):
@@ -148,8 +148,8 @@ def test_complete_script_with_retrieval_init(tmp_path, capsys):
     cloud = load_points(out / "b" / "scan" / "completion_0.ply")
     assert cloud.shape == (N, 3) and np.isfinite(cloud).all()
     capsys.readouterr()
-    assert _script("complete").main([*args, "--bank", str(tmp_path / "nope.npy")]) == 1
+    assert _script("complete").main([*args, "--bank", str(tmp_path / "nope.npy")]) == 2  # a user error (shapediff.cli.USER_ERROR)
     assert "nope.npy" in capsys.readouterr().err
     plain = atomic_torch_save(_model().checkpoint_payload(), tmp_path / "plain.pt")
-    assert _script("complete").main([str(plain), *args[1:]]) == 1
+    assert _script("complete").main([str(plain), *args[1:]]) == 2
     assert "--bank" in capsys.readouterr().err
