@@ -154,15 +154,32 @@ class TSDFVAE(nn.Module):
         if not isinstance(z, torch.Tensor) or z.ndim != 5 or tuple(z.shape[1:]) != self.latent_shape:
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z: expected a (B, {', '.join(map(str, self.latent_shape))}) tensor, got {got}")
-        h = self.dec_in(z)
-        for block in self.dec_mid:
-            h = block(h)
+        return self.decode_from_features(self.decode_features(z), clamp)
+
+    def _decoder_layers(self) -> tuple[list[nn.Module], int]:
+        """The decoder as a chain of one-input layers, and where its last upsampling starts."""
+        layers = [self.dec_in, *self.dec_mid]
         for blocks, up in zip(self.dec_blocks, self.dec_up):
-            for block in blocks:
-                h = block(h)
-            h = up(h)
-        out = self.dec_out(h)
-        return out.clamp(-1.0, 1.0) if clamp else out
+            layers += [*blocks, up]
+        layers.append(self.dec_out)
+        ups = [i for i, layer in enumerate(layers) if isinstance(layer, Upsample3d)]
+        return layers, ups[-1] if ups else len(layers) - 1
+
+    def decode_features(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder up to its last upsampling: z (B, C, r, r, r) -> features (B, C', R/2, R/2, R/2)
+        (at R when there is no downsampling); :meth:`decode_from_features` finishes the decoding."""
+        layers, split = self._decoder_layers()
+        h = z
+        for layer in layers[:split]:
+            h = layer(h)
+        return h
+
+    def decode_from_features(self, h: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Features from :meth:`decode_features` -> TSDF (B, 1, R, R, R) (clamped unless ``clamp=False``)."""
+        layers, split = self._decoder_layers()
+        for layer in layers[split:]:
+            h = layer(h)
+        return h.clamp(-1.0, 1.0) if clamp else h
 
     def forward(self, tsdf: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
         """Reconstruct (posterior sample with ``noise``, posterior mean without): -> (recon, posterior)."""
