@@ -630,12 +630,16 @@ def held_out_scans(dataset, count: int, *, one_view_per_shape: bool = False) -> 
     return partial, torch.stack([torch.as_tensor(it["points"]).float() for it in items])
 
 
-def shape_bank(dataset, count: int | None = None) -> torch.Tensor:
+def shape_bank(dataset, count: int | None = None, seed: int = 0) -> torch.Tensor:
     """(S, N, 3) complete clouds of the shapes under a partial-scan dataset, one per shape (the
-    retrieval baseline's and ``retrieval_bank``'s training set); ``count`` limits S."""
+    retrieval baseline's and ``retrieval_bank``'s training set); ``count`` limits S. Datasets that
+    draw a random subset of points per access (training splits) draw it from torch's global
+    generator: it is seeded with ``seed`` here (and restored after), so the bank is reproducible."""
     shapes = getattr(dataset, "dataset", dataset)
     count = len(shapes) if count is None else min(count, len(shapes))
-    return torch.stack([torch.as_tensor(shapes[i]["points"]).float() for i in range(count)])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([torch.as_tensor(shapes[i]["points"]).float() for i in range(count)])
 
 
 def completion_table(results: dict[str, dict[str, float]]) -> str:

@@ -141,3 +141,16 @@ def test_completion_previews_share_one_frame(monkeypatch, tmp_path):
     _preview_rows(partial[None], completions[:1], gt[None], tmp_path / "rows.png")
     # partial | 2 completions | ground truth, then one row of partial | completion | ground truth: one scale each
     assert calls == [(4, {"ncols": 4, "fit": "shared"}), (3, {"ncols": 3, "fit": "shared"})]
+
+
+def test_shape_bank_of_a_random_sampling_split_is_reproducible_and_leaves_the_global_rng_alone():
+    shapes = SyntheticShapes(num_shapes=2, num_points=N, split="train", pool_size=400, mesh_resolution=24,
+                             categories=["box", "mug"])
+    scans = PartialScans(shapes, num_partial_points=M, views_per_shape=1, width=24, height=24)
+    torch.manual_seed(123)
+    a = shape_bank(scans, seed=5)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    b = shape_bank(scans, seed=5)
+    assert torch.equal(a, b) and torch.equal(torch.rand(3), after)
+    assert not torch.equal(a, shape_bank(scans, seed=6))  # a training split draws fresh points per access
