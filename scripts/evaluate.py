@@ -15,11 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-from shapediff.cli import run_main
+from shapediff.cli import USER_ERROR, run_main
 from shapediff.config import instantiate
 from shapediff.models import load_model
 from shapediff.models.checkpoint import load_checkpoint
-from shapediff.training.outputs import evaluate_generation, write_json_atomic
+from shapediff.io_atomic import write_json_atomic, write_text_atomic
+from shapediff.training.outputs import evaluate_generation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,11 +67,11 @@ def main(argv=None) -> int:
                                          sampler=args.sampler, steps=args.steps)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     table = markdown_table(metrics, args.metrics)
     if args.out:
         write_json_atomic(metrics, args.out)
-        args.out.with_suffix(".md").write_text(table + "\n")
+        write_text_atomic(args.out.with_suffix(".md"), table + "\n")
     print(json.dumps(metrics, indent=2))
     print(table)
     return 0

@@ -12,8 +12,8 @@ chunks, header numbers replaced) and fed to the readers in a persistent worker p
   worker crash, or a hang past ``--timeout`` seconds (the worker is then killed and restarted).
 
 Usage: python scripts/fuzz_readers.py --seconds 60 [--seed 0] [--timeout 10] [--keep DIR]
-Exit status 1 when there are findings. A pickle payload (would create a marker file when run)
-is among the seeds; the run also fails if that marker ever appears.
+Exit status 1 when there are findings, 2 for a bad argument (shapediff.cli). A pickle payload (would
+create a marker file when run) is among the seeds; the run also fails if that marker ever appears.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from shapediff.cli import RUNTIME_FAILURE, run_main
 
 READERS = {".ply": ("load_points", "load_mesh"), ".obj": ("load_points", "load_mesh"), ".off": ("load_points", "load_mesh"),
            ".pcd": ("load_points",), ".xyz": ("load_points",), ".npy": ("load_points",), ".pt": ("load_checkpoint",)}
@@ -249,12 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-gb", type=float, default=4.0, help="address-space limit of the reader process")
     parser.add_argument("--keep", type=Path, default=None, help="folder to save inputs that gave findings")
     args = parser.parse_args(argv)
+    for flag in ("seconds", "timeout", "mem_gb"):
+        if not getattr(args, flag) > 0:  # also refuses nan
+            raise ValueError(f"--{flag.replace('_', '-')}: expected a positive number, got {getattr(args, flag)}")
     result = fuzz(args.seconds, args.seed, args.timeout, args.keep, args.mem_gb)
     summary = {k: v for k, v in result.items() if k != "findings"}
     summary["findings"] = len(result["findings"])
     print(json.dumps(summary, indent=1))
-    return 1 if result["findings"] else 0
+    return RUNTIME_FAILURE if result["findings"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

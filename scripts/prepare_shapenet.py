@@ -6,7 +6,8 @@
 
 Resumable: outputs that already exist are skipped, and every file is written atomically, so after
 a kill (or a crash) run the same command again. Every model that failed is listed at the end with
-its reason (and written to OUT/prepare_failures.tsv); the exit status is 1 when any failed.
+its reason (and written to OUT/prepare_failures.tsv). Exit status: 1 when any model failed, 2 for
+a bad argument or source folder (shapediff.cli).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from shapediff.cli import run_main
+from shapediff.cli import RUNTIME_FAILURE, USER_ERROR, run_main
 from shapediff.data.prepare import prepare_pc15k
+from shapediff.io_atomic import write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
                                progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     print(report.summary())
     if report.failed:
         listing = Path(args.output) / "prepare_failures.tsv"
-        listing.write_text("".join(f"{p}\t{r}\n" for p, r in report.failed))
+        write_text_atomic(listing, "".join(f"{p}\t{r}\n" for p, r in report.failed))
         print(f"failures listed in {listing}")
-    return 1 if report.failed else 0
+    return RUNTIME_FAILURE if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapediff.cli import run_main
+from shapediff.cli import USER_ERROR, run_main
 from shapediff.models import load_model
 from shapediff.models.checkpoint import atomic_torch_save
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                                class_label=args.class_label, guidance_scale=args.guidance_scale, progress=True).cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(samples, args.out / "samples.pt")

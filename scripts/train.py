@@ -18,23 +18,41 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
-from shapediff.training.experiment import run_training
+from shapediff.cli import RUNTIME_FAILURE, USER_ERROR
+from shapediff.training.experiment import required_values_message, run_training
 from shapediff.training.trainer import TrainingDiverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+_started = False  # whether Hydra composed the config and called main (see the __main__ block)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    global _started
+    _started = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = run_training(cfg)
-    except (ValueError, OSError, TrainingDiverged) as err:  # OSError: e.g. disk full on a checkpoint write
+    except TrainingDiverged as err:  # the config was fine; the run failed (shapediff.cli: exit statuses)
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(RUNTIME_FAILURE)
+    except MissingMandatoryValue as err:  # a '???' reached through an interpolation or a direct read
+        print(f"error: {required_values_message([err.full_key or str(err)])}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+    except (ValueError, OSError) as err:  # bad config or files; OSError also e.g. disk full on a checkpoint write
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR)
     print(json.dumps(summary, indent=2, default=str))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        # Hydra reports its own errors (an unknown override, a missing config group) and exits 1 before
+        # main runs: those are user errors too.
+        if done.code == 1 and not _started:
+            sys.exit(USER_ERROR)
+        raise

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shapediff.cli import run_main
+from shapediff.cli import USER_ERROR, run_main
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.mesh_io import MESH_SUFFIXES, POINT_SUFFIXES
 from shapediff.viz import Camera, render, render_grid, show, turntable
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         items = [load_item(f) for f in files]
     except (FileNotFoundError, ValueError) as err:
         print(f"view.py: {err}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     labels = [f.stem for f in files]
     if len(set(labels)) < len(files):  # e.g. samples/sample_000.ply and meshes/sample_000.obj
         labels = [f"{f.parent.name}/{f.stem}" for f in files]
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             show(*items, labels=labels)
         except RuntimeError as err:
             print(f"view.py: {err}", file=sys.stderr)
-            return 2
+            return USER_ERROR
         return 0
     if args.out.suffix.lower() == ".gif":
         out = turntable(items, args.out, frames=args.frames, height=args.size, labels=labels, camera=camera)

@@ -40,9 +40,10 @@ def _commit(tmp: Path, path: Path, what: str, fill: Callable[[], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):  # OSError(errno, ...) keeps the subclass (FileNotFoundError, ...)
-            raise OSError(err.errno, f"could not write {what} {str(path)!r} (its previous content is kept): "
-                                     f"{err.strerror or err}") from err
+        if isinstance(err, OSError):
+            message = f"could not write {what} {str(path)!r} (its previous content is kept): {err.strerror or err}"
+            # OSError(errno, message) is built as the errno's subclass (FileNotFoundError, ...).
+            raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
         raise
     return path
 

@@ -203,7 +203,7 @@ def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> 
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"root: no such folder {str(path)!r}")
-    # Hidden names are skipped: an interrupted atomic write (mesh_io.atomic_write) leaves ".<stem>.<random><suffix>".
+    # Hidden names are skipped: an interrupted atomic write (shapediff.io_atomic) leaves ".<name>.<random>.tmp<suffix>".
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
     if not files:
         raise ValueError(f"root: no files ending in {', '.join(suffixes)} under {str(path)!r}")

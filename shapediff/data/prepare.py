@@ -16,7 +16,6 @@ returns every failed model with its reason. Optional caches beside ``output`` (n
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,6 +27,7 @@ import numpy as np
 from shapediff.data._common import check_positive_int, check_ratios, check_seed, split_of, stable_fraction
 from shapediff.data.meshes import find_shapenet_models, sample_surface
 from shapediff.geometry import load_mesh
+from shapediff.io_atomic import write_atomic
 
 
 @dataclass
@@ -55,22 +55,11 @@ class _Job:
     tsdf_resolution: int
 
 
-def save_array_atomic(path: str | Path, array: np.ndarray) -> None:
-    """np.save ``array`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def save_array_atomic(path: str | Path, array: np.ndarray | dict[str, np.ndarray]) -> Path:
+    """np.save ``array`` (np.savez_compressed a dict of arrays, for .npz) to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer = np.savez_compressed if path.suffix == ".npz" else np.save
-            writer(fh, **array) if isinstance(array, dict) else writer(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    writer = np.savez_compressed if path.suffix == ".npz" else np.save
+    return write_atomic(path, lambda fh: writer(fh, **array) if isinstance(array, dict) else writer(fh, array), "array")
 
 
 def is_complete_array_file(path: Path) -> bool:

@@ -2,8 +2,8 @@
 
 Meshes go through trimesh (.obj .ply .stl .glb .off). Point clouds are written to .ply .xyz .npy
 .pcd and read from those plus any mesh format (its vertices). Files are written to a temporary
-name in the destination folder and moved into place with ``os.replace``, so a reader never sees
-a half-written file.
+name in the destination folder and moved into place (:mod:`shapediff.io_atomic`), so a reader never
+sees a half-written file.
 
 Loader facts this module guards against (see ``tests/geometry/test_mesh_io.py``):
 
@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 import trimesh
 
 from shapediff._optional import require_open3d
 from shapediff.geometry.pcd import read_pcd
-from shapediff.geometry.validation import FLOAT64_LIMIT
+from shapediff.geometry.validation import FLOAT64_LIMIT, check_coordinates
+from shapediff.io_atomic import write_bytes_atomic, write_path_atomic
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The old name of :func:`shapediff.io_atomic.write_path_atomic` (``write(tmp)`` gets a temporary path
+# with ``path``'s suffix), kept for its callers.
+atomic_write = write_path_atomic
 
 MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".stl", ".glb", ".off")
 POINT_SUFFIXES: tuple[str, ...] = (".ply", ".xyz", ".npy", ".pcd")
@@ -80,20 +85,6 @@ def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
     return suffix
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix) then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _existing_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
@@ -118,7 +109,7 @@ def save_mesh(path: str | os.PathLike, mesh: trimesh.Trimesh) -> Path:
         raise ValueError(f"mesh: has no faces (vertices: {len(mesh.vertices)}); nothing to write to {str(p)!r}")
     data = mesh.export(file_type=suffix[1:])
     payload = data if isinstance(data, bytes) else data.encode("utf-8")
-    atomic_write(p, lambda tmp: tmp.write_bytes(payload))
+    write_bytes_atomic(p, payload, "mesh")
     return p
 
 
@@ -175,7 +166,7 @@ def save_points(path: str | os.PathLike, points: Any) -> Path:
         ".npy": lambda tmp: np.save(tmp, pts.astype(np.float32)),
         ".pcd": lambda tmp: _write_points_pcd(tmp, pts),
     }
-    atomic_write(p, writers[suffix])
+    write_path_atomic(p, writers[suffix], "point cloud")
     return p
 
 
@@ -207,7 +198,9 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
 
     Rows with NaN/Inf (e.g. the invalid pixels of an organised PCL scan) are dropped with a logged
     note; extra columns (colours, normals) are ignored. Raises FileNotFoundError for a missing file
-    and ValueError naming the file when it is corrupt or holds no finite point.
+    and ValueError naming the file when it is corrupt, holds no finite point, or holds a |coordinate|
+    above float32's bound (``validation.FLOAT32_LIMIT``, 1e15: the message gives the bound and the
+    largest |coordinate| found).
     """
     p = _existing_file(path)
     suffix = p.suffix.lower()
@@ -218,12 +211,13 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
         pts = np.asarray(reader(p), dtype=np.float64).reshape(-1, 3)
     except Exception as err:
         raise ValueError(f"path: could not read points from {str(p)!r}: {type(err).__name__}: {err}") from err
-    with np.errstate(over="ignore"):
-        pts = pts.astype(np.float32)  # before the finite check: values beyond float32's range become Inf
     finite = np.isfinite(pts).all(axis=1)
     if not finite.all():
         log.info("load_points: dropped %d of %d rows with NaN/Inf from %s", (~finite).sum(), len(pts), p)
         pts = pts[finite]
     if len(pts) == 0:
         raise ValueError(f"path: {str(p)!r} holds no points (an empty or header-only file?)")
-    return pts
+    # Checked in float64, before the cast: the float32 bound (1e15) refuses values that float32 would
+    # hold but every distance computed from them would overflow, and values beyond float32 (1e39).
+    check_coordinates(torch.from_numpy(pts), f"points in {str(p)!r}", compute_dtype=torch.float32)
+    return pts.astype(np.float32)

@@ -10,45 +10,24 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
+
+from shapediff.io_atomic import write_atomic
 
 FORMAT = "shapediff"
 FORMAT_VERSION = 1
 
 
-def atomic_write_file(path: str | os.PathLike, write: Callable[[BinaryIO], Any], what: str = "file") -> Path:
-    """``write(fh)`` into a temporary file beside ``path``, fsync, then rename it over ``path``.
-
-    On any failure (disk full, interrupt) the temporary file is removed and ``path`` keeps its
-    previous content; an OSError is re-raised naming the ``what`` and ``path`` (e.g. "No space left
-    on device").
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not write {what} {str(path)!r} (its previous content is kept): "
-                          f"{err.strerror or err}") from err
-        raise
-    return path
+# Kept for callers of the old name; all writes go through shapediff.io_atomic.
+atomic_write_file = write_atomic
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through :func:`atomic_write_file`: ``path`` is either the old file or the whole new one."""
-    return atomic_write_file(path, lambda fh: torch.save(obj, fh), "checkpoint")
+    """torch.save through :func:`shapediff.io_atomic.write_atomic`: ``path`` is either the old file or the whole new one."""
+    return write_atomic(path, lambda fh: torch.save(obj, fh), "checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
-from shapediff.models.checkpoint import atomic_torch_save, atomic_write_file, load_checkpoint
+from shapediff.io_atomic import write_text_atomic
+from shapediff.models.checkpoint import atomic_torch_save, load_checkpoint
 
 _STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
+log = logging.getLogger("shapediff.training")
 
 
 class CheckpointManager:
@@ -26,7 +29,7 @@ class CheckpointManager:
 
     def save(self, payload: dict, step: int) -> Path:
         path = atomic_torch_save(payload, self.directory / f"step_{step:08d}.pt")
-        atomic_write_file(self.directory / "last", lambda fh: fh.write(f"{path.name}\n".encode()), "the last-checkpoint pointer")
+        write_text_atomic(self.directory / "last", f"{path.name}\n", "the last-checkpoint pointer")
         self._prune(keep=path.name)
         return path
 
@@ -36,18 +39,33 @@ class CheckpointManager:
         return sorted(p for p in self.directory.iterdir() if _STEP_FILE.match(p.name))
 
     def latest(self) -> Path | None:
-        """The checkpoint ``last`` names, else the newest step file that loads; None when there is none."""
-        pointer = self.directory / "last"
+        """The checkpoint ``last`` names, when it loads; else the newest step file that loads; None when none does.
+
+        A ``last`` that is missing, unreadable or names a file that is gone or does not load (truncated,
+        corrupt) is never trusted silently: a warning names the bad file, then the step files are tried
+        newest first, each one that fails to load with its own warning.
+        """
+        pointer, named = self.directory / "last", None
         if pointer.is_file():
-            candidate = self.directory / pointer.read_text().strip()
-            if candidate.is_file():
-                return candidate
-        for path in reversed(self.step_files()):
             try:
-                load_checkpoint(path)
-            except (ValueError, FileNotFoundError):
-                continue
-            return path
+                name = pointer.read_text().strip()
+            except (OSError, UnicodeDecodeError) as err:
+                log.warning("checkpoint pointer %s is unreadable (%s); falling back to the newest step file that loads",
+                            pointer, err)
+            else:
+                named = self.directory / name
+                problem = _load_problem(named) if _STEP_FILE.match(name) else f"does not name a step_XXXXXXXX.pt file ({name!r})"
+                if problem is None:
+                    return named
+                log.warning("checkpoint pointer %s: %s %s; falling back to the newest step file that loads",
+                            pointer, named if _STEP_FILE.match(name) else "it", problem)
+        for path in reversed(self.step_files()):
+            if path == named:
+                continue  # already warned about
+            problem = _load_problem(path)
+            if problem is None:
+                return path
+            log.warning("skipping checkpoint %s: %s", path, problem)
         return None
 
     def _prune(self, keep: str) -> None:
@@ -56,3 +74,14 @@ class CheckpointManager:
             if path.name != keep:
                 path.unlink(missing_ok=True)
 
+
+
+def _load_problem(path: Path) -> str | None:
+    """None when ``path`` loads as a shapediff checkpoint, else why not (for a warning)."""
+    try:
+        load_checkpoint(path)
+    except FileNotFoundError:
+        return "is missing"
+    except ValueError as err:
+        return f"does not load ({err})"
+    return None

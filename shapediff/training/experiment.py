@@ -25,6 +25,34 @@ def to_plain(cfg: Any) -> Any:
     return cfg
 
 
+def required_values_message(keys: list[str]) -> str:
+    """The one-line error for config keys left at ``???`` (OmegaConf's mandatory value), naming each key."""
+    def example(key: str) -> str:
+        leaf = key.rsplit(".", 1)[-1]
+        return f"{key}=/path/to/..." if any(w in leaf for w in ("root", "path", "dir", "checkpoint", "file")) else f"{key}=..."
+
+    verb, them = ("is", "it") if len(keys) == 1 else ("are", "them")
+    return (f"{', '.join(keys)} {verb} required (the config leaves {them} at '???'); set {them} in the config or on "
+            f"the command line, e.g. python scripts/train.py ... {' '.join(example(k) for k in keys)}")
+
+
+def check_required(cfg: DictConfig | dict) -> None:
+    """Raise ValueError naming every key of ``cfg`` left at ``???``, before anything is built or written."""
+    def walk(node: Any, prefix: str) -> list[str]:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        keys = []
+        for key, value in items:
+            full = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix.rstrip('.')}[{key}]"
+            keys += [full] if value == "???" else walk(value, full + ".")
+        return keys
+
+    # Unresolved: an interpolation of a missing value is reported once, at the value itself.
+    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    missing = sorted(walk(plain, ""))
+    if missing:
+        raise ValueError(required_values_message(missing))
+
+
 def build_dataset(cfg: DictConfig | dict, split: str):
     """Instantiate the ``data`` node for ``split``."""
     return instantiate(to_plain(cfg["data"]), where="data", split=split)
@@ -106,7 +134,9 @@ def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
     meshes, metrics and a preview.
 
     Returns a summary dict (run_dir, steps, final loss, metrics; ``stages``: the same for each stage).
+    Raises ValueError naming any key left at ``???`` (e.g. ``data.root``) before anything starts.
     """
+    check_required(cfg)
     dist = setup_distributed(TrainerConfig.from_dict(to_plain(cfg["trainer"])).device)
     try:
         cfg, stage_summaries = _run_stages(cfg, dist)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shapediff.io_atomic import write_json_atomic  # also imported from here by older callers
 from shapediff.models.checkpoint import atomic_torch_save
 from shapediff.randomness import mix_seed
 
@@ -33,16 +31,6 @@ def reference_clouds(dataset, count: int, seed: int) -> torch.Tensor:
         # PointFlow's protocol scores against the held-out reference points when the data has them.
         clouds.append(torch.as_tensor(item.get("ref_points", item["points"])).float())
     return torch.stack(clouds)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str, ...] = ("cd",), seed: int = 0,

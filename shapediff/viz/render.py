@@ -29,7 +29,7 @@ import trimesh
 from PIL import Image, ImageDraw, ImageFont
 
 from shapediff._optional import require_open3d
-from shapediff.geometry.mesh_io import atomic_write
+from shapediff.io_atomic import write_path_atomic
 from shapediff.viz.items import Camera, VizItem, as_camera, as_items, bounding_sphere
 
 __all__ = ["render", "render_array", "render_grid", "turntable"]
@@ -169,7 +169,7 @@ def _save_image(image: Image.Image, path: str | os.PathLike, suffixes: tuple[str
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise ValueError(f"path: expected a file ending with one of {', '.join(suffixes)}, got {str(p)!r}")
-    atomic_write(p, lambda tmp: image.save(tmp))
+    write_path_atomic(p, lambda tmp: image.save(tmp), "image")
     return p
 
 
@@ -241,6 +241,6 @@ def turntable(items: Any, path: str | os.PathLike, *, frames: int = 36, fps: flo
         view = Camera(cam.azimuth + 360.0 * k / frames, cam.elevation, cam.fov, cam.distance, cam.up)
         images.append(Image.fromarray(render_array(items, width=width, height=height, camera=view, labels=labels,
                                                    colors=colors, point_size=point_size)))
-    atomic_write(p, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                duration=round(1000 / fps), loop=0))
+    write_path_atomic(p, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                     duration=round(1000 / fps), loop=0), "image")
     return p

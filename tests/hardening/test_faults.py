@@ -87,7 +87,7 @@ def test_disk_full_on_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
 
 
 def test_train_script_reports_disk_full_in_one_line(tmp_path):
-    """The same fault through scripts/train.py: a one-line error, exit 1, no traceback."""
+    """The same fault through scripts/train.py: a one-line error, exit 2 (an OSError: shapediff.cli), no traceback."""
     code = (
         "import errno, os, runpy, sys, torch\n"
         "def full(*a, **k):\n    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
@@ -97,7 +97,7 @@ def test_train_script_reports_disk_full_in_one_line(tmp_path):
             "trainer.checkpoint_every=2", "trainer.progress=false", "trainer.eval_every=0", "model.width=16",
             "model.depth=1", "pipeline.num_points=64", "data.num_points=64", f"run_dir={tmp_path / 'run'}"]
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr, proc.stderr[-2000:]
     assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
 

@@ -582,14 +582,33 @@ def test_checkpoint_corrupt_zip_record(tmp_path, saved, record, bad):
 
 
 def test_load_points_beyond_float32_range(tmp_path):
-    """Values finite in float64 but beyond float32 (1e39) became Inf in the returned float32 array."""
+    """Values finite in float64 but beyond float32 (1e39) became Inf in the returned float32 array, then
+    were dropped as if they were NaN rows; now they are refused like any value above the float32 bound."""
     f = tmp_path / "big.xyz"
     f.write_text("0 0 0\n1e39 0 0\n1 2 3\n")
-    pts = G.load_points(f)
-    assert pts.dtype == np.float32 and pts.tolist() == [[0, 0, 0], [1, 2, 3]]
-    (tmp_path / "all_big.xyz").write_text("1e39 0 0\n")
-    with pytest.raises(ValueError, match="all_big.xyz.*holds no points"):
-        G.load_points(tmp_path / "all_big.xyz")
+    with pytest.raises(ValueError) as err:
+        G.load_points(f)
+    assert str(f) in str(err.value) and "<= 1e+15" in str(err.value) and "of 1e+39" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".xyz", ".npy", ".ply", ".pcd"])
+def test_load_points_refuses_coordinates_above_the_float32_bound(tmp_path, suffix):
+    """float32 holds 2e15, but squared distances from it overflow: load_points returned it and the
+    models refused it later, without the file's name. Refused at load time: file, bound and max."""
+    pts = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, -2e15, 1.0]])
+    f = G.save_points(tmp_path / f"big{suffix}", pts)
+    with pytest.raises(ValueError) as err:
+        G.load_points(f)
+    msg = str(err.value)
+    assert f"points in {str(f)!r}" in msg and "expected |coordinates| <= 1e+15" in msg and "of 2e+15" in msg, msg
+    at_bound = G.save_points(tmp_path / f"ok{suffix}", np.array([[0.0, 0.0, 0.0], [1e15, -1e15, 3.0]]))
+    np.testing.assert_array_equal(G.load_points(at_bound), np.array([[0, 0, 0], [1e15, -1e15, 3]], np.float32))
+
+
+def test_load_points_drops_nan_rows_before_the_bound_check(tmp_path):
+    f = tmp_path / "scan.xyz"
+    f.write_text("nan 1e30 0\n1 2 3\n")  # the huge value is in a NaN row, which is dropped
+    assert G.load_points(f).tolist() == [[1, 2, 3]]
 
 
 _PCD_BAD_COUNT = (

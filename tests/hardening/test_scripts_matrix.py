@@ -1,7 +1,7 @@
 """Bad input through the scripts a user runs (issue 11): a missing / corrupt / wrong-family / pickle
 checkpoint, a bad partial or viewer file, an unknown config key, a missing data root, an output path
-that is a file. Each must end with a nonzero exit status and a short ``error:`` message naming the
-file or argument, never a Python traceback.
+that is a file. Each must end with exit status 2 (``shapediff.cli.USER_ERROR``) and a short ``error:``
+message naming the file or argument, never a Python traceback; a diverged training run exits 1.
 
 Cases run through each script's real ``__main__`` block (``runpy``, so ``shapediff.cli.run_main``
 is exercised) in one child process per script, to keep the suite fast; train.py runs as its own
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from shapediff.cli import RUNTIME_FAILURE, USER_ERROR
 from shapediff.models import PointCloudDiffusion
 from tests.hardening.test_matrix import TINY
 
@@ -87,11 +88,12 @@ def _drive(script: str, cases: list[list[str]]) -> list[dict]:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def _check(result: dict, expected: str, case) -> None:
+def _check(result: dict, expected: str, case, script: str) -> None:
     assert not result["traceback"], (case, result["traceback"][-2000:])
     assert "Traceback" not in result["stderr"], (case, result["stderr"][-2000:])
-    assert result["code"] not in (0, None), (case, result)
-    errors = [line for line in result["stderr"].splitlines() if line.startswith(("error:", "view.py:"))]
+    assert result["code"] == USER_ERROR, (case, result)  # every case is a user error: exit 2 (shapediff.cli)
+    # run_main's "error: ...", view.py's "view.py: ...", argparse's "<script>: error: ..."
+    errors = [line for line in result["stderr"].splitlines() if line.startswith(("error:", f"{script}:"))]
     assert len(errors) == 1 and expected in errors[0], (case, result["stderr"][-2000:])
 
 
@@ -104,6 +106,7 @@ CASES = {
         (["{pickle.pt}"], "checkpoint '{pickle.pt}': refused to load"),
         (["{ok.pt}", "--n", "0"], "n: expected a positive int"),
         (["{ok.pt}", "--n", "1", "--steps", "2", "--no-preview", "--out", "{a_file}"], "File exists: '{a_file}'"),
+        (["{ok.pt}", "--n", "two"], "argument --n: invalid int value: 'two'"),  # argparse: exit 2 as well
     ],
     "evaluate.py": [
         (["{missing.pt}"], "no such file '{missing.pt}'"),
@@ -149,6 +152,10 @@ CASES = {
         (["{missing.xyz}", "{out_dir}"], "{missing.xyz}"),
         (["{a_file}", "{out_dir}", "--num-points", "0"], "num_points: expected a positive int, got 0"),
     ],
+    "fuzz_readers.py": [
+        (["--seconds", "0"], "--seconds: expected a positive number, got 0.0"),
+        (["--timeout", "nan"], "--timeout: expected a positive number, got nan"),
+    ],
 }
 
 
@@ -166,7 +173,7 @@ def test_script_bad_inputs_end_in_one_error_line(files, script):
     cases = CASES[script]
     argvs = [[_fill(a, files) for a in argv] for argv, _ in cases]
     for (argv, expected), result in zip(cases, _drive(script, argvs)):
-        _check(result, _fill(expected, files), argv)
+        _check(result, _fill(expected, files), argv, script)
 
 
 TRAIN = ["experiment=quickstart", "trainer.max_steps=1", "trainer.progress=false", "model.width=16", "model.depth=1"]
@@ -179,14 +186,47 @@ TRAIN = ["experiment=quickstart", "trainer.max_steps=1", "trainer.progress=false
         (["+model.nonsense=1"], "error: model.denoiser: unknown key(s) ['nonsense']"),
         (["trainer.nonsense=1"], "Could not override 'trainer.nonsense'"),  # Hydra's own message
         (["data=shapenet_pc15k", "data.root=/nonexistent/PC15k"], "error: root: no such folder '/nonexistent/PC15k'"),
-        (["data=shapenet_pc15k"], "error: root: no such folder"),  # data.root left at '???'
-
+        (["data=shapenet_pc15k"], "error: data.root is required (the config leaves it at '???'); set it in the config "
+                                  "or on the command line, e.g. python scripts/train.py ... data.root=/path/to/..."),
+        (["data=nonexistent_group"], "Could not find 'data/nonexistent_group'"),  # Hydra's own message
     ],
-    ids=["unknown_trainer_key", "unknown_model_key", "key_without_plus", "missing_data_root", "data_root_unset"],
+    ids=["unknown_trainer_key", "unknown_model_key", "key_without_plus", "missing_data_root", "data_root_unset",
+         "unknown_config_group"],
 )
 def test_train_script_config_errors(tmp_path, overrides, expected):
+    """Config errors, ours and Hydra's own (which Hydra ends with exit 1 before main runs), exit 2."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *TRAIN, *overrides, f"run_dir={tmp_path / 'r'}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == USER_ERROR and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr[-3000:])
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "r" / "checkpoints").exists() or not list((tmp_path / "r" / "checkpoints").iterdir())
+
+
+# train.py with run_training replaced, to reach its other exits without a long run.
+_TRAIN_SHIM = (
+    "import runpy, sys\nimport shapediff.training.experiment as e\nfrom omegaconf import OmegaConf\n"
+    "from shapediff.training.trainer import TrainingDiverged\n"
+    "def diverged(cfg):\n    raise TrainingDiverged('training diverged at step 3: loss is nan')\n"
+    "def missing(cfg):\n    return OmegaConf.create({'pipeline': {'vae_checkpoint': '???'}}).pipeline.vae_checkpoint\n"
+    "e.run_training = {'diverged': diverged, 'missing': missing}[sys.argv[1]]\n"
+    "sys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    "fault, code, expected",
+    [
+        ("diverged", RUNTIME_FAILURE, "error: training diverged at step 3: loss is nan"),
+        ("missing", USER_ERROR, "error: pipeline.vae_checkpoint is required (the config leaves it at '???'); set it "
+                                "in the config or on the command line, e.g. python scripts/train.py ... "
+                                "pipeline.vae_checkpoint=/path/to/..."),
+    ],
+)
+def test_train_script_exit_statuses(tmp_path, fault, code, expected):
+    """A diverged run is a runtime failure (exit 1); a '???' value met while training (an omegaconf
+    MissingMandatoryValue past the up-front check) is a user error (exit 2) naming the key, in one line."""
+    proc = subprocess.run([sys.executable, "-c", _TRAIN_SHIM, fault, str(ROOT / "scripts" / "train.py"), *TRAIN,
+                           f"run_dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [expected], proc.stderr[-3000:]

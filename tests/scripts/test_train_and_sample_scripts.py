@@ -66,7 +66,7 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
 def test_sample_script_reports_a_missing_checkpoint(tmp_path):
     proc = _run([str(ROOT / "scripts" / "sample.py"), str(tmp_path / "none.pt")], cwd=ROOT)
-    assert proc.returncode == 1 and "none.pt" in proc.stderr
+    assert proc.returncode == 2 and "none.pt" in proc.stderr  # a user error (shapediff.cli.USER_ERROR)
 
 
 def test_evaluate_script(trained_run, tmp_path):
