@@ -7,6 +7,9 @@
 
 Writes into run_dir (runs/<name>): checkpoints/, samples/*.ply, meshes/*.obj, samples.pt,
 metrics.json, preview.png, train_log.jsonl, tb/ (TensorBoard).
+
+Exit status (shapediff.cli): 0 done; 1 training diverged; 2 a config or file error (an unknown key, a
+key left at '???' such as data.root, a missing data folder, a full disk), Hydra's own included.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     except TrainingDiverged as err:  # the config was fine; the run failed (shapediff.cli: exit statuses)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(RUNTIME_FAILURE)
-    except MissingMandatoryValue as err:  # a '???' reached through an interpolation or a direct read
+    except MissingMandatoryValue as err:  # a '???' read later on (run_training names those of cfg up front)
         print(f"error: {required_values_message([err.full_key or str(err)])}", file=sys.stderr)
         sys.exit(USER_ERROR)
     except (ValueError, OSError) as err:  # bad config or files; OSError also e.g. disk full on a checkpoint write

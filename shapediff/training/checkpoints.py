@@ -53,12 +53,15 @@ class CheckpointManager:
                 log.warning("checkpoint pointer %s is unreadable (%s); falling back to the newest step file that loads",
                             pointer, err)
             else:
-                named = self.directory / name
-                problem = _load_problem(named) if _STEP_FILE.match(name) else f"does not name a step_XXXXXXXX.pt file ({name!r})"
-                if problem is None:
-                    return named
-                log.warning("checkpoint pointer %s: %s %s; falling back to the newest step file that loads",
-                            pointer, named if _STEP_FILE.match(name) else "it", problem)
+                if _STEP_FILE.match(name):
+                    named = self.directory / name
+                    problem = _load_problem(named)
+                    if problem is None:
+                        return named
+                    bad = f"its target {named} {problem}"
+                else:
+                    bad = f"it does not name a step_XXXXXXXX.pt file (it holds {name!r})"
+                log.warning("checkpoint pointer %s: %s; falling back to the newest step file that loads", pointer, bad)
         for path in reversed(self.step_files()):
             if path == named:
                 continue  # already warned about
@@ -73,7 +76,6 @@ class CheckpointManager:
         for path in files[: max(0, len(files) - self.keep_last)]:
             if path.name != keep:
                 path.unlink(missing_ok=True)
-
 
 
 def _load_problem(path: Path) -> str | None:
