@@ -4,8 +4,11 @@ Two user-facing models, both trained by ``scripts/train.py`` through ``training_
 
 - :class:`TSDFAutoencoder` (stage 1, ``experiment=latent_vae``): the VAE on ``batch["tsdf"]``.
 - :class:`LatentVoxelDiffusion` (stage 2, ``experiment=latent_quickstart``): loads a stage-1 checkpoint,
-  freezes the VAE, fits the latent scale on the training split (``prepare``) and trains a denoiser
-  (:class:`shapediff.denoisers.UNet3D`) on ``z = (mean(q(z|x)) - shift) * scale``.
+  freezes the VAE, fits the latent scale on the training split (``prepare``), encodes the split once
+  (``training_dataset``) and trains a denoiser (:class:`shapediff.denoisers.UNet3D`) on
+  ``z = (mean(q(z|x)) - shift) * scale``.
+
+``experiment=lvd_quickstart`` runs both stages from one command (the config's ``stages``).
 
 Completion (:meth:`LatentVoxelDiffusion.complete`) and why nothing hidden leaks (SDFusion issue #49:
 its demo encodes the *full* shape and only then masks the latent, so the encoder's receptive field
@@ -18,7 +21,11 @@ carries the hidden part into the "known" latents):
    hidden ones saw ``fill`` through the encoder's receptive field (contaminated, not leaked);
 3. sampling holds the known latents RePaint-style (noised to the current level, ``resample_jumps``
    harmonisation steps) because the denoiser is trained unconditionally; the final step puts the clean
-   known latents back; several hypotheses come from one seed (``n``).
+   known latents back; several hypotheses come from one seed (``n``);
+4. known latents alone do not make the *decoded* grid keep the observation (the decoder mixes in generated
+   neighbour cells, and observed voxels of partly observed cells belong to no known cell), so the result is
+   fitted to the observed voxels by decoder inversion (``fit_observation``), optionally with reconstruction
+   guidance during sampling (``guidance``); both read observed voxels only.
 """
 
 from __future__ import annotations

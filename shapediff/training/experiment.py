@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shapediff.config import _resolve_target, instantiate
@@ -152,6 +153,7 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     trainer_cfg = TrainerConfig.from_dict(to_plain(cfg["trainer"]))
     run_dir = Path(cfg["run_dir"])
     train_set = build_dataset(cfg, "train")
+    torch.manual_seed(trainer_cfg.seed)  # the initial weights too follow trainer.seed
     model = build_model(cfg)
     if hasattr(model, "prepare"):
         model.prepare(train_set)          # e.g. fit normalisation / latent scale from the training split

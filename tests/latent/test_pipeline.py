@@ -51,6 +51,10 @@ def test_stage_config_of_the_quickstart():
 def test_one_command_trains_both_stages(tmp_path):
     cfg = _compose("experiment=lvd_quickstart", f"run_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", *TINY)
     summary = run_training(cfg)
+    again = run_training(_compose("experiment=lvd_quickstart", f"run_dir={tmp_path / 'again'}",
+                                  f"data.cache_dir={tmp_path / 'cache'}", *TINY))
+    first, second = (load_checkpoint(s["checkpoint"])["state_dict"] for s in (summary, again))
+    assert all(torch.equal(first[k], second[k]) for k in first)  # same config and seed, same weights
     vae_ckpt = tmp_path / "vae" / "checkpoints" / "step_00000002.pt"
     assert summary["stages"]["vae"]["checkpoint"] == str(vae_ckpt) and 0 <= summary["stages"]["vae"]["metrics"]["iou"] <= 1
     assert json.loads((tmp_path / "vae" / "metrics.json").read_text())["num_shapes"] == 2
