@@ -465,8 +465,8 @@ class LatentVoxelDiffusion(ShapeModel):
             erode: latent cells dropped from the known region beyond min-pooling. fill: value the encoder
                 sees in hidden voxels. paste_known: copy the observed voxels into the output TSDF.
             guidance: reconstruction-guidance step on every implied x0, in latent standard deviations
-                (:class:`_ObservationGuided`; 0 = off, the default: on the quickstart model it added little
-                and cost 7x the sampling time).
+                (:class:`_ObservationGuided`; 0 = off, the default: on the quickstart model its gains were mixed
+                (README) for 2-3x the completion time).
             refine_steps, refine_feature_steps: decoder inversion of the final latent, then of the decoder's
                 features (:meth:`fit_observation`; 0 = off). Both read observed voxels only and make the decoded
                 output itself keep them: the known latent cells alone cannot, since the decoder mixes in
