@@ -153,3 +153,15 @@ def test_complete_script_with_retrieval_init(tmp_path, capsys):
     plain = atomic_torch_save(_model().checkpoint_payload(), tmp_path / "plain.pt")
     assert _script("complete").main([str(plain), *args[1:]]) == 2
     assert "--bank" in capsys.readouterr().err
+
+
+def test_paired_completion_benchmark_runs(tmp_path, capsys):
+    payload = _model().checkpoint_payload()
+    payload["run_config"] = {"data": DATA_CFG, "evaluation": {"split": "val"}}
+    ckpt = atomic_torch_save(payload, tmp_path / "ckpt.pt")
+    spec = importlib.util.spec_from_file_location("completion_paired", ROOT / "benchmarks" / "completion_paired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(ckpt), "--split", "val", "--num-scans", "3", "--init-t", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "better than retrieval on" in out and "/3 shapes" in out and "| box |" in out and "| chair |" in out
