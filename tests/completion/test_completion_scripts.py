@@ -165,3 +165,22 @@ def test_paired_completion_benchmark_runs(tmp_path, capsys):
     assert module.main([str(ckpt), "--split", "val", "--num-scans", "3", "--init-t", "5"]) == 0
     out = capsys.readouterr().out
     assert "better than retrieval on" in out and "/3 shapes" in out and "| box |" in out and "| chair |" in out
+
+
+def test_evaluate_script_runs_an_unconditional_model_on_another_runs_scans(tmp_path):
+    with_data = _model().checkpoint_payload()
+    with_data["run_config"] = {"data": DATA_CFG, "evaluation": {"split": "val"}}
+    data_ckpt = atomic_torch_save(with_data, tmp_path / "completion.pt")
+    unconditional = PointCloudDiffusion(
+        denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1},
+        diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 50}, num_points=N)
+    unconditional.normalizer.fit([torch.randn(200, 3) * 0.3])
+    payload = unconditional.checkpoint_payload()
+    payload["run_config"] = {"data": {"_target_": "shapediff.data.SyntheticShapes"}}  # no scans: --data-from is needed
+    ckpt = atomic_torch_save(payload, tmp_path / "unconditional.pt")
+    args = [str(ckpt), "--methods", "training_free", "--num-known", str(M), "--num-scans", "2", "--steps", "2",
+            "--resample-jumps", "2", "--out", str(tmp_path / "tf")]
+    assert _script("evaluate_completion").main(args) == 2  # user error: its own data has no partial scans
+    assert _script("evaluate_completion").main([*args, "--data-from", str(data_ckpt)]) == 0
+    summary = json.loads((tmp_path / "tf.json").read_text())
+    assert summary["data_from"] == str(data_ckpt) and summary["results"]["training_free"]["UHD"] == 0.0
