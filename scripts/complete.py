@@ -4,7 +4,7 @@
     python scripts/complete.py runs/completion_quickstart/checkpoints/last.pt ../shared/data/pcn_demo/chair.pcd
     python scripts/complete.py CKPT scan1.ply scan2.npy --n 4 --sampler ddpm --steps 1000 --out completions
     python scripts/complete.py CKPT scan.xyz --method training_free --resample-jumps 5 --gt full.ply
-    python scripts/complete.py CKPT scan.ply --retrieval-init-t 50      # start from the nearest training shape (SDEdit)
+    python scripts/complete.py CKPT scan.ply --retrieval-init-t 10      # start from the nearest training shape (SDEdit)
 
 Reads each scan (.ply .pcd .xyz .npy, or a mesh file's vertices such as .obj) in the model's data
 coordinates, and writes OUT/<scan name>/: partial.ply, completion_K.ply and completion_K.obj (a
