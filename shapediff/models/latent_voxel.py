@@ -184,7 +184,7 @@ class TSDFAutoencoder(ShapeModel):
     def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         """Trainer hook: reconstruction IoU on the evaluation split -> metrics.json, a few meshes."""
         from shapediff.geometry import save_mesh  # noqa: PLC0415
-        from shapediff.training.outputs import write_json_atomic  # noqa: PLC0415
+        from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
 
         run_dir = Path(run_dir)
         start = time.perf_counter()
@@ -571,7 +571,8 @@ class LatentVoxelDiffusion(ShapeModel):
         from shapediff.geometry import save_mesh  # noqa: PLC0415
         from shapediff.geometry.mesh_io import atomic_write  # noqa: PLC0415
         from shapediff.metrics import generation_metrics  # noqa: PLC0415
-        from shapediff.training.outputs import reference_clouds, write_json_atomic  # noqa: PLC0415
+        from shapediff.data.references import reference_clouds  # noqa: PLC0415
+        from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
 
         run_dir, n, seed = Path(run_dir), int(eval_cfg["num_samples"]), int(eval_cfg["seed"])
         start = time.perf_counter()

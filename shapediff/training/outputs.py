@@ -9,28 +9,11 @@ from typing import Any
 
 import torch
 
+from shapediff.data.references import reference_clouds  # also imported from here by older callers
 from shapediff.io_atomic import write_json_atomic  # also imported from here by older callers
 from shapediff.models.checkpoint import atomic_torch_save
-from shapediff.randomness import mix_seed
 
 log = logging.getLogger("shapediff.training")
-
-
-def reference_clouds(dataset, count: int, seed: int) -> torch.Tensor:
-    """(R, N, 3) reference clouds: the first ``count`` items of ``dataset``, drawn reproducibly.
-
-    Items' ``ref_points`` (ShapeNetPC15k's last 5,000 points of each cloud, as PointFlow) are used
-    when present, else ``points``.
-    """
-    if len(dataset) == 0:
-        raise ValueError("evaluation: the reference split is empty")
-    clouds = []
-    for i in range(min(count, len(dataset))):
-        torch.manual_seed(mix_seed(seed, i))
-        item = dataset[i]
-        # PointFlow's protocol scores against the held-out reference points when the data has them.
-        clouds.append(torch.as_tensor(item.get("ref_points", item["points"])).float())
-    return torch.stack(clouds)
 
 
 def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str, ...] = ("cd",), seed: int = 0,
