@@ -8,7 +8,10 @@ For each held-out shape (one scan per shape), the CD to the ground truth of plai
 started from the retrieved shape at ``--init-t`` and of the retrieved shape itself. Prints how
 many shapes each method beats retrieval on, the mean paired difference with its standard error
 (shape to shape, which the seed spread of scripts/evaluate_completion.py does not show) and a
-per-category table.
+per-category table. Also prints the metric's floor (the CD between two disjoint uniform samplings
+of each true surface at the evaluation's point count, for shapes with a ``surface_pool``) and
+plain PVD's CD split into its two directions (completion -> truth: precision; truth ->
+completion: coverage).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from shapediff.geometry.chamfer import chamfer_distance  # noqa: PLC0415
+    from shapediff.geometry.knn import knn_points  # noqa: PLC0415
     from shapediff.models import load_model  # noqa: PLC0415
     from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
     from shapediff.models.completion import baseline_retrieval, held_out_scans, shape_bank  # noqa: PLC0415
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
     cd = {"retrieval": chamfer_distance(baseline_retrieval(partial, bank)[0], gt),
           f"pvd+retrieval_init@{args.init_t}": chamfer_distance(
               model.complete(partial, seed=args.seed, retrieval_bank=bank, init_t=args.init_t)[:, 0], gt),
-          "pvd": chamfer_distance(model.complete(partial, seed=args.seed)[:, 0], gt)}
+          "pvd": chamfer_distance(pvd := model.complete(partial, seed=args.seed)[:, 0], gt)}
     count = partial.shape[0]
     for name, values in cd.items():
         if name == "retrieval":
@@ -51,6 +55,16 @@ def main(argv=None) -> int:
         diff = (values - cd["retrieval"]).double()
         print(f"{name}: better than retrieval on {int((diff < 0).sum())}/{count} shapes; mean CD difference "
               f"{float(diff.mean()):+.5f} ± {float(diff.std()) / math.sqrt(count):.5f} (standard error)")
+    one_way = {"completion -> truth": knn_points(pvd, gt, k=1).dists.mean(dim=(1, 2)),
+               "truth -> completion": knn_points(gt, pvd, k=1).dists.mean(dim=(1, 2))}
+    print("pvd, the two directions of its CD: " + ", ".join(f"{k} {float(v.mean()):.5f}" for k, v in one_way.items()))
+    shapes = held_out.dataset
+    if hasattr(shapes, "surface_pool"):
+        n = gt.shape[1]
+        floor = torch.stack([chamfer_distance(*(torch.from_numpy(shapes.surface_pool(i)[None, a * n:(a + 1) * n])
+                                                  for a in (0, 1))) for i in range(count)]).flatten()
+        print(f"floor: two disjoint {n}-point samplings of the same true surface, CD {float(floor.mean()):.5f} "
+              f"(each direction about half)")
     print("\n| category | " + " | ".join(cd) + " |\n| --- |" + " ---: |" * len(cd))
     for cat in sorted(set(categories)):
         idx = [i for i, c in enumerate(categories) if c == cat]

@@ -20,15 +20,22 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
                         batch_size: int | None = None, **sample_kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     """Sample ``num_samples`` clouds and score them against as many references of ``ref_dataset``.
 
+    Models whose ``sample`` returns meshes (``VoxelSamples``) are scored on points sampled uniformly
+    on each mesh, as many per mesh as each reference has.
+
     Returns the samples (S, N, 3) in data coordinates (CPU) and a dict with MMD / COV / 1-NNA for
     each metric (PointFlow protocol, COV and 1-NNA as fractions), counts and timings in seconds.
     """
     from shapediff.metrics import generation_metrics  # noqa: PLC0415
+    from shapediff.models.latent_voxel import VoxelSamples, meshes_to_points  # noqa: PLC0415
 
     start = time.perf_counter()
-    samples = model.sample(num_samples, seed=seed, batch_size=batch_size or num_samples, **sample_kwargs).float().cpu()
+    samples = model.sample(num_samples, seed=seed, batch_size=batch_size or num_samples, **sample_kwargs)
     sample_seconds = time.perf_counter() - start
     refs = reference_clouds(ref_dataset, num_samples, seed)
+    # Shape models (latent voxels) return meshes: they are scored on points sampled from the meshes.
+    samples = (meshes_to_points(samples.meshes, refs.shape[1], seed) if isinstance(samples, VoxelSamples)
+               else samples).float().cpu()
     start = time.perf_counter()
     result: dict[str, Any] = dict(generation_metrics(samples, refs, metrics=tuple(metrics)))
     result.update(num_samples=num_samples, num_references=len(refs), num_points=samples.shape[1],
