@@ -660,12 +660,14 @@ def completion_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, Any]) -> dict[str, Any]:
+def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, Any],
+                             train_dataset=None) -> dict[str, Any]:
     """What a finished completion training run writes (``scripts/train.py`` calls it).
 
     Completes ``eval_cfg["num_samples"]`` scans of ``ref_dataset`` (items with "points" and
-    "partial"; one view per shape, see :func:`held_out_scans`), writes ``metrics.json`` (the model vs the partial and mirror
-    baselines; ``scripts/evaluate_completion.py`` adds retrieval), ``completions/scan_XXX/``
+    "partial"; one view per shape, see :func:`held_out_scans`), writes ``metrics.json`` (the model vs
+    the partial and mirror baselines and, given the training split ``train_dataset``, retrieval from
+    its :func:`shape_bank`, as ``scripts/evaluate_completion.py`` does), ``completions/scan_XXX/``
     (see :func:`save_completions`) for ``num_ply`` scans, meshes for ``num_meshes`` of them, and
     ``preview.png`` (rows of partial | completion | ground truth). Returns the metrics.
     """
@@ -679,11 +681,13 @@ def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, An
     names = {"cd": "cd", "emd": "emd"}
     metrics = tuple(names[m] for m in eval_cfg.get("metrics", ("cd",)) if m in names) + ("f_score",)
     seed = int(eval_cfg.get("seed", 0))
+    train_clouds = None if train_dataset is None else shape_bank(train_dataset)
     outputs: dict[str, torch.Tensor] = {}
-    results = evaluate_completion(model, partial, gt, n=1, seed=seed, metrics=metrics,
+    results = evaluate_completion(model, partial, gt, train_clouds=train_clouds, n=1, seed=seed, metrics=metrics,
                                   batch_size=eval_cfg.get("batch_size"), outputs=outputs)
     out = next(iter(outputs.values()))
     summary = {"num_scans": count, "num_points": int(gt.shape[1]), "num_partial_points": int(partial.shape[1]),
+               "num_train_shapes": 0 if train_clouds is None else len(train_clouds),
                "results": results, "table": completion_table(results)}
     shown = min(int(eval_cfg.get("num_ply", 8)), count)
     if shown:

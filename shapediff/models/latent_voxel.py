@@ -181,8 +181,10 @@ class TSDFAutoencoder(ShapeModel):
         per_cat = {c: round(float(iou[[k for k, cc in enumerate(cats) if cc == c]].mean()), 4) for c in sorted(set(cats))}
         return {"iou": round(float(iou.mean()), 4), "iou_per_category": per_cat, "num_shapes": n}
 
-    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """Trainer hook: reconstruction IoU on the evaluation split -> metrics.json, a few meshes."""
+    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any],
+                          train_dataset=None) -> dict[str, Any]:
+        """Trainer hook: reconstruction IoU on the evaluation split -> metrics.json, a few meshes
+        (``train_dataset`` is not used)."""
         from shapediff.geometry import save_mesh  # noqa: PLC0415
         from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
 
@@ -566,8 +568,10 @@ class LatentVoxelDiffusion(ShapeModel):
         return self.complete(tsdf, mask, n=n, **kwargs)
 
     # ------------------------------------------------------------------------- evaluation
-    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """Trainer hook: sample meshes, points on them, MMD / COV / 1-NNA against ``ref_dataset``'s points."""
+    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any],
+                          train_dataset=None) -> dict[str, Any]:
+        """Trainer hook: sample meshes, points on them, MMD / COV / 1-NNA against ``ref_dataset``'s points
+        (``train_dataset`` is not used)."""
         from shapediff.geometry import save_mesh  # noqa: PLC0415
         from shapediff.geometry.mesh_io import atomic_write  # noqa: PLC0415
         from shapediff.metrics import generation_metrics  # noqa: PLC0415

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -201,7 +202,7 @@ class PointCloudDiffusion(ShapeModel):
             raise AttributeError("write_run_outputs: only completion models write their own run outputs")
         from shapediff.models.completion import write_completion_outputs  # noqa: PLC0415
 
-        return lambda ref_dataset, run_dir, eval_cfg: write_completion_outputs(self, ref_dataset, run_dir, eval_cfg)
+        return functools.partial(write_completion_outputs, self)  # (ref_dataset, run_dir, eval_cfg, train_dataset=None)
 
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:

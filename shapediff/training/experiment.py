@@ -152,7 +152,7 @@ def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
 def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     trainer_cfg = TrainerConfig.from_dict(to_plain(cfg["trainer"]))
     run_dir = Path(cfg["run_dir"])
-    train_set = build_dataset(cfg, "train")
+    train_split = train_set = build_dataset(cfg, "train")  # train_split stays the raw split (retrieval baseline)
     torch.manual_seed(trainer_cfg.seed)  # the initial weights too follow trainer.seed
     model = build_model(cfg)
     if hasattr(model, "prepare"):
@@ -178,5 +178,5 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
             ema_model.eval()
             eval_split = cfg["evaluation"]["split"]
             summary["metrics"] = write_run_outputs(ema_model, build_dataset(cfg, eval_split), run_dir,
-                                                   to_plain(cfg["evaluation"]))
+                                                   to_plain(cfg["evaluation"]), train_dataset=train_split)
     return summary

@@ -43,14 +43,17 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
     return samples, result
 
 
-def write_run_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, Any]:
+def write_run_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: dict[str, Any],
+                      train_dataset=None) -> dict[str, Any]:
     """Sample ``num_samples`` clouds, compare with as many held-out references, write the run's files.
 
     Writes ``samples/sample_XXX.ply``, ``meshes/sample_XXX.obj``, ``samples.pt`` (all samples,
     data coordinates), ``metrics.json`` and ``preview.png`` into ``run_dir``. Returns the metrics.
+    ``train_dataset`` (the training split) goes to the model's own hook, where it has one (completion
+    models retrieve from it); generation metrics do not use it.
     """
     if hasattr(model, "write_run_outputs"):  # model families with their own outputs (e.g. latent voxels)
-        return model.write_run_outputs(ref_dataset, run_dir, eval_cfg)
+        return model.write_run_outputs(ref_dataset, run_dir, eval_cfg, train_dataset=train_dataset)
     from shapediff.geometry import points_to_mesh, save_mesh, save_points  # noqa: PLC0415
 
     run_dir = Path(run_dir)

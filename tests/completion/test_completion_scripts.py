@@ -13,7 +13,9 @@ import torch
 from shapediff.data import PartialScans, SyntheticShapes
 from shapediff.geometry import load_points
 from shapediff.models import PointCloudDiffusion, load_model
+from shapediff.metrics import chamfer_distance
 from shapediff.models.checkpoint import atomic_torch_save
+from shapediff.models.completion import held_out_scans, shape_bank
 
 ROOT = Path(__file__).resolve().parents[2]
 N, M = 64, 16
@@ -95,13 +97,25 @@ def test_evaluate_script_compares_with_baselines(tmp_path):
 def test_training_run_hook_writes_completion_outputs(tmp_path):
     model = _model()
     assert load_model(model.save(tmp_path / "m.pt"), device="cpu").completion == "pvd"
-    ref = PartialScans(SyntheticShapes(num_shapes=3, num_points=N, split="val", pool_size=500, mesh_resolution=24),
-                       num_partial_points=M, views_per_shape=1, width=24, height=24)
+    ref, train = (PartialScans(SyntheticShapes(num_shapes=3, num_points=N, split=split, pool_size=500, mesh_resolution=24),
+                               num_partial_points=M, views_per_shape=1, width=24, height=24) for split in ("val", "train"))
     cfg = {"num_samples": 3, "metrics": ["cd"], "num_ply": 2, "num_meshes": 0, "preview": False, "seed": 0}
-    metrics = model.write_run_outputs(ref, tmp_path, cfg)
-    assert metrics["num_scans"] == 3 and "pvd" in metrics["results"] and "baseline_partial" in metrics["results"]
+    metrics = model.write_run_outputs(ref, tmp_path, cfg, train_dataset=train)
+    assert set(metrics["results"]) == {"pvd", "baseline_partial", "baseline_mirror", "baseline_retrieval"}
+    assert metrics["num_scans"] == 3 and metrics["num_train_shapes"] == 3
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["results"]["pvd"]["CD"] == pytest.approx(metrics["results"]["pvd"]["CD"])
+    # retrieval: the training cloud nearest to each scan by one-sided Chamfer, scored like the other rows
+    retrieval = written["results"]["baseline_retrieval"]
+    assert set(retrieval) == set(written["results"]["baseline_mirror"]) and all(map(np.isfinite, retrieval.values()))
+    partial, gt = held_out_scans(ref, 3, one_view_per_shape=True)
+    bank = shape_bank(train)
+    one_sided = torch.stack([torch.stack([((p[:, None] - c[None]) ** 2).sum(-1).min(1).values.mean() for c in bank])
+                             for p in partial])  # brute force, (scans, shapes)
+    nearest = bank[one_sided.argmin(1)]
+    assert retrieval["CD"] == pytest.approx(float(chamfer_distance(nearest, gt).double().mean()), rel=1e-5)
+    assert "| baseline_retrieval |" in written["table"]
+    assert "baseline_retrieval" not in model.write_run_outputs(ref, tmp_path / "no_bank", cfg)["results"]
     for i in range(2):
         folder = tmp_path / "completions" / f"scan_{i:03d}"
         assert {"partial.ply", "completion_0.ply", "ground_truth.ply"} <= {p.name for p in folder.iterdir()}
@@ -184,3 +198,31 @@ def test_evaluate_script_runs_an_unconditional_model_on_another_runs_scans(tmp_p
     assert _script("evaluate_completion").main([*args, "--data-from", str(data_ckpt)]) == 0
     summary = json.loads((tmp_path / "tf.json").read_text())
     assert summary["data_from"] == str(data_ckpt) and summary["results"]["training_free"]["UHD"] == 0.0
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_completion_training_run_measures_retrieval_as_evaluate_completion_does(tmp_path):
+    """scripts/train.py's end-of-run metrics.json holds the retrieval baseline, and its numbers are
+    those scripts/evaluate_completion.py measures on the same scans from the final checkpoint."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    from shapediff.training.experiment import run_training  # noqa: PLC0415
+
+    tiny = ["pipeline.num_points=64", "pipeline.num_partial_points=16", "data.dataset.num_shapes=4",
+            "data.dataset.pool_size=500", "data.dataset.mesh_resolution=24", "data.views_per_shape=2", "data.width=24",
+            "data.height=24", "model.denoiser.width=16", "model.denoiser.depth=1", "trainer.max_steps=2",
+            "trainer.batch_size=4", "trainer.checkpoint_every=2", "trainer.progress=false", "trainer.tensorboard=false",
+            "trainer.device=cpu", "sampler.steps=2", "evaluation.num_samples=3", "evaluation.num_ply=0",
+            "evaluation.preview=false"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=completion_quickstart", f"run_dir={tmp_path}", *tiny])
+    summary = run_training(cfg)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(written["results"]) == {"pvd", "baseline_partial", "baseline_mirror", "baseline_retrieval"}
+    assert written["num_train_shapes"] == 4 and np.isfinite(written["results"]["baseline_retrieval"]["CD"])
+    rc = _script("evaluate_completion").main([summary["checkpoint"], "--num-scans", "3", "--one-view-per-shape",
+                                             "--steps", "2", "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    script = json.loads((tmp_path / "eval.json").read_text())["results"]["baseline_retrieval"]
+    for metric in ("CD", "F-score@0.01", "UHD"):
+        assert written["results"]["baseline_retrieval"][metric] == pytest.approx(script[metric], rel=1e-6)
