@@ -15,6 +15,8 @@ the subsample to ``num_partial_points`` all come from a generator seeded with th
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,12 +24,15 @@ import torch
 from torch.utils.data import Dataset
 
 from shapediff.config import instantiate
+from shapediff.data.disk_cache import keyed_cache_dir
+from shapediff.geometry.mesh_io import atomic_write
 from shapediff.geometry.partial_scan import resample_points, virtual_scan, visible_subset
 from shapediff.randomness import mix_seed
 
 __all__ = ["PartialScans"]
 
 METHODS = ("auto", "raycast", "hpr")
+CACHE_VERSION = 1
 
 
 class PartialScans(Dataset):
@@ -46,6 +51,11 @@ class PartialScans(Dataset):
         noise_std: depth noise along each ray (data units); dropout: fraction of pixels dropped.
         seed: base seed of everything random here.
         cache: keep computed partials in memory (they are deterministic).
+        cache_dir: also keep them on disk, in ``cache_dir/<key>/<shape>_<view>.pt`` where ``key``
+            hashes the dataset config, split, M, method, camera and seed; a later run (or a
+            machine without Open3D) reads them instead of ray casting again. None: memory only.
+        cache_key: names a dataset *object* (or a custom ``mesh_fn``) in that key; needed with
+            ``cache_dir`` unless ``dataset`` is a config node.
         split: passed to ``dataset`` when it is a config node (the trainer sets it).
 
     Items: the base item plus ``"partial"`` (M, 3) float32, ``"partial_visible"`` (int64 scalar,
@@ -68,6 +78,8 @@ class PartialScans(Dataset):
         dropout: float = 0.0,
         seed: int = 0,
         cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        cache_key: str | None = None,
         split: str | None = None,
     ):
         if not (isinstance(num_partial_points, int) and num_partial_points > 0):
@@ -76,8 +88,13 @@ class PartialScans(Dataset):
             raise ValueError(f"views_per_shape: expected a positive int, got {views_per_shape!r}")
         if method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        ident: Any = cache_key
         if isinstance(dataset, Mapping):
+            if ident is None and mesh_fn is None:
+                ident = {k: dataset[k] for k in sorted(dataset)}
             dataset = instantiate(dataset, where="data.dataset", **({} if split is None else {"split": split}))
+        if cache_dir is not None and ident is None:
+            raise ValueError("cache_key: a dataset object or a custom mesh_fn needs a cache_key string to cache on disk")
         self.dataset = dataset
         self.num_partial_points = num_partial_points
         self.views_per_shape = views_per_shape
@@ -92,6 +109,11 @@ class PartialScans(Dataset):
         self.camera = dict(distance=distance, width=width, height=height, fov_deg=fov_deg, noise_std=noise_std, dropout=dropout)
         self.seed = int(seed)
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, int, torch.Tensor]] | None = {} if cache else None
+        self.cache_dir = None
+        if cache_dir is not None:
+            spec = {"dataset": ident, "split": split, "num_partial_points": num_partial_points, "method": method,
+                    "camera": self.camera, "seed": self.seed, "version": CACHE_VERSION}
+            self.cache_dir = keyed_cache_dir(cache_dir, spec)
 
     def __len__(self) -> int:
         return len(self.dataset) * self.views_per_shape
@@ -117,6 +139,32 @@ class PartialScans(Dataset):
         key = (shape_index, view)
         if self._cache is not None and key in self._cache:
             return self._cache[key]
+        path = self.cache_dir / f"{shape_index}_{view}.pt" if self.cache_dir is not None else None
+        result = self._read_cached(path) if path is not None and path.is_file() else None
+        if result is None:
+            result = self._compute(shape_index, view, points)
+            if path is not None:
+                partial, visible, eye = result
+                record = {"partial": partial, "visible": torch.tensor(visible), "viewpoint": eye}
+                atomic_write(path, lambda tmp: torch.save(record, tmp))
+        if self._cache is not None:
+            self._cache[key] = result
+        return result
+
+    def _read_cached(self, path) -> tuple[torch.Tensor, int, torch.Tensor] | None:
+        """A cached scan, or None (with a warning naming the file) when the file cannot be used."""
+        try:
+            record = torch.load(path, weights_only=True)
+            partial, eye = record["partial"], record["viewpoint"]
+            if partial.shape != (self.num_partial_points, 3) or eye.shape != (3,) or not torch.isfinite(partial).all():
+                raise ValueError(f"partial {tuple(partial.shape)}, viewpoint {tuple(eye.shape)}")
+            return partial.float(), int(record["visible"]), eye.float()
+        except Exception as err:  # noqa: BLE001 - any unreadable cache file is recomputed, never trusted
+            warnings.warn(f"{path}: unreadable cached partial scan ({type(err).__name__}: {err}); computing it again",
+                          stacklevel=3)
+            return None
+
+    def _compute(self, shape_index: int, view: int, points) -> tuple[torch.Tensor, int, torch.Tensor]:
         if points is None and self.method == "hpr":
             points = self.dataset[shape_index]["points"]
         for attempt in range(8):  # a view that sees nothing (degenerate mesh) gets another viewpoint
@@ -126,10 +174,7 @@ class PartialScans(Dataset):
                 break
         else:
             raise RuntimeError(f"shape {shape_index}: no surface point visible from 8 viewpoints; is its mesh empty?")
-        result = (resample_points(visible, self.num_partial_points, gen).float(), int(visible.shape[0]), eye.float())
-        if self._cache is not None:
-            self._cache[key] = result
-        return result
+        return resample_points(visible, self.num_partial_points, gen).float(), int(visible.shape[0]), eye.float()
 
     def _visible(self, shape_index: int, points, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.method == "raycast":

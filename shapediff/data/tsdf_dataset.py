@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from shapediff.data.disk_cache import keyed_cache_dir
 from shapediff.geometry.mesh_io import atomic_write
 from shapediff.geometry.tsdf import DEFAULT_BOUNDS, _check_grid_args, tsdf_from_mesh, tsdf_from_sdf
 
@@ -69,11 +67,7 @@ class TSDFDataset(Dataset):
         if cache_dir is not None:
             spec = {"base": ident, "split": split, "resolution": r, "truncation": tau, "bounds": self.bounds,
                     "source": source, "sign": sign, "version": CACHE_VERSION}
-            key = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            self.cache_dir = Path(cache_dir) / key
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(spec, indent=1, default=str)
-            atomic_write(self.cache_dir / "spec.json", lambda tmp: tmp.write_text(text))
+            self.cache_dir = keyed_cache_dir(cache_dir, spec)
 
     def __len__(self) -> int:
         return len(self.base)

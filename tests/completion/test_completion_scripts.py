@@ -226,3 +226,21 @@ def test_completion_training_run_measures_retrieval_as_evaluate_completion_does(
     script = json.loads((tmp_path / "eval.json").read_text())["results"]["baseline_retrieval"]
     for metric in ("CD", "F-score@0.01", "UHD"):
         assert written["results"]["baseline_retrieval"][metric] == pytest.approx(script[metric], rel=1e-6)
+
+
+def test_completion_sweep_trains_and_scores_each_variant(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("completion_sweep", ROOT / "benchmarks" / "completion_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["trainer.max_steps=2", "trainer.checkpoint_every=2", "data.dataset.num_shapes=4", "data.views_per_shape=1",
+            "data.cache_dir=null", "evaluation.num_samples=2", "model.denoiser.width=16"]
+    rc = module.main(["--out", str(tmp_path), "--variants", "base", "batch32", "--parallel", "2", "--device", "cpu",
+                      "--num-scans", "2", "--n", "1", "--extra", *tiny])
+    assert rc == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "sweep.json").read_text())}
+    assert set(rows) == {"base", "batch32"}
+    for row in rows.values():
+        assert row["train_rc"] == 0 and row["score_rc"] == 0
+        assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("pvd", "baseline_retrieval", "baseline_partial"))
+    assert rows["base"]["baseline_retrieval"] == rows["batch32"]["baseline_retrieval"]  # same scans, same bank
+    assert "| batch32 |" in (tmp_path / "sweep.md").read_text() and "PVD / retrieval" in capsys.readouterr().out

@@ -122,3 +122,43 @@ def test_rejects_bad_arguments(kwargs, match):
         PartialScans(_Meshes(), **kwargs)
     with pytest.raises(IndexError):
         PartialScans(_Meshes())[8]
+
+
+def test_disk_cache_returns_the_same_scans_without_ray_casting_again(tmp_path, monkeypatch):
+    first = PartialScans(_Meshes(), num_partial_points=32, views_per_shape=2, width=32, height=32, seed=3,
+                         cache_dir=tmp_path, cache_key="two-solids")
+    expected = [first[i] for i in range(len(first))]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["0_0.pt", "0_1.pt", "1_0.pt", "1_1.pt"]
+    assert (folder / "spec.json").is_file()
+
+    import shapediff.data.partial as partial_module
+
+    def no_ray_casting(*args, **kwargs):
+        raise AssertionError("a cached scan was ray cast again")
+
+    monkeypatch.setattr(partial_module, "virtual_scan", no_ray_casting)
+    again = PartialScans(_Meshes(), num_partial_points=32, views_per_shape=2, width=32, height=32, seed=3,
+                         cache_dir=tmp_path, cache_key="two-solids")
+    for i, item in enumerate(expected):
+        got = again[i]
+        assert torch.equal(got["partial"], item["partial"]) and torch.equal(got["viewpoint"], item["viewpoint"])
+        assert int(got["partial_visible"]) == int(item["partial_visible"])
+
+
+def test_disk_cache_key_changes_with_the_camera_and_a_corrupt_file_is_recomputed(tmp_path):
+    kwargs = dict(num_partial_points=16, views_per_shape=1, height=32, seed=0, cache_dir=tmp_path, cache_key="k")
+    a = PartialScans(_Meshes(), width=32, **kwargs)
+    b = PartialScans(_Meshes(), width=40, **kwargs)
+    assert a.cache_dir != b.cache_dir
+    good = a[0]["partial"]
+    (a.cache_dir / "0_0.pt").write_bytes(b"not a checkpoint")
+    fresh = PartialScans(_Meshes(), width=32, **kwargs)
+    with pytest.warns(UserWarning, match=r"0_0\.pt: unreadable cached partial scan"):
+        assert torch.equal(fresh[0]["partial"], good)
+    assert torch.equal(torch.load(a.cache_dir / "0_0.pt", weights_only=True)["partial"], good)  # rewritten
+
+
+def test_disk_cache_of_a_dataset_object_needs_a_key(tmp_path):
+    with pytest.raises(ValueError, match="cache_key"):
+        PartialScans(_Meshes(), cache_dir=tmp_path)
