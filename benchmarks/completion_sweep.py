@@ -32,6 +32,7 @@ from shapediff.io_atomic import write_json_atomic, write_text_atomic  # noqa: E4
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],
+    "before": ["trainer.batch_size=16", "diffusion.prediction=eps"],  # the preset until batch 32 and v won this sweep
     "x0": ["diffusion.prediction=x0"],
     "v": ["diffusion.prediction=v"],
     "cosine": ["diffusion=ddpm_cosine"],
