@@ -45,6 +45,12 @@ class CheckpointManager:
         corrupt) is never trusted silently: a warning names the bad file, then the step files are tried
         newest first, each one that fails to load with its own warning.
         """
+        found = self.latest_loaded()
+        return None if found is None else found[0]
+
+    def latest_loaded(self, map_location="cpu") -> tuple[Path, dict] | None:
+        """``(path, payload)`` of the checkpoint :meth:`latest` picks, loaded once (onto ``map_location``),
+        so a resume does not read the file a second time; None when no checkpoint loads."""
         pointer, named = self.directory / "last", None
         if pointer.is_file():
             try:
@@ -55,9 +61,9 @@ class CheckpointManager:
             else:
                 if _STEP_FILE.match(name):
                     named = self.directory / name
-                    problem = _load_problem(named)
+                    payload, problem = _try_load(named, map_location)
                     if problem is None:
-                        return named
+                        return named, payload
                     bad = f"its target {named} {problem}"
                 else:
                     bad = f"it does not name a step_XXXXXXXX.pt file (it holds {name!r})"
@@ -65,9 +71,9 @@ class CheckpointManager:
         for path in reversed(self.step_files()):
             if path == named:
                 continue  # already warned about
-            problem = _load_problem(path)
+            payload, problem = _try_load(path, map_location)
             if problem is None:
-                return path
+                return path, payload
             log.warning("skipping checkpoint %s: %s", path, problem)
         return None
 
@@ -78,12 +84,11 @@ class CheckpointManager:
                 path.unlink(missing_ok=True)
 
 
-def _load_problem(path: Path) -> str | None:
-    """None when ``path`` loads as a shapediff checkpoint, else why not (for a warning)."""
+def _try_load(path: Path, map_location="cpu") -> tuple[dict | None, str | None]:
+    """``(payload, None)`` when ``path`` loads as a shapediff checkpoint, else ``(None, why not)`` (for a warning)."""
     try:
-        load_checkpoint(path)
+        return load_checkpoint(path, map_location=map_location), None
     except FileNotFoundError:
-        return "is missing"
+        return None, "is missing"
     except ValueError as err:
-        return f"does not load ({err})"
-    return None
+        return None, f"does not load ({err})"

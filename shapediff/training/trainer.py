@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from shapediff.models.checkpoint import load_checkpoint
 from shapediff.randomness import mix_seed
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, all_reduce_mean
@@ -262,15 +261,15 @@ class Trainer:
         )
 
     def _maybe_resume(self) -> int:
-        latest = self.ckpt.latest()
-        if latest is None:
+        found = self.ckpt.latest_loaded(map_location=self.dist.device)
+        if found is None:
             if self.cfg.resume:
                 log.info("trainer.resume=true but no checkpoint in %s: starting from step 0", self.ckpt.directory)
             return 0
+        latest, payload = found
         if not self.cfg.resume:
             raise ValueError(f"run directory {str(self.run_dir)!r} already holds checkpoints ({latest.name}); "
                              "pass trainer.resume=true to continue it, or choose another run directory")
-        payload = load_checkpoint(latest, map_location=self.dist.device)
         if payload["class"] != self.model.checkpoint_payload()["class"] or payload["config"] != self.model.config:
             raise ValueError(f"checkpoint {str(latest)!r} belongs to a different model ({payload['class']}, config differs); "
                              "resume needs the same model config")

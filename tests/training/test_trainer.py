@@ -40,6 +40,15 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(a[key], b[key])
 
 
+def test_resume_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    _train(tmp_path, max_steps=4)
+    reads, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(getattr(f, "name", str(f))) or real(f, *a, **kw))
+    resumed = Trainer(ToyRegression(), ToyData(), _cfg(resume=True, max_steps=6), tmp_path).fit()
+    assert resumed.resumed_from_step == 4
+    assert [name.rsplit("/", 1)[-1] for name in reads] == ["step_00000004.pt"]
+
+
 def test_existing_run_without_resume_is_refused(tmp_path):
     _train(tmp_path, max_steps=4)
     with pytest.raises(ValueError, match="resume=true"):
