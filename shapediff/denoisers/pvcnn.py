@@ -27,6 +27,13 @@ from the centroid (deterministic and permutation-equivariant, barring exact ties
 draws the start point, which makes the network's output stochastic (two calls on the same
 input differ). Ball query keeps the first K in-radius points in index order (PointNet++/PVD),
 so with more than K points in a ball the output also depends on the point order.
+
+Point-op convention (``point_ops``, see ``shapediff.geometry.point_ops``): "pvd" (the default,
+PVD's layout) reproduces PVD's kernels where the plain definitions leave a choice: FPS ties go to
+the lowest ``k mod 512`` then the lowest k, a stage with more centres than points samples all
+points then repeats point 0 (instead of capping the centre count), the ball radius is squared in
+float32, three-NN ties go to the lowest index. "plain" uses the plain definitions (the small
+presets).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from torch import nn
 
 from shapediff import geometry as _geo
 from shapediff.denoisers.voxel_ops import _avg_voxelize, _normalize_coords, _trilinear_devoxelize
+from shapediff.geometry.point_ops import POINT_OP_CONVENTIONS
 from shapediff.nn import SpatialSelfAttention, SqueezeExcitation, TimestepEmbedder
 
 __all__ = [
@@ -61,6 +69,7 @@ PVD_FP_BLOCKS = (
     ((128, 128, 64), (64, 2, 32)),
 )
 FPS_STARTS = ("first", "farthest", "random")
+POINT_OPS = POINT_OP_CONVENTIONS
 
 
 class SharedMLP(nn.Module):
@@ -115,16 +124,16 @@ class PVConv(nn.Module):
         return _trilinear_devoxelize(grid, grid_coords) + self.point_features(features)
 
 
-def _sample_centres(coords: torch.Tensor, num: int, start: str) -> torch.Tensor:
+def _sample_centres(coords: torch.Tensor, num: int, start: str, convention: str) -> torch.Tensor:
     """FPS indices (B, S) with PVD's start ("first"), a centroid-farthest start, or a random one."""
     if start != "farthest":
-        return _geo.farthest_point_sample(coords, num, start=start)
+        return _geo.farthest_point_sample(coords, num, start=start, convention=convention)
     # Swap the start point into slot 0, run FPS from slot 0, map indices back.
     first = (coords - coords.mean(1, keepdim=True)).square().sum(-1).argmax(1)  # (B,)
     perm = torch.arange(coords.shape[1], device=coords.device).repeat(coords.shape[0], 1)
     rows = torch.arange(coords.shape[0], device=coords.device)
     perm[rows, first], perm[rows, 0] = 0, first
-    idx = _geo.farthest_point_sample(_geo.gather_points(coords, perm), num, start="first")
+    idx = _geo.farthest_point_sample(_geo.gather_points(coords, perm), num, start="first", convention=convention)
     return perm.gather(1, idx)
 
 
@@ -136,18 +145,21 @@ class SetAbstraction(nn.Module):
 
     def __init__(
         self, in_channels: int, out_channels: Sequence[int], num_centers: int, radius: float,
-        num_neighbors: int, fps_start: str = "first",
+        num_neighbors: int, fps_start: str = "first", point_ops: str = "plain",
     ):
         super().__init__()
         self.mlps = nn.ModuleList([SharedMLP(in_channels + 3, out_channels, dim=2)])
         self.num_centers, self.radius, self.num_neighbors, self.fps_start = num_centers, radius, num_neighbors, fps_start
         self.out_channels = self.mlps[0].out_channels
+        self.point_ops = point_ops
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, C, N), coords (B, N, 3) -> (features (B, C_out, S), centres (B, S, 3))."""
-        idx = _sample_centres(coords, min(self.num_centers, coords.shape[1]), self.fps_start)
+        # "plain" caps S at N; PVD samples S centres anyway (all points, then point 0 repeated).
+        num = self.num_centers if self.point_ops == "pvd" else min(self.num_centers, coords.shape[1])
+        idx = _sample_centres(coords, num, self.fps_start, self.point_ops)
         centres = _geo.gather_points(coords, idx)
-        nbr = _geo.ball_query(coords, centres, self.radius, self.num_neighbors)  # (B, S, K)
+        nbr = _geo.ball_query(coords, centres, self.radius, self.num_neighbors, convention=self.point_ops)  # (B, S, K)
         grouped = _geo.gather_points(torch.cat([coords, features.transpose(1, 2)], dim=-1), nbr)  # (B, S, K, 3 + C)
         grouped = torch.cat([grouped[..., :3] - centres[:, :, None], grouped[..., 3:]], dim=-1)
         return self.mlps[0](grouped.permute(0, 3, 1, 2)).amax(dim=-1), centres
@@ -156,16 +168,18 @@ class SetAbstraction(nn.Module):
 class FeaturePropagation(nn.Module):
     """PointNet++ feature propagation: three-NN interpolation to the finer points, skip concat, MLP."""
 
-    def __init__(self, in_channels: int, out_channels: Sequence[int]):
+    def __init__(self, in_channels: int, out_channels: Sequence[int], point_ops: str = "plain"):
         super().__init__()
         self.mlp = SharedMLP(in_channels, out_channels)
         self.out_channels = self.mlp.out_channels
+        self.point_ops = point_ops
 
     def forward(
         self, points: torch.Tensor, centres: torch.Tensor, centre_features: torch.Tensor, skip: torch.Tensor
     ) -> torch.Tensor:
         """points (B, N, 3), centres (B, S, 3), centre_features (B, C, S), skip (B, C', N) -> (B, C_out, N)."""
-        f = _geo.three_nn_interpolate(points, centres, centre_features.transpose(1, 2)).transpose(1, 2)
+        f = _geo.three_nn_interpolate(points, centres, centre_features.transpose(1, 2), convention=self.point_ops)
+        f = f.transpose(1, 2)
         return self.mlp(torch.cat([f, skip], dim=1) if skip.shape[1] else f)
 
 
@@ -205,7 +219,7 @@ def _parse_fp(blocks) -> list[tuple]:
     return out
 
 
-def _build_sa(sa, c, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_start):
+def _build_sa(sa, c, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_start, point_ops):
     """SA stages -> (modules, input channels of each stage (the FP skips), output channels)."""
     stages, skip_channels = [], []
     for i, (conv, (num_centres, radius, k, widths)) in enumerate(sa):
@@ -217,17 +231,17 @@ def _build_sa(sa, c, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_star
                 mods.append(pvconv(c + (extra if p == 0 else 0), int(w * oc), res, use_attention and i % 2 == 1 and p == 0))
                 c = int(w * oc)
             extra = 0  # the time embedding entered through the first PVConv
-        mods.append(SetAbstraction(c + extra, [int(w * x) for x in widths], num_centres, radius, k, fps_start))
+        mods.append(SetAbstraction(c + extra, [int(w * x) for x in widths], num_centres, radius, k, fps_start, point_ops))
         c = mods[-1].out_channels
         stages.append(_stage(mods))
     return stages, skip_channels, c
 
 
-def _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, fp_attention):
+def _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, fp_attention, point_ops):
     """FP stages -> (modules, output channels)."""
     stages = []
     for j, (widths, conv) in enumerate(fp):
-        mods = [FeaturePropagation(c + skip_channels[-1 - j] + embed_dim, [int(w * x) for x in widths])]
+        mods = [FeaturePropagation(c + skip_channels[-1 - j] + embed_dim, [int(w * x) for x in widths], point_ops)]
         c = mods[0].out_channels
         if conv is not None:
             oc, nb, res = conv
@@ -258,6 +272,8 @@ class PVCNN2(nn.Module):
         se_after_attention: keep squeeze-excitation after a voxel-attention block (PVD
             generation: True; PVD completion: False).
         fps_start: "first" (PVD), "farthest" (permutation-equivariant) or "random" (stochastic).
+        point_ops: "pvd" (PVD's kernels' tie rules, short clouds and float32 radius) or "plain"
+            (module docstring).
     """
 
     def __init__(
@@ -266,29 +282,31 @@ class PVCNN2(nn.Module):
         use_attention: bool = True, dropout: float = 0.1, head_dropout: float = 0.1, head_channels: int = 128,
         width_multiplier: float = 1.0, voxel_resolution_multiplier: float = 1.0,
         pvd_sa_quirk: bool = True, fp_attention: bool = False, se_after_attention: bool = True,
-        fps_start: str = "first",
+        fps_start: str = "first", point_ops: str = "pvd",
     ):
         super().__init__()
         if in_channels < 3:
             raise ValueError(f"in_channels: expected >= 3 (xyz first), got {in_channels}")
         if fps_start not in FPS_STARTS:
             raise ValueError(f"fps_start: expected one of {FPS_STARTS}, got {fps_start!r}")
+        if point_ops not in POINT_OPS:
+            raise ValueError(f"point_ops: expected one of {POINT_OPS}, got {point_ops!r}")
         sa, fp = _parse_sa(sa_blocks), _parse_fp(fp_blocks)
         if not sa or len(fp) != len(sa):
             raise ValueError(f"fp_blocks: expected as many stages as sa_blocks ({len(sa)}), got {len(fp)}")
         self.in_channels, self.out_channels, self.embed_dim = in_channels, out_channels, embed_dim
-        self.fps_start = fps_start
+        self.fps_start, self.point_ops = fps_start, point_ops
         w, vr = width_multiplier, voxel_resolution_multiplier
 
         def pvconv(cin: int, cout: int, res: int, attention: bool) -> PVConv:
             return PVConv(cin, cout, int(vr * res), attention=attention, dropout=dropout,
                           with_se=se_after_attention or not attention)
 
-        sa_layers, skip_channels, c = _build_sa(sa, in_channels, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_start)
+        sa_layers, skip_channels, c = _build_sa(sa, in_channels, embed_dim, w, pvconv, use_attention, pvd_sa_quirk, fps_start, point_ops)
         self.sa_layers = nn.ModuleList(sa_layers)
         self.global_att = SpatialSelfAttention(c, dims=1) if use_attention else None
         skip_channels[0] = in_channels - 3  # the last FP stage sees only the extra input features
-        fp_layers, c = _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, use_attention and fp_attention)
+        fp_layers, c = _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, use_attention and fp_attention, point_ops)
         self.fp_layers = nn.ModuleList(fp_layers)
         hc = int(w * head_channels)
         self.classifier = nn.Sequential(SharedMLP(c, hc), nn.Dropout(head_dropout), nn.Conv1d(hc, out_channels, 1))

@@ -2,6 +2,31 @@
 
 Semantics follow the CUDA kernels of PointNet++ (Qi et al. 2017) as used by PVCNN and PVD, so that
 networks ported from them behave the same.
+
+Two conventions (``convention=``), equal on generic inputs, differing only where the definitions
+leave a choice:
+
+=================  =======================================  =========================================
+                   ``"plain"`` (default)                    ``"pvd"`` (PVD's kernels, exactly)
+=================  =======================================  =========================================
+FPS ties           lowest index                             lowest ``k mod 512``, then lowest ``k``
+                                                            (PVD's 512-thread block: each thread keeps
+                                                            its first maximum, the tree reduction keeps
+                                                            the lower thread; sampling.cu)
+FPS, S > N         ValueError                               allowed: all points, then point 0 repeated
+                                                            (every distance is 0, the tie rule picks 0)
+ball radius^2      ``radius * radius`` in float64, compared ``float32(radius)**2`` rounded in float32
+                   in the points' dtype                     (ball_query.cpp takes a float radius)
+three-NN ties      any order (``knn_points``)               by (distance, index) as PVD's insertion
+                                                            with strict ``<``; fewer than 3 centres pad
+                                                            with index 0 at distance 1e10; weights
+                                                            ``d1 d2 / (d0 d1 + d0 d2 + d1 d2)`` with d
+                                                            clamped to [1e-10, 1e10]
+=================  =======================================  =========================================
+
+Squared distances are summed as ``dx*dx + dy*dy + dz*dz`` in both conventions (the kernels' order).
+On CUDA tensors the ops dispatch to Triton kernels (``shapediff.geometry.triton``) when Triton
+imports; these functions stay the CPU path and the reference.
 """
 
 from __future__ import annotations
@@ -13,6 +38,27 @@ import torch
 from shapediff.geometry.knn import DEFAULT_BLOCK_ELEMENTS, knn_points
 from shapediff.geometry.validation import check_points, check_positive_int, check_same_batch
 
+PointOpConvention = Literal["plain", "pvd"]
+POINT_OP_CONVENTIONS = ("plain", "pvd")
+PVD_FPS_THREADS = 512  # threads per block of PVD's FPS kernel: the tie rule's modulus
+
+
+def _check_convention(convention: object) -> None:
+    if convention not in POINT_OP_CONVENTIONS:
+        raise ValueError(f"convention: expected one of {POINT_OP_CONVENTIONS}, got {convention!r}")
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances between broadcast (..., 3) tensors, summed in the kernels' order."""
+    d = a - b
+    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
+
+
+def pvd_fps_order(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """(N,) point indices sorted by PVD's FPS tie rule: by ``k mod 512``, then by ``k``."""
+    k = torch.arange(n, device=device)
+    return torch.argsort((k % PVD_FPS_THREADS) * n + k)
+
 
 def farthest_point_sample(
     points: torch.Tensor,
@@ -20,40 +66,57 @@ def farthest_point_sample(
     *,
     start: Literal["random", "first"] = "random",
     generator: torch.Generator | None = None,
+    convention: PointOpConvention = "plain",
 ) -> torch.Tensor:
     """Farthest point sampling: greedily pick the point farthest from those already picked.
 
     Args:
         points: (B, N, 3) clouds.
-        num_samples: S, 1 <= S <= N.
+        num_samples: S >= 1; S <= N unless ``convention="pvd"``.
         start: "first" starts at index 0 (PointNet++ / PVCNN kernels); "random" draws the first
             index per cloud from ``generator``.
         generator: torch.Generator on ``points``' device for ``start="random"`` (None: a fresh
             unseeded draw from the global generator).
+        convention: "plain" (ties in the farthest distance go to the lowest index) or "pvd"
+            (PVD's kernel: ties go to the lowest ``k mod 512``, then the lowest k; S > N gives all
+            points, then point 0 repeated). See the module docstring.
 
     Returns:
         idx: (B, S) long indices into N; distinct as long as the cloud has S distinct points.
-        Ties in the farthest distance go to the lowest index.
     """
     check_points(points, "points")
     check_positive_int(num_samples, "num_samples")
+    _check_convention(convention)
     b, n, _ = points.shape
-    if num_samples > n:
+    if num_samples > n and convention == "plain":
         raise ValueError(f"num_samples: expected at most N={n}, got {num_samples}")
     if start not in ("random", "first"):
         raise ValueError(f"start: expected 'random' or 'first', got {start!r}")
     pts = points.detach()
-    idx = torch.empty(b, num_samples, dtype=torch.long, device=pts.device)
     if start == "first":
-        idx[:, 0] = 0
+        first = torch.zeros(b, dtype=torch.long, device=pts.device)
     else:
-        idx[:, 0] = torch.randint(n, (b,), generator=generator, device=pts.device)
+        first = torch.randint(n, (b,), generator=generator, device=pts.device)
+    if convention == "plain":
+        return _fps(pts, first, num_samples)
+    # PVD's order is plain FPS (argmax keeps the first maximum) on the cloud listed in tie order.
+    order = pvd_fps_order(n, pts.device)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=pts.device)
+    return order[_fps(pts[:, order], rank[first], num_samples)]
+
+
+def _fps(pts: torch.Tensor, first: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """FPS indices (B, S) from start indices (B,); ties to the lowest index."""
+    b, n, _ = pts.shape
+    idx = torch.empty(b, num_samples, dtype=torch.long, device=pts.device)
+    idx[:, 0] = first
     min_d = torch.full((b, n), float("inf"), dtype=pts.dtype, device=pts.device)
     rows = torch.arange(b, device=pts.device)
     for s in range(1, num_samples):
         last = pts[rows, idx[:, s - 1]]  # (B, 3)
-        min_d = torch.minimum(min_d, (pts - last[:, None, :]).square().sum(-1))
-        idx[:, s] = min_d.argmax(dim=1)
+        min_d = torch.minimum(min_d, _sq_dist(pts, last[:, None, :]))
+        idx[:, s] = min_d.argmax(dim=1)  # first maximum
     return idx
 
 
@@ -64,6 +127,7 @@ def ball_query(
     k: int,
     *,
     max_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    convention: PointOpConvention = "plain",
 ) -> torch.Tensor:
     """Indices of up to K points within ``radius`` of each centre (PointNet++ semantics).
 
@@ -77,6 +141,8 @@ def ball_query(
         points: (B, N, 3) clouds; centers: (B, S, 3); radius > 0; k: K >= 1.
         max_block_elements: bound on the (B, S', N, 3) difference block computed at once (at
             least one centre per chunk).
+        convention: "plain" squares the radius in float64; "pvd" squares ``float32(radius)`` in
+            float32 as PVD's ball_query.cpp (the two thresholds can be 1 ulp apart).
 
     Returns:
         idx: (B, S, K) long indices into N.
@@ -85,18 +151,20 @@ def ball_query(
     check_points(centers, "centers")
     check_same_batch(points, centers, "points", "centers")
     check_positive_int(k, "k")
+    _check_convention(convention)
     if not isinstance(radius, (int, float)) or not radius > 0 or radius == float("inf"):
         raise ValueError(f"radius: expected a finite number > 0, got {radius!r}")
     b, n, _ = points.shape
     s = centers.shape[1]
     kk = min(k, n)
+    r2 = ball_radius_squared(radius, convention, points.dtype)
     out = torch.empty(b, s, k, dtype=torch.long, device=points.device)
     arange = torch.arange(n, device=points.device)
     rows = max(1, max_block_elements // (3 * b * n))
     for r in range(0, s, rows):
         c = centers[:, r : r + rows].detach()
-        d2 = (c.unsqueeze(2) - points.detach().unsqueeze(1)).square().sum(-1)  # (B, S', N)
-        cand = torch.where(d2 < radius * radius, arange, n)  # index if inside, else sentinel n
+        d2 = _sq_dist(c.unsqueeze(2), points.detach().unsqueeze(1))  # (B, S', N)
+        cand = torch.where(d2 < r2, arange, n)  # index if inside, else sentinel n
         first = cand.topk(kk, dim=-1, largest=False, sorted=True).values
         if kk < k:
             first = torch.cat([first, first.new_full((*first.shape[:2], k - kk), n)], dim=-1)
@@ -104,6 +172,14 @@ def ball_query(
         head = torch.where(head == n, 0, head)  # empty ball -> 0
         out[:, r : r + rows] = torch.where(first == n, head, first)
     return out
+
+
+def ball_radius_squared(radius: float, convention: PointOpConvention, dtype: torch.dtype) -> float:
+    """The squared-radius threshold, as a Python float exactly representable in ``dtype``."""
+    if convention == "pvd":
+        r = torch.tensor(radius, dtype=torch.float32)
+        return float(r * r)  # a float32 product, exact in float64 too
+    return float(torch.tensor(radius * radius, dtype=dtype))
 
 
 def gather_points(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -135,6 +211,8 @@ def three_nn_interpolate(
     known_features: torch.Tensor,
     *,
     squared: bool = True,
+    convention: PointOpConvention = "plain",
+    max_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> torch.Tensor:
     """Inverse-distance-weighted interpolation from the 3 nearest known points (PointNet++ FP).
 
@@ -142,9 +220,12 @@ def three_nn_interpolate(
     (fewer when S < 3). With ``squared=True`` (default) ``w = 1 / max(d^2, 1e-10)``, as the original
     PointNet++ TF op and PVCNN's kernel (used by PVD); with ``squared=False`` ``w = 1 / (d + 1e-8)``
     with Euclidean d, as the widely used PyTorch port (erikwijmans/Pointnet2_PyTorch).
+    ``convention="pvd"`` (squared weights only) orders tied neighbours by index and pads S < 3 as
+    PVD's kernel does (module docstring).
 
     Args:
         unknown: (B, N, 3) points to interpolate at; known: (B, S, 3); known_features: (B, S, C).
+        max_block_elements: "pvd" only: bound on the (B, N', S) distance block computed at once.
 
     Returns:
         (B, N, C), differentiable with respect to ``known_features`` (and the coordinates).
@@ -153,11 +234,47 @@ def three_nn_interpolate(
     check_points(known, "known")
     check_points(known_features, "known_features", dim=None)
     check_same_batch(unknown, known, "unknown", "known")
+    _check_convention(convention)
     if known_features.shape[:2] != known.shape[:2]:
         raise ValueError(
             f"known_features: expected shape ({known.shape[0]}, {known.shape[1]}, C), got {tuple(known_features.shape)}"
         )
-    d2, idx = knn_points(unknown, known, min(3, known.shape[1]))
-    w = 1.0 / d2.clamp_min(1e-10) if squared else 1.0 / (d2.clamp_min(1e-16).sqrt() + 1e-8)
-    w = w / w.sum(dim=-1, keepdim=True)
+    if convention == "pvd":
+        if not squared:
+            raise ValueError("squared: convention='pvd' uses squared-distance weights; got squared=False")
+        idx, w = pvd_three_nn(unknown, known, max_block_elements)
+    else:
+        d2, idx = knn_points(unknown, known, min(3, known.shape[1]))
+        w = 1.0 / d2.clamp_min(1e-10) if squared else 1.0 / (d2.clamp_min(1e-16).sqrt() + 1e-8)
+        w = w / w.sum(dim=-1, keepdim=True)
     return (gather_points(known_features, idx) * w.unsqueeze(-1)).sum(dim=2)
+
+
+def pvd_three_nn(
+    unknown: torch.Tensor, known: torch.Tensor, max_block_elements: int = DEFAULT_BLOCK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PVD's three nearest neighbours and weights: (idx (B, N, 3) long, w (B, N, 3)).
+
+    Neighbours ordered by (squared distance, index); with S < 3 the missing slots hold index 0 at
+    distance 1e10. Weights ``w0 = d1 d2 / (d0 d1 + d0 d2 + d1 d2)`` (and cyclically), d clamped to
+    [1e-10, 1e10]; differentiable with respect to the coordinates.
+    """
+    b, n, _ = unknown.shape
+    s = known.shape[1]
+    idx = torch.zeros(b, n, 3, dtype=torch.long, device=unknown.device)
+    rows = max(1, max_block_elements // max(1, b * s))
+    for r in range(0, n, rows):
+        d = _sq_dist(unknown[:, r : r + rows, None].detach(), known[:, None].detach())  # (B, N', S)
+        for j in range(min(3, s)):
+            pick = d.argmin(dim=-1)  # first minimum: the lowest index among ties
+            idx[:, r : r + rows, j] = pick
+            d.scatter_(-1, pick[..., None], float("inf"))
+    picked = torch.gather(known, 1, idx.reshape(b, n * 3, 1).expand(-1, -1, 3)).reshape(b, n, 3, 3)
+    d = _sq_dist(unknown[:, :, None], picked)
+    if s < 3:
+        d = torch.where(torch.arange(3, device=d.device) < s, d, torch.full_like(d, 1e10))
+    d = d.clamp(1e-10, 1e10)
+    d0, d1, d2 = d.unbind(-1)
+    d0d1, d0d2, d1d2 = d0 * d1, d0 * d2, d1 * d2
+    inv = 1.0 / (d0d1 + d0d2 + d1d2)
+    return idx, torch.stack([d1d2 * inv, d0d2 * inv, d0d1 * inv], dim=-1)

@@ -309,3 +309,17 @@ def test_cuda_matches_cpu():
         assert torch.allclose(net(x, t), net.cuda()(x.cuda(), t.cuda()).cpu(), atol=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_point_ops_pvd_samples_more_centres_than_points():
+    """PVD's layout keeps S centres when N < S (all points, then point 0); "plain" caps S at N."""
+    torch.manual_seed(0)
+    x, t = torch.rand(1, 12, 3), torch.tensor([3])
+    sizes = {}
+    for mode in ("pvd", "plain"):
+        net = PVCNN2(point_ops=mode, **TINY).eval()
+        net.sa_layers[0][-1].register_forward_hook(lambda m, i, o, mode=mode: sizes.__setitem__(mode, o[1].shape[1]))
+        assert net(x, t).shape == (1, 12, 3)
+    assert sizes == {"pvd": 16, "plain": 12}
+    with pytest.raises(ValueError, match="point_ops: expected one of"):
+        PVCNN2(point_ops="cuda", **TINY)
