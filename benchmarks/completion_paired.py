@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from shapediff.geometry.knn import knn_points  # noqa: PLC0415
     from shapediff.models import load_model  # noqa: PLC0415
     from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
-    from shapediff.models.completion import baseline_retrieval, held_out_scans, shape_bank  # noqa: PLC0415
+    from shapediff.evaluation import baseline_retrieval, held_out_scans, shape_bank  # noqa: PLC0415
     from shapediff.training.experiment import build_dataset  # noqa: PLC0415
 
     run_config = load_checkpoint(args.checkpoint)["run_config"]

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.models import load_model
-from shapediff.models.completion import METHODS, parse_clip_x0, save_completions
+from shapediff.evaluation import save_completions
+from shapediff.models.completion import METHODS, parse_clip_x0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,7 +59,7 @@ def _bank(path: Path | None, checkpoint: Path):
     import torch  # noqa: PLC0415
 
     from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
-    from shapediff.models.completion import shape_bank  # noqa: PLC0415
+    from shapediff.evaluation import shape_bank  # noqa: PLC0415
     from shapediff.training.experiment import build_dataset  # noqa: PLC0415
 
     if path is not None:

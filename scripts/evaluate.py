@@ -20,7 +20,7 @@ from shapediff.config import instantiate
 from shapediff.models import load_model
 from shapediff.models.checkpoint import load_checkpoint
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
-from shapediff.training.outputs import evaluate_generation
+from shapediff.evaluation import evaluate_generation, generation_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,16 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def markdown_table(metrics: dict, names: list[str]) -> str:
-    """The PointFlow table: MMD (x1e3 for CD, x1e2 for EMD, as papers print them), COV % and 1-NNA %."""
-    rows = ["| metric | MMD | COV (%) | 1-NNA (%) |", "|---|---:|---:|---:|"]
-    for name in names:
-        key, scale = name.upper(), {"cd": 1e3, "emd": 1e2}[name]
-        rows.append(f"| {key} | {metrics[f'MMD-{key}'] * scale:.3f} (x{scale:g}) | {100 * metrics[f'COV-{key}']:.1f} "
-                    f"| {100 * metrics[f'1-NNA-{key}']:.1f} |")
-    return "\n".join(rows)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -56,7 +46,7 @@ def main(argv=None) -> int:
         if not run_config or "data" not in run_config:
             raise ValueError(f"checkpoint {str(args.checkpoint)!r}: holds no run config with a 'data' node "
                              "(it was not written by scripts/train.py); evaluate from Python with "
-                             "shapediff.training.outputs.evaluate_generation")
+                             "shapediff.evaluation.evaluate_generation")
         data_cfg = dict(run_config["data"])
         if args.data_root is not None:
             data_cfg["root"] = args.data_root
@@ -68,7 +58,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
-    table = markdown_table(metrics, args.metrics)
+    table = generation_table(metrics, args.metrics)
     if args.out:
         write_json_atomic(metrics, args.out)
         write_text_atomic(args.out.with_suffix(".md"), table + "\n")

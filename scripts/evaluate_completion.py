@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from shapediff.models import load_model  # noqa: PLC0415
     from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
-    from shapediff.models.completion import (completion_table, evaluate_completion, held_out_scans,  # noqa: PLC0415
-                                             shape_bank, summarise_seeds)
+    from shapediff.evaluation import (completion_table, evaluate_completion, held_out_scans,  # noqa: PLC0415
+                                      shape_bank, summarise_seeds)
     from shapediff.training.experiment import build_dataset  # noqa: PLC0415
 
     seeds = args.seeds or [args.seed]

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         model = load_model(args.checkpoint, device=args.device)
         start = time.perf_counter()
         samples = model.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                               class_label=args.class_label, guidance_scale=args.guidance_scale, progress=True).cpu()
+                               class_label=args.class_label, guidance_scale=args.guidance_scale, progress=True).points.cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR

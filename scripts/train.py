@@ -8,8 +8,10 @@
 Writes into run_dir (runs/<name>): checkpoints/, samples/*.ply, meshes/*.obj, samples.pt,
 metrics.json, preview.png, train_log.jsonl, tb/ (TensorBoard).
 
-Exit status (shapediff.cli): 0 done; 1 training diverged; 2 a config or file error (an unknown key, a
-key left at '???' such as data.root, a missing data folder, a full disk), Hydra's own included.
+Exit status (shapediff.cli): 0 done; 1 training diverged, or it finished but an end-of-run output (samples,
+a mesh, metrics.json, preview.png) could not be made (named on stderr; the checkpoints and every other output
+are written); 2 a config or file error (an unknown key, a key left at '???' such as data.root, a missing data
+folder, a full disk), Hydra's own included.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR)
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("output_errors"):
+        for name, message in summary["output_errors"].items():
+            print(f"error: {name} not written: {message}", file=sys.stderr)
+        print(f"error: training finished (checkpoint {summary.get('checkpoint')}), but {len(summary['output_errors'])} "
+              "end-of-run output(s) could not be made; the others are written", file=sys.stderr)
+        sys.exit(RUNTIME_FAILURE)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 import torch
 
 from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES, KnownValues
-from shapediff.diffusion.samplers import (DEFAULT_SPACING, DEFAULT_STEPS, SAMPLERS, SPACINGS, Prediction,
-                                          make_step_schedule)
+from shapediff.diffusion.guidance import clamp_x0, classifier_free
+from shapediff.diffusion.samplers import REGISTRY, SPACINGS, Prediction, check_sampler_options, make_step_schedule
 from shapediff.diffusion.schedules import make_beta_schedule, posterior_coefficients
 
 __all__ = ["GaussianDiffusion", "Posterior", "PREDICTIONS", "POSTERIOR_VARIANCES"]
@@ -40,16 +40,6 @@ def _split_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha, 
     if prediction == "x0":
         return Prediction(out, (x_t - alpha * out) / sigma)
     return Prediction(alpha * x_t - sigma * out, sigma * x_t + alpha * out)  # v
-
-
-def _guided_call(model: Callable, x: torch.Tensor, t: torch.Tensor, cond: Any, scale: float | None) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022): uncond + scale * (cond - uncond); plain call otherwise."""
-    if scale is None or cond is None or scale == 1.0:
-        return model(x, t, cond)
-    uncond = model(x, t, None)
-    if scale == 0.0:
-        return uncond
-    return uncond + scale * (model(x, t, cond) - uncond)
 
 
 def _check_tensor(name: str, value: Any) -> torch.Tensor:
@@ -290,16 +280,17 @@ class GaussianDiffusion:
                seed: int | None = None, generator: torch.Generator | None = None,
                device: str | torch.device | None = None, known: torch.Tensor | None = None,
                mask: torch.Tensor | None = None, cond: Any = None, guidance_scale: float | None = None,
-               eta: float = 0.0, resample_jumps: int = 1, progress: bool = False, keep_known: str = "clean",
+               resample_jumps: int = 1, progress: bool = False, keep_known: str = "clean",
                spacing: str | None = None, dtype: torch.dtype | None = None,
-               noise: torch.Tensor | None = None, clip_x0: float | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, clip_x0: float | None = None,
+               callback: Callable[[dict], None] | None = None, **sampler_options: Any) -> torch.Tensor:
         """Draw samples of ``shape`` (B, ...) by running ``sampler`` from pure noise; no gradients.
 
         Args:
             model: denoiser ``model(x_t, t (B,) long, cond)``; its train/eval mode is left as it is.
-            sampler: a key of ``SAMPLERS``: "ddpm", "ddim", "dpmpp_2m" (default), "euler", "heun".
-            steps: number of model timesteps, 1..T; None = T for "ddpm", 50 "ddim", 20 "dpmpp_2m",
-                50 "euler", 25 "heun" (Heun calls the model twice per step).
+            sampler: a key of ``samplers.REGISTRY``: "ddpm", "ddim", "dpmpp_2m" (default), "euler", "heun".
+            steps: number of model timesteps, 1..T; None = the sampler's default (``REGISTRY[name].default_steps``:
+                T for "ddpm", 50 "ddim", 20 "dpmpp_2m", 50 "euler", 25 "heun").
             seed / generator: randomness (one of them, or neither for a fresh random seed).
             device: where to sample; None = known's device, else the model's parameters', else CPU.
             known, mask: hold entries where ``mask`` (bool, broadcastable to shape) is True at ``known``
@@ -308,22 +299,24 @@ class GaussianDiffusion:
                 or "noised" (RePaint: known entries noised to the current level, for models trained without masks).
             cond, guidance_scale: conditioning passed to the model; with both given, classifier-free
                 guidance ``model(x, t, None) + s * (model(x, t, cond) - model(x, t, None))``.
-            eta: DDIM stochasticity (0 = deterministic). resample_jumps: RePaint repeats of each step
-                (needs keep_known="noised" and known/mask).
+            resample_jumps: RePaint repeats of each step (needs keep_known="noised" and known/mask).
             spacing: "uniform" (in t), "logsnr" or "karras"; None = the sampler's default
                 ("logsnr" for dpmpp_2m, "karras" for euler/heun, "uniform" else).
             dtype: sample dtype; None = noise's or known's dtype, else float32.
             noise: the starting x at the first step's level (``shape``); None = drawn from the generator.
                 Deterministic samplers are then a fixed map of it (e.g. for interpolation).
             clip_x0: clamp every x0 prediction to [-clip_x0, clip_x0] and re-derive eps from it
-                (DDPM's "clip_denoised"). At high noise an eps-model's x0 = (x_t - sigma eps) / alpha
-                multiplies eps errors by up to 1/alpha (~160 for the linear schedule's last step);
-                deterministic data-prediction solvers (DDIM, DPM-Solver++) carry that error to the end.
+                (:func:`shapediff.diffusion.guidance.clamp_x0`, DDPM's "clip_denoised").
+            callback: called after every step with ``{"x", "i", "t", "denoised"}`` (x after step i, its index,
+                the model timestep, the last x0 estimate), e.g. to store a trajectory.
+            **sampler_options: the sampler's own options (``REGISTRY[sampler].options``; DDIM: ``eta``, its
+                stochasticity, 0 = deterministic). A key the sampler does not declare is a ValueError.
         Returns:
             (B, ...) tensor of ``shape`` on ``device``.
         """
         shape = self._check_shape(shape)
         sampler_fn = self._check_sampler(sampler, spacing, keep_known)
+        options = {**REGISTRY[sampler].options, **check_sampler_options(sampler, sampler_options)}
         steps = self._check_steps(sampler, steps)
         device = self._pick_device(model, known, device)
         dtype = dtype or next((v.dtype for v in (noise, known) if isinstance(v, torch.Tensor) and v.is_floating_point()),
@@ -333,21 +326,26 @@ class GaussianDiffusion:
             if tuple(noise.shape) != shape:
                 raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
         known, mask = self._check_known(known, mask, shape, device, dtype)
-        self._check_options(eta, resample_jumps, keep_known, known, guidance_scale)
+        self._check_options(options.get("eta", 0.0), resample_jumps, keep_known, known, guidance_scale)
         if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and clip_x0 > 0 and math.isfinite(clip_x0)):
             raise ValueError(f"clip_x0: expected None or a positive finite number, got {clip_x0!r}")
         generator = self._make_generator(seed, generator, device)
-        schedule = make_step_schedule(self.alphas_cumprod, steps, spacing or DEFAULT_SPACING[sampler],
+        schedule = make_step_schedule(self.alphas_cumprod, steps, spacing or REGISTRY[sampler].default_spacing,
                                       self.posterior_variance_type)
         hold = KnownValues(known, mask, schedule.alpha_bar, keep_known, resample_jumps)
         denoise = self._denoiser(model, schedule, cond, guidance_scale, shape[0], device, clip_x0)
+        if callback is not None:
+            denoise, callback = _with_denoised(denoise, callback)
+        if "eta" in options:
+            options["eta"] = float(options["eta"])
         with torch.no_grad():
             if noise is None:
                 x = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
             else:
                 x = noise.to(device=device, dtype=dtype)
             x = hold(x, 0, generator)
-            x = sampler_fn(denoise, x, schedule, generator=generator, hold=hold, eta=float(eta), progress=progress)
+            x = sampler_fn(denoise, x, schedule, generator=generator, hold=hold, progress=progress, callback=callback,
+                           **options)
             if known is not None:
                 x = torch.where(mask, known, x)
         return x
@@ -358,17 +356,14 @@ class GaussianDiffusion:
         t_all = schedule.t.to(device)
 
         def denoise(x: torch.Tensor, i: int) -> Prediction:
-            out = _guided_call(model, x, t_all[i].expand(batch), cond, guidance_scale)
+            out = classifier_free(model, x, t_all[i].expand(batch), cond, guidance_scale)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"model: expected an output shaped like x_t {tuple(x.shape)}, got {got}")
             abar = float(schedule.alpha_bar[i])
             alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
             pred = _split_output(self.prediction, out.to(x.dtype), x, alpha, sigma)
-            if clip_x0 is None:
-                return pred
-            x0 = pred[0].clamp(-clip_x0, clip_x0)
-            return Prediction(x0, (x - alpha * x0) / sigma)
+            return pred if clip_x0 is None else clamp_x0(pred, x, alpha, sigma, clip_x0)
         return denoise
 
     # ---------------------------------------------------------------------------- validation
@@ -383,17 +378,17 @@ class GaussianDiffusion:
 
     @staticmethod
     def _check_sampler(sampler: Any, spacing: str | None, keep_known: str) -> Callable:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
+        if sampler not in REGISTRY:
+            raise ValueError(f"sampler: expected one of {sorted(REGISTRY)}, got {sampler!r}")
         if spacing is not None and spacing not in SPACINGS:
             raise ValueError(f"spacing: expected one of {sorted(SPACINGS)} or None, got {spacing!r}")
         if keep_known not in KEEP_KNOWN_MODES:
             raise ValueError(f"keep_known: expected one of {KEEP_KNOWN_MODES}, got {keep_known!r}")
-        return SAMPLERS[sampler]
+        return REGISTRY[sampler].fn
 
     def _check_steps(self, sampler: str, steps: Any) -> int:
         if steps is None:
-            steps = DEFAULT_STEPS[sampler] or self.num_timesteps
+            steps = REGISTRY[sampler].default_steps or self.num_timesteps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps: expected an int in [1, {self.num_timesteps}] (T) or None, got {steps!r}")
         return min(steps, self.num_timesteps)
@@ -463,3 +458,15 @@ class GaussianDiffusion:
         else:
             gen.manual_seed(seed)
         return gen
+
+
+def _with_denoised(denoise: Callable, callback: Callable[[dict], None]) -> tuple[Callable, Callable[[dict], None]]:
+    """``denoise`` that remembers its last x0 and a callback that adds it to the sampler's info as "denoised"."""
+    last: dict[str, torch.Tensor] = {}
+
+    def remembering(x: torch.Tensor, i: int) -> Prediction:
+        pred = denoise(x, i)
+        last["denoised"] = pred.x0
+        return pred
+
+    return remembering, lambda info: callback({**info, "denoised": last.get("denoised")})

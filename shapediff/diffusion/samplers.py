@@ -1,13 +1,21 @@
 """Samplers: small pure functions with one signature, and a registry (k-diffusion style).
 
-Every sampler is ``fn(denoise, x, steps, *, generator, hold, eta, progress) -> x_0`` where
+Every sampler is ``fn(denoise, x, steps, *, generator, hold, progress, callback, **options) -> x_0`` where
 
 - ``denoise(x, i) -> Prediction(x0, eps)`` evaluates the (guided) model at step i of ``steps``;
 - ``x``: the starting noise (B, ...) at level ``steps.alpha_bar[0]``;
 - ``steps``: a :class:`StepSchedule`, the model timesteps ``t`` (S,) long, descending, and
   ``alpha_bar`` (S+1,) float64 with ``alpha_bar[i] = alphas_cumprod[t[i]]`` and ``alpha_bar[S] = 1``;
 - ``hold``: a :class:`~shapediff.diffusion.inpainting.KnownValues` applied after every step;
-- ``eta``: stochasticity where the sampler has one (DDIM), ignored elsewhere.
+- ``callback``: None or ``callback(info)`` after every step, ``info = {"x": x after step i, "i": i,
+  "t": model timestep of step i, "denoised": the last x0 estimate}`` (k-diffusion's habit: watch or
+  store a trajectory without a code change);
+- ``options``: the sampler's own keywords, declared in its :class:`SamplerSpec` (DDIM: ``eta``).
+
+``REGISTRY`` holds one :class:`SamplerSpec` per sampler: the function, its default steps and spacing
+and the options it accepts; :func:`check_sampler_options` is the one place that says which keyword
+reaches which sampler (unknown keys are errors, never silently dropped). Adding a sampler is one
+function and one ``REGISTRY`` entry.
 
 Notation (Lu et al. 2022): alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t).
 Coefficients are computed from the float64 tables as Python floats, so x keeps its dtype.
@@ -25,8 +33,8 @@ rho = 7 spacing as in k-diffusion (pass spacing="logsnr" for the cosine schedule
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -35,8 +43,9 @@ from shapediff.diffusion._noise import randn_like
 from shapediff.diffusion.inpainting import KnownValues
 from shapediff.diffusion.schedules import posterior_coefficients
 
-__all__ = ["Prediction", "StepSchedule", "SAMPLERS", "DEFAULT_STEPS", "DEFAULT_SPACING", "SPACINGS",
-           "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_heun"]
+__all__ = ["Prediction", "StepSchedule", "SamplerSpec", "REGISTRY", "SAMPLERS", "SPACINGS", "COMMON_OPTIONS",
+           "check_sampler_options", "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
+           "sample_euler", "sample_heun"]
 
 
 class Prediction(NamedTuple):
@@ -53,6 +62,7 @@ class StepSchedule(NamedTuple):
 
 
 Denoise = Callable[[torch.Tensor, int], Prediction]
+Callback = Callable[[dict], None]
 
 
 # ----------------------------------------------------------------------------------------- spacing
@@ -109,7 +119,7 @@ def make_step_schedule(alphas_cumprod: torch.Tensor, steps: int, spacing: str = 
 
 # ------------------------------------------------------------------------------------------- loop
 def _run(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: KnownValues,
-         generator: torch.Generator, progress: bool) -> torch.Tensor:
+         generator: torch.Generator, progress: bool, callback: Callback | None = None) -> torch.Tensor:
     """Apply ``step(x, i, carry) -> (x_next, carry)`` for i = 0..S-1, holding known entries after each.
 
     With ``hold.jumps > 1`` each step is repeated after re-noising its result back to level i (RePaint);
@@ -124,16 +134,18 @@ def _run(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: KnownValues
             x_next, new_carry = step(x, i, carry if r == 0 else None)
             x_next = hold(x_next, i + 1, generator)
         x, carry = x_next, new_carry
+        if callback is not None:
+            callback({"x": x, "i": i, "t": int(steps.t[i])})
     return x
 
 
 # --------------------------------------------------------------------------------------- samplers
 def sample_ddpm(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+                hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Alg. 2): x_s ~ N(posterior mean(x0_hat, x_t), variance).
 
     Variance "fixedsmall" is the posterior's beta~; "fixedlarge" is beta_{t|s} (= beta_t on the full
-    schedule). On a subsequence of timesteps this is improved-DDPM's respacing. ``eta`` is unused.
+    schedule). On a subsequence of timesteps this is improved-DDPM's respacing.
     """
     def step(x, i, carry):
         a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
@@ -144,11 +156,12 @@ def sample_ddpm(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
         if a_s == 1.0:  # last step: no noise (DDPM returns the mean at t = 0)
             return mean, None
         return mean + math.sqrt(var) * randn_like(x, generator), None
-    return _run(step, x, steps, hold, generator, progress)
+    return _run(step, x, steps, hold, generator, progress, callback)
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+                hold: KnownValues, progress: bool = False, callback: Callback | None = None,
+                eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12): x_s = alpha_s x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z.
 
     sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s); eta = 0 is deterministic,
@@ -162,11 +175,11 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
         if sigma > 0:
             out = out + sigma * randn_like(x, generator)
         return out, None
-    return _run(step, x, steps, hold, generator, progress)
+    return _run(step, x, steps, hold, generator, progress, callback)
 
 
 def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                    hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+                    hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data-prediction form, deterministic.
 
     x_s = (sigma_s / sigma_t) x_t - alpha_s (exp(-h) - 1) D, h = lambda_s - lambda_t, with
@@ -186,21 +199,21 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, g
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         out = math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
         return out, (x0, h)
-    return _run(step, x, steps, hold, generator, progress)
+    return _run(step, x, steps, hold, generator, progress, callback)
 
 
 def sample_euler(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                 hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+                 hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Euler on the probability-flow ODE in sigma = sqrt((1 - abar)/abar) (Karras et al. 2022).
 
     In the scaled variable x / alpha this step is algebraically DDIM with eta = 0, so it is that update;
     the sampler differs by its default spacing ("karras").
     """
-    return sample_ddim(denoise, x, steps, generator=generator, hold=hold, eta=0.0, progress=progress)
+    return sample_ddim(denoise, x, steps, generator=generator, hold=hold, progress=progress, callback=callback)
 
 
 def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                hold: KnownValues, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+                hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1 without churn); the last step is Euler.
 
     In y = x / alpha and sigma: d = (y - x0) / sigma; y' = y + (sigma_s - sigma_t) d;
@@ -217,18 +230,41 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
         x_mid = hold(math.sqrt(a_s) * y_next, i + 1, generator)  # the corrector sees the known entries too
         d_next = (x_mid / math.sqrt(a_s) - denoise(x_mid, i + 1).x0) / sig_s
         return math.sqrt(a_s) * (y + (sig_s - sig_t) * 0.5 * (d + d_next)), None
-    return _run(step, x, steps, hold, generator, progress)
+    return _run(step, x, steps, hold, generator, progress, callback)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "euler": sample_euler,
-    "heun": sample_heun,
+class SamplerSpec(NamedTuple):
+    """One sampler: its function, default steps (None = all T), default spacing (a key of ``SPACINGS``) and
+    the options it accepts beyond :data:`COMMON_OPTIONS`, with their defaults."""
+    fn: Callable[..., torch.Tensor]
+    default_steps: int | None
+    default_spacing: str
+    options: dict[str, Any]
+
+
+REGISTRY: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(sample_ddpm, None, "uniform", {}),
+    "ddim": SamplerSpec(sample_ddim, 50, "uniform", {"eta": 0.0}),
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, 20, "logsnr", {}),
+    "euler": SamplerSpec(sample_euler, 50, "karras", {}),
+    "heun": SamplerSpec(sample_heun, 25, "karras", {}),  # Heun calls the model twice per step
 }
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {name: spec.fn for name, spec in REGISTRY.items()}
 
-# steps=None means: all T steps for "ddpm", else this many.
-DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50, "heun": 25}
-DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp_2m": "logsnr",
-                                   "euler": "karras", "heun": "karras"}
+# Keywords every sampler takes (``GaussianDiffusion.sample`` resolves them); the config's ``sampler`` node may
+# hold them beside ``name`` and the sampler's own options.
+COMMON_OPTIONS = ("steps", "spacing")
+
+
+def check_sampler_options(name: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``options`` for sampler ``name``: each key is a common option or one the sampler declares.
+
+    Returns them as a dict; an unknown sampler or key is a ValueError naming what it accepts.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"sampler: expected one of {sorted(REGISTRY)}, got {name!r}")
+    accepted = (*COMMON_OPTIONS, *REGISTRY[name].options)
+    unknown = sorted(str(k) for k in options if k not in accepted)
+    if unknown:
+        raise ValueError(f"sampler options: {name!r} accepts {list(accepted)}, got unknown {unknown}")
+    return dict(options)

@@ -1,27 +1,163 @@
-"""What every user-facing shapediff model shares: a plain-data config, save, load."""
+"""The ShapeModel contract: what every user-facing shapediff model declares, and what callers may rely on.
+
+Callers (the trainer, ``shapediff.evaluation``, scripts) use only the hooks below, never ``hasattr`` probing:
+
+- ``family``: which run outputs ``shapediff.evaluation`` writes for it ("generation", "completion",
+  "latent_generation", "autoencoder"); the model names its family, evaluation owns what the family writes.
+- ``prepare(train_set)``: fit what comes from the training split (normalisation, latent scale); default: nothing.
+- ``training_dataset(train_set)``: what the trainer iterates (e.g. a pre-encoded split); default: ``train_set``.
+- ``training_loss(batch) -> scalar``: abstract.
+- ``sample(n, *, steps, sampler, seed, batch_size, progress, **sampler_options) -> Samples``: points (n, N, 3)
+  and, where the family has them, meshes and grids. Default: NotImplementedError (``can_sample`` is False).
+- ``complete(partial, n=1, *, steps, sampler, seed, **options) -> Samples`` with the layout (B, n, ...);
+  default: NotImplementedError (``can_complete`` is False).
+- ``device``, ``config`` (plain data), ``save`` / ``load`` / ``from_config``.
+
+Sampler settings take one path: :meth:`ShapeModel.sampler_settings` merges the model's ``sampler`` config with a
+call's arguments and validates every key against ``shapediff.diffusion.samplers.REGISTRY``.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
+from abc import ABCMeta, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from shapediff.config import _resolve_target
 from shapediff.devices import resolve_device
+from shapediff.diffusion.samplers import REGISTRY, check_sampler_options
 from shapediff.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint
 
 
-class ShapeModel(nn.Module):
-    """Base class: subclasses are rebuilt from ``self.config`` (plain data) by ``from_config``.
+@dataclass(frozen=True)
+class Samples:
+    """What ``sample`` and ``complete`` return, for every model family.
 
-    Subclasses implement ``from_config(config)``, ``training_loss(batch) -> scalar`` and ``sample``.
+    points: (n, N, 3) clouds in data coordinates (``sample``) or (B, n, N, 3) (``complete``: n hypotheses for
+        each of B observations); None for families whose output is a surface (points are then drawn on the
+        meshes by :meth:`points_on_surface`).
+    meshes: one trimesh per item (same layout as points: a list of n, or B lists of n), or None.
+    grids: (n, R, R, R) / (B, n, R, R, R) TSDF grids in [-1, 1] where the family has them, or None.
+    """
+
+    points: torch.Tensor | None = None
+    meshes: list | None = None
+    grids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        for value in (self.points, self.grids, self.meshes):
+            if value is not None:
+                return len(value)
+        return 0
+
+    def cpu(self) -> "Samples":
+        """The same samples with tensors on the CPU."""
+        return Samples(None if self.points is None else self.points.cpu(), self.meshes,
+                       None if self.grids is None else self.grids.cpu())
+
+    def points_on_surface(self, num_points: int, seed: int = 0) -> torch.Tensor:
+        """(n, N, 3) float32 points: ``points`` when the family samples points, else ``num_points`` uniform on each
+        mesh (:func:`shapediff.models.latent_voxel.meshes_to_points`; an empty mesh gives the origin N times)."""
+        if self.points is not None:
+            return self.points.float()
+        if self.meshes is None:
+            raise ValueError("samples: hold neither points nor meshes")
+        from shapediff.models.latent_voxel import meshes_to_points  # noqa: PLC0415  (latent_voxel imports base)
+
+        return meshes_to_points(self.meshes, num_points, seed)
+
+
+class SamplerSettings(NamedTuple):
+    """A resolved sampler: its name, steps (None = its default) and its options (``spacing``, ``eta``, ...)."""
+    name: str
+    steps: int | None
+    options: dict[str, Any]
+
+
+def sampler_config(sampler: Mapping[str, Any] | None, default: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's ``sampler`` config node, validated: ``name``, ``steps`` and options its sampler accepts.
+
+    Configs saved before the registry carried ``eta: 0.0`` as an "unused" placeholder for samplers without
+    stochasticity: that one value is dropped (it meant nothing); any other undeclared key is a ValueError.
+    """
+    cfg = dict(sampler or default)
+    name = cfg.get("name", default.get("name"))
+    options = {k: v for k, v in cfg.items() if k not in ("name", "steps")}
+    if name in REGISTRY and "eta" not in REGISTRY[name].options and options.get("eta", None) == 0.0:
+        del cfg["eta"], options["eta"]
+    check_sampler_options(name, options)
+    return cfg
+
+
+class ShapeModel(nn.Module, metaclass=ABCMeta):
+    """Base class of every user-facing model (see the module docstring for the contract).
+
+    Subclasses are rebuilt from ``self.config`` (plain data) by ``from_config``; they implement
+    ``training_loss`` and, where they can, ``sample`` / ``complete`` (setting ``can_sample`` / ``can_complete``).
     """
 
     config: dict[str, Any]
+    can_sample: ClassVar[bool] = False
+    can_complete: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------------------- the contract
+    @property
+    def family(self) -> str:
+        """The run outputs ``shapediff.evaluation`` writes at the end of training: "generation" by default."""
+        return "generation"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters (else buffers) live; CPU for a model with neither."""
+        for tensors in (self.parameters(), self.buffers()):
+            first = next(iter(tensors), None)
+            if first is not None:
+                return first.device
+        return torch.device("cpu")
+
+    def prepare(self, train_set) -> None:
+        """Trainer hook before training: fit what comes from the training split. Default: nothing."""
+
+    def training_dataset(self, train_set):
+        """Trainer hook: the dataset the trainer iterates (e.g. the split encoded once). Default: ``train_set``."""
+        return train_set
+
+    @abstractmethod
+    def training_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Scalar loss of a batch (a mapping of tensors; the trainer adds ``seed`` (B,) per example)."""
+
+    def sample(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
+               batch_size: int | None = None, progress: bool = False, **sampler_options: Any) -> Samples:
+        """Draw ``n`` shapes -> :class:`Samples` (points (n, N, 3) and, per family, meshes and grids)."""
+        raise NotImplementedError(f"{type(self).__name__}: this model does not sample shapes")
+
+    def complete(self, partial: Any, n: int = 1, *, steps: int | None = None, sampler: str | None = None,
+                 seed: int | None = None, **options: Any) -> Samples:
+        """Complete B partial observations, ``n`` hypotheses each -> :class:`Samples` laid out (B, n, ...)."""
+        raise NotImplementedError(f"{type(self).__name__}: this model does not complete shapes")
+
+    def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
+                         **options: Any) -> SamplerSettings:
+        """The sampler a call uses: explicit arguments over the model's ``sampler`` config.
+
+        The config's ``steps`` applies unless the call gives steps; its options (``spacing``, ``eta``, ...) apply
+        when the call names no sampler or the config's own; options given to the call win. Every key is checked
+        against the sampler's registry entry (an unknown key is a ValueError).
+        """
+        cfg = dict(self.config.get("sampler") or {})
+        name = sampler or cfg.get("name", "dpmpp_2m")
+        merged = {k: v for k, v in cfg.items() if k not in ("name", "steps")} if name == cfg.get("name") else {}
+        merged.update(options)
+        merged = check_sampler_options(name, merged)
+        merged.pop("steps", None)
+        return SamplerSettings(name, steps if steps is not None else cfg.get("steps"), merged)
 
     @classmethod
     def class_path(cls) -> str:

@@ -17,9 +17,8 @@ Three ways to complete a partial scan (M points) into a full cloud (N points):
 input (data coordinates), normalises with the model's statistics, dispatches and returns
 ``(B, n, N, 3)`` (or ``(n, N, 3)`` for one unbatched scan) in data coordinates.
 
-Baselines for evaluation live here too: :func:`baseline_partial` (the scan itself, resampled
-to N), :func:`baseline_mirror` (the scan plus its mirror image) and :func:`baseline_retrieval`
-(the training shape nearest to the scan by one-sided Chamfer distance).
+:func:`retrieve_nearest` (the bank shape nearest to a scan by one-sided Chamfer distance) starts
+retrieval-initialised PVD. Baselines, scoring, tables and run outputs live in ``shapediff.evaluation``.
 """
 
 from __future__ import annotations
@@ -46,17 +45,8 @@ __all__ = [
     "complete_pvd",
     "complete_training_free",
     "complete_tokens",
-    "baseline_partial",
-    "baseline_mirror",
-    "baseline_retrieval",
-    "save_completions",
-    "evaluate_completion",
-    "completion_table",
+    "retrieve_nearest",
     "parse_clip_x0",
-    "summarise_seeds",
-    "held_out_scans",
-    "shape_bank",
-    "write_completion_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -162,11 +152,6 @@ class KnownIndicatorDenoiser(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ the methods
-def _sampler_args(model, steps: int | None, sampler: str | None) -> tuple[str, int | None]:
-    cfg = getattr(model, "config", {}).get("sampler", {}) or {}
-    return sampler or cfg.get("name", "dpmpp_2m"), steps if steps is not None else cfg.get("steps")
-
-
 def _repeat(partial_n: torch.Tensor, n: int) -> torch.Tensor:
     """(B, M, 3) -> (B * n, M, 3), hypotheses of one scan adjacent."""
     return partial_n.repeat_interleave(n, dim=0)
@@ -241,7 +226,7 @@ def complete_pvd(
     b, m, _ = partial_normalised.shape
     big_n, total_t = model.num_points, model.diffusion.num_timesteps
     _held_points(partial_normalised[:1], big_n, m)  # validates M < N
-    sampler, steps = _sampler_args(model, steps, sampler)
+    sampler, steps, options = model.sampler_settings(sampler, steps)
     diffusion, rows = model.diffusion, partial_normalised
     if init_normalised is not None:
         if tuple(init_normalised.shape) != (b, big_n - m, 3):
@@ -261,7 +246,7 @@ def complete_pvd(
         return diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=chunk.device,
             known=known, mask=mask, keep_known="clean", progress=progress, noise=start,
-            clip_x0=_clip(model, clip_x0),
+            clip_x0=_clip(model, clip_x0), **options,
         )
 
     out = _run_chunks(model, _repeat(rows, n), batch_size, run)
@@ -293,14 +278,14 @@ def complete_training_free(
     if not (isinstance(resample_jumps, int) and resample_jumps >= 1):
         raise ValueError(f"resample_jumps: expected an int >= 1, got {resample_jumps!r}")
     _held_points(partial_normalised[:1], big_n, m)  # validates M < N
-    sampler, steps = _sampler_args(model, steps, sampler)
+    sampler, steps, options = model.sampler_settings(sampler, steps)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
         known, mask = _held_points(rows, big_n, m)
         return model.diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=rows.device,
             known=known, mask=mask, keep_known="noised", resample_jumps=resample_jumps, progress=progress,
-            clip_x0=_clip(model, clip_x0),
+            clip_x0=_clip(model, clip_x0), **options,
         )
 
     out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
@@ -326,21 +311,21 @@ def complete_tokens(
     """
     b = partial_normalised.shape[0]
     big_n = model.num_points
-    sampler, steps = _sampler_args(model, steps, sampler)
+    sampler, steps, options = model.sampler_settings(sampler, steps)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
         return model.diffusion.sample(
             model.denoiser, (rows.shape[0], big_n, 3), sampler=sampler, steps=steps, generator=generator,
             device=rows.device, cond={"partial": rows}, guidance_scale=guidance_scale, progress=progress,
-            clip_x0=_clip(model, clip_x0),
+            clip_x0=_clip(model, clip_x0), **options,
         )
 
     out = _run_chunks(model, _repeat(partial_normalised, n), batch_size, run)
     return out.reshape(b, n, big_n, 3)
 
 
-def _default_method(model) -> str:
-    mode = getattr(model, "completion", "none")
+def default_method(model) -> str:
+    mode = model.completion
     return {"pvd": "pvd", "tokens": "tokens"}.get(mode, "training_free")
 
 
@@ -376,7 +361,7 @@ def complete(
         default 10, the best of 1/10/25/50/100/200 on the completion quickstart's validation scans).
     retrieval_bank: "pvd" only, instead of ``init``: (S, K, 3) complete shapes (the training set)
         in data coordinates; each scan starts from its nearest shape by one-sided Chamfer distance
-        (:func:`baseline_retrieval`), i.e. retrieval-initialised SDEdit from ``init_t``.
+        (:func:`retrieve_nearest`), i.e. retrieval-initialised SDEdit from ``init_t``.
     clip_x0: clamp of the denoiser's clean-cloud estimates: "auto" (1.2 x the largest normalised
         training coordinate), a number, or None.
     Returns (B, n, N, 3), or (n, N, 3) for one unbatched (M, 3) scan. For "pvd" and
@@ -384,7 +369,7 @@ def complete(
     """
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n: expected a positive int, got {n!r}")
-    method = method or _default_method(model)
+    method = method or default_method(model)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     if (init is not None or retrieval_bank is not None) and method != "pvd":
@@ -402,7 +387,7 @@ def complete(
     if method == "pvd":
         if retrieval_bank is not None:
             bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank")
-            init = baseline_retrieval(pts, bank.to(pts.device))[0]
+            init = retrieve_nearest(pts, bank.to(pts.device))[0]
         init_n = None
         if init is not None:
             init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
@@ -429,29 +414,10 @@ def _num_points(clouds: Any) -> int:
     return max(int(shape[1]), 1)
 
 
-# ------------------------------------------------------------------------------------- baselines
-def baseline_partial(partial: torch.Tensor, num_points: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The scan itself as the completion: (B, M, 3) -> (B, N, 3) by random resampling."""
-    partial = prepare_partial(partial, partial.shape[-2], name="partial")
-    return torch.stack([resample_points(p, num_points, generator) for p in partial])
-
-
-def baseline_mirror(
-    partial: torch.Tensor, num_points: int, axis: int = 0, center: float = 0.0, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """The scan plus its reflection in the plane ``x[axis] = center`` (objects are often
-    mirror-symmetric), resampled to N: (B, M, 3) -> (B, N, 3)."""
-    if axis not in (0, 1, 2):
-        raise ValueError(f"axis: expected 0, 1 or 2, got {axis!r}")
-    partial = prepare_partial(partial, partial.shape[-2], name="partial")
-    mirrored = partial.clone()
-    mirrored[..., axis] = 2 * center - mirrored[..., axis]
-    both = torch.cat([partial, mirrored], dim=1)
-    return torch.stack([resample_points(p, num_points, generator) for p in both])
-
-
-def baseline_retrieval(partial: torch.Tensor, train_clouds: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest training shape by one-sided Chamfer distance from the scan to the shape.
+# ------------------------------------------------------------------------------------- retrieval
+def retrieve_nearest(partial: torch.Tensor, train_clouds: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest shape of a bank by one-sided Chamfer distance from the scan to the shape (retrieval; the
+    ``retrieval_bank`` start of :func:`complete` and ``shapediff.evaluation.baselines.baseline_retrieval``).
 
     partial: (B, M, 3); train_clouds: (S, N, 3), same coordinates. Returns ``(clouds (B, N, 3),
     index (B,) long)``: for each scan the training cloud minimising the mean squared distance
@@ -470,242 +436,3 @@ def baseline_retrieval(partial: torch.Tensor, train_clouds: torch.Tensor, chunk:
             costs.append(d2[..., 0].mean(dim=1))
         best[b] = torch.cat(costs).argmin()
     return train[best], best
-
-
-# ------------------------------------------------------------------------------------------ output
-def save_completions(
-    out_dir,
-    partial: Any,
-    completions: Any,
-    *,
-    ground_truth: Any = None,
-    meshes: bool = True,
-    preview: bool = True,
-) -> dict[str, Any]:
-    """Write one scan's completions: ``partial.ply``, ``completion_K.ply``, ``completion_K.obj``
-    (a mesh each, when ``meshes``), ``ground_truth.ply`` and ``preview.png`` (partial |
-    completions | ground truth). partial: (M, 3); completions: (n, N, 3); ground_truth: (G, 3).
-
-    Returns ``{"files": [paths], "errors": {name: message}}``: a mesh or preview that cannot be
-    made is recorded and logged, and the other files are still written.
-    """
-    from pathlib import Path  # noqa: PLC0415
-
-    from shapediff.geometry import points_to_mesh, save_mesh, save_points  # noqa: PLC0415
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clouds = [np.asarray(torch.as_tensor(c).detach().cpu(), dtype=np.float32) for c in completions]
-    files = [save_points(out / "partial.ply", np.asarray(torch.as_tensor(partial).detach().cpu()))]
-    errors: dict[str, str] = {}
-    for k, cloud in enumerate(clouds):
-        files.append(save_points(out / f"completion_{k}.ply", cloud))
-        if meshes:
-            try:
-                files.append(save_mesh(out / f"completion_{k}.obj", points_to_mesh(cloud)))
-            except (ValueError, RuntimeError, ImportError) as err:
-                errors[f"completion_{k}.obj"] = str(err)
-                logger.warning("completion %d: no mesh (%s)", k, err)
-    items = [np.asarray(torch.as_tensor(partial).detach().cpu())] + clouds
-    if ground_truth is not None:
-        gt = np.asarray(torch.as_tensor(ground_truth).detach().cpu(), dtype=np.float32)
-        files.append(save_points(out / "ground_truth.ply", gt))
-        items.append(gt)
-    if preview:
-        try:
-            from shapediff.viz import render_grid  # noqa: PLC0415
-
-            render_grid(items, out / "preview.png", ncols=len(items), fit="shared")  # one scale: partial | completions | gt
-            files.append(out / "preview.png")
-        except (ImportError, RuntimeError, ValueError) as err:
-            errors["preview.png"] = str(err)
-            logger.warning("preview.png not written: %s", err)
-    return {"files": [str(f) for f in files], "errors": errors}
-
-
-# -------------------------------------------------------------------------------------- evaluation
-def _summarise(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v.double().mean()) for k, v in values.items()}
-
-
-def evaluate_completion(
-    model,
-    partial: torch.Tensor,
-    ground_truth: torch.Tensor,
-    *,
-    train_clouds: torch.Tensor | None = None,
-    methods: Sequence[str] | None = None,
-    n: int = 1,
-    steps: int | None = None,
-    sampler: str | None = None,
-    seed: int = 0,
-    resample_jumps: int = 5,
-    num_known: int | None = None,
-    metrics: Sequence[str] = ("cd", "emd", "f_score"),
-    batch_size: int | None = None,
-    outputs: dict[str, torch.Tensor] | None = None,
-    retrieval_init_t: Sequence[int] = (),
-    clip_x0: float | str | None = "auto",
-) -> dict[str, dict[str, float]]:
-    """Completion metrics of ``model`` (each of ``methods``) and of the baselines, in one run.
-
-    partial: (B, M, 3) scans; ground_truth: (B, N, 3) complete clouds (data coordinates);
-    train_clouds: (S, N, 3) for the retrieval baseline. Returns ``{name: {"CD", "EMD",
-    "F-score@0.01", "UHD"[, "TMD" with n >= 2], "seconds"}}`` averaged over the B scans; names are
-    the methods and "baseline_partial", "baseline_mirror", "baseline_retrieval". Pass a dict as
-    ``outputs`` to receive each method's (B, n, N, 3) completions in it. ``retrieval_init_t``
-    adds rows "pvd+retrieval_init@T0": PVD started from the retrieved shape noised to T0 (SDEdit,
-    ``complete(..., retrieval_bank=train_clouds, init_t=T0)``). ``seconds`` is the wall time of
-    each method on the whole batch (retrieval included where it is part of the method).
-    """
-    import time  # noqa: PLC0415
-
-    from shapediff.metrics import completion_metrics  # noqa: PLC0415
-
-    methods = list(methods) if methods else [_default_method(model)]
-    partial = prepare_partial(partial, partial.shape[-2])
-    gt = prepare_partial(ground_truth, ground_truth.shape[-2], name="ground_truth")
-    big_n, results = gt.shape[1], {}
-    common = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, clip_x0=clip_x0)
-    runs = {method: dict(method=method, resample_jumps=resample_jumps, num_known=num_known) for method in methods}
-    if train_clouds is not None:
-        runs |= {f"pvd+retrieval_init@{t0}": dict(method="pvd", retrieval_bank=train_clouds, init_t=int(t0))
-                 for t0 in retrieval_init_t}
-    for name, options in runs.items():
-        start = time.perf_counter()
-        out = complete(model, partial, **common, **options).cpu()
-        seconds = time.perf_counter() - start
-        if outputs is not None:
-            outputs[name] = out
-        pred = out if n > 1 else out[:, 0]
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
-    gen = torch.Generator().manual_seed(seed)
-    baselines = {"baseline_partial": lambda: baseline_partial(partial, big_n, gen),
-                 "baseline_mirror": lambda: baseline_mirror(partial, big_n, axis=0, generator=gen)}
-    if train_clouds is not None:
-        baselines["baseline_retrieval"] = lambda: baseline_retrieval(partial, train_clouds)[0]
-    for name, make in baselines.items():
-        start = time.perf_counter()
-        pred = make()
-        seconds = time.perf_counter() - start
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
-    return results
-
-
-def summarise_seeds(runs: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean and spread over seeds of several :func:`evaluate_completion` results.
-
-    Returns ``{name: {metric: mean, metric + "_std": sample std (0 for one run), metric + "_min",
-    metric + "_max"}}`` over the runs that hold ``name``.
-    """
-    if not runs:
-        raise ValueError("runs: expected at least one evaluate_completion result, got none")
-    out: dict[str, dict[str, float]] = {}
-    for name in runs[0]:
-        rows = [r[name] for r in runs if name in r]
-        out[name] = {}
-        for metric in rows[0]:
-            values = torch.tensor([row[metric] for row in rows], dtype=torch.float64)
-            std = float(values.std()) if len(values) > 1 else 0.0
-            out[name] |= {metric: float(values.mean()), f"{metric}_std": std,
-                          f"{metric}_min": float(values.min()), f"{metric}_max": float(values.max())}
-    return out
-
-
-def held_out_scans(dataset, count: int, *, one_view_per_shape: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(partial (B, M, 3), ground truth (B, N, 3))`` of ``count`` items of a partial-scan dataset.
-
-    The first ``count`` items by default (consecutive items are views of one shape). With
-    ``one_view_per_shape``, item ``i`` is shape ``i`` seen from view ``i mod views_per_shape``,
-    so ``count`` scans cover ``count`` different shapes (and, round-robin, every category).
-    """
-    views = int(getattr(dataset, "views_per_shape", 1)) if one_view_per_shape else 1
-    total = len(dataset) // views
-    if not (isinstance(count, int) and 1 <= count):
-        raise ValueError(f"count: expected a positive int, got {count!r}")
-    indices = [i * views + (i % views) for i in range(min(count, total))]
-    items = [dataset[i] for i in indices]
-    if "partial" not in items[0]:
-        raise ValueError("dataset: its items have no 'partial' scan; use a partial-scan dataset (PartialScans)")
-    partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
-    return partial, torch.stack([torch.as_tensor(it["points"]).float() for it in items])
-
-
-def shape_bank(dataset, count: int | None = None, seed: int = 0) -> torch.Tensor:
-    """(S, N, 3) complete clouds of the shapes under a partial-scan dataset, one per shape (the
-    retrieval baseline's and ``retrieval_bank``'s training set); ``count`` limits S. Datasets that
-    draw a random subset of points per access (training splits) draw it from torch's global
-    generator: it is seeded with ``seed`` here (and restored after), so the bank is reproducible."""
-    shapes = getattr(dataset, "dataset", dataset)
-    count = len(shapes) if count is None else min(count, len(shapes))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return torch.stack([torch.as_tensor(shapes[i]["points"]).float() for i in range(count)])
-
-
-def completion_table(results: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of :func:`evaluate_completion`'s results (one row per method); with
-    :func:`summarise_seeds`' spreads a cell reads "mean ± std"."""
-    columns = [c for c in ("CD", "EMD", "F-score@0.01", "UHD", "TMD", "seconds") if any(c in r for r in results.values())]
-    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
-    for name, row in results.items():
-        cells = []
-        for c in columns:
-            fmt = "%.1f" if c == "seconds" else "%.5f"
-            cell = fmt % row[c] if c in row else ""
-            if f"{c}_std" in row and cell:
-                cell += " ± " + fmt % row[f"{c}_std"]
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, Any],
-                             train_dataset=None) -> dict[str, Any]:
-    """What a finished completion training run writes (``scripts/train.py`` calls it).
-
-    Completes ``eval_cfg["num_samples"]`` scans of ``ref_dataset`` (items with "points" and
-    "partial"; one view per shape, see :func:`held_out_scans`), writes ``metrics.json`` (the model vs
-    the partial and mirror baselines and, given the training split ``train_dataset``, retrieval from
-    its :func:`shape_bank`, as ``scripts/evaluate_completion.py`` does), ``completions/scan_XXX/``
-    (see :func:`save_completions`) for ``num_ply`` scans, meshes for ``num_meshes`` of them, and
-    ``preview.png`` (rows of partial | completion | ground truth). Returns the metrics.
-    """
-    from pathlib import Path  # noqa: PLC0415
-
-    from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
-
-    run_dir = Path(run_dir)
-    partial, gt = held_out_scans(ref_dataset, int(eval_cfg["num_samples"]), one_view_per_shape=True)
-    count = partial.shape[0]
-    names = {"cd": "cd", "emd": "emd"}
-    metrics = tuple(names[m] for m in eval_cfg.get("metrics", ("cd",)) if m in names) + ("f_score",)
-    seed = int(eval_cfg.get("seed", 0))
-    train_clouds = None if train_dataset is None else shape_bank(train_dataset)
-    outputs: dict[str, torch.Tensor] = {}
-    results = evaluate_completion(model, partial, gt, train_clouds=train_clouds, n=1, seed=seed, metrics=metrics,
-                                  batch_size=eval_cfg.get("batch_size"), outputs=outputs)
-    out = next(iter(outputs.values()))
-    summary = {"num_scans": count, "num_points": int(gt.shape[1]), "num_partial_points": int(partial.shape[1]),
-               "num_train_shapes": 0 if train_clouds is None else len(train_clouds),
-               "results": results, "table": completion_table(results)}
-    shown = min(int(eval_cfg.get("num_ply", 8)), count)
-    if shown:
-        for i in range(shown):
-            save_completions(run_dir / "completions" / f"scan_{i:03d}", partial[i], out[i], ground_truth=gt[i],
-                             meshes=i < int(eval_cfg.get("num_meshes", 0)), preview=False)
-        if eval_cfg.get("preview", True):
-            _preview_rows(partial[:shown], out[:shown, 0], gt[:shown], run_dir / "preview.png")
-    write_json_atomic(summary, run_dir / "metrics.json")
-    logger.info("completion metrics:\n%s", summary["table"])
-    return summary
-
-
-def _preview_rows(partial: torch.Tensor, completions: torch.Tensor, gt: torch.Tensor, path) -> None:
-    try:
-        from shapediff.viz import render_grid  # noqa: PLC0415
-
-        items = [c.numpy() for row in zip(partial, completions, gt) for c in row]
-        render_grid(items, path, ncols=3, fit="shared")
-    except (ImportError, RuntimeError, ValueError) as err:
-        logger.warning("preview.png not written: %s", err)

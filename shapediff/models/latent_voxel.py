@@ -34,7 +34,6 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -43,7 +42,8 @@ from torch import nn
 
 from shapediff.autoencoders import TSDFVAE, occupancy_iou
 from shapediff.config import instantiate
-from shapediff.models.base import ShapeModel
+from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
+from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
 from shapediff.models.point_cloud import _plain
 from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
@@ -112,17 +112,6 @@ def _check_tsdf_batch(x: Any, r: int, name: str) -> torch.Tensor:
     return y
 
 
-def _write_preview(meshes: list, path: Path) -> None:
-    """preview.png of up to 8 meshes; skipped (logged) when rendering is unavailable."""
-    try:
-        from shapediff.viz import render_grid  # noqa: PLC0415
-
-        if meshes:
-            render_grid(meshes, path, ncols=4)
-    except (ImportError, RuntimeError, ValueError) as err:
-        log.warning("preview.png not written: %s", err)
-
-
 def _to_meshes(tsdf: torch.Tensor, bounds: Sequence) -> list:
     from shapediff.geometry import sdf_to_mesh  # noqa: PLC0415
 
@@ -149,8 +138,9 @@ class TSDFAutoencoder(ShapeModel):
         self.config = copy.deepcopy({"vae": _plain(dict(vae)), "grid": self.grid, "posterior": posterior})
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    def family(self) -> str:
+        """A run ends with reconstruction IoU and meshes (``shapediff.evaluation.latent``)."""
+        return "autoencoder"
 
     def training_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """VAE loss of ``batch["tsdf"]`` (B, 1, R, R, R); per-example posterior noise from ``batch["seed"]``."""
@@ -180,80 +170,6 @@ class TSDFAutoencoder(ShapeModel):
         iou = torch.cat(ious)
         per_cat = {c: round(float(iou[[k for k, cc in enumerate(cats) if cc == c]].mean()), 4) for c in sorted(set(cats))}
         return {"iou": round(float(iou.mean()), 4), "iou_per_category": per_cat, "num_shapes": n}
-
-    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any],
-                          train_dataset=None) -> dict[str, Any]:
-        """Trainer hook: reconstruction IoU on the evaluation split -> metrics.json, a few meshes
-        (``train_dataset`` is not used)."""
-        from shapediff.geometry import save_mesh  # noqa: PLC0415
-        from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
-
-        run_dir = Path(run_dir)
-        start = time.perf_counter()
-        metrics = self.evaluate(ref_dataset, int(eval_cfg.get("num_samples", 32)))
-        metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
-        num_meshes = min(int(eval_cfg.get("num_meshes", 4)), len(ref_dataset))
-        if num_meshes:
-            x = torch.stack([ref_dataset[i]["tsdf"] for i in range(num_meshes)])
-            for i, mesh in enumerate(_to_meshes(self.reconstruct(x)[:, 0], self.grid["bounds"])):
-                if len(mesh.faces):
-                    save_mesh(run_dir / "meshes" / f"recon_{i:03d}.obj", mesh)
-        write_json_atomic(metrics, run_dir / "metrics.json")
-        return metrics
-
-
-class _X0Adjusted(nn.Module):
-    """A denoiser whose implied x0 goes through ``adjust(x0, t)``; the output is re-expressed in the diffusion's
-    parameterisation (eps / x0 / v), so any sampler can use it."""
-
-    def __init__(self, denoiser: nn.Module, diffusion: Any):
-        super().__init__()
-        self.denoiser, self.diffusion = denoiser, diffusion
-
-    def adjust(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x0
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        x0, _ = self.diffusion.split_output(self.denoiser(x_t, t, cond), x_t, t)
-        x0 = self.adjust(x0, t)
-        eps = self.diffusion.predict_eps_from_x0(x_t, t, x0)
-        if self.diffusion.prediction == "v":
-            return self.diffusion.predict_v(x0, t, eps)
-        return x0 if self.diffusion.prediction == "x0" else eps
-
-
-class _ClippedDenoiser(_X0Adjusted):
-    """Clamps the x0 a denoiser implies to [-clip, clip] (DDPM's ``clip_denoised``, Imagen's static thresholding).
-
-    Scaled latents have unit variance, so |x0| > clip (default 4) is out of distribution: an undertrained
-    eps-model at high noise implies x0 errors amplified by 1 / sqrt(abar_t) (~150x at t = T), which the
-    decoder would turn into saturated volumes.
-    """
-
-    def __init__(self, denoiser: nn.Module, diffusion: Any, clip: float):
-        super().__init__(denoiser, diffusion)
-        self.clip = clip
-
-    def adjust(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x0.clamp(-self.clip, self.clip)
-
-
-class _ObservationGuided(_X0Adjusted):
-    """Reconstruction guidance: every implied x0 takes one normalised gradient step on the decoder's misfit to
-    the observed voxels, ``x0 - scale * g / rms(g)`` with ``g = grad_x0 misfit(decode(x0))``: a data-consistency
-    step on x0 as in DiffPIR (Zhu et al. 2023), with DPS's gradient through the decoder (Chung et al. 2023)
-    but not through the denoiser. ``misfit`` is :meth:`LatentVoxelDiffusion.observation_misfit`."""
-
-    def __init__(self, denoiser: nn.Module, diffusion: Any, misfit: Any, scale: float):
-        super().__init__(denoiser, diffusion)
-        self.misfit, self.scale = misfit, scale
-
-    def adjust(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            z = x0.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.misfit(z).sum(), z)
-        rms = grad.square().mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt()
-        return x0 - self.scale * grad / rms.clamp(min=1e-12)
 
 
 def _vae_from_checkpoint(path: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
@@ -288,6 +204,9 @@ class LatentVoxelDiffusion(ShapeModel):
             every batch; the VAE is frozen, so the latents are the same.
     """
 
+    can_sample = True
+    can_complete = True
+
     def __init__(self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], vae: Mapping[str, Any] | None = None,
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
                  latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
@@ -315,7 +234,7 @@ class LatentVoxelDiffusion(ShapeModel):
         self.config = copy.deepcopy(_plain({
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
-            "scale_num_shapes": scale_num_shapes, "sampler": dict(sampler or {"name": "ddim", "steps": 50}),
+            "scale_num_shapes": scale_num_shapes, "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}),
             "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode)}))
 
     def _check_denoiser(self) -> None:
@@ -329,8 +248,9 @@ class LatentVoxelDiffusion(ShapeModel):
             raise ValueError(f"denoiser: expected an output of shape (B, {c}, {r}, {r}, {r}), got {tuple(out.shape)}")
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    def family(self) -> str:
+        """A run ends with generation metrics on points drawn from the sampled meshes (``shapediff.evaluation``)."""
+        return "latent_generation"
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -414,34 +334,31 @@ class LatentVoxelDiffusion(ShapeModel):
         return self.diffusion.training_loss(self.denoiser, z, t=t, noise=noise, generator=generator)
 
     # ------------------------------------------------------------------------- sampling
-    def _sampler_args(self, sampler: str | None, steps: int | None, kwargs: dict) -> tuple[str, int | None, dict]:
-        """Explicit arguments, else the ``sampler`` config (its other keys, e.g. eta, are sampler kwargs)."""
-        cfg = self.config["sampler"]
-        extra = {k: v for k, v in cfg.items() if k not in ("name", "steps")} if sampler is None else {}
-        return sampler or cfg.get("name", "ddim"), steps if steps is not None else cfg.get("steps"), {**extra, **kwargs}
-
     def _sampling_model(self) -> nn.Module:
-        return self.denoiser if self.clip_latent is None else _ClippedDenoiser(self.denoiser, self.diffusion, self.clip_latent)
+        return self.denoiser if self.clip_latent is None else ClippedDenoiser(self.denoiser, self.diffusion, self.clip_latent)
 
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
-               batch_size: int | None = None, meshes: bool = True, progress: bool = False,
-               **sampler_kwargs: Any) -> VoxelSamples:
-        """Generate ``n`` shapes: TSDF (n, R, R, R) decoded from sampled latents, and their level-0 meshes
-        (marching cubes; an empty or sign-free volume gives an empty mesh). ``meshes=False`` skips meshing."""
+               batch_size: int | None = None, meshes: bool = True, progress: bool = False, callback: Any = None,
+               **sampler_options: Any) -> Samples:
+        """Generate ``n`` shapes -> :class:`Samples` with grids: TSDF (n, R, R, R) decoded from sampled latents, and
+        meshes: their level-0 meshes (marching cubes; an empty or sign-free volume gives an empty mesh;
+        ``meshes=False`` skips meshing). Points are drawn on the meshes on demand (``Samples.points_on_surface``).
+        Sampler settings: :meth:`sampler_settings`; ``callback``: see ``GaussianDiffusion.sample``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         self._check_fitted()
-        sampler, steps, sampler_kwargs = self._sampler_args(sampler, steps, sampler_kwargs)
+        sampler, steps, options = self.sampler_settings(sampler, steps, **sampler_options)
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
         out = []
         for start in range(0, n, batch_size or n):
             b = min(batch_size or n, n - start)
             z = self.diffusion.sample(self._sampling_model(), (b, *self.latent_shape), sampler=sampler, steps=steps,
-                                      generator=generator, device=self.device, progress=progress, **sampler_kwargs)
+                                      generator=generator, device=self.device, progress=progress, callback=callback,
+                                      **options)
             out.append(self.decode(z))
         tsdf = torch.cat(out)
-        return VoxelSamples(tsdf, _to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+        return Samples(grids=tsdf, meshes=_to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
 
     def latent_mask(self, mask: torch.Tensor, erode: int = 0) -> torch.Tensor:
         """Voxel mask (B, 1, R, R, R) bool (True = observed) -> latent mask (B, 1, r, r, r): a latent cell is
@@ -467,7 +384,7 @@ class LatentVoxelDiffusion(ShapeModel):
             erode: latent cells dropped from the known region beyond min-pooling. fill: value the encoder
                 sees in hidden voxels. paste_known: copy the observed voxels into the output TSDF.
             guidance: reconstruction-guidance step on every implied x0, in latent standard deviations
-                (:class:`_ObservationGuided`; 0 = off, the default: on the quickstart model its gains were mixed
+                (:class:`shapediff.diffusion.guidance.ObservationGuided`; 0 = off, the default: on the quickstart model its gains were mixed
                 (README) for 2-3x the completion time).
             refine_steps, refine_feature_steps: decoder inversion of the final latent, then of the decoder's
                 features (:meth:`fit_observation`; 0 = off). Both read observed voxels only and make the decoded
@@ -492,8 +409,8 @@ class LatentVoxelDiffusion(ShapeModel):
         model = self._sampling_model()
         if guidance > 0:
             misfit = lambda z: self.observation_misfit(self._decode_raw(z), obs, obs_mask)  # noqa: E731
-            model = _ObservationGuided(model, self.diffusion, misfit, guidance)
-        sampler, steps, kwargs = self._sampler_args(sampler, steps, {})
+            model = ObservationGuided(model, self.diffusion, misfit, guidance)
+        sampler, steps, kwargs = self.sampler_settings(sampler, steps)
         z = self.diffusion.sample(model, tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
                                   seed=seed if seed is not None else int(torch.randint(2**62, (1,))), device=self.device,
                                   known=known, mask=lmask, keep_known="noised", resample_jumps=resample_jumps)
@@ -566,35 +483,3 @@ class LatentVoxelDiffusion(ShapeModel):
         g = self.grid
         tsdf, mask = partial_points_to_tsdf(points, camera, g["resolution"], g["truncation"], g["bounds"])
         return self.complete(tsdf, mask, n=n, **kwargs)
-
-    # ------------------------------------------------------------------------- evaluation
-    def write_run_outputs(self, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any],
-                          train_dataset=None) -> dict[str, Any]:
-        """Trainer hook: sample meshes, points on them, MMD / COV / 1-NNA against ``ref_dataset``'s points
-        (``train_dataset`` is not used)."""
-        from shapediff.geometry import save_mesh  # noqa: PLC0415
-        from shapediff.geometry.mesh_io import atomic_write  # noqa: PLC0415
-        from shapediff.metrics import generation_metrics  # noqa: PLC0415
-        from shapediff.data.references import reference_clouds  # noqa: PLC0415
-        from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
-
-        run_dir, n, seed = Path(run_dir), int(eval_cfg["num_samples"]), int(eval_cfg["seed"])
-        start = time.perf_counter()
-        out = self.sample(n, seed=seed, batch_size=int(eval_cfg.get("batch_size") or n))
-        sample_seconds = time.perf_counter() - start
-        refs = reference_clouds(ref_dataset, n, seed)
-        points = meshes_to_points(out.meshes, refs.shape[1], seed)
-        empty = sum(len(m.faces) == 0 for m in out.meshes)
-        metrics: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(eval_cfg["metrics"])))
-        metrics.update(num_samples=n, num_references=len(refs), num_points=refs.shape[1], empty_meshes=empty,
-                       watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
-                       sample_seconds=round(sample_seconds, 2))
-        samples = {"tsdf": out.tsdf.cpu(), "points": points}
-        atomic_write(run_dir / "samples.pt", lambda tmp: torch.save(samples, tmp))
-        for i, mesh in enumerate(out.meshes[: int(eval_cfg.get("num_meshes", 4))]):
-            if len(mesh.faces):
-                save_mesh(run_dir / "meshes" / f"sample_{i:03d}.obj", mesh)
-        write_json_atomic(metrics, run_dir / "metrics.json")
-        if eval_cfg.get("preview", True):
-            _write_preview([m for m in out.meshes if len(m.faces)][:8], run_dir / "preview.png")
-        return metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,7 +12,7 @@ from torch import nn
 
 from shapediff.config import instantiate
 from shapediff.geometry.validation import check_coordinates
-from shapediff.models.base import ShapeModel
+from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.normalization import PointNormalizer
 from shapediff.randomness import make_generator, per_example_randint, per_example_randn
 
@@ -34,8 +33,12 @@ class PointCloudDiffusion(ShapeModel):
             other N - M are noised and scored, as PVD trains); ``"tokens"`` (the partial goes to the
             denoiser as ``cond["partial"]``).
         num_partial_points: M, partial points the completion modes use (PVD: 200).
-        sampler: default sampler settings, e.g. ``{"name": "dpmpp_2m", "steps": 20}``.
+        sampler: default sampler settings, e.g. ``{"name": "dpmpp_2m", "steps": 20, "spacing": "logsnr"}``; every
+            key reaches the sampler (validated against ``shapediff.diffusion.samplers.REGISTRY``).
     """
+
+    can_sample = True
+    can_complete = True
 
     def __init__(
         self,
@@ -58,7 +61,8 @@ class PointCloudDiffusion(ShapeModel):
         self.config = {
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "num_points": num_points,
             "normalization": normalization, "class_conditional": class_conditional, "completion": completion,
-            "num_partial_points": num_partial_points, "sampler": dict(sampler or {"name": "dpmpp_2m", "steps": 20}),
+            "num_partial_points": num_partial_points,
+            "sampler": sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}),
         }
         self.config = copy.deepcopy(_plain(self.config))
         self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
@@ -70,8 +74,13 @@ class PointCloudDiffusion(ShapeModel):
         self.num_partial_points = num_partial_points
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    def family(self) -> str:
+        """Completion models end a run with completion outputs, the others with generation ones."""
+        return "generation" if self.completion == "none" else "completion"
+
+    def prepare(self, train_set) -> None:
+        """Trainer hook: fit the normaliser on the training split."""
+        self.fit_normalization(train_set)
 
     def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
         """Fit the normaliser on a dataset's ``points`` (up to ``max_items`` items)."""
@@ -140,11 +149,14 @@ class PointCloudDiffusion(ShapeModel):
         batch_size: int | None = None,
         progress: bool = False,
         clip_x0: float | str | None = "auto",
-        **sampler_kwargs: Any,
-    ) -> torch.Tensor:
-        """Draw ``n`` clouds: returns (n, N, 3) in data coordinates on the model's device.
+        callback: Any = None,
+        **sampler_options: Any,
+    ) -> Samples:
+        """Draw ``n`` clouds: returns :class:`Samples` with points (n, N, 3) in data coordinates on the model's device.
 
-        ``sampler``/``steps`` default to the model's ``sampler`` config (DPM-Solver++(2M), 20 steps).
+        ``sampler``/``steps`` and the sampler's options (``spacing``, DDIM's ``eta``) default to the model's
+        ``sampler`` config (DPM-Solver++(2M), 20 steps); :meth:`sampler_settings` merges and validates them.
+        ``callback``: see ``GaussianDiffusion.sample`` (called after every step of every batch).
         ``class_label`` (int or (n,) tensor) needs a class-conditional model. ``clip_x0="auto"``
         clamps the denoiser's clean-cloud estimate to 1.2 x the largest normalised training
         coordinate (no real shape lies outside it; it keeps few-step deterministic samplers stable
@@ -152,8 +164,7 @@ class PointCloudDiffusion(ShapeModel):
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
-        sampler = sampler or self.config["sampler"].get("name", "dpmpp_2m")
-        steps = steps if steps is not None else self.config["sampler"].get("steps")
+        settings = self.sampler_settings(sampler, steps, **sampler_options)
         cond = self._class_cond(class_label, n)
         if clip_x0 == "auto":
             clip_x0 = self.default_clip_x0()
@@ -164,12 +175,12 @@ class PointCloudDiffusion(ShapeModel):
             b = min(batch_size, n - start)
             part_cond = None if cond is None else {k: v[start : start + b] for k, v in cond.items()}
             x = self.diffusion.sample(
-                self.denoiser, (b, self.num_points, 3), sampler=sampler, steps=steps, generator=generator,
-                device=self.device, cond=part_cond, guidance_scale=guidance_scale, progress=progress, clip_x0=clip_x0,
-                **sampler_kwargs,
+                self.denoiser, (b, self.num_points, 3), sampler=settings.name, steps=settings.steps,
+                generator=generator, device=self.device, cond=part_cond, guidance_scale=guidance_scale,
+                progress=progress, clip_x0=clip_x0, callback=callback, **settings.options,
             )
             out.append(self.normalizer.denormalize(x))
-        return torch.cat(out)
+        return Samples(points=torch.cat(out))
 
     def default_clip_x0(self) -> float | None:
         """1.2 x the largest |normalised training coordinate| (None before normalisation is fitted)."""
@@ -193,16 +204,6 @@ class PointCloudDiffusion(ShapeModel):
         from shapediff.models.completion import complete  # noqa: PLC0415  (completion sits on top)
 
         return complete(self, partial, n=n, **kwargs)
-
-    @property
-    def write_run_outputs(self):
-        """Completion models end a training run with completion outputs, not generation ones
-        (``shapediff.training.outputs`` uses this hook when present; absent when completion="none")."""
-        if self.completion == "none":
-            raise AttributeError("write_run_outputs: only completion models write their own run outputs")
-        from shapediff.models.completion import write_completion_outputs  # noqa: PLC0415
-
-        return functools.partial(write_completion_outputs, self)  # (ref_dataset, run_dir, eval_cfg, train_dataset=None)
 
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shapediff.config import _resolve_target, instantiate
+from shapediff.models.base import ShapeModel
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from shapediff.training.trainer import Trainer, TrainerConfig
@@ -71,7 +72,7 @@ def build_model(cfg: DictConfig | dict):
 
 def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):
     """An ``eval_fn`` for the trainer: generation metrics on ``periodic_samples`` samples and a preview render."""
-    from shapediff.training.outputs import evaluate_generation, render_preview  # noqa: PLC0415
+    from shapediff.evaluation import evaluate_generation, render_preview  # noqa: PLC0415
 
     def evaluate(model, step: int) -> dict[str, Any]:
         samples, metrics = evaluate_generation(model, ref_dataset, int(eval_cfg["periodic_samples"]),
@@ -134,7 +135,8 @@ def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
     """Train the configured model (after the ``stages`` it lists, if any) and, on rank 0, write samples,
     meshes, metrics and a preview.
 
-    Returns a summary dict (run_dir, steps, final loss, metrics; ``stages``: the same for each stage).
+    Returns a summary dict (run_dir, steps, final loss, metrics; ``stages``: the same for each stage;
+    ``output_errors``: the end-of-run outputs that could not be made, when any, the others being written).
     Raises ValueError naming any key left at ``???`` (e.g. ``data.root``) before anything starts.
     """
     check_required(cfg)
@@ -144,6 +146,10 @@ def run_training(cfg: DictConfig | dict) -> dict[str, Any]:
         summary = _train(cfg, dist)
         if stage_summaries:
             summary["stages"] = stage_summaries
+            failed = {f"{name}/{out}": err for name, stage in stage_summaries.items()
+                      for out, err in stage.get("output_errors", {}).items()}
+            if failed:
+                summary["output_errors"] = {**failed, **summary.get("output_errors", {})}
         return summary
     finally:
         cleanup_distributed(dist)
@@ -155,14 +161,12 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     train_split = train_set = build_dataset(cfg, "train")  # train_split stays the raw split (retrieval baseline)
     torch.manual_seed(trainer_cfg.seed)  # the initial weights too follow trainer.seed
     model = build_model(cfg)
-    if hasattr(model, "prepare"):
-        model.prepare(train_set)          # e.g. fit normalisation / latent scale from the training split
-    elif hasattr(model, "fit_normalization"):
-        model.fit_normalization(train_set)
-    if hasattr(model, "training_dataset"):
-        train_set = model.training_dataset(train_set)  # e.g. the split pre-encoded by a frozen autoencoder
+    if not isinstance(model, ShapeModel):
+        raise ValueError(f"pipeline: expected a shapediff.models.ShapeModel, got {type(model).__name__}")
+    model.prepare(train_set)                       # e.g. fit normalisation / latent scale from the training split
+    train_set = model.training_dataset(train_set)  # e.g. the split pre-encoded by a frozen autoencoder
     eval_fn = None
-    if trainer_cfg.eval_every and hasattr(model, "sample"):
+    if trainer_cfg.eval_every and model.can_sample:
         eval_fn = periodic_evaluation(build_dataset(cfg, cfg["evaluation"]["split"]), run_dir, to_plain(cfg["evaluation"]))
     trainer = Trainer(model, train_set, trainer_cfg, run_dir, dist=dist, eval_fn=eval_fn,
                       extra_payload={"run_config": to_plain(cfg)})
@@ -172,11 +176,13 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
                                "final_loss": result.history[-1]["loss"] if result.history else None,
                                "checkpoint": str(result.last_checkpoint), "train_seconds": round(time.perf_counter() - start, 1)}
     if dist.is_main:
-        from shapediff.training.outputs import write_run_outputs  # noqa: PLC0415
+        from shapediff.evaluation import write_run_outputs  # noqa: PLC0415
 
         with trainer.ema_weights() as ema_model:
             ema_model.eval()
             eval_split = cfg["evaluation"]["split"]
             summary["metrics"] = write_run_outputs(ema_model, build_dataset(cfg, eval_split), run_dir,
                                                    to_plain(cfg["evaluation"]), train_dataset=train_split)
+        if summary["metrics"].get("output_errors"):  # the training is kept; the caller exits non-zero
+            summary["output_errors"] = summary["metrics"]["output_errors"]
     return summary

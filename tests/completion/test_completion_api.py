@@ -11,13 +11,8 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from shapediff.models import PointCloudDiffusion
-from shapediff.models.completion import (
-    baseline_mirror,
-    baseline_partial,
-    baseline_retrieval,
-    complete,
-    prepare_partial,
-)
+from shapediff.evaluation import baseline_mirror, baseline_partial, baseline_retrieval
+from shapediff.models.completion import complete, prepare_partial
 
 N, M, T = 64, 16, 100
 

@@ -15,7 +15,7 @@ from shapediff.geometry import load_points
 from shapediff.models import PointCloudDiffusion, load_model
 from shapediff.metrics import chamfer_distance
 from shapediff.models.checkpoint import atomic_torch_save
-from shapediff.models.completion import held_out_scans, shape_bank
+from shapediff.evaluation import held_out_scans, shape_bank, write_run_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 N, M = 64, 16
@@ -100,7 +100,9 @@ def test_training_run_hook_writes_completion_outputs(tmp_path):
     ref, train = (PartialScans(SyntheticShapes(num_shapes=3, num_points=N, split=split, pool_size=500, mesh_resolution=24),
                                num_partial_points=M, views_per_shape=1, width=24, height=24) for split in ("val", "train"))
     cfg = {"num_samples": 3, "metrics": ["cd"], "num_ply": 2, "num_meshes": 0, "preview": False, "seed": 0}
-    metrics = model.write_run_outputs(ref, tmp_path, cfg, train_dataset=train)
+    assert model.family == "completion"
+    metrics = write_run_outputs(model, ref, tmp_path, cfg, train_dataset=train)
+    assert "output_errors" not in metrics
     assert set(metrics["results"]) == {"pvd", "baseline_partial", "baseline_mirror", "baseline_retrieval"}
     assert metrics["num_scans"] == 3 and metrics["num_train_shapes"] == 3
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -115,14 +117,14 @@ def test_training_run_hook_writes_completion_outputs(tmp_path):
     nearest = bank[one_sided.argmin(1)]
     assert retrieval["CD"] == pytest.approx(float(chamfer_distance(nearest, gt).double().mean()), rel=1e-5)
     assert "| baseline_retrieval |" in written["table"]
-    assert "baseline_retrieval" not in model.write_run_outputs(ref, tmp_path / "no_bank", cfg)["results"]
+    assert "baseline_retrieval" not in write_run_outputs(model, ref, tmp_path / "no_bank", cfg)["results"]
     for i in range(2):
         folder = tmp_path / "completions" / f"scan_{i:03d}"
         assert {"partial.ply", "completion_0.ply", "ground_truth.ply"} <= {p.name for p in folder.iterdir()}
     generation_only = PointCloudDiffusion(
         denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1},
         diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 50}, num_points=N)
-    assert not hasattr(generation_only, "write_run_outputs")
+    assert generation_only.family == "generation"  # the generation writer, chosen by the declared family
 
 
 def test_evaluate_script_over_seeds_one_view_per_shape_with_retrieval_init(tmp_path):

@@ -11,8 +11,8 @@ from torch import nn
 
 from shapediff.data import PartialScans, SyntheticShapes
 from shapediff.models import PointCloudDiffusion
-from shapediff.models.completion import (complete, completion_table, held_out_scans, parse_clip_x0, shape_bank,
-                                         summarise_seeds)
+from shapediff.evaluation import completion_table, held_out_scans, shape_bank, summarise_seeds
+from shapediff.models.completion import complete, parse_clip_x0
 
 N, M, T = 64, 16, 100
 
@@ -133,7 +133,7 @@ def test_completion_previews_share_one_frame(monkeypatch, tmp_path):
 
     calls = []
     monkeypatch.setattr(shapediff.viz, "render_grid", lambda items, path, **kw: calls.append((len(items), kw)))
-    from shapediff.models.completion import _preview_rows, save_completions
+    from shapediff.evaluation.completion import _preview_rows, save_completions
 
     gen = torch.Generator().manual_seed(0)
     partial, completions, gt = torch.randn(M, 3, generator=gen), torch.randn(2, N, 3, generator=gen), torch.randn(N, 3)

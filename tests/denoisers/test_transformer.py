@@ -327,8 +327,8 @@ def test_class_conditional_pipeline_smoke():
     assert all(torch.isfinite(torch.tensor(losses)))
     model.eval()
     kw = {"sampler": "ddpm", "steps": 5, "seed": 0, "guidance_scale": 2.0}
-    a = model.sample(3, class_label=torch.tensor([0, 1, 2]), **kw)
-    b = model.sample(3, class_label=torch.tensor([1, 1, 1]), **kw)
+    a = model.sample(3, class_label=torch.tensor([0, 1, 2]), **kw).points
+    b = model.sample(3, class_label=torch.tensor([1, 1, 1]), **kw).points
     assert a.shape == (3, 64, 3) and torch.isfinite(a).all()
     torch.testing.assert_close(a[1], b[1])  # same label, same seed
     assert not torch.equal(a[0], b[0]) and not torch.equal(a[2], b[2])
@@ -374,7 +374,7 @@ def test_class_conditional_sampling_gives_the_requested_class():
     assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:10]) / 10
     model.eval()
     wanted = torch.arange(3).repeat_interleave(10)
-    samples = model.sample(30, class_label=wanted, guidance_scale=3.0, sampler="ddpm", steps=100, seed=0)
+    samples = model.sample(30, class_label=wanted, guidance_scale=3.0, sampler="ddpm", steps=100, seed=0).points
     correct = int((_nearest_class_mean_chamfer(samples, refs, ref_labels, 3) == wanted).sum())
     assert correct >= 17, f"{correct}/30 samples judged as the requested class (chance: 10/30)"
 

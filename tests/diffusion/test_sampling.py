@@ -10,6 +10,7 @@ import yaml
 
 from shapediff.config import instantiate
 from shapediff.diffusion import SAMPLERS, GaussianDiffusion
+from shapediff.diffusion.samplers import COMMON_OPTIONS, REGISTRY
 from tests.diffusion.analytic import (ConditionalGaussianDenoiser, assert_close, gaussian_denoiser, moment_tolerances,
                                       sample_moments)
 from tests.diffusion.test_samplers_analytic import COV, MU
@@ -52,7 +53,7 @@ def test_masked_entries_equal_known_exactly(diffusion, sampler, keep_known, jump
             return super().forward(x, t, cond)
 
     out = diffusion.sample(Spy(), (2, 7, 3), sampler=sampler, steps=10, seed=0, known=known, mask=mask,
-                           keep_known=keep_known, resample_jumps=jumps, eta=0.5)
+                           keep_known=keep_known, resample_jumps=jumps, **REGISTRY[sampler].options)
     assert torch.equal(out[:, :3], known[:, :3])
     assert bool(torch.isfinite(out).all()) and not torch.equal(out[:, 3:], known[:, 3:])
     if keep_known == "clean":  # PVD: the model always sees the clean known values
@@ -121,10 +122,11 @@ def test_classifier_free_guidance(diffusion):
 def test_determinism_by_seed_and_generator(diffusion):
     model = Toy()
     for sampler in ("ddpm", "ddim", "dpmpp_2m"):
-        a = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=11, eta=1.0)
-        b = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=11, eta=1.0)
-        c = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, generator=torch.Generator().manual_seed(11), eta=1.0)
-        d = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=12, eta=1.0)
+        kw = {"eta": 1.0} if sampler == "ddim" else {}
+        a = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=11, **kw)
+        b = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=11, **kw)
+        c = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, generator=torch.Generator().manual_seed(11), **kw)
+        d = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=12, **kw)
         assert torch.equal(a, b) and torch.equal(a, c) and not torch.equal(a, d)
     g = torch.get_rng_state()
     diffusion.sample(model, (1, 2, 3), sampler="ddpm", steps=4, seed=0)
@@ -204,8 +206,40 @@ def test_diffusion_configs_instantiate(path):
 @pytest.mark.parametrize("path", sorted((CONFIGS / "sampler").glob("*.yaml")), ids=lambda p: p.stem)
 def test_sampler_configs_run(path, diffusion):
     cfg = yaml.safe_load(path.read_text())
-    assert cfg["name"] in SAMPLERS and {"name", "steps", "eta"} <= set(cfg)
+    assert cfg["name"] in SAMPLERS and {"name", "steps"} <= set(cfg)
+    assert set(cfg) - {"name", "steps"} <= set(COMMON_OPTIONS) | set(REGISTRY[cfg["name"]].options)  # nothing ignored
     extra = {k: v for k, v in cfg.items() if k not in ("name", "steps")}
     steps = cfg["steps"] if cfg["steps"] is None else min(cfg["steps"], diffusion.num_timesteps)
     out = diffusion.sample(Toy(), (1, 4, 3), sampler=cfg["name"], steps=steps, seed=0, **extra)
     assert out.shape == (1, 4, 3)
+
+
+@pytest.mark.parametrize("sampler", sorted(REGISTRY))
+def test_options_a_sampler_does_not_declare_are_errors(diffusion, sampler):
+    """The registry is the one place that says which keyword reaches which sampler: nothing is silently dropped."""
+    with pytest.raises(ValueError, match="unknown"):
+        diffusion.sample(Toy(), (1, 4, 3), sampler=sampler, steps=3, seed=0, not_an_option=1.0)
+    if "eta" not in REGISTRY[sampler].options:
+        with pytest.raises(ValueError, match="eta"):
+            diffusion.sample(Toy(), (1, 4, 3), sampler=sampler, steps=3, seed=0, eta=1.0)
+
+
+def test_ddim_eta_reaches_the_sampler(diffusion):
+    model = Toy()
+    a = diffusion.sample(model, (2, 4, 3), sampler="ddim", steps=5, seed=0)
+    assert torch.equal(a, diffusion.sample(model, (2, 4, 3), sampler="ddim", steps=5, seed=0, eta=0.0))
+    assert not torch.allclose(a, diffusion.sample(model, (2, 4, 3), sampler="ddim", steps=5, seed=0, eta=1.0))
+
+
+@pytest.mark.parametrize("sampler", sorted(REGISTRY))
+def test_callback_sees_every_step_and_the_final_sample(diffusion, sampler):
+    """k-diffusion's per-step callback: x after step i, i, the model timestep and the last x0 estimate."""
+    seen, model = [], Toy()
+    out = diffusion.sample(model, (2, 4, 3), sampler=sampler, steps=6, seed=0, callback=seen.append)
+    assert [info["i"] for info in seen] == list(range(6))
+    ts = [info["t"] for info in seen]
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 6
+    assert all(info["denoised"].shape == out.shape for info in seen)
+    assert torch.equal(seen[-1]["x"], out)
+    plain = diffusion.sample(model, (2, 4, 3), sampler=sampler, steps=6, seed=0)
+    assert torch.equal(plain, out)  # watching changes nothing

@@ -344,7 +344,7 @@ def test_sample_bad_args(tiny, kwargs, prefix):
 
 
 def test_sample_valid_is_finite(tiny):
-    out = tiny.sample(2, steps=3, seed=0)
+    out = tiny.sample(2, steps=3, seed=0).points
     assert out.shape == (2, 64, 3) and torch.isfinite(out).all()
 
 

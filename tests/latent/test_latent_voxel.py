@@ -98,12 +98,12 @@ def test_decoder_inversion_makes_the_output_keep_known_voxels(tiny_model, tsdf_t
 
 
 def test_observation_guidance_steps_x0_toward_the_observation(tiny_model, tsdf_train):
-    from shapediff.models.latent_voxel import _ObservationGuided
+    from shapediff.diffusion.guidance import ObservationGuided
 
     x = torch.stack([tsdf_train[i]["tsdf"] for i in range(2)])
     mask = _half_mask(x)
     misfit = lambda z: tiny_model.observation_misfit(tiny_model._decode_raw(z), x, mask)  # noqa: E731
-    guided = _ObservationGuided(lambda z, t, cond: torch.zeros_like(z), tiny_model.diffusion, misfit, 0.05)
+    guided = ObservationGuided(lambda z, t, cond: torch.zeros_like(z), tiny_model.diffusion, misfit, 0.05)
     x0 = torch.randn(2, *tiny_model.latent_shape)
     t = torch.tensor([0, 0])
     moved = guided.adjust(x0, t)
@@ -123,7 +123,7 @@ def test_empty_volume_gives_empty_mesh(tiny_model):
         tiny_model.vae.dec_out[-1].weight.zero_()
         tiny_model.vae.dec_out[-1].bias.fill_(5.0)
     out = tiny_model.sample(2, seed=0)
-    assert (out.tsdf == 1).all()
+    assert (out.grids == 1).all()
     assert all(len(m.faces) == 0 for m in out.meshes)
     assert torch.equal(meshes_to_points(out.meshes, 16), torch.zeros(2, 16, 3))
 
@@ -166,7 +166,7 @@ def test_save_load_without_vae_file(tmp_path, tsdf_train):
     loaded = shapediff.load_model(tmp_path / "lvd.pt", device="cpu")
     assert isinstance(loaded, LatentVoxelDiffusion) and loaded.config["vae_checkpoint"] is None
     assert float(loaded.latent_scale) == float(model.latent_scale)
-    assert torch.equal(loaded.sample(2, seed=4, meshes=False).tsdf, model.eval().sample(2, seed=4, meshes=False).tsdf)
+    assert torch.equal(loaded.sample(2, seed=4, meshes=False).grids, model.eval().sample(2, seed=4, meshes=False).grids)
 
 
 def test_errors(tiny_model, tmp_path):
@@ -206,7 +206,7 @@ def test_complete_from_depth_scan(tiny_model):
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_clipped_denoiser_bounds_implied_x0(prediction):
     from shapediff.config import instantiate
-    from shapediff.models.latent_voxel import _ClippedDenoiser
+    from shapediff.diffusion.guidance import ClippedDenoiser
 
     diffusion = instantiate({**DIFFUSION, "prediction": prediction})
     x_t, t = torch.randn(4, 2, 3, 3, 3) * 3, torch.tensor([0, 10, 50, 99])
@@ -214,7 +214,7 @@ def test_clipped_denoiser_bounds_implied_x0(prediction):
     torch.manual_seed(1)
     x0_raw = diffusion.split_output(raw(x_t, t, None), x_t, t).x0
     torch.manual_seed(1)
-    x0 = diffusion.split_output(_ClippedDenoiser(raw, diffusion, 2.0)(x_t, t), x_t, t).x0
+    x0 = diffusion.split_output(ClippedDenoiser(raw, diffusion, 2.0)(x_t, t), x_t, t).x0
     assert x0.abs().max() <= 2.0 + 1e-4
     inside = x0_raw.abs() < 2.0
     assert torch.allclose(x0[inside], x0_raw[inside], atol=1e-4)  # identity where x0 is in range
@@ -224,7 +224,7 @@ def test_evaluate_generation_scores_points_on_sampled_meshes(tiny_model, tsdf_tr
     """scripts/evaluate.py's path: a mesh-sampling model is scored on points drawn on its meshes,
     as many per mesh as each reference holds (it crashed on VoxelSamples before)."""
     from shapediff.models.latent_voxel import meshes_to_points
-    from shapediff.training.outputs import evaluate_generation
+    from shapediff.evaluation import evaluate_generation
 
     samples, metrics = evaluate_generation(tiny_model, tsdf_train, 3, metrics=("cd",), seed=5)
     assert samples.shape == (3, tsdf_train[0]["points"].shape[0], 3) and samples.dtype == torch.float32

@@ -26,7 +26,7 @@ def test_normalisation_is_fitted_and_samples_come_back_in_data_coordinates():
     torch.testing.assert_close(model.normalizer.mean, torch.tensor([10.0, -3.0, 2.0]), atol=0.6, rtol=0)
     assert float(model.normalizer.scale) == pytest.approx(5.0, rel=0.1)
     assert 2.0 < float(model.normalizer.bound) < 6.0  # largest |normalised coordinate| of Gaussian data
-    x = model.sample(3, steps=4, seed=0)
+    x = model.sample(3, steps=4, seed=0).points
     assert x.shape == (3, 64, 3)
     # An untrained net (zero output head) predicts eps = 0, so samples sit near the data mean, at data scale.
     assert (x.mean(dim=(0, 1)) - model.normalizer.mean).abs().max() < 5.0
@@ -34,10 +34,10 @@ def test_normalisation_is_fitted_and_samples_come_back_in_data_coordinates():
 
 def test_same_seed_same_samples_and_batching_is_consistent():
     model = _model()
-    a = model.sample(4, steps=5, seed=3)
-    b = model.sample(4, steps=5, seed=3)
+    a = model.sample(4, steps=5, seed=3).points
+    b = model.sample(4, steps=5, seed=3).points
     torch.testing.assert_close(a, b)
-    assert not torch.equal(a, model.sample(4, steps=5, seed=4))
+    assert not torch.equal(a, model.sample(4, steps=5, seed=4).points)
 
 
 def test_training_loss_is_finite_and_backpropagates():
@@ -57,7 +57,7 @@ def test_save_load_round_trip(tmp_path):
     path = model.save(tmp_path / "m.pt")
     loaded = shapediff.load_model(path, device="cpu")
     assert isinstance(loaded, PointCloudDiffusion)
-    torch.testing.assert_close(loaded.sample(2, steps=3, seed=1), model.eval().sample(2, steps=3, seed=1))
+    torch.testing.assert_close(loaded.sample(2, steps=3, seed=1).points, model.eval().sample(2, steps=3, seed=1).points)
     assert loaded.config == model.config
 
 

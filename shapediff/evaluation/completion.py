@@ -1,0 +1,219 @@
+"""Completion evaluation: complete held-out scans with a model's methods, score them beside the baselines, and
+write what a finished completion training run leaves behind (``write_completion_outputs``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from shapediff.evaluation.baselines import baseline_mirror, baseline_partial, baseline_retrieval
+from shapediff.evaluation.reporting import OutputLog
+from shapediff.evaluation.tables import completion_table
+from shapediff.models.completion import complete, default_method, prepare_partial
+
+__all__ = ["evaluate_completion", "held_out_scans", "shape_bank", "save_completions", "write_completion_outputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_completions(
+    out_dir,
+    partial: Any,
+    completions: Any,
+    *,
+    ground_truth: Any = None,
+    meshes: bool = True,
+    preview: bool = True,
+) -> dict[str, Any]:
+    """Write one scan's completions: ``partial.ply``, ``completion_K.ply``, ``completion_K.obj``
+    (a mesh each, when ``meshes``), ``ground_truth.ply`` and ``preview.png`` (partial |
+    completions | ground truth). partial: (M, 3); completions: (n, N, 3); ground_truth: (G, 3).
+
+    Returns ``{"files": [paths], "errors": {name: message}}``: a mesh or preview that cannot be
+    made is recorded and logged, and the other files are still written.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from shapediff.geometry import points_to_mesh, save_mesh, save_points  # noqa: PLC0415
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clouds = [np.asarray(torch.as_tensor(c).detach().cpu(), dtype=np.float32) for c in completions]
+    files = [save_points(out / "partial.ply", np.asarray(torch.as_tensor(partial).detach().cpu()))]
+    errors: dict[str, str] = {}
+    for k, cloud in enumerate(clouds):
+        files.append(save_points(out / f"completion_{k}.ply", cloud))
+        if meshes:
+            try:
+                files.append(save_mesh(out / f"completion_{k}.obj", points_to_mesh(cloud)))
+            except (ValueError, RuntimeError, ImportError) as err:
+                errors[f"completion_{k}.obj"] = str(err)
+                logger.warning("completion %d: no mesh (%s)", k, err)
+    items = [np.asarray(torch.as_tensor(partial).detach().cpu())] + clouds
+    if ground_truth is not None:
+        gt = np.asarray(torch.as_tensor(ground_truth).detach().cpu(), dtype=np.float32)
+        files.append(save_points(out / "ground_truth.ply", gt))
+        items.append(gt)
+    if preview:
+        try:
+            from shapediff.viz import render_grid  # noqa: PLC0415
+
+            render_grid(items, out / "preview.png", ncols=len(items), fit="shared")  # one scale: partial | completions | gt
+            files.append(out / "preview.png")
+        except (ImportError, RuntimeError, ValueError) as err:
+            errors["preview.png"] = str(err)
+            logger.warning("preview.png not written: %s", err)
+    return {"files": [str(f) for f in files], "errors": errors}
+
+
+def _summarise(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.double().mean()) for k, v in values.items()}
+
+
+def evaluate_completion(
+    model,
+    partial: torch.Tensor,
+    ground_truth: torch.Tensor,
+    *,
+    train_clouds: torch.Tensor | None = None,
+    methods: Sequence[str] | None = None,
+    n: int = 1,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    resample_jumps: int = 5,
+    num_known: int | None = None,
+    metrics: Sequence[str] = ("cd", "emd", "f_score"),
+    batch_size: int | None = None,
+    outputs: dict[str, torch.Tensor] | None = None,
+    retrieval_init_t: Sequence[int] = (),
+    clip_x0: float | str | None = "auto",
+) -> dict[str, dict[str, float]]:
+    """Completion metrics of ``model`` (each of ``methods``) and of the baselines, in one run.
+
+    partial: (B, M, 3) scans; ground_truth: (B, N, 3) complete clouds (data coordinates);
+    train_clouds: (S, N, 3) for the retrieval baseline. Returns ``{name: {"CD", "EMD",
+    "F-score@0.01", "UHD"[, "TMD" with n >= 2], "seconds"}}`` averaged over the B scans; names are
+    the methods and "baseline_partial", "baseline_mirror", "baseline_retrieval". Pass a dict as
+    ``outputs`` to receive each method's (B, n, N, 3) completions in it. ``retrieval_init_t``
+    adds rows "pvd+retrieval_init@T0": PVD started from the retrieved shape noised to T0 (SDEdit,
+    ``complete(..., retrieval_bank=train_clouds, init_t=T0)``). ``seconds`` is the wall time of
+    each method on the whole batch (retrieval included where it is part of the method).
+    """
+    import time  # noqa: PLC0415
+
+    from shapediff.metrics import completion_metrics  # noqa: PLC0415
+
+    methods = list(methods) if methods else [default_method(model)]
+    partial = prepare_partial(partial, partial.shape[-2])
+    gt = prepare_partial(ground_truth, ground_truth.shape[-2], name="ground_truth")
+    big_n, results = gt.shape[1], {}
+    common = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, clip_x0=clip_x0)
+    runs = {method: dict(method=method, resample_jumps=resample_jumps, num_known=num_known) for method in methods}
+    if train_clouds is not None:
+        runs |= {f"pvd+retrieval_init@{t0}": dict(method="pvd", retrieval_bank=train_clouds, init_t=int(t0))
+                 for t0 in retrieval_init_t}
+    for name, options in runs.items():
+        start = time.perf_counter()
+        out = complete(model, partial, **common, **options).cpu()
+        seconds = time.perf_counter() - start
+        if outputs is not None:
+            outputs[name] = out
+        pred = out if n > 1 else out[:, 0]
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
+    gen = torch.Generator().manual_seed(seed)
+    baselines = {"baseline_partial": lambda: baseline_partial(partial, big_n, gen),
+                 "baseline_mirror": lambda: baseline_mirror(partial, big_n, axis=0, generator=gen)}
+    if train_clouds is not None:
+        baselines["baseline_retrieval"] = lambda: baseline_retrieval(partial, train_clouds)[0]
+    for name, make in baselines.items():
+        start = time.perf_counter()
+        pred = make()
+        seconds = time.perf_counter() - start
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
+    return results
+
+
+def held_out_scans(dataset, count: int, *, one_view_per_shape: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(partial (B, M, 3), ground truth (B, N, 3))`` of ``count`` items of a partial-scan dataset.
+
+    The first ``count`` items by default (consecutive items are views of one shape). With
+    ``one_view_per_shape``, item ``i`` is shape ``i`` seen from view ``i mod views_per_shape``,
+    so ``count`` scans cover ``count`` different shapes (and, round-robin, every category).
+    """
+    views = int(getattr(dataset, "views_per_shape", 1)) if one_view_per_shape else 1
+    total = len(dataset) // views
+    if not (isinstance(count, int) and 1 <= count):
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    indices = [i * views + (i % views) for i in range(min(count, total))]
+    items = [dataset[i] for i in indices]
+    if "partial" not in items[0]:
+        raise ValueError("dataset: its items have no 'partial' scan; use a partial-scan dataset (PartialScans)")
+    partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
+    return partial, torch.stack([torch.as_tensor(it["points"]).float() for it in items])
+
+
+def shape_bank(dataset, count: int | None = None, seed: int = 0) -> torch.Tensor:
+    """(S, N, 3) complete clouds of the shapes under a partial-scan dataset, one per shape (the
+    retrieval baseline's and ``retrieval_bank``'s training set); ``count`` limits S. Datasets that
+    draw a random subset of points per access (training splits) draw it from torch's global
+    generator: it is seeded with ``seed`` here (and restored after), so the bank is reproducible."""
+    shapes = getattr(dataset, "dataset", dataset)
+    count = len(shapes) if count is None else min(count, len(shapes))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([torch.as_tensor(shapes[i]["points"]).float() for i in range(count)])
+
+
+def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, Any], train_dataset=None,
+                             log: OutputLog | None = None) -> dict[str, Any]:
+    """What a finished completion training run writes (``scripts/train.py`` calls it).
+
+    Completes ``eval_cfg["num_samples"]`` scans of ``ref_dataset`` (items with "points" and
+    "partial"; one view per shape, see :func:`held_out_scans`), writes ``metrics.json`` (the model vs
+    the partial and mirror baselines and, given the training split ``train_dataset``, retrieval from
+    its :func:`shape_bank`, as ``scripts/evaluate_completion.py`` does), ``completions/scan_XXX/``
+    (see :func:`save_completions`) for ``num_ply`` scans, meshes for ``num_meshes`` of them, and
+    ``preview.png`` (rows of partial | completion | ground truth). Returns the metrics.
+    Outputs that cannot be made are recorded in ``log`` (:class:`OutputLog`) and the others are still written.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    log = log if log is not None else OutputLog()
+    run_dir = Path(run_dir)
+    partial, gt = held_out_scans(ref_dataset, int(eval_cfg["num_samples"]), one_view_per_shape=True)
+    count = partial.shape[0]
+    names = {"cd": "cd", "emd": "emd"}
+    metrics = tuple(names[m] for m in eval_cfg.get("metrics", ("cd",)) if m in names) + ("f_score",)
+    seed = int(eval_cfg.get("seed", 0))
+    train_clouds = None if train_dataset is None else shape_bank(train_dataset)
+    outputs: dict[str, torch.Tensor] = {}
+    results = evaluate_completion(model, partial, gt, train_clouds=train_clouds, n=1, seed=seed, metrics=metrics,
+                                  batch_size=eval_cfg.get("batch_size"), outputs=outputs)
+    out = next(iter(outputs.values()))
+    summary = {"num_scans": count, "num_points": int(gt.shape[1]), "num_partial_points": int(partial.shape[1]),
+               "num_train_shapes": 0 if train_clouds is None else len(train_clouds),
+               "results": results, "table": completion_table(results)}
+    shown = min(int(eval_cfg.get("num_ply", 8)), count)
+    for i in range(shown):
+        name = f"completions/scan_{i:03d}"
+        written = log.attempt(name, save_completions, run_dir / name, partial[i], out[i], ground_truth=gt[i],
+                              meshes=i < int(eval_cfg.get("num_meshes", 0)), preview=False)
+        for file, message in (written or {}).get("errors", {}).items():
+            log.record(f"{name}/{file}", message)
+    if shown and eval_cfg.get("preview", True):
+        log.attempt("preview.png", _preview_rows, partial[:shown], out[:shown, 0], gt[:shown], run_dir / "preview.png")
+    logger.info("completion metrics:\n%s", summary["table"])
+    return log.write_metrics(summary, run_dir / "metrics.json")
+
+
+def _preview_rows(partial: torch.Tensor, completions: torch.Tensor, gt: torch.Tensor, path) -> None:
+    """preview.png: one row per scan, partial | completion | ground truth, on one shared scale."""
+    from shapediff.viz import render_grid  # noqa: PLC0415
+
+    items = [c.numpy() for row in zip(partial, completions, gt) for c in row]
+    render_grid(items, path, ncols=3, fit="shared")
