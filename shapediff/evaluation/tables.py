@@ -6,18 +6,20 @@ from collections.abc import Sequence
 
 import torch
 
+from shapediff.metrics.registry import completion_keys, generation_key, metric_spec
+
 __all__ = ["completion_table", "generation_table", "summarise_seeds"]
 
 
 def completion_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of :func:`evaluate_completion`'s results (one row per method); with
     :func:`summarise_seeds`' spreads a cell reads "mean ± std"."""
-    columns = [c for c in ("CD", "EMD", "F-score@0.01", "UHD", "TMD", "seconds") if any(c in r for r in results.values())]
+    columns = completion_keys({key for row in results.values() for key in row})
     lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
     for name, row in results.items():
         cells = []
         for c in columns:
-            fmt = "%.1f" if c == "seconds" else "%.5f"
+            fmt = "%.1f" if metric_spec(c).kind == "timing" else "%.5f"
             cell = fmt % row[c] if c in row else ""
             if f"{c}_std" in row and cell:
                 cell += " ± " + fmt % row[f"{c}_std"]
@@ -30,9 +32,9 @@ def generation_table(metrics: dict, names: Sequence[str]) -> str:
     """The PointFlow table: MMD (x1e3 for CD, x1e2 for EMD, as papers print them), COV % and 1-NNA %."""
     rows = ["| metric | MMD | COV (%) | 1-NNA (%) |", "|---|---:|---:|---:|"]
     for name in names:
-        key, scale = name.upper(), {"cd": 1e3, "emd": 1e2}[name]
-        rows.append(f"| {key} | {metrics[f'MMD-{key}'] * scale:.3f} (x{scale:g}) | {100 * metrics[f'COV-{key}']:.1f} "
-                    f"| {100 * metrics[f'1-NNA-{key}']:.1f} |")
+        scale = {"cd": 1e3, "emd": 1e2}[name]
+        mmd, cov, nna = (metrics[generation_key(stat, name)] for stat in ("MMD", "COV", "1-NNA"))
+        rows.append(f"| {name.upper()} | {mmd * scale:.3f} (x{scale:g}) | {100 * cov:.1f} | {100 * nna:.1f} |")
     return "\n".join(rows)
 
 

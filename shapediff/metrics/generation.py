@@ -20,6 +20,7 @@ import torch
 
 from shapediff.geometry.validation import check_points
 from shapediff.metrics.pairwise import pairwise_distance_matrix
+from shapediff.metrics.registry import generation_key
 
 Normalization = Literal["none", "global", "unit_sphere", "bbox"]
 
@@ -113,7 +114,6 @@ def generation_metrics(
         m_rs = pairwise_distance_matrix(refs, samples, **kw)
         m_rr = pairwise_distance_matrix(refs, None, **kw)
         m_ss = pairwise_distance_matrix(samples, None, **kw)
-        name = metric.upper()
-        out[f"MMD-{name}"], out[f"COV-{name}"] = mmd_cov(m_rs)
-        out[f"1-NNA-{name}"] = one_nn_accuracy(m_rr, m_rs, m_ss)
+        out[generation_key("MMD", metric)], out[generation_key("COV", metric)] = mmd_cov(m_rs)
+        out[generation_key("1-NNA", metric)] = one_nn_accuracy(m_rr, m_rs, m_ss)
     return out

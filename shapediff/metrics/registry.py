@@ -1,0 +1,101 @@
+"""The metric registry: one entry per reported number, so that names, directions and units are written once.
+
+Every key a metrics dict (``completion_metrics``, ``generation_metrics``), a metrics.json or a table holds is
+built here (:func:`fscore_key`, :func:`generation_key`) and described here (:func:`metric_spec`): the display
+name, whether lower or higher is better (1-NNA: 0.5 is best), the units, and the function that computes the
+per-pair value where there is one. Evaluation tables and protocol presets read it; adding a metric is one entry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+__all__ = ["MetricSpec", "METRICS", "metric_spec", "fscore_key", "generation_key", "completion_keys", "resolve_fn"]
+
+Direction = Literal["lower", "higher", "half"]
+
+
+class MetricSpec(NamedTuple):
+    """A reported number: ``key`` in results, ``display`` name in tables, ``direction`` of better ("lower",
+    "higher", or "half": 0.5 is ideal, 1-NNA), ``units``, ``kind`` ("completion" per pair, "generation" per set,
+    "timing"), and ``fn`` (the per-pair function, where there is one; a dotted path, imported on use)."""
+    key: str
+    display: str
+    direction: Direction
+    units: str
+    kind: str
+    fn: str | None = None
+
+
+def _spec(key, display, direction, units, kind, fn=None) -> tuple[str, MetricSpec]:
+    return key, MetricSpec(key, display, direction, units, kind, fn)
+
+
+METRICS: dict[str, MetricSpec] = dict([
+    _spec("CD", "CD", "lower", "squared distance (data units^2), both directions summed", "completion",
+          "shapediff.geometry.chamfer.chamfer_distance"),
+    _spec("EMD", "EMD", "lower", "mean matched distance (data units; cost named by the protocol)", "completion",
+          "shapediff.geometry.emd.emd"),
+    _spec("F-score", "F-score", "higher", "fraction in [0, 1] at a distance threshold", "completion",
+          "shapediff.metrics.completion.f_score"),
+    _spec("UHD", "UHD", "lower", "distance (data units)", "completion",
+          "shapediff.metrics.completion.unidirectional_hausdorff"),
+    _spec("TMD", "TMD", "higher", "squared distance (data units^2), diversity of hypotheses", "completion",
+          "shapediff.metrics.completion.total_mutual_difference"),
+    _spec("MMD-CD", "MMD-CD", "lower", "squared distance (data units^2)", "generation"),
+    _spec("COV-CD", "COV-CD", "higher", "fraction of references covered", "generation"),
+    _spec("1-NNA-CD", "1-NNA-CD", "half", "fraction (0.5 is ideal)", "generation"),
+    _spec("MMD-EMD", "MMD-EMD", "lower", "mean matched distance (data units)", "generation"),
+    _spec("COV-EMD", "COV-EMD", "higher", "fraction of references covered", "generation"),
+    _spec("1-NNA-EMD", "1-NNA-EMD", "half", "fraction (0.5 is ideal)", "generation"),
+    _spec("seconds", "seconds", "lower", "wall-clock seconds", "timing"),
+])
+
+_FSCORE = re.compile(r"^F-score@([0-9.eE+-]+)$")
+
+
+def fscore_key(threshold: float) -> str:
+    """The results key of the F-score at ``threshold`` (data units): ``"F-score@0.01"``."""
+    return f"F-score@{threshold:g}"
+
+
+def generation_key(statistic: str, distance: str) -> str:
+    """The results key of a generation statistic ("MMD", "COV", "1-NNA") over a distance ("cd", "emd")."""
+    key = f"{statistic}-{distance.upper()}"
+    if key not in METRICS:
+        raise ValueError(f"statistic, distance: expected MMD / COV / 1-NNA and cd / emd, got {statistic!r}, {distance!r}")
+    return key
+
+
+def metric_spec(key: str) -> MetricSpec:
+    """The registry entry of a results key (``"F-score@0.02"`` resolves to the F-score entry at that threshold)."""
+    if key in METRICS:
+        return METRICS[key]
+    match = _FSCORE.match(key)
+    if match:
+        base = METRICS["F-score"]
+        return base._replace(key=key, display=f"F-score@{match.group(1)}", units=f"{base.units} {match.group(1)}")
+    raise ValueError(f"metric: expected one of {sorted(METRICS)} or 'F-score@<threshold>', got {key!r}")
+
+
+def completion_keys(keys) -> list[str]:
+    """The completion-table columns among ``keys``, in the registry's order (F-scores where "F-score" stands)."""
+    keys = set(keys)
+    out: list[str] = []
+    for key, spec in METRICS.items():
+        if spec.kind not in ("completion", "timing"):
+            continue
+        out += sorted(k for k in keys if _FSCORE.match(k)) if key == "F-score" else [key] if key in keys else []
+    return out
+
+
+def resolve_fn(key: str) -> Callable:
+    """The per-pair function of ``key`` (imported on use, so the registry costs no import)."""
+    from shapediff.config import _resolve_target  # noqa: PLC0415
+
+    spec = metric_spec(key)
+    if spec.fn is None:
+        raise ValueError(f"metric {key!r}: is a statistic over sets, with no per-pair function")
+    return _resolve_target(spec.fn, f"metric {key!r}")
