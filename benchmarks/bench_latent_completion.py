@@ -88,8 +88,8 @@ def main() -> None:
         print(row("reference: VAE of the full shape (sees the hidden part)", full, None, truth, tsdf, mask, 0.0))
         for name, kwargs in VARIANTS.items():
             start = time.perf_counter()
-            out = model.complete(tsdf, mask, seed=args.seed, meshes=False, sampler=args.sampler, steps=args.steps,
-                                 resample_jumps=args.jumps, **kwargs).tsdf[:, None]
+            out = model.complete(tsdf, mask=mask, seed=args.seed, meshes=False, sampler=args.sampler, steps=args.steps,
+                                 resample_jumps=args.jumps, **kwargs).grids.flatten(0, 1)[:, None]
             seconds = (time.perf_counter() - start) / args.shapes
             pasted = torch.where(mask, tsdf, out)  # = paste_known=True on the same sample
             print(row(name, out, pasted, truth, tsdf, mask, seconds), flush=True)

@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     categories = [held_out.dataset[i].get("category", "all") for i in range(partial.shape[0])]
     cd = {"retrieval": chamfer_distance(baseline_retrieval(partial, bank)[0], gt),
           f"pvd+retrieval_init@{args.init_t}": chamfer_distance(
-              model.complete(partial, seed=args.seed, retrieval_bank=bank, init_t=args.init_t)[:, 0], gt),
-          "pvd": chamfer_distance(pvd := model.complete(partial, seed=args.seed)[:, 0], gt)}
+              model.complete(partial, seed=args.seed, retrieval_bank=bank, init_t=args.init_t).points[:, 0], gt),
+          "pvd": chamfer_distance(pvd := model.complete(partial, seed=args.seed).points[:, 0], gt)}
     count = partial.shape[0]
     for name, values in cd.items():
         if name == "retrieval":

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
             retrieval = dict(retrieval_bank=_bank(args.bank, args.checkpoint), init_t=args.retrieval_init_t)
         out = model.complete(scans, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, method=args.method,
                              num_known=args.num_known, resample_jumps=args.resample_jumps, progress=True,
-                             clip_x0=args.clip_x0, **retrieval).cpu()
+                             clip_x0=args.clip_x0, **retrieval).points.cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR

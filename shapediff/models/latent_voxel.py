@@ -34,7 +34,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,18 +48,11 @@ from shapediff.models.checkpoint import load_checkpoint
 from shapediff.models.point_cloud import _plain
 from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
 
-__all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder", "VoxelSamples", "meshes_to_points"]
+__all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder", "meshes_to_points"]
 
 log = logging.getLogger("shapediff.models")
 SIGN_MARGIN, SIGN_WEIGHT = 0.2, 3.0  # observation_misfit's occupancy hinge: margin (in tsdf / tau) and weight
 DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]}
-
-
-class VoxelSamples(NamedTuple):
-    """Generated or completed shapes: ``tsdf`` (n, R, R, R) in [-1, 1] and one trimesh per item (empty if none)."""
-
-    tsdf: torch.Tensor
-    meshes: list
 
 
 def meshes_to_points(meshes: Sequence[Any], num_points: int, seed: int = 0) -> torch.Tensor:
@@ -370,16 +363,16 @@ class LatentVoxelDiffusion(ShapeModel):
         return known > 0.5
 
     @torch.no_grad()
-    def complete(self, partial_tsdf: torch.Tensor, mask: torch.Tensor, n: int = 1, steps: int | None = None,
+    def complete(self, partial: torch.Tensor, n: int = 1, *, mask: torch.Tensor | None = None, steps: int | None = None,
                  sampler: str | None = None, seed: int | None = None, resample_jumps: int = 3, erode: int = 0,
                  fill: float = 1.0, paste_known: bool = False, meshes: bool = True, guidance: float = 0.0,
-                 refine_steps: int = 60, refine_feature_steps: int = 30) -> VoxelSamples:
+                 refine_steps: int = 60, refine_feature_steps: int = 30) -> Samples:
         """Complete partial TSDFs: ``n`` hypotheses for each of B observations (see the module docstring).
 
         Args:
-            partial_tsdf: (R, R, R), (B, R, R, R) or (B, 1, R, R, R) TSDF; values where ``mask`` is False are
+            partial: (R, R, R), (B, R, R, R) or (B, 1, R, R, R) TSDF; values where ``mask`` is False are
                 never read (they may hold anything, even the true hidden shape).
-            mask: bool, same shape, True = observed voxel.
+            mask: bool, same shape, True = observed voxel (required).
             n: hypotheses per observation. resample_jumps: RePaint harmonisation repeats per step.
             erode: latent cells dropped from the known region beyond min-pooling. fill: value the encoder
                 sees in hidden voxels. paste_known: copy the observed voxels into the output TSDF.
@@ -391,13 +384,15 @@ class LatentVoxelDiffusion(ShapeModel):
                 output itself keep them: the known latent cells alone cannot, since the decoder mixes in
                 neighbouring generated cells and the observed voxels of partly observed cells are in no known cell.
         Returns:
-            VoxelSamples with tsdf (B * n, R, R, R) (observation-major) and meshes.
+            :class:`Samples` with grids (B, n, R, R, R) and meshes (B lists of n), the layout of every family.
         """
         r = self.vae.resolution
-        x = _check_tsdf_batch(partial_tsdf, r, "partial_tsdf").to(self.device).float()
+        x = _check_tsdf_batch(partial, r, "partial").to(self.device).float()
+        if mask is None:
+            raise ValueError("mask: expected a bool tensor shaped like partial (True = observed voxel), got None")
         m = _check_tsdf_batch(mask, r, "mask").to(self.device)
         if m.dtype != torch.bool or m.shape != x.shape:
-            raise ValueError(f"mask: expected a bool tensor shaped like partial_tsdf {tuple(x.shape)}, got {m.dtype} {tuple(m.shape)}")
+            raise ValueError(f"mask: expected a bool tensor shaped like partial {tuple(x.shape)}, got {m.dtype} {tuple(m.shape)}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < float("inf"):
@@ -417,7 +412,9 @@ class LatentVoxelDiffusion(ShapeModel):
         tsdf = self.fit_observation(z, obs, obs_mask, refine_steps, refine_feature_steps)
         if paste_known:
             tsdf = torch.where(m[:, 0].repeat_interleave(n, 0), x[:, 0].repeat_interleave(n, 0), tsdf)
-        return VoxelSamples(tsdf, _to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+        found = _to_meshes(tsdf, self.grid["bounds"]) if meshes else []
+        return Samples(grids=tsdf.reshape(x.shape[0], n, *tsdf.shape[1:]),
+                       meshes=[found[i * n: (i + 1) * n] for i in range(x.shape[0])] if meshes else [])
 
     def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent (B, C, r, r, r) -> unclamped TSDF (B, 1, R, R, R), differentiable."""
@@ -472,7 +469,7 @@ class LatentVoxelDiffusion(ShapeModel):
         return var.detach()
 
     def complete_points(self, points: torch.Tensor, camera: torch.Tensor | Sequence[float], n: int = 1,
-                        **kwargs: Any) -> VoxelSamples:
+                        **kwargs: Any) -> Samples:
         """Complete a depth scan: (M, 3) points (grid frame) and the (3,) camera centre -> :meth:`complete`.
 
         Voxels along the rays in front of the surface are known-empty, voxels at the surface known-surface,
@@ -482,4 +479,4 @@ class LatentVoxelDiffusion(ShapeModel):
 
         g = self.grid
         tsdf, mask = partial_points_to_tsdf(points, camera, g["resolution"], g["truncation"], g["bounds"])
-        return self.complete(tsdf, mask, n=n, **kwargs)
+        return self.complete(tsdf, n, mask=mask, **kwargs)

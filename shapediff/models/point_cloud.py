@@ -199,11 +199,14 @@ class PointCloudDiffusion(ShapeModel):
             raise ValueError(f"class_label: expected an int or {n} labels, got {labels.numel()}")
         return {"class_label": labels}
 
-    def complete(self, partial: torch.Tensor, n: int = 1, **kwargs: Any) -> torch.Tensor:
-        """Complete partial scans; see :func:`shapediff.models.completion.complete`."""
+    def complete(self, partial: Any, n: int = 1, *, steps: int | None = None, sampler: str | None = None,
+                 seed: int | None = None, **options: Any) -> Samples:
+        """Complete partial scans (data coordinates) -> :class:`Samples` with points (B, n, N, 3), B = 1 for one
+        unbatched (M, 3) scan. ``options``: :func:`shapediff.models.completion.complete`'s (method, clip_x0, ...)."""
         from shapediff.models.completion import complete  # noqa: PLC0415  (completion sits on top)
 
-        return complete(self, partial, n=n, **kwargs)
+        out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
+        return Samples(points=out if out.ndim == 4 else out[None])
 
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:

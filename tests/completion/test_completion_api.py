@@ -55,7 +55,7 @@ def test_output_shapes_and_exactly_kept_partial(method):
     assert out.shape == (3, N, 3)
     assert torch.equal(out[:, :M], single.expand(3, M, 3))  # bit-exact, in data coordinates
     batch = _partial(2)
-    out = model.complete(batch, n=2, steps=4, sampler="ddim", seed=0, method=method, resample_jumps=2)
+    out = model.complete(batch, n=2, steps=4, sampler="ddim", seed=0, method=method, resample_jumps=2).points
     assert out.shape == (2, 2, N, 3)
     assert torch.equal(out[:, :, :M], batch[:, None].expand(2, 2, M, 3))
     assert torch.isfinite(out).all()
@@ -98,7 +98,7 @@ def test_tokens_method_passes_the_normalised_partial_as_condition():
     model = _model("tokens", denoiser=den)
     spy = model.denoiser = _Spy(model.denoiser)
     partial = _partial(2, m=40)  # any M: resampled to the model's M
-    out = model.complete(partial, n=3, steps=3, sampler="ddim", seed=0)
+    out = model.complete(partial, n=3, steps=3, sampler="ddim", seed=0).points
     assert out.shape == (2, 3, N, 3)
     cond = spy.calls[0][2]
     assert cond["partial"].shape == (6, M, 3)

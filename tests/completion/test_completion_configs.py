@@ -37,7 +37,7 @@ def test_completion_quickstart_builds_and_trains_one_step():
     loss = model.training_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and model.denoiser.denoiser.inp.weight.grad is not None
-    out = model.complete(batch["partial"][:1], n=2, steps=2)
+    out = model.complete(batch["partial"][:1], n=2, steps=2).points
     assert out.shape == (1, 2, 64, 3) and torch.equal(out[0, :, :16], batch["partial"][:1].expand(2, 16, 3))
 
 

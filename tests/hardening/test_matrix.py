@@ -411,8 +411,8 @@ def test_complete_bad_partial(tiny, partial, detail):
     ids=["ok", "single_point", "duplicates", "float16", "more_than_M"],
 )
 def test_complete_valid_edge_inputs(tiny, partial):
-    out = tiny.complete(partial, steps=3, seed=0)
-    assert out.shape == (1, 64, 3) and torch.isfinite(out).all()
+    out = tiny.complete(partial, steps=3, seed=0).points
+    assert out.shape == (1, 1, 64, 3) and torch.isfinite(out).all()
 
 
 def test_complete_huge_coordinates(tiny):

@@ -49,8 +49,8 @@ def test_completion_cannot_see_hidden_voxels(tiny_model, tsdf_train):
     x = tsdf_train[0]["tsdf"]
     mask = _half_mask(x)
     other = torch.where(mask, x, tsdf_train[1]["tsdf"])  # same observation, another shape behind it
-    a = tiny_model.complete(x, mask, n=2, seed=3, meshes=False).tsdf
-    b = tiny_model.complete(other, mask, n=2, seed=3, meshes=False).tsdf
+    a = tiny_model.complete(x, mask=mask, n=2, seed=3, meshes=False).grids.flatten(0, 1)
+    b = tiny_model.complete(other, mask=mask, n=2, seed=3, meshes=False).grids.flatten(0, 1)
     assert torch.equal(a, b)
     # the naive way (encode the full shape, then mask the latent: SDFusion issue #49) does see them
     lmask = tiny_model.latent_mask(mask[None])
@@ -61,11 +61,11 @@ def test_completion_cannot_see_hidden_voxels(tiny_model, tsdf_train):
 def test_completion_hypotheses_seeds_and_paste(tiny_model, tsdf_train):
     x = tsdf_train[2]["tsdf"]
     mask = _half_mask(x)
-    out = tiny_model.complete(x, mask, n=3, seed=0, resample_jumps=1)
-    assert out.tsdf.shape == (3, 16, 16, 16) and len(out.meshes) == 3
-    assert not torch.equal(out.tsdf[0], out.tsdf[1])  # several hypotheses
-    assert torch.equal(tiny_model.complete(x, mask, n=3, seed=0, resample_jumps=1, meshes=False).tsdf, out.tsdf)  # reproducible
-    pasted = tiny_model.complete(x, mask, n=2, seed=0, resample_jumps=1, paste_known=True, meshes=False).tsdf
+    out = tiny_model.complete(x, mask=mask, n=3, seed=0, resample_jumps=1)
+    assert out.grids.shape == (1, 3, 16, 16, 16) and [len(m) for m in out.meshes] == [3]  # (B, n, ...), every family
+    assert not torch.equal(out.grids[0, 0], out.grids[0, 1])  # several hypotheses
+    assert torch.equal(tiny_model.complete(x, mask=mask, n=3, seed=0, resample_jumps=1, meshes=False).grids, out.grids)  # reproducible
+    pasted = tiny_model.complete(x, mask=mask, n=2, seed=0, resample_jumps=1, paste_known=True, meshes=False).grids.flatten(0, 1)
     assert torch.equal(pasted[:, mask[0]], x[0][mask[0]].expand(2, -1))
 
 
@@ -77,9 +77,9 @@ def test_decoder_inversion_makes_the_output_keep_known_voxels(tiny_model, tsdf_t
     x = torch.stack([tsdf_train[i]["tsdf"] for i in range(3)])
     mask = _half_mask(x)
     args = {"n": 1, "seed": 0, "resample_jumps": 1, "meshes": False}
-    before = tiny_model.complete(x, mask, refine_steps=0, refine_feature_steps=0, **args).tsdf[:, None]
-    latent_only = tiny_model.complete(x, mask, refine_feature_steps=0, **args).tsdf[:, None]
-    after = tiny_model.complete(x, mask, **args).tsdf[:, None]
+    before = tiny_model.complete(x, mask=mask, refine_steps=0, refine_feature_steps=0, **args).grids.flatten(0, 1)[:, None]
+    latent_only = tiny_model.complete(x, mask=mask, refine_feature_steps=0, **args).grids.flatten(0, 1)[:, None]
+    after = tiny_model.complete(x, mask=mask, **args).grids.flatten(0, 1)[:, None]
     assert occupancy_iou(before, x, mask).mean() < 0.3
     assert occupancy_iou(latent_only, x, mask).mean() > 0.6  # 0.80 measured
     assert occupancy_iou(after, x, mask).mean() > 0.9  # 0.98 measured
@@ -112,9 +112,9 @@ def test_observation_guidance_steps_x0_toward_the_observation(tiny_model, tsdf_t
     with torch.no_grad():
         assert (misfit(moved) < misfit(x0)).all()
     with pytest.raises(ValueError, match="guidance"):
-        tiny_model.complete(x[0], mask[0], guidance=-1.0)
+        tiny_model.complete(x[0], mask=mask[0], guidance=-1.0)
     with pytest.raises(ValueError, match="refine_steps"):
-        tiny_model.complete(x[0], mask[0], refine_steps=-1)
+        tiny_model.complete(x[0], mask=mask[0], refine_steps=-1)
 
 
 def test_empty_volume_gives_empty_mesh(tiny_model):
@@ -172,9 +172,9 @@ def test_save_load_without_vae_file(tmp_path, tsdf_train):
 def test_errors(tiny_model, tmp_path):
     x = torch.zeros(16, 16, 16)
     with pytest.raises(ValueError, match="mask"):
-        tiny_model.complete(x, torch.ones(16, 16, 16), n=1)
-    with pytest.raises(ValueError, match="partial_tsdf"):
-        tiny_model.complete(torch.zeros(8, 8, 8), torch.ones(8, 8, 8, dtype=torch.bool))
+        tiny_model.complete(x, mask=torch.ones(16, 16, 16), n=1)
+    with pytest.raises(ValueError, match="partial"):
+        tiny_model.complete(torch.zeros(8, 8, 8), mask=torch.ones(8, 8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="n"):
         tiny_model.sample(0)
     with pytest.raises(ValueError, match="denoiser"):
@@ -197,8 +197,8 @@ def test_complete_from_depth_scan(tiny_model):
     scan = virtual_scan(trimesh.creation.icosphere(3, radius=0.6), torch.tensor([0.0, 0.0, 2.5]), width=32, height=32)
     out = tiny_model.complete_points(torch.as_tensor(scan.points), scan.viewpoint, n=2, seed=0,
                                      resample_jumps=1, paste_known=True, meshes=False)
-    assert out.tsdf.shape == (2, 16, 16, 16)
-    assert (out.tsdf[:, 8, 8, -1] == 1).all()  # carved free space in front of the sphere is kept (pasted)
+    assert out.grids.shape == (1, 2, 16, 16, 16)
+    assert (out.grids[0, :, 8, 8, -1] == 1).all()  # carved free space in front of the sphere is kept (pasted)
     with pytest.raises(ValueError, match="points"):
         tiny_model.complete_points(torch.zeros(0, 3), (0.0, 0.0, 2.5))
 

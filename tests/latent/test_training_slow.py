@@ -42,11 +42,11 @@ def test_lvd_quickstart_iou_latents_completion_and_samples(tmp_path):
 
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[..., :16] = True  # the z < 0 half is observed
-    out = model.complete(x, mask, seed=0, meshes=False).tsdf[:, None]
+    out = model.complete(x, mask=mask, seed=0, meshes=False).grids.flatten(0, 1)[:, None]
     assert occupancy_iou(out, x, mask).mean() >= 0.9  # known voxels kept by the decoded output itself (no paste)
-    plain = model.complete(x, mask, seed=0, meshes=False, guidance=0.0, refine_steps=0).tsdf[:, None]
+    plain = model.complete(x, mask=mask, seed=0, meshes=False, guidance=0.0, refine_steps=0).grids.flatten(0, 1)[:, None]
     assert occupancy_iou(plain, x, mask).mean() < occupancy_iou(out, x, mask).mean()
-    pasted = model.complete(x, mask, seed=0, meshes=False, paste_known=True).tsdf[:, None]
+    pasted = model.complete(x, mask=mask, seed=0, meshes=False, paste_known=True).grids.flatten(0, 1)[:, None]
     assert occupancy_iou(pasted, x, mask).mean() == 1.0
     assert occupancy_iou(out, x, ~mask).mean() >= IOU_HIDDEN
 

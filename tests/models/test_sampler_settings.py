@@ -46,7 +46,7 @@ def _cloud_samples(sampler):
 
 def _completions(sampler):
     model = _point_cloud(sampler, completion="pvd")
-    return model.complete(torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(1)), n=1, seed=0, clip_x0=None)
+    return model.complete(torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(1)), n=1, seed=0, clip_x0=None).points
 
 
 @pytest.mark.parametrize("draw", [_cloud_samples, _completions], ids=["sample", "complete"])
