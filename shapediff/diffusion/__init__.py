@@ -3,13 +3,15 @@
 - ``make_beta_schedule(name, num_timesteps, **kw)``: "linear", "cosine", "warm0.1", "sigmoid" betas (T,) float64.
 - ``GaussianDiffusion``: q_sample, eps/x0/v parameterisations, training_loss (mask, min-SNR-gamma),
   posterior, ``sample(model, shape, sampler=..., ...)``.
-- ``SAMPLERS``: name -> sampler function, all with one signature (see ``samplers``).
+- ``samplers.REGISTRY``: name -> ``SamplerSpec`` (function, default steps and spacing, accepted options); ``SAMPLERS``:
+  name -> sampler function, all with one signature.
+- ``guidance``: classifier-free guidance, x0 clamping and the x0-adjusting denoiser wrappers.
 """
 
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, Posterior
 from shapediff.diffusion.inpainting import KnownValues
-from shapediff.diffusion.samplers import SAMPLERS, Prediction, StepSchedule, make_step_schedule
+from shapediff.diffusion.samplers import REGISTRY, SAMPLERS, Prediction, SamplerSpec, StepSchedule, make_step_schedule
 from shapediff.diffusion.schedules import SCHEDULES, make_beta_schedule, posterior_coefficients
 
-__all__ = ["GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "SAMPLERS", "SCHEDULES", "StepSchedule",
-           "make_beta_schedule", "make_step_schedule", "posterior_coefficients"]
+__all__ = ["GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "REGISTRY", "SAMPLERS", "SCHEDULES", "SamplerSpec",
+           "StepSchedule", "make_beta_schedule", "make_step_schedule", "posterior_coefficients"]

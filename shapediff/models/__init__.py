@@ -1,8 +1,9 @@
 """User-facing pipelines pairing a denoiser with the diffusion core: sample, complete, save, load."""
 
-from shapediff.models.base import ShapeModel, load_model
+from shapediff.models.base import Samples, SamplerSettings, ShapeModel, load_model
 from shapediff.models.latent_voxel import LatentVoxelDiffusion, TSDFAutoencoder
 from shapediff.models.normalization import PointNormalizer
 from shapediff.models.point_cloud import PointCloudDiffusion
 
-__all__ = ["LatentVoxelDiffusion", "PointCloudDiffusion", "TSDFAutoencoder", "PointNormalizer", "ShapeModel", "load_model"]
+__all__ = ["LatentVoxelDiffusion", "PointCloudDiffusion", "TSDFAutoencoder", "PointNormalizer", "Samples", "SamplerSettings",
+           "ShapeModel", "load_model"]
