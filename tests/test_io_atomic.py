@@ -133,11 +133,9 @@ def test_old_helpers_are_this_one_path():
     from shapediff.data.prepare import save_array_atomic  # noqa: F401  (kept, built on write_atomic)
     from shapediff.geometry import mesh_io
     from shapediff.models import checkpoint
-    from shapediff.training import outputs
 
     assert mesh_io.atomic_write is io_atomic.write_path_atomic
     assert checkpoint.atomic_write_file is io_atomic.write_atomic
-    assert outputs.write_json_atomic is io_atomic.write_json_atomic
 
 
 def test_no_other_module_renames_files_into_place():
