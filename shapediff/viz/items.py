@@ -32,7 +32,8 @@ class Camera:
 
     azimuth / elevation in degrees (azimuth 0 looks along -z for y-up data, i.e. from +z towards
     the origin); fov: vertical field of view in degrees; distance: None fits the items' bounding
-    sphere into the view, else a fixed distance from the centre; up: "y" or "z".
+    sphere into the view, else a fixed distance from the centre; up: "y" or "z"; projection:
+    "perspective" or "orthographic" (same scale at the centre, no foreshortening).
     """
 
     azimuth: float = 35.0
@@ -40,6 +41,7 @@ class Camera:
     fov: float = 30.0
     distance: float | None = None
     up: str = "y"
+    projection: str = "perspective"
 
     def direction(self) -> np.ndarray:
         """Unit vector from the centre towards the eye."""
@@ -66,6 +68,8 @@ def as_camera(camera: Camera | dict | None) -> Camera:
         raise ValueError(f"camera: expected a Camera, a dict of its fields or None, got {type(camera).__name__}")
     if camera.up not in ("y", "z"):
         raise ValueError(f"camera.up: expected 'y' or 'z', got {camera.up!r}")
+    if camera.projection not in ("perspective", "orthographic"):
+        raise ValueError(f"camera.projection: expected 'perspective' or 'orthographic', got {camera.projection!r}")
     if not 1.0 <= camera.fov <= 150.0:
         raise ValueError(f"camera.fov: expected degrees in [1, 150], got {camera.fov}")
     if camera.distance is not None and not camera.distance > 0:
