@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Look at point clouds and meshes: an interactive Open3D window, or an image with --out.
+"""Look at point clouds and meshes: an interactive Open3D window, a browser page (--web) or an image (--out).
 
     python scripts/view.py runs/quickstart                 # its samples/* and meshes/* in a window
+    python scripts/view.py runs/quickstart --web           # in a browser: no display needed (remote servers)
     python scripts/view.py partial.ply completion_0.obj gt.ply --out compare.png
     python scripts/view.py samples_ddim --out grid.png --ncols 4
     python scripts/view.py bunny.obj --out spin.gif        # turntable GIF
@@ -9,7 +10,10 @@
 PATH is a cloud (.ply .pcd .xyz .npy), a mesh (.obj .ply .stl .glb .off) or a folder: a run directory
 (its samples/ and meshes/) or any folder of such files. A .ply with faces is shown as a mesh.
 Up to 4 items are drawn side by side in one frame (e.g. partial | completion | ground truth);
-more go into a grid, each fitted on its own. Without a display, use --out.
+more go into a grid, each fitted on its own. Without a display, use --web or --out.
+
+--web serves a self-contained page (no internet, nothing to install) on localhost:PORT until Ctrl-C;
+from a laptop, reach a remote machine's viewer with `ssh -L PORT:localhost:PORT remote`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.mesh_io import MESH_SUFFIXES, POINT_SUFFIXES
-from shapediff.viz import Camera, render, render_grid, show, turntable
+from shapediff.viz import Camera, render, render_grid, serve, show, turntable
 
 _SUFFIXES = set(MESH_SUFFIXES) | set(POINT_SUFFIXES)
 
@@ -34,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max", type=int, default=32, help="at most this many files per folder")
     p.add_argument("--size", type=int, default=320, help="tile height in pixels")
     p.add_argument("--frames", type=int, default=36, help="turntable frames (with --out x.gif)")
+    p.add_argument("--web", action="store_true", help="serve a browser viewer on localhost instead of a window")
+    p.add_argument("--port", type=int, default=8765, help="--web: port to listen on (0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: this machine only)")
     p.add_argument("--up", choices=("y", "z"), default="y", help="data up axis (ShapeNet y, ModelNet z)")
     return p.parse_args(argv)
 
@@ -67,6 +74,20 @@ def load_item(path: Path):
     return load_points(path)
 
 
+def serve_web(items: list, labels: list[str], args: argparse.Namespace) -> int:
+    """Serve the items to a browser until Ctrl-C."""
+    try:
+        viewer = serve(*items, labels=labels, host=args.host, port=args.port, up=args.up)
+    except ValueError as err:
+        print(f"view.py: {err}", file=sys.stderr)
+        return USER_ERROR
+    port = viewer.url.rstrip("/").rsplit(":", 1)[1]
+    print(f"serving {len(items)} items at {viewer.url} (Ctrl-C to stop); "
+          f"from another machine: ssh -L {port}:localhost:{port} THIS_HOST, then open {viewer.url}", flush=True)
+    viewer.wait()
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -79,6 +100,8 @@ def main(argv=None) -> int:
     if len(set(labels)) < len(files):  # e.g. samples/sample_000.ply and meshes/sample_000.obj
         labels = [f"{f.parent.name}/{f.stem}" for f in files]
     camera = Camera(up=args.up)
+    if args.web:
+        return serve_web(items, labels, args)
     if args.out is None:
         try:
             show(*items, labels=labels)

@@ -71,22 +71,27 @@ def write_generation_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: 
                 mesh_errors[f"sample_{i:03d}"] = log.errors[name]
     metrics["mesh_errors"] = mesh_errors
     if eval_cfg.get("preview", True):
-        log.attempt("preview.png", _render_grid, samples[: min(8, n)], run_dir / "preview.png")
+        log.attempt("preview.png", _render_samples, samples[: min(8, n)], run_dir / "preview.png",
+                    reference_clouds(ref_dataset, 4, int(eval_cfg["seed"])))
     return log.write_metrics(metrics, run_dir / "metrics.json")
 
 
-def _render_grid(samples: torch.Tensor, path: Path) -> None:
-    """Up to 8 clouds (S, N, 3) as a 4-column grid PNG at ``path``."""
-    from shapediff.viz import render_grid  # noqa: PLC0415
+def _render_samples(samples: torch.Tensor, path: Path, references: torch.Tensor | None = None) -> None:
+    """Up to 8 clouds (S, N, 3) in 4 columns under a row of real shapes (R, N', 3), every tile in one
+    frame (``shapediff.viz.render_samples``), as a PNG at ``path``."""
+    from shapediff.viz import render_samples  # noqa: PLC0415
 
-    render_grid([s.numpy() for s in samples], path, ncols=4)
+    if references is not None:
+        references = references[:, : samples.shape[1]]  # as many points as a sample: same density to compare
+    render_samples([s.numpy() for s in samples], path, references=references, ncols=4)
 
 
-def render_preview(samples: torch.Tensor, path: Path) -> np.ndarray | None:
-    """Render up to 8 clouds (S, N, 3) to ``path`` as a grid; returns the image (H, W, 3) uint8, or None (logged)
-    when rendering is unavailable (periodic previews during training must not stop it)."""
+def render_preview(samples: torch.Tensor, path: Path, references: torch.Tensor | None = None) -> np.ndarray | None:
+    """Render up to 8 clouds (S, N, 3) to ``path`` under a row of real shapes ``references`` (R, N', 3) if given;
+    returns the image (H, W, 3) uint8, or None (logged) when rendering is unavailable (periodic previews during
+    training must not stop it)."""
     try:
-        _render_grid(samples, path)
+        _render_samples(samples, path, references)
     except (ImportError, RuntimeError) as err:
         log.warning("%s not written: %s", path.name, err)
         return None

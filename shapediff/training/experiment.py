@@ -72,13 +72,15 @@ def build_model(cfg: DictConfig | dict):
 
 def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):
     """An ``eval_fn`` for the trainer: generation metrics on ``periodic_samples`` samples and a preview render."""
+    from shapediff.data.references import reference_clouds  # noqa: PLC0415
     from shapediff.evaluation import evaluate_generation, render_preview  # noqa: PLC0415
 
     def evaluate(model, step: int) -> dict[str, Any]:
         samples, metrics = evaluate_generation(model, ref_dataset, int(eval_cfg["periodic_samples"]),
                                                metrics=("cd",), seed=int(eval_cfg["seed"]))
         result: dict[str, Any] = {k: float(v) for k, v in metrics.items() if k.startswith(("MMD", "COV", "1-NNA"))}
-        image = render_preview(samples[:8], Path(run_dir) / "eval" / f"step_{step:08d}.png")
+        image = render_preview(samples[:8], Path(run_dir) / "eval" / f"step_{step:08d}.png",
+                               references=reference_clouds(ref_dataset, 4, int(eval_cfg["seed"])))
         if image is not None:
             result["samples_image"] = image
         log.info("step %d: %s", step, {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})

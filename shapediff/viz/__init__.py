@@ -3,5 +3,6 @@
 from shapediff.viz.items import PALETTE, Camera, VizItem, as_items
 from shapediff.viz.render import render, render_array, render_grid, render_samples, turntable
 from shapediff.viz.viewer import has_display, show
+from shapediff.viz.web import WebViewer, serve
 
-__all__ = ["PALETTE", "Camera", "VizItem", "as_items", "render", "render_array", "render_grid", "render_samples", "turntable", "has_display", "show"]
+__all__ = ["PALETTE", "Camera", "VizItem", "as_items", "render", "render_array", "render_grid", "render_samples", "turntable", "has_display", "show", "WebViewer", "serve"]

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["View", "Fragments", "make_view", "draw_points", "draw_triangles", "corner_normals"]
+__all__ = ["View", "Fragments", "make_view", "draw_points", "draw_triangles", "corner_normals", "vertex_normals"]
 
 _EMPTY = torch.iinfo(torch.int64).max
 _CHUNK = 1 << 22  # candidate pixels per batch: bounds memory at ~100 MB whatever the item
@@ -203,18 +203,37 @@ def draw_triangles(view: View, vertices: np.ndarray, faces: np.ndarray, normals:
     return Fragments(covered, rgb, ids)
 
 
+def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """(F, 3) area-weighted (unnormalised) face normals."""
+    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-30)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) unit vertex normals: adjacent faces' normals weighted by their angle at the vertex
+    (independent of how a flat side is split into triangles)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    face_n = _unit(_face_normals(v, f))
+    out = np.zeros_like(v)
+    for k in range(3):
+        a = _unit(v[f[:, (k + 1) % 3]] - v[f[:, k]])
+        b = _unit(v[f[:, (k + 2) % 3]] - v[f[:, k]])
+        angle = np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0))
+        np.add.at(out, f[:, k], face_n * angle[:, None])
+    return _unit(out)
+
+
 def corner_normals(vertices: np.ndarray, faces: np.ndarray, crease_deg: float = 40.0) -> np.ndarray:
     """(F, 3, 3) shading normals: the smooth vertex normal at each corner, or the face's own normal
     where the two differ by more than ``crease_deg`` (so a box keeps flat sides and a sphere is smooth)."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
-    face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # area-weighted
-    vert_n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(vert_n, f[:, k], face_n)
-    face_n /= np.maximum(np.linalg.norm(face_n, axis=1, keepdims=True), 1e-30)
-    vert_n /= np.maximum(np.linalg.norm(vert_n, axis=1, keepdims=True), 1e-30)
-    corners = vert_n[f]  # (F, 3, 3)
+    face_n = _unit(_face_normals(v, f))
+    corners = vertex_normals(v, f)[f]  # (F, 3, 3)
     smooth = (corners * face_n[:, None]).sum(-1) > math.cos(math.radians(crease_deg))
     return np.where(smooth[..., None], corners, face_n[:, None])
 
