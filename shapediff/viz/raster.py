@@ -126,18 +126,25 @@ def draw_points(view: View, points: np.ndarray, colors: np.ndarray, radius_px: f
     reach = int(math.ceil(float(r[idx].max()))) if len(idx) else 0
     dx, dy = torch.meshgrid(torch.arange(-reach, reach + 1), torch.arange(-reach, reach + 1), indexing="xy")
     offsets = torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)  # (O, 2)
+    centre_offsets = offsets.to(torch.float32) + 0.5
+    inv_r2 = (1 / (r * r)).to(torch.float32)
+    ball_reach = (r / scale).to(torch.float32)  # the disc's radius in world units: how far its front bulges
+    z32 = z.to(torch.float32)
     per_chunk = max(1, _CHUNK // len(offsets))
     for start in range(0, len(idx), per_chunk):
         ids = idx[start:start + per_chunk]
         base = torch.floor(uv[ids]).long()  # pixel holding the centre
-        pix = base[:, None, :] + offsets[None]  # (n, O, 2)
-        d = (pix.to(torch.float64) + 0.5 - uv[ids][:, None, :]).norm(dim=-1) / r[ids][:, None]
-        inside = (d < 1) & (pix[..., 0] >= 0) & (pix[..., 0] < W) & (pix[..., 1] >= 0) & (pix[..., 1] < H)
+        frac = (uv[ids] - base).to(torch.float32)
+        ddx = centre_offsets[None, :, 0] - frac[:, 0, None]  # (n, O): candidate pixel centre - point centre
+        ddy = centre_offsets[None, :, 1] - frac[:, 1, None]
+        d2 = (ddx * ddx + ddy * ddy) * inv_r2[ids][:, None]
+        px = base[:, 0, None] + offsets[None, :, 0]
+        py = base[:, 1, None] + offsets[None, :, 1]
+        row, col = torch.nonzero((d2 < 1) & (px >= 0) & (px < W) & (py >= 0) & (py < H), as_tuple=True)
+        point = ids[row]
         # Ball depth: the front of a sphere of the disc's radius, so touching points occlude as solids.
-        depth = z[ids][:, None] - (r[ids] / scale[ids])[:, None] * torch.sqrt((1 - d * d).clamp_min(0))
-        flat = pix[..., 1] * W + pix[..., 0]
-        ids_b = ids[:, None].expand_as(flat)
-        _reduce(buffer, flat[inside], _depth_keys(depth[inside], ids_b[inside]))
+        depth = z32[point] - ball_reach[point] * torch.sqrt(1 - d2[row, col])
+        _reduce(buffer, py[row, col] * W + px[row, col], _depth_keys(depth, point))
     covered, centres, ids = _winners(buffer, W)
     rho = ((centres - uv[ids]).norm(dim=1) / r[ids]).clamp(0, 1)
     ball = 0.62 + 0.38 * torch.sqrt(1 - rho * rho)

@@ -52,13 +52,14 @@ def show(*items: Any, labels: Sequence[str] | None = None, colors: Sequence[Sequ
 
     Each positional argument is one item (an (N, 3) array / tensor or a trimesh mesh); a single
     list, dict or (B, N, 3) batch is spread out. Labels appear next to each item and in the
-    window's geometry list. Raises RuntimeError where no display exists: use ``shapediff.viz.render``.
+    window's geometry list. Raises RuntimeError where no display exists: use ``shapediff.viz.serve``
+    (a browser) or ``shapediff.viz.render`` (a PNG).
     """
     if not has_display():
         raise RuntimeError(
             "show: no display found (DISPLAY / WAYLAND_DISPLAY unset), so no window can open. "
-            "Render to an image instead: shapediff.viz.render(items, 'out.png') or "
-            "`python scripts/view.py PATH --out out.png`."
+            "Serve it to a browser instead: shapediff.viz.serve(items) or `python scripts/view.py PATH --web`; "
+            "or render an image: shapediff.viz.render(items, 'out.png') or `python scripts/view.py PATH --out out.png`."
         )
     its = as_items(items[0] if len(items) == 1 else list(items), labels, colors)
     o3d = require_open3d()
