@@ -67,6 +67,8 @@ def _label(tile: Image.Image, text: str, color: tuple[float, float, float]) -> N
     draw = ImageDraw.Draw(tile)
     font = ImageFont.load_default(size=max(10, tile.height // 16))
     rgb = tuple(int(c * 160) for c in color)  # darkened item colour keeps the label readable
+    left, top, right, bottom = draw.textbbox((6, 4), text, font=font)
+    draw.rectangle([left - 3, top - 2, right + 3, bottom + 2], fill=_BACKGROUND)  # readable over dense points
     draw.text((6, 4), text, fill=rgb, font=font)
 
 

@@ -1,4 +1,4 @@
-"""Headless rendering (Open3D OffscreenRenderer on Mesa's software driver): measured image properties."""
+"""Headless rendering (shapediff.viz.raster, no Open3D): measured image properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from shapediff.viz import Camera, render, render_array, render_grid, show, turntable
+from shapediff.viz import Camera, render, render_array, render_grid, render_samples, show, turntable
 
 
 def _mask(image: np.ndarray) -> np.ndarray:
@@ -140,3 +140,25 @@ def test_invalid_arguments(tmp_path, call, match):
     with pytest.raises(ValueError, match=match):
         call(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_render_samples_puts_real_shapes_on_top_in_one_frame(tmp_path):
+    refs = np.stack([_sphere_points(1024, radius=0.5, seed=s) for s in range(5)])
+    samples = np.stack([refs[0] * 0.5] + [_sphere_points(1024, radius=0.5, seed=10 + s) for s in range(5)])
+    out = render_samples(samples, tmp_path / "p.png", references=refs, ncols=4, tile_size=96)
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert image.shape == (3 * 96, 4 * 96, 3)  # 4 of the 5 references, then 6 samples from a new row
+    tiles = {(r, c): image[r * 96 + 20:(r + 1) * 96 - 2, c * 96 + 2:(c + 1) * 96 - 2] for r in range(3) for c in range(4)}
+    for (r, c), tile in tiles.items():
+        drawn = _mask(tile.astype(np.uint8))
+        if r == 2 and c >= 2:
+            assert not drawn.any()  # no 7th or 8th sample
+            continue
+        assert drawn.mean() > 0.02
+        green = (tile[drawn][:, 1] > tile[drawn][:, 2]).mean()
+        assert green > 0.9 if r == 0 else green < 0.1  # references green, samples blue
+    # One frame: the half-size copy of "real 0" is drawn half as wide as it.
+    width = lambda t: np.ptp(np.nonzero(_mask(t.astype(np.uint8)))[1])  # noqa: E731
+    assert width(tiles[(1, 0)]) / width(tiles[(0, 0)]) == pytest.approx(0.5, abs=0.06)
+    with pytest.raises(ValueError, match="ncols"):
+        render_samples(samples, tmp_path / "q.png", ncols=0)
