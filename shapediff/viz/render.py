@@ -168,16 +168,25 @@ def render_grid(items: Any, path: str | os.PathLike, *, ncols: int = 4, tile_siz
     return _save_image(_compose(tiles, ncols), path, (".png", ".jpg", ".jpeg"))
 
 
+def _samples_frame(refs: list[VizItem], samples: list[VizItem]) -> tuple[np.ndarray, float]:
+    """(centre, radius): see ``render_samples``; stray points do not shrink the picture."""
+    if not refs:
+        refs, samples = samples, []
+    center, radius = bounding_sphere(refs)
+    reach = [float(np.quantile(np.linalg.norm(it.points - center, axis=1), 0.98)) for it in samples if len(it.points)]
+    return center, min(max([radius, *reach]), 2 * radius)
+
+
 def render_samples(samples: Any, path: str | os.PathLike, *, references: Any = None, ncols: int = 4,
                    tile_size: int = 256, camera: Camera | dict | None = None,
                    point_size: float | None = None) -> Path:
     """A preview a person can compare: a first row of real shapes (green, labelled "real"), then the
-    samples (blue), every tile in ONE frame (the references' bounding sphere, or all samples' when
-    there are no references), so sizes and positions compare across tiles.
+    samples (blue), every tile in ONE frame, so sizes and positions compare across tiles: the
+    references' bounding sphere, widened (up to 2x) to hold 98 % of the points of every sample.
 
     samples / references: (B, N, 3) arrays or tensors, lists of clouds or meshes; up to ``ncols``
     references are shown. Sample points that fall outside the real shapes' frame are cut at the
-    tile's edge: they are what a reader should notice.
+    tile's edge and counted in the tile's label: they are what a reader should notice.
     """
     ncols = _check_ncols(ncols)
     its = as_items(samples)
@@ -189,7 +198,11 @@ def render_samples(samples: Any, path: str | os.PathLike, *, references: Any = N
         for k, it in enumerate(refs):
             it.color, it.label = _REFERENCE_COLOR, f"real {k}"
     size = _check_size("tile_size", tile_size)
-    frame = bounding_sphere(refs or its)
+    frame = _samples_frame(refs, its)
+    for it in its:  # say so where a sample leaves the real shapes' frame, rather than look like a render bug
+        outside = float((np.linalg.norm(it.points - frame[0], axis=1) > 1.12 * frame[1]).mean()) if len(it.points) else 0.0
+        if outside >= 0.01:
+            it.label += f" ({outside:.0%} off frame)"
     cam = as_camera(camera)
     ref_tiles = _tiles(refs, cam, "shared", size, size, point_size, frame=frame)
     blank = [Image.new("RGB", (size, size), _BACKGROUND)] * ((-len(refs)) % ncols)  # samples start a new row
