@@ -65,3 +65,21 @@ def test_errors_are_reported_not_raised(view, tmp_path, monkeypatch, capsys):
     save_points(tmp_path / "p.npy", np.ones((4, 3)) * np.arange(4)[:, None])
     assert view.main([str(tmp_path / "p.npy")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_png_needs_no_open3d(tmp_path):
+    """Previews are drawn by shapediff's own rasteriser: view.py --out works where `import open3d` fails."""
+    import subprocess
+    import sys
+
+    save_points(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(256, 3)))
+    save_mesh(tmp_path / "b.obj", trimesh.creation.icosphere(2))
+    blocker = ("import runpy, sys; sys.modules['open3d'] = None; "  # any `import open3d` now raises ImportError
+               f"sys.argv = ['view.py', {str(tmp_path / 'a.npy')!r}, {str(tmp_path / 'b.obj')!r}, '--out', "
+               f"{str(tmp_path / 'v.png')!r}, '--size', '64']; runpy.run_path({str(_SCRIPT)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))
+    assert image.shape == (64, 128, 3)
+    for k in range(2):
+        assert (image[16:, k * 64:(k + 1) * 64] < 235).any(axis=-1).mean() > 0.05
