@@ -9,7 +9,7 @@ The reference is the previous implementation's algorithm (one process-wide Offsc
 points; meshes as 60k surface splats), run in a child process because Filament can hang or abort; it
 loads ``libusb-package``'s library before ``import open3d`` and needs Mesa's Vulkan driver. Where it
 cannot start, the table says why and shows the new path alone. Prints wall seconds (median of
-``--repeats``) and the ratio reference / new.
+``--repeats``; CPU seconds too, which contention inflates less) and the ratio reference / new.
 """
 
 from __future__ import annotations
@@ -86,21 +86,22 @@ def workloads() -> dict[str, list]:
             "1 cloud x 100k pts": [rng.normal(size=(100_000, 3)) * [1.0, 0.5, 0.3]]}
 
 
-def time_new(work: dict[str, list], tile: int, repeats: int) -> dict[str, float]:
+def time_new(work: dict[str, list], tile: int, repeats: int) -> dict[str, tuple[float, float]]:
     import trimesh  # noqa: PLC0415
 
     from shapediff.viz import render_grid  # noqa: PLC0415
 
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, items in work.items():
             objs = [trimesh.Trimesh(*it, process=False) if isinstance(it, tuple) else it for it in items]
-            runs = []
+            runs, cpu = [], []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 render_grid(objs, Path(tmp) / "g.png", ncols=4, tile_size=tile)
                 runs.append(time.perf_counter() - start)
-            out[name] = statistics.median(runs)
+                cpu.append(time.process_time() - start_cpu)
+            out[name] = (statistics.median(runs), statistics.median(cpu))
     return out
 
 
@@ -128,12 +129,13 @@ def main(argv=None) -> int:
     work = workloads()
     new = time_new(work, args.tile, args.repeats)
     ref, why = time_reference(work, args.tile, args.timeout)
-    print(f"tile {args.tile} px; wall seconds; new = shapediff.viz (median of {args.repeats}), "
-          "reference = Open3D OffscreenRenderer (one run, renderer start-up excluded)")
-    print("| workload | new (s) | Open3D (s) | Open3D / new |\n| --- | ---: | ---: | ---: |")
-    for name, seconds in new.items():
+    print(f"tile {args.tile} px; new = shapediff.viz (median of {args.repeats}; wall and this process's CPU "
+          "seconds), reference = Open3D OffscreenRenderer (wall seconds, one run, renderer start-up excluded)")
+    print("| workload | new wall (s) | new CPU (s) | Open3D wall (s) | Open3D / new |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, (seconds, cpu) in new.items():
         r = ref["times"][name] if ref else math.nan
-        print(f"| {name} | {seconds:.2f} | {r:.2f} | {r / seconds:.1f}x |" if ref else f"| {name} | {seconds:.2f} | - | - |")
+        tail = f"{r:.2f} | {r / seconds:.1f}x |" if ref else "- | - |"
+        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {tail}")
     if ref:
         print(f"Open3D renderer start-up: {ref['startup']:.2f} s (once per process)")
     else:
