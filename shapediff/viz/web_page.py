@@ -123,7 +123,8 @@ function upload(scene, bin) {
 
 function reset() {
   const s = state.scene;
-  state.az = 35; state.el = 20; state.target = s.center.slice();
+  const grid = s.items.length > 1;  // face the grid of items; a single item is seen from three-quarters
+  state.az = grid ? 0 : 35; state.el = grid ? 12 : 20; state.target = s.center.slice();
   state.dist = s.radius / Math.sin(Math.PI / 12) * 1.1;
   redraw();
 }
