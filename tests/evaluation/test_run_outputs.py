@@ -42,7 +42,7 @@ def _broken(kind):
 def test_every_output_that_can_be_made_is_made_and_the_others_are_named(tmp_path, monkeypatch):
     model, refs = _model()
     monkeypatch.setattr(shapediff.geometry, "points_to_mesh", _broken(ImportError))  # e.g. Open3D missing
-    monkeypatch.setattr(shapediff.viz, "render_grid", _broken(RuntimeError))         # e.g. no renderer
+    monkeypatch.setattr(shapediff.viz, "render_samples", _broken(RuntimeError))      # e.g. no renderer
     metrics = write_run_outputs(model, refs, tmp_path, EVAL)
     assert set(metrics["output_errors"]) == {"meshes/sample_000.obj", "preview.png"}
     assert metrics["output_errors"]["preview.png"] == "RuntimeError: broken on purpose"
