@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -76,6 +78,23 @@ def test_server_routes_and_errors():
         serve(np.ones((4, 3)), port=0, up="x")
 
 
+def _wait_for_line(proc: subprocess.Popen, marker: str, timeout: float) -> str:
+    """Everything ``proc`` printed up to and including the first line holding ``marker`` (or until it
+    exits or ``timeout`` seconds pass)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            seen += line
+            if marker in line or not line:
+                return seen
+        elif proc.poll() is not None:
+            return seen
+    return seen
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,8 +114,8 @@ def test_view_script_web_page_loads_geometry_in_headless_chromium(tmp_path):
                                str(tmp_path / "sphere.obj"), "--web", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     try:
-        line = server.stdout.readline()  # printed once the server listens
-        assert f"localhost:{port}" in line, line + server.stdout.read() if server.poll() is not None else line
+        seen = _wait_for_line(server, "serving", timeout=120)  # printed once the server listens
+        assert f"localhost:{port}" in seen, seen
         shot = tmp_path / "viewer.png"
         browser = subprocess.run(
             [_CHROMIUM, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
