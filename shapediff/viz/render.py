@@ -47,7 +47,7 @@ def _render_tile(item: VizItem, camera: Camera, frame: tuple[np.ndarray, float] 
     ss = _supersampling(width, height)
     view = make_view(camera.direction(), camera.up_vector(), center, radius, camera.fov, width * ss, height * ss,
                      camera.distance, camera.projection == "orthographic")
-    image = np.full((height * ss * width * ss, 3), [c / 255 for c in _BACKGROUND])
+    image = np.full((height * ss * width * ss, 3), [c / 255 for c in _BACKGROUND], dtype=np.float32)
     if item.is_mesh and len(item.faces):
         covered, rgb, _ = draw_triangles(view, item.points, item.faces, corner_normals(item.points, item.faces),
                                       item.color)
