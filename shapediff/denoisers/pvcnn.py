@@ -11,8 +11,8 @@ stage after the first and to every FP input.
 
 The module tree mirrors PVD's ``model/pvcnn_generation.py`` (``sa_layers``, ``global_att``,
 ``fp_layers``, ``classifier``) so a PVD state dict loads through
-:func:`pvd_state_dict_to_shapediff` (see ``docs/pvcnn_mapping.md`` for the table). Two PVD
-builder details are options:
+:func:`shapediff.convert.pvd.pvd_state_dict_to_shapediff` (``docs/converting.md`` has the table and
+the options that make the network compute PVD's function exactly). Two PVD builder details are options:
 
 * ``pvd_sa_quirk=True`` reproduces the layout PVD trains: only the first PVConv of SA stages
   after the first is built (``elif k == 0`` without an ``else``), so the SA stages of PVD's
@@ -38,7 +38,6 @@ presets).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -51,7 +50,7 @@ from shapediff.nn import SpatialSelfAttention, SqueezeExcitation, TimestepEmbedd
 
 __all__ = [
     "PVD_SA_BLOCKS", "PVD_FP_BLOCKS", "SharedMLP", "PVConv", "SetAbstraction", "FeaturePropagation",
-    "PVCNN2", "pvd_state_dict_to_shapediff",
+    "PVCNN2",
 ]
 
 # (conv: (out channels, blocks, voxel resolution) | None, SA: (centres, radius, neighbours K, MLP widths))
@@ -162,7 +161,9 @@ class SetAbstraction(nn.Module):
         nbr = _geo.ball_query(coords, centres, self.radius, self.num_neighbors, convention=self.point_ops)  # (B, S, K)
         grouped = _geo.gather_points(torch.cat([coords, features.transpose(1, 2)], dim=-1), nbr)  # (B, S, K, 3 + C)
         grouped = torch.cat([grouped[..., :3] - centres[:, :, None], grouped[..., 3:]], dim=-1)
-        return self.mlps[0](grouped.permute(0, 3, 1, 2)).amax(dim=-1), centres
+        # Channels-first memory: a permuted (channels-last) input makes conv emit channels-last, and
+        # GroupNorm's channels-last CPU kernel is ~100x less accurate in float32.
+        return self.mlps[0](grouped.permute(0, 3, 1, 2).contiguous()).amax(dim=-1), centres
 
 
 class FeaturePropagation(nn.Module):
@@ -274,6 +275,11 @@ class PVCNN2(nn.Module):
         fps_start: "first" (PVD), "farthest" (permutation-equivariant) or "random" (stochastic).
         point_ops: "pvd" (PVD's kernels' tie rules, short clouds and float32 radius) or "plain"
             (module docstring).
+        time_embedding: sinusoid convention of the time embedding, a name in
+            :data:`shapediff.nn.embeddings.EMBEDDING_CONVENTIONS`: "pvd" ([sin, cos],
+            10000^(-i/31); what PVD's weights expect, set by ``configs/model/pvcnn_pvd.yaml``) or
+            "adm" ([cos, sin], 10000^(-i/32); the default, which checkpoints saved before this
+            option was added were trained with).
     """
 
     def __init__(
@@ -282,7 +288,7 @@ class PVCNN2(nn.Module):
         use_attention: bool = True, dropout: float = 0.1, head_dropout: float = 0.1, head_channels: int = 128,
         width_multiplier: float = 1.0, voxel_resolution_multiplier: float = 1.0,
         pvd_sa_quirk: bool = True, fp_attention: bool = False, se_after_attention: bool = True,
-        fps_start: str = "first", point_ops: str = "pvd",
+        fps_start: str = "first", point_ops: str = "pvd", time_embedding: str = "adm",
     ):
         super().__init__()
         if in_channels < 3:
@@ -310,7 +316,7 @@ class PVCNN2(nn.Module):
         self.fp_layers = nn.ModuleList(fp_layers)
         hc = int(w * head_channels)
         self.classifier = nn.Sequential(SharedMLP(c, hc), nn.Dropout(head_dropout), nn.Conv1d(hc, out_channels, 1))
-        self.time_embed = TimestepEmbedder(embed_dim, activation="leaky_relu")
+        self.time_embed = TimestepEmbedder(embed_dim, activation="leaky_relu", convention=time_embedding)
 
     def _check(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None) -> None:
         if cond is not None:
@@ -354,28 +360,3 @@ class PVCNN2(nn.Module):
             for m in convs:
                 features = m(features, coords)
         return self.classifier(features).transpose(1, 2)
-
-
-_PVD_PREFIX = re.compile(r"^(model\.)?(module\.)?")
-_PVD_RENAMES = (("embedf.0.", "time_embed.mlp.0."), ("embedf.2.", "time_embed.mlp.2."))
-
-
-def pvd_state_dict_to_shapediff(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the keys of a PVD checkpoint's ``model_state`` for :class:`PVCNN2` (PVD layout).
-
-    Strips PVD's ``model.`` / ``module.`` (DataParallel) prefixes and renames the time MLP
-    ``embedf.{0,2}.`` -> ``time_embed.mlp.{0,2}.``; every other key is identical (see
-    ``docs/pvcnn_mapping.md``). Caveat: PVD's sinusoid is [sin, cos] with frequencies
-    10000^(-i/(32-1)), shapediff's is [cos, sin] with 10000^(-i/32), so loaded weights see a
-    slightly different time input until the embedding offers PVD's convention.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}")
-    out = {}
-    for key, value in state_dict.items():
-        new = _PVD_PREFIX.sub("", key)
-        for old, rep in _PVD_RENAMES:
-            if new.startswith(old):
-                new = rep + new[len(old):]
-        out[new] = value
-    return out
