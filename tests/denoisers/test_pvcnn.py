@@ -10,7 +10,8 @@ import torch
 
 from shapediff.config import instantiate
 from shapediff.denoisers import PVCNN2
-from shapediff.denoisers.pvcnn import PVConv, pvd_state_dict_to_shapediff
+from shapediff.convert.pvd import pvd_state_dict_to_shapediff
+from shapediff.denoisers.pvcnn import PVConv
 from shapediff.diffusion import GaussianDiffusion
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
