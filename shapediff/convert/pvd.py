@@ -54,7 +54,7 @@ def pvd_network_config(variant: str = "generation", width_multiplier: float = 1.
         "use_attention": True, "dropout": 0.1, "head_dropout": 0.5 if completion else 0.1, "head_channels": 128,
         "width_multiplier": float(width_multiplier), "voxel_resolution_multiplier": float(voxel_resolution_multiplier),
         "pvd_sa_quirk": True, "fp_attention": False, "se_after_attention": not completion,
-        "fps_start": "first", "time_embedding": "pvd",
+        "fps_start": "first", "point_ops": "pvd", "time_embedding": "pvd",
     }
 
 

@@ -103,3 +103,16 @@ def test_pvd_sinusoid_is_pvds():
         torch.testing.assert_close(timestep_embedding(c["t"], 64, convention="pvd"), c["sinusoid_float32"], rtol=0, atol=0)
         torch.testing.assert_close(timestep_embedding(c["t"], 64, convention="pvd", dtype=torch.float64),
                                    c["sinusoid_float64"], rtol=0, atol=1e-12)
+
+
+def test_pvd_yaml_layout_is_the_converter_layout():
+    """configs/model/pvcnn_pvd.yaml and pvd_network_config("generation") describe the same network."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "configs/model/pvcnn_pvd.yaml"))
+    ours = pvd_network_config("generation")
+    for key, value in ours.items():
+        if key not in ("sa_blocks", "fp_blocks"):
+            assert yaml[key] == value, key
