@@ -4,6 +4,7 @@ from shapediff.models.base import Samples, SamplerSettings, ShapeModel, load_mod
 from shapediff.models.latent_voxel import LatentVoxelDiffusion, TSDFAutoencoder
 from shapediff.models.normalization import PointNormalizer
 from shapediff.models.point_cloud import PointCloudDiffusion
+from shapediff.models.pointe import PointEDiffusion
 
-__all__ = ["LatentVoxelDiffusion", "PointCloudDiffusion", "TSDFAutoencoder", "PointNormalizer", "Samples", "SamplerSettings",
-           "ShapeModel", "load_model"]
+__all__ = ["LatentVoxelDiffusion", "PointCloudDiffusion", "PointEDiffusion", "TSDFAutoencoder", "PointNormalizer", "Samples",
+           "SamplerSettings", "ShapeModel", "load_model"]

@@ -209,7 +209,12 @@ def _build(target: type[ShapeModel], payload: dict, path, device, prefer_ema: bo
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto", map_location: Any = None, prefer_ema: bool = True) -> ShapeModel:
-    """Load any shapediff model checkpoint (model.save or a training checkpoint; EMA weights preferred)."""
+    """Load any shapediff model: a checkpoint file (model.save or a training checkpoint; EMA weights
+    preferred) or a model directory (``save_pretrained``, :mod:`shapediff.models.pretrained`)."""
+    if Path(path).is_dir():
+        from shapediff.models.pretrained import load_pretrained  # noqa: PLC0415  (pretrained builds on this module)
+
+        return load_pretrained(path, device=device)
     payload = load_checkpoint(path, map_location=map_location or "cpu")
     target = _resolve_target(payload["class"], f"checkpoint {str(path)!r} class")
     if not (isinstance(target, type) and issubclass(target, ShapeModel)):

@@ -106,7 +106,7 @@ class PointEDiffusion(ShapeModel):
         self, n: int, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
         cond: Mapping[str, torch.Tensor] | None = None, guidance_scale: float | None = None,
         noise: torch.Tensor | None = None, progress: bool = False, callback: Callable | None = None,
-        **sampler_kwargs: Any,
+        class_label: None = None, **sampler_kwargs: Any,
     ) -> torch.Tensor:
         """Draw ``n`` clouds: (n, N, C) in data units (xyz, rgb 0..255), on the model's device.
 
@@ -119,6 +119,8 @@ class PointEDiffusion(ShapeModel):
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
+        if class_label is not None:
+            raise ValueError("class_label: Point-E models are not class-conditional; condition with cond={'clip_embedding': ...}")
         settings = {**self.config["sampler"], **sampler_kwargs}
         name = sampler or settings.pop("name", "karras_heun")
         settings.pop("name", None)

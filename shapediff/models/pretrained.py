@@ -1,0 +1,178 @@
+"""Shareable model directories: ``config.json`` + ``model.safetensors`` + ``README.md`` (a model card).
+
+Nothing in a model directory is unpickled or executed on load: ``config.json`` is JSON (the model's
+class, its resolved constructor config, and the card's facts: data, normalisation, training steps,
+metrics with their protocol, where the weights came from), ``model.safetensors`` holds only tensors
+(safetensors), and the class named must be a shapediff model. ``README.md`` is written from the same
+facts for people.
+
+    save_pretrained(model, "chair_pvd", card={"data": "ShapeNet PC15k chair", "steps": 300000})
+    model = load_pretrained("chair_pvd")      # or shapediff.load_model("chair_pvd")
+    export_checkpoint("runs/x/checkpoints/step_10000.pt", "x_model")   # a training checkpoint -> directory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shapediff.config import _resolve_target
+from shapediff.devices import resolve_device
+from shapediff.io_atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from shapediff.models.base import ShapeModel, _build
+from shapediff.models.checkpoint import load_checkpoint
+
+__all__ = ["PRETRAINED_FORMAT", "save_pretrained", "load_pretrained", "is_pretrained_dir", "export_checkpoint"]
+
+PRETRAINED_FORMAT, PRETRAINED_VERSION = "shapediff-pretrained", 1
+CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
+
+
+def is_pretrained_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder holding a ``config.json``."""
+    return Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file()
+
+
+def _normalization_facts(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The point normalisation the weights carry (PointNormalizer buffers), as plain numbers."""
+    if "normalizer.mean" not in state:
+        return None
+    return {"mode": config.get("normalization", "global"), "mean": [float(v) for v in state["normalizer.mean"]],
+            "scale": float(state["normalizer.scale"]),
+            "meaning": "normalised = (data - mean) / scale; samples are returned in data coordinates"}
+
+
+def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` as a shareable directory (created if needed; its three files are replaced atomically).
+
+    Args:
+        model: a shapediff model built from configs (``model.config`` is plain data).
+        directory: the output folder.
+        card: facts for the model card, plain data: e.g. ``{"source": ..., "data": ..., "steps": ...,
+            "metrics": {...}, "protocol": ..., "notes": [...]}``; all of it also goes into config.json.
+    Returns:
+        The directory's path.
+    """
+    from safetensors.torch import save  # noqa: PLC0415  (a runtime dependency; imported where used)
+
+    if not isinstance(model, ShapeModel) or getattr(model, "config", None) is None:
+        raise ValueError(f"model: expected a shapediff model built from configs, got {type(model).__name__}")
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    card = dict(card or {})
+    meta = {"format": PRETRAINED_FORMAT, "format_version": PRETRAINED_VERSION, "class": model.class_path(),
+            "config": model.config, "card": card}
+    norm = _normalization_facts(state, model.config)
+    if norm is not None:
+        meta["normalization"] = norm
+    try:
+        json.dumps(meta)
+    except TypeError as err:
+        raise ValueError(f"card/config: expected plain data (JSON-serialisable), got {err}") from err
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(directory / WEIGHTS_NAME, save(state, metadata={"format": PRETRAINED_FORMAT}), "model weights")
+    write_json_atomic(meta, directory / CONFIG_NAME)
+    write_text_atomic(directory / CARD_NAME, model_card(meta, sum(v.numel() for v in state.values())), "model card")
+    return directory
+
+
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "auto",
+                    expected_class: type[ShapeModel] = ShapeModel) -> ShapeModel:
+    """Load a directory written by :func:`save_pretrained` (eval mode, on ``device``).
+
+    Raises FileNotFoundError for a missing folder or file and ValueError for a config.json that is not
+    this format, a class outside shapediff or not a ``expected_class``, or weights that do not fit.
+    """
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"model directory {str(directory)!r}: no {name} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != PRETRAINED_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: expected format {PRETRAINED_FORMAT!r}, got {got!r}")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > PRETRAINED_VERSION:
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: format_version {meta.get('format_version')!r} is not "
+                         f"supported (this shapediff reads <= {PRETRAINED_VERSION})")
+    target = _resolve_target(meta.get("class"), f"{str(directory / CONFIG_NAME)!r} class")
+    if not (isinstance(target, type) and issubclass(target, expected_class)):
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: holds a {meta.get('class')!r}, expected a {expected_class.__name__}")
+    try:
+        model = target.from_config(meta["config"])
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: its config does not build a {meta['class']}: {err}") from err
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{str(directory / WEIGHTS_NAME)!r}: not a readable safetensors file ({err})") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{str(directory / WEIGHTS_NAME)!r}: weights do not match the {meta['class']} of config.json "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.to(resolve_device(device)).eval()
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLike,
+                      card: Mapping[str, Any] | None = None, prefer_ema: bool = True) -> Path:
+    """A shapediff checkpoint (``model.save`` or a training checkpoint; EMA weights preferred) -> a model
+    directory. The card records the checkpoint's step and its run's data settings when it holds them."""
+    payload = load_checkpoint(checkpoint)
+    target = _resolve_target(payload["class"], f"checkpoint {str(checkpoint)!r} class")
+    if not (isinstance(target, type) and issubclass(target, ShapeModel)):
+        raise ValueError(f"checkpoint {str(checkpoint)!r}: class {payload['class']!r} is not a shapediff model")
+    model = _build(target, payload, checkpoint, "cpu", prefer_ema)
+    facts: dict[str, Any] = {"source": f"shapediff checkpoint {Path(checkpoint).name}"}
+    if "step" in payload:
+        facts["steps"] = int(payload["step"])
+        facts["weights"] = "EMA" if prefer_ema and payload.get("ema_state_dict") else "raw"
+    run = payload.get("run_config") or {}
+    if isinstance(run, Mapping) and run.get("data") is not None:
+        facts["data"] = run["data"]
+    facts.update(card or {})
+    return save_pretrained(model, directory, card=facts)
+
+
+def model_card(meta: Mapping[str, Any], num_parameters: int) -> str:
+    """The README.md text of a model directory, from config.json's facts."""
+    card, config = meta.get("card", {}), meta.get("config", {})
+    lines = [f"# {card.get('title', meta['class'].rsplit('.', 1)[-1])}", "",
+             f"A shapediff model directory ({meta['class']}, {num_parameters:,} parameters). Load it with",
+             "", "```python", "import shapediff", "model = shapediff.load_model(\"<this folder>\")", "```", "",
+             "`config.json` holds the class, the resolved config and every fact below; `model.safetensors` holds only",
+             "tensors: loading executes nothing from these files.", ""]
+    facts = [("Source", card.get("source")), ("Data", card.get("data")), ("Training steps", card.get("steps")),
+             ("Weights", card.get("weights")), ("Protocol", card.get("protocol"))]
+    lines += [f"- **{k}**: {_plain_text(v)}" for k, v in facts if v is not None]
+    denoiser = config.get("denoiser", {}) if isinstance(config, Mapping) else {}
+    if denoiser:
+        lines.append(f"- **Network**: `{denoiser.get('_target_')}`")
+    diffusion = config.get("diffusion", {}) if isinstance(config, Mapping) else {}
+    if diffusion:
+        keys = ("schedule", "num_timesteps", "prediction", "beta_start", "beta_end")
+        lines.append("- **Diffusion**: " + ", ".join(f"{k} {diffusion[k]}" for k in keys if k in diffusion))
+    if config.get("sampler") if isinstance(config, Mapping) else None:
+        lines.append(f"- **Default sampler**: {_plain_text(config['sampler'])}")
+    if "normalization" in meta:
+        n = meta["normalization"]
+        lines.append(f"- **Normalisation**: {n['mode']}, mean {n['mean']}, scale {n['scale']} ({n['meaning']})")
+    if card.get("metrics"):
+        lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in card["metrics"].items()]
+    for note in card.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def _plain_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (Mapping, list)) else str(value)

@@ -1,0 +1,87 @@
+"""Model directories (config.json + model.safetensors + README.md): round trip, safety, errors, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import shapediff
+from shapediff.models import PointCloudDiffusion
+from shapediff.models.pretrained import export_checkpoint, load_pretrained, save_pretrained
+
+DENOISER = {"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 32, "depth": 2}
+DIFFUSION = {"_target_": "shapediff.diffusion.GaussianDiffusion", "schedule": "linear", "num_timesteps": 100}
+
+
+def _fitted_model() -> PointCloudDiffusion:
+    model = PointCloudDiffusion(denoiser=DENOISER, diffusion=DIFFUSION, num_points=64)
+    model.fit_normalization([{"points": torch.randn(64, 3) * 2 + 1} for _ in range(4)])
+    return model.eval()
+
+
+def test_round_trip_gives_the_same_samples_and_a_card(tmp_path):
+    model = _fitted_model()
+    card = {"data": "four Gaussian blobs", "steps": 0, "metrics": {"1-NNA-CD": 0.5}, "protocol": "exact"}
+    save_pretrained(model, tmp_path / "m", card=card)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = shapediff.load_model(tmp_path / "m", device="cpu")
+    assert isinstance(loaded, PointCloudDiffusion) and loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    torch.testing.assert_close(loaded.sample(2, steps=3, seed=1), model.sample(2, steps=3, seed=1), rtol=0, atol=0)
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["card"] == card
+    assert meta["normalization"]["mean"] == pytest.approx(model.normalizer.mean.tolist())
+    text = (tmp_path / "m" / "README.md").read_text()
+    assert "four Gaussian blobs" in text and "| 1-NNA-CD | 0.5 |" in text and "shapediff.load_model" in text
+
+
+def test_from_models_load_model_and_class_check(tmp_path):
+    save_pretrained(_fitted_model(), tmp_path / "m")
+    from shapediff.models import load_model
+    from shapediff.models.latent_voxel import LatentVoxelDiffusion
+
+    assert isinstance(load_model(tmp_path / "m", device="cpu"), PointCloudDiffusion)
+    with pytest.raises(ValueError, match="expected a LatentVoxelDiffusion"):
+        load_pretrained(tmp_path / "m", device="cpu", expected_class=LatentVoxelDiffusion)
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_pretrained(tmp_path, device="cpu")
+    save_pretrained(_fitted_model(), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="model.safetensors.*not a readable safetensors file"):
+        load_pretrained(tmp_path / "m", device="cpu")
+    save_pretrained(_fitted_model(), tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    for change, match in (({"format": "other"}, "expected format"), ({"class": "os.system"}, "inside 'shapediff.'"),
+                          ({"format_version": 99}, "not supported")):
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(tmp_path / "m", device="cpu")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_pretrained(tmp_path / "m", device="cpu")
+
+
+def test_card_must_be_plain_data(tmp_path):
+    with pytest.raises(ValueError, match="plain data"):
+        save_pretrained(_fitted_model(), tmp_path / "m", card={"bad": object()})
+
+
+def test_training_checkpoint_exports_with_its_step(tmp_path):
+    model = _fitted_model()
+    payload = model.checkpoint_payload()
+    ema = {k: v + 1.0 if v.is_floating_point() and k.startswith("denoiser.") else v for k, v in payload["state_dict"].items()}
+    payload.update(step=1234, ema_state_dict=ema, run_config={"data": {"categories": ["chair"]}})
+    torch.save(payload, tmp_path / "step.pt")
+    export_checkpoint(tmp_path / "step.pt", tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["card"]["steps"] == 1234 and meta["card"]["weights"] == "EMA"
+    assert meta["card"]["data"] == {"categories": ["chair"]}
+    loaded = load_pretrained(tmp_path / "out", device="cpu")
+    key = next(k for k in ema if k.startswith("denoiser.") and ema[k].is_floating_point())
+    assert torch.equal(loaded.state_dict()[key], ema[key])
