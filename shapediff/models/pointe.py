@@ -121,8 +121,10 @@ class PointEDiffusion(ShapeModel):
             raise ValueError(f"n: expected a positive int, got {n!r}")
         if class_label is not None:
             raise ValueError("class_label: Point-E models are not class-conditional; condition with cond={'clip_embedding': ...}")
-        settings = {**self.config["sampler"], **sampler_kwargs}
-        name = sampler or settings.pop("name", "karras_heun")
+        default = dict(self.config["sampler"])
+        name = sampler or default.get("name", "karras_heun")
+        # The config's settings belong to its sampler; another sampler gets only the explicit overrides.
+        settings = {**(default if name == default.get("name") else {}), **sampler_kwargs}
         settings.pop("name", None)
         steps = steps or settings.pop("steps", None)
         settings.pop("steps", None)
