@@ -4,6 +4,7 @@
     python scripts/convert.py pvd PVD_CHECKPOINT.pth OUT_DIR --category chair --data-root /data/ShapeNetCore.v2.PC15k
     python scripts/convert.py pvd PVD_CHECKPOINT.pth OUT_DIR --category chair --stats 0.0 0.0 0.0 0.2
     python scripts/convert.py pointe base40M-uncond.pt OUT_DIR
+    python scripts/convert.py checkpoint runs/quickstart/checkpoints/step_00001000.pt OUT_DIR   # a shapediff run
 
 OUT_DIR gets config.json + model.safetensors + README.md; load it with ``shapediff.load_model(OUT_DIR)``
 or give it to scripts/sample.py / evaluate.py / complete.py. Checkpoints are read with
@@ -35,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     pointe.add_argument("out_dir", type=Path)
     pointe.add_argument("--config", default=None, help="Point-E MODEL_CONFIGS name (default: the file name)")
     pointe.add_argument("--heads", type=int, default=None, help="attention heads, when the config name does not say")
+    ckpt = sub.add_parser("checkpoint", help="a shapediff checkpoint (model.save or a training run's; EMA weights)")
+    ckpt.add_argument("checkpoint", type=Path)
+    ckpt.add_argument("out_dir", type=Path)
+    ckpt.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     for q in (pvd, pointe):
         q.add_argument("--trust-pickle", action="store_true",
                        help="unpickle the file in full when weights_only loading refuses it (can run code in it)")
@@ -48,6 +53,10 @@ def main(argv=None) -> int:
 
         out = convert_pvd_checkpoint(args.checkpoint, args.out_dir, args.category, data_root=args.data_root,
                                      stats=args.stats, trust_pickle=args.trust_pickle)
+    elif args.source == "checkpoint":
+        from shapediff.models.pretrained import export_checkpoint  # noqa: PLC0415
+
+        out = export_checkpoint(args.checkpoint, args.out_dir, prefer_ema=not args.raw)
     else:
         from shapediff.convert.pointe import convert_pointe_checkpoint  # noqa: PLC0415
 

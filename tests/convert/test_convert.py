@@ -172,3 +172,18 @@ def test_pvd_needs_its_statistics_and_a_known_category(tmp_path, capsys):
     assert done.returncode == 2 and "do not hold the per-category training statistics" in done.stderr
     done = convert_here(capsys, "pvd", ckpt, tmp_path / "out", "--category", "spaceship", "--stats", "0", "0", "0", "1")
     assert done.returncode == 2 and "spaceship" in done.stderr
+
+
+def test_a_shapediff_checkpoint_exports_to_a_directory(tmp_path, capsys):
+    from shapediff.models import PointCloudDiffusion
+
+    model = PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1},
+                                diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 50},
+                                num_points=32, normalization="none")
+    model.save(tmp_path / "m.pt")
+    done = convert_here(capsys, "checkpoint", tmp_path / "m.pt", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    loaded = shapediff.load_model(tmp_path / "out", device="cpu")
+    torch.testing.assert_close(loaded.sample(1, steps=2, seed=0), model.sample(1, steps=2, seed=0), rtol=0, atol=0)
+    done = convert_here(capsys, "checkpoint", tmp_path / "missing.pt", tmp_path / "out2")
+    assert done.returncode == 2 and "no such file" in done.stderr
