@@ -18,7 +18,7 @@ from pathlib import Path
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.config import instantiate
 from shapediff.models import load_model
-from shapediff.models.checkpoint import load_checkpoint
+from shapediff.models.pretrained import read_run_config
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.evaluation import evaluate_generation, generation_table
 
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        run_config = load_checkpoint(args.checkpoint).get("run_config")
+        run_config = read_run_config(args.checkpoint)  # a checkpoint file or a model directory
         if not run_config or "data" not in run_config:
             raise ValueError(f"checkpoint {str(args.checkpoint)!r}: holds no run config with a 'data' node "
                              "(it was not written by scripts/train.py); evaluate from Python with "

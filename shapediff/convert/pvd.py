@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 PVD_VARIANTS = ("generation", "completion")
+# The data node's root when the statistics were given: scripts/evaluate.py then needs --data-root.
+_ROOT_PLACEHOLDER = "<the ShapeNetCore.v2.PC15k folder: pass --data-root>"
 PVD_NUM_POINTS, PVD_NUM_PARTIAL_POINTS = 2048, 200
 _PREFIX = re.compile(r"^(model\.)?(module\.)?")
 _RENAMES = (("embedf.0.", "time_embed.mlp.0."), ("embedf.2.", "time_embed.mlp.2."))
@@ -198,4 +200,6 @@ def convert_pvd_checkpoint(
                   "about 4e-6 relative L2 on PVD's recorded outputs). Sampling defaults to PVD's 1000 ancestral "
                   "steps without x0 clipping; the faster shapediff samplers are one argument away."],
     }
-    return save_pretrained(model, out_dir, card=card)
+    data = {"_target_": "shapediff.data.ShapeNetPC15k", "root": data_root or _ROOT_PLACEHOLDER, "categories": [category],
+            "num_points": PVD_NUM_POINTS, "num_ref_points": PVD_NUM_POINTS, "normalization": "none"}
+    return save_pretrained(model, out_dir, card=card, run_config={"data": data})

@@ -27,7 +27,7 @@ from shapediff.io_atomic import write_bytes_atomic, write_json_atomic, write_tex
 from shapediff.models.base import ShapeModel, _build
 from shapediff.models.checkpoint import load_checkpoint
 
-__all__ = ["PRETRAINED_FORMAT", "save_pretrained", "load_pretrained", "is_pretrained_dir", "export_checkpoint"]
+__all__ = ["PRETRAINED_FORMAT", "save_pretrained", "load_pretrained", "is_pretrained_dir", "export_checkpoint", "read_run_config"]
 
 PRETRAINED_FORMAT, PRETRAINED_VERSION = "shapediff-pretrained", 1
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
@@ -47,7 +47,8 @@ def _normalization_facts(state: Mapping[str, torch.Tensor], config: Mapping[str,
             "meaning": "normalised = (data - mean) / scale; samples are returned in data coordinates"}
 
 
-def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mapping[str, Any] | None = None) -> Path:
+def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mapping[str, Any] | None = None,
+                    run_config: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` as a shareable directory (created if needed; its three files are replaced atomically).
 
     Args:
@@ -55,6 +56,8 @@ def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mappi
         directory: the output folder.
         card: facts for the model card, plain data: e.g. ``{"source": ..., "data": ..., "steps": ...,
             "metrics": {...}, "protocol": ..., "notes": [...]}``; all of it also goes into config.json.
+        run_config: the run's resolved config (plain data); its ``data`` node is what
+            ``scripts/evaluate.py`` rebuilds the reference set from.
     Returns:
         The directory's path.
     """
@@ -66,6 +69,8 @@ def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mappi
     card = dict(card or {})
     meta = {"format": PRETRAINED_FORMAT, "format_version": PRETRAINED_VERSION, "class": model.class_path(),
             "config": model.config, "card": card}
+    if run_config is not None:
+        meta["run_config"] = dict(run_config)
     norm = _normalization_facts(state, model.config)
     if norm is not None:
         meta["normalization"] = norm
@@ -81,6 +86,31 @@ def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mappi
     return directory
 
 
+def _read_meta(directory: Path) -> dict:
+    """config.json of a model directory, checked for format and version."""
+    if not (directory / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"model directory {str(directory)!r}: no {CONFIG_NAME} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != PRETRAINED_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: expected format {PRETRAINED_FORMAT!r}, got {got!r}")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > PRETRAINED_VERSION:
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: format_version {meta.get('format_version')!r} is not "
+                         f"supported (this shapediff reads <= {PRETRAINED_VERSION})")
+    return meta
+
+
+def read_run_config(path: str | os.PathLike) -> dict | None:
+    """The run config saved with a model: from a model directory's config.json or a checkpoint file (None if absent)."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_meta(path).get("run_config")
+    return load_checkpoint(path).get("run_config")
+
+
 def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "auto",
                     expected_class: type[ShapeModel] = ShapeModel) -> ShapeModel:
     """Load a directory written by :func:`save_pretrained` (eval mode, on ``device``).
@@ -92,19 +122,9 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     from safetensors.torch import load_file  # noqa: PLC0415
 
     directory = Path(directory)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"model directory {str(directory)!r}: no {name} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
-    try:
-        meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: not valid JSON ({err})") from err
-    if not isinstance(meta, dict) or meta.get("format") != PRETRAINED_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: expected format {PRETRAINED_FORMAT!r}, got {got!r}")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > PRETRAINED_VERSION:
-        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: format_version {meta.get('format_version')!r} is not "
-                         f"supported (this shapediff reads <= {PRETRAINED_VERSION})")
+    meta = _read_meta(directory)
+    if not (directory / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"model directory {str(directory)!r}: no {WEIGHTS_NAME} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
     target = _resolve_target(meta.get("class"), f"{str(directory / CONFIG_NAME)!r} class")
     if not (isinstance(target, type) and issubclass(target, expected_class)):
         raise ValueError(f"{str(directory / CONFIG_NAME)!r}: holds a {meta.get('class')!r}, expected a {expected_class.__name__}")
@@ -140,7 +160,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
     if isinstance(run, Mapping) and run.get("data") is not None:
         facts["data"] = run["data"]
     facts.update(card or {})
-    return save_pretrained(model, directory, card=facts)
+    return save_pretrained(model, directory, card=facts, run_config=run if isinstance(run, Mapping) and run else None)
 
 
 def model_card(meta: Mapping[str, Any], num_parameters: int) -> str:

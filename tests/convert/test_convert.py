@@ -187,3 +187,31 @@ def test_a_shapediff_checkpoint_exports_to_a_directory(tmp_path, capsys):
     torch.testing.assert_close(loaded.sample(1, steps=2, seed=0), model.sample(1, steps=2, seed=0), rtol=0, atol=0)
     done = convert_here(capsys, "checkpoint", tmp_path / "missing.pt", tmp_path / "out2")
     assert done.returncode == 2 and "no such file" in done.stderr
+
+
+def _tiny_pc15k(root: Path, synset: str = "03001627") -> Path:
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 2), ("val", 2)):
+        folder = root / "ShapeNetCore.v2.PC15k" / synset / split
+        folder.mkdir(parents=True)
+        for i in range(count):
+            np.save(folder / f"{split}{i}.npy", rng.normal(0.0, 0.3, size=(15000, 3)).astype(np.float32))
+    return root
+
+
+@pytest.mark.slow
+def test_converted_pvd_model_runs_through_sample_and_evaluate_scripts(tmp_path):
+    """PVD's file -> convert (statistics from a PC15k folder) -> scripts/sample.py and scripts/evaluate.py (~60 s)."""
+    root = _tiny_pc15k(tmp_path / "data")
+    net = instantiate(pvd_network_config("generation", width_multiplier=0.25))
+    ckpt = save_as_pvd(shapediff_state_dict_to_pvd(net.state_dict()), tmp_path / "chair.pth")
+    assert convert("pvd", ckpt, tmp_path / "out", "--category", "chair", "--data-root", root).returncode == 0
+    run = lambda script, *a: subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, a)],  # noqa: E731
+                                            capture_output=True, text=True)
+    done = run("sample.py", tmp_path / "out", "--n", "1", "--sampler", "ddim", "--steps", "1", "--out", tmp_path / "s",
+               "--no-preview")
+    assert done.returncode == 0, done.stderr
+    assert torch.load(tmp_path / "s" / "samples.pt", weights_only=True).shape == (1, 2048, 3)
+    done = run("evaluate.py", tmp_path / "out", "--n", "2", "--metrics", "cd", "--sampler", "ddim", "--steps", "1")
+    assert done.returncode == 0, done.stderr
+    assert "1-NNA-CD" in done.stdout
