@@ -21,7 +21,7 @@ LAYERS = [
     {"diffusion", "nn", "geometry"},
     {"denoisers", "autoencoders", "metrics", "data", "viz"},
     {"models"},
-    {"evaluation"},
+    {"evaluation", "convert"},  # convert: other projects' checkpoints -> model directories
     {"training"},
     {"__init__"},  # the package root re-exports the user-facing API
 ]

@@ -193,6 +193,22 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
         return _build(target, payload, path, device, prefer_ema)
 
 
+    def save_pretrained(self, directory: str | os.PathLike, card: Mapping[str, Any] | None = None,
+                        run_config: Mapping[str, Any] | None = None) -> Path:
+        """Write a shareable model directory: config.json + model.safetensors + README.md (a model card from
+        ``card``); :func:`shapediff.models.pretrained.save_pretrained`."""
+        from shapediff.models.pretrained import save_pretrained  # noqa: PLC0415  (pretrained builds on this module)
+
+        return save_pretrained(self, directory, card=card, run_config=run_config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> "ShapeModel":
+        """Load a model directory holding this class (or a subclass); nothing in it is unpickled or executed."""
+        from shapediff.models.pretrained import load_pretrained  # noqa: PLC0415
+
+        return load_pretrained(directory, device=device, expected_class=cls)
+
+
 def _build(target: type[ShapeModel], payload: dict, path, device, prefer_ema: bool) -> ShapeModel:
     try:
         model = target.from_config(payload["config"])

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from shapediff.config import instantiate
 from shapediff.diffusion.karras_heun import gaussian_to_karras_denoiser, karras_sigmas, sample_karras_heun
-from shapediff.models.base import ShapeModel
+from shapediff.diffusion.samplers import check_sampler_options
+from shapediff.models.base import Samples, ShapeModel
 from shapediff.randomness import make_generator
 
 __all__ = ["PointEDiffusion", "POINTE_CHANNEL_SCALES", "POINTE_CHANNEL_BIASES", "pointe_diffusion_config"]
@@ -44,6 +46,9 @@ def pointe_diffusion_config(schedule: str = "cosine") -> dict[str, Any]:
 class PointEDiffusion(ShapeModel):
     """Generate coloured clouds with a Point-E network.
 
+    :meth:`sample` returns :class:`~shapediff.models.Samples` (xyz, the contract every model keeps);
+    :meth:`sample_channels` returns every channel (xyz + rgb) in data units.
+
     Args:
         denoiser: config of :class:`shapediff.denoisers.pointe_transformer.PointETransformer`.
         diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion` (see :func:`pointe_diffusion_config`).
@@ -52,6 +57,8 @@ class PointEDiffusion(ShapeModel):
         sampler: default sampler settings: ``{"name": "karras_heun", "steps": 64, "sigma_min": 1e-3,
             "sigma_max": 120, "s_churn": 3}`` (Point-E's base stage), or a shapediff sampler name.
     """
+
+    can_sample: ClassVar[bool] = True
 
     def __init__(
         self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], num_points: int = 1024,
@@ -75,10 +82,6 @@ class PointEDiffusion(ShapeModel):
         self.register_buffer("channel_scales", torch.tensor(self.config["channel_scales"]), persistent=False)
         self.register_buffer("channel_biases", torch.tensor(self.config["channel_biases"]), persistent=False)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) data units (xyz, rgb 0..255) -> Point-E's scaled space."""
         return x * self.channel_scales.to(x.dtype) + self.channel_biases.to(x.dtype)
@@ -101,14 +104,21 @@ class PointEDiffusion(ShapeModel):
         cond = {k: batch[k].to(self.device) for k in ("clip_embedding", "low_res") if k in batch} or None
         return self.diffusion.training_loss(lambda x, t, c: self._eps_model(c)(x, t), x0, cond=cond, generator=generator)
 
+    def sample(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
+               batch_size: int | None = None, progress: bool = False, **options: Any) -> Samples:
+        """Draw ``n`` clouds -> :class:`Samples` with points (n, N, 3) (xyz in data units); the options are
+        :meth:`sample_channels`'s. ``batch_size`` is accepted for the contract; all ``n`` run as one batch."""
+        return Samples(points=self.sample_channels(n, steps=steps, sampler=sampler, seed=seed, progress=progress,
+                                                   **options)[..., :3])
+
     @torch.no_grad()
-    def sample(
+    def sample_channels(
         self, n: int, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
         cond: Mapping[str, torch.Tensor] | None = None, guidance_scale: float | None = None,
         noise: torch.Tensor | None = None, progress: bool = False, callback: Callable | None = None,
         class_label: None = None, **sampler_kwargs: Any,
     ) -> torch.Tensor:
-        """Draw ``n`` clouds: (n, N, C) in data units (xyz, rgb 0..255), on the model's device.
+        """Draw ``n`` clouds with every channel: (n, N, C) in data units (xyz, rgb 0..255), on the model's device.
 
         Args:
             cond: ``{"clip_embedding": ..., "low_res": (n, M, C) data units}`` (see the transformer).
@@ -136,6 +146,7 @@ class PointEDiffusion(ShapeModel):
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
         if name != "karras_heun":
+            check_sampler_options(name, settings)  # "karras_heun" is Point-E's own (continuous sigma); others: the registry
             x = self.diffusion.sample(self._eps_model(None), shape, sampler=name, steps=steps, generator=generator,
                                       device=self.device, cond=cond, guidance_scale=guidance_scale, progress=progress,
                                       noise=noise.to(self.device), clip_x0=1.0, **settings)

@@ -63,15 +63,16 @@ def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mappi
     """
     from safetensors.torch import save  # noqa: PLC0415  (a runtime dependency; imported where used)
 
-    if not isinstance(model, ShapeModel) or getattr(model, "config", None) is None:
-        raise ValueError(f"model: expected a shapediff model built from configs, got {type(model).__name__}")
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if not isinstance(model, ShapeModel):
+        raise ValueError(f"model: expected a shapediff model (a ShapeModel), got {type(model).__name__}")
+    payload = model.checkpoint_payload()  # the contract's plain-data config (ValueError if built from modules)
+    state = {k: v.contiguous().clone() for k, v in payload["state_dict"].items()}
     card = dict(card or {})
-    meta = {"format": PRETRAINED_FORMAT, "format_version": PRETRAINED_VERSION, "class": model.class_path(),
-            "config": model.config, "card": card}
+    meta = {"format": PRETRAINED_FORMAT, "format_version": PRETRAINED_VERSION, "class": payload["class"],
+            "config": payload["config"], "card": card}
     if run_config is not None:
         meta["run_config"] = dict(run_config)
-    norm = _normalization_facts(state, model.config)
+    norm = _normalization_facts(state, payload["config"])
     if norm is not None:
         meta["normalization"] = norm
     try:

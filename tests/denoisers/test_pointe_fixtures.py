@@ -80,7 +80,7 @@ def _run_sampler(model: PointEDiffusion, record: dict, steps_recorded: int, sigm
     sigmas = karras_sigmas(64, 1e-3, sigma_max)
     torch.testing.assert_close(sigmas, record["sigmas"], rtol=0, atol=0)
     try:
-        final = model.sample(2, seed=0, noise=record["initial_noise"].transpose(1, 2), s_churn=0.0, sigma_max=sigma_max,
+        final = model.sample_channels(2, seed=0, noise=record["initial_noise"].transpose(1, 2), s_churn=0.0, sigma_max=sigma_max,
                              cond=cond, callback=lambda o: states.append(model.unscale(o["x"]).transpose(1, 2)),
                              steps=64) if steps_recorded == 64 else None
     finally:

@@ -115,29 +115,31 @@ def _small_pointe(**kw) -> PointEDiffusion:
 
 def test_pointe_sampling_returns_data_units_and_is_seeded():
     model = _small_pointe()
-    x = model.sample(2, steps=4, seed=0)
+    x = model.sample_channels(2, steps=4, seed=0)
     assert x.shape == (2, 16, 6)
     assert x[..., :3].abs().max() <= 0.5 + 1e-6 and x[..., 3:].min() >= -1e-4 and x[..., 3:].max() <= 255 + 1e-3
-    torch.testing.assert_close(x, model.sample(2, steps=4, seed=0))
-    assert not torch.allclose(x, model.sample(2, steps=4, seed=1))
-    y = model.sample(2, steps=4, sampler="ddim", seed=0)  # shapediff's samplers run the eps channels
+    torch.testing.assert_close(x[..., :3], model.sample(2, steps=4, seed=0).points)  # the contract: xyz Samples
+    assert not torch.allclose(x, model.sample_channels(2, steps=4, seed=1))
+    y = model.sample_channels(2, steps=4, sampler="ddim", seed=0)  # shapediff's samplers run the eps channels
     assert y.shape == (2, 16, 6) and torch.isfinite(y).all()
+    with pytest.raises(ValueError, match="eta"):
+        model.sample_channels(1, steps=2, sampler="dpmpp_2m", eta=0.5)
 
 
 def test_pointe_guidance_needs_an_embedding_and_changes_samples():
     model = _small_pointe()
     emb = {"clip_embedding": torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)}
-    plain = model.sample(2, steps=3, seed=0, cond=emb, s_churn=0.0)
-    guided = model.sample(2, steps=3, seed=0, cond=emb, s_churn=0.0, guidance_scale=3.0)
+    plain = model.sample_channels(2, steps=3, seed=0, cond=emb, s_churn=0.0)
+    guided = model.sample_channels(2, steps=3, seed=0, cond=emb, s_churn=0.0, guidance_scale=3.0)
     assert not torch.allclose(plain, guided)
-    torch.testing.assert_close(model.sample(2, steps=3, seed=0, s_churn=0.0, guidance_scale=3.0),
-                               model.sample(2, steps=3, seed=0, s_churn=0.0))
+    torch.testing.assert_close(model.sample_channels(2, steps=3, seed=0, s_churn=0.0, guidance_scale=3.0),
+                               model.sample_channels(2, steps=3, seed=0, s_churn=0.0))
     with pytest.raises(ValueError, match="unknown key"):
-        model.sample(1, steps=2, seed=0, eta=1.0)
+        model.sample_channels(1, steps=2, seed=0, eta=1.0)
     with pytest.raises(ValueError, match="class_label"):
-        model.sample(1, steps=2, class_label=3)
+        model.sample_channels(1, steps=2, class_label=3)
     with pytest.raises(ValueError, match="batch size"):
-        model.sample(2, steps=2, cond={"clip_embedding": torch.zeros(3, 8)})
+        model.sample_channels(2, steps=2, cond={"clip_embedding": torch.zeros(3, 8)})
 
 
 def test_pointe_training_loss_backpropagates():

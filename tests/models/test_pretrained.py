@@ -30,7 +30,8 @@ def test_round_trip_gives_the_same_samples_and_a_card(tmp_path):
     assert isinstance(loaded, PointCloudDiffusion) and loaded.config == model.config
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    torch.testing.assert_close(loaded.sample(2, steps=3, seed=1), model.sample(2, steps=3, seed=1), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.sample(2, steps=3, seed=1).points, model.sample(2, steps=3, seed=1).points,
+                               rtol=0, atol=0)
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["card"] == card
     assert meta["normalization"]["mean"] == pytest.approx(model.normalizer.mean.tolist())
@@ -38,14 +39,16 @@ def test_round_trip_gives_the_same_samples_and_a_card(tmp_path):
     assert "four Gaussian blobs" in text and "| 1-NNA-CD | 0.5 |" in text and "shapediff.load_model" in text
 
 
-def test_from_models_load_model_and_class_check(tmp_path):
-    save_pretrained(_fitted_model(), tmp_path / "m")
-    from shapediff.models import load_model
-    from shapediff.models.latent_voxel import LatentVoxelDiffusion
+def test_methods_models_load_model_and_class_check(tmp_path):
+    model = _fitted_model()
+    model.save_pretrained(tmp_path / "m", card={"data": "blobs"})
+    from shapediff.models import LatentVoxelDiffusion, ShapeModel, load_model
 
     assert isinstance(load_model(tmp_path / "m", device="cpu"), PointCloudDiffusion)
+    assert isinstance(PointCloudDiffusion.from_pretrained(tmp_path / "m", device="cpu"), PointCloudDiffusion)
+    assert isinstance(ShapeModel.from_pretrained(tmp_path / "m", device="cpu"), PointCloudDiffusion)
     with pytest.raises(ValueError, match="expected a LatentVoxelDiffusion"):
-        load_pretrained(tmp_path / "m", device="cpu", expected_class=LatentVoxelDiffusion)
+        LatentVoxelDiffusion.from_pretrained(tmp_path / "m", device="cpu")
 
 
 def test_errors_name_the_file(tmp_path):
