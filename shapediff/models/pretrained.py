@@ -144,10 +144,30 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     return model.to(resolve_device(device)).eval()
 
 
+def _run_metrics(checkpoint: Path) -> dict[str, Any]:
+    """The numeric entries (and protocol) of the run's metrics.json beside ``<run>/checkpoints/``, if any."""
+    path = checkpoint.resolve().parent.parent / "metrics.json"
+    if checkpoint.resolve().parent.name != "checkpoints" or not path.is_file():
+        return {}
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    out: dict[str, Any] = {"metrics": {k: v for k, v in found.items()
+                                       if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    if "protocol" in found:
+        out["protocol"] = found["protocol"]
+    return out
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLike,
                       card: Mapping[str, Any] | None = None, prefer_ema: bool = True) -> Path:
     """A shapediff checkpoint (``model.save`` or a training checkpoint; EMA weights preferred) -> a model
-    directory. The card records the checkpoint's step and its run's data settings when it holds them."""
+    directory. The card records the checkpoint's step, its run's data settings and, for a checkpoint in a
+    run's ``checkpoints/`` folder, the run's ``metrics.json`` numbers and protocol (note: those were
+    measured on the run's last checkpoint)."""
     payload = load_checkpoint(checkpoint)
     target = _resolve_target(payload["class"], f"checkpoint {str(checkpoint)!r} class")
     if not (isinstance(target, type) and issubclass(target, ShapeModel)):
@@ -160,6 +180,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
     run = payload.get("run_config") or {}
     if isinstance(run, Mapping) and run.get("data") is not None:
         facts["data"] = run["data"]
+    facts.update(_run_metrics(Path(checkpoint)))
     facts.update(card or {})
     return save_pretrained(model, directory, card=facts, run_config=run if isinstance(run, Mapping) and run else None)
 

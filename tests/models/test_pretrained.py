@@ -80,10 +80,14 @@ def test_training_checkpoint_exports_with_its_step(tmp_path):
     payload = model.checkpoint_payload()
     ema = {k: v + 1.0 if v.is_floating_point() and k.startswith("denoiser.") else v for k, v in payload["state_dict"].items()}
     payload.update(step=1234, ema_state_dict=ema, run_config={"data": {"categories": ["chair"]}})
-    torch.save(payload, tmp_path / "step.pt")
-    export_checkpoint(tmp_path / "step.pt", tmp_path / "out")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(payload, tmp_path / "run" / "checkpoints" / "step.pt")
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"1-NNA-CD": 0.61, "protocol": "pointflow", "notes": "x"}))
+    export_checkpoint(tmp_path / "run" / "checkpoints" / "step.pt", tmp_path / "out")
     meta = json.loads((tmp_path / "out" / "config.json").read_text())
     assert meta["card"]["steps"] == 1234 and meta["card"]["weights"] == "EMA"
+    assert meta["card"]["metrics"] == {"1-NNA-CD": 0.61} and meta["card"]["protocol"] == "pointflow"
+    assert meta["run_config"] == {"data": {"categories": ["chair"]}}
     assert meta["card"]["data"] == {"categories": ["chair"]}
     loaded = load_pretrained(tmp_path / "out", device="cpu")
     key = next(k for k in ema if k.startswith("denoiser.") and ema[k].is_floating_point())
