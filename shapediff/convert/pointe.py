@@ -5,8 +5,8 @@ Point-E's checkpoints are plain state dicts of its transformer (``download.py``)
 they are. The architecture comes from Point-E's ``MODEL_CONFIGS`` (``models/configs.py``): the
 converter takes the config name (``--config``, or the file name such as ``base40M-uncond.pt``),
 checks it against the shapes found in the weights, and reads the sizes from the weights when the
-name is unknown. The one size weights cannot show is the head count: Point-E's released models
-all use 64 channels per head (width / 64), which is the fallback.
+name is unknown. The one size weights cannot show is the head count: taken from the released config of
+the same width (512: 8, 1024: 16, 2048: 32), else it must be given.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def pointe_model_config(pointe_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def detect_pointe_config(state_dict: Mapping[str, Any], name: str | None = None, heads: int | None = None) -> dict[str, Any]:
     """A Point-E model config dict for ``state_dict``: the named ``MODEL_CONFIGS`` entry when its sizes
-    match the weights, else sizes read from the weights (heads: ``heads`` or width / 64).
+    match the weights, else sizes read from the weights (heads: ``heads``, else a released config's of that width).
 
     Raises ValueError naming what was expected and found when the dict is not a Point-E transformer,
     or when ``name`` names a config whose sizes differ from the weights'.
@@ -112,7 +112,14 @@ def detect_pointe_config(state_dict: Mapping[str, Any], name: str | None = None,
                              f"found {({k: v[1] for k, v in mismatch.items()})} in the weights (pass heads to convert anyway)")
         if not mismatch:
             found.update({k: v for k, v in named.items() if k not in found})
-    found["heads"] = int(heads) if heads is not None else int(found.get("heads", max(1, width // 64)))
+    if heads is None and "heads" not in found:
+        # Weights cannot show the head count: take it from a released config of the same width, else ask.
+        known = {c["heads"] for c in POINTE_MODEL_CONFIGS.values() if c["width"] == width}
+        if len(known) != 1:
+            raise ValueError(f"heads: the weights (width {width}, {layers} layers) match none of Point-E's released "
+                             f"configs {sorted(POINTE_MODEL_CONFIGS)}; pass the attention head count (--heads)")
+        found["heads"] = known.pop()
+    found["heads"] = int(heads) if heads is not None else int(found["heads"])
     if width % found["heads"]:
         raise ValueError(f"heads: expected a divisor of the width {width}, got {found['heads']}")
     return found

@@ -216,3 +216,18 @@ def test_converted_pvd_model_runs_through_sample_and_evaluate_scripts(tmp_path):
     done = run("evaluate.py", tmp_path / "out", "--n", "2", "--metrics", "cd", "--sampler", "ddim", "--steps", "1")
     assert done.returncode == 0, done.stderr
     assert "1-NNA-CD" in done.stdout
+
+
+def test_pointe_head_count_is_never_guessed(tmp_path, capsys):
+    fx = fixture("pointe_base_uncond_small")  # width 128: no released config has it
+    torch.save(fx["state_dict"], tmp_path / "small.pt")
+    done = convert_here(capsys, "pointe", tmp_path / "small.pt", tmp_path / "out")
+    assert done.returncode == 2 and "--heads" in done.stderr
+    torch.save(fx["state_dict"], tmp_path / "base40M-uncond.pt")  # a released name whose sizes differ
+    done = convert_here(capsys, "pointe", tmp_path / "base40M-uncond.pt", tmp_path / "out")
+    assert done.returncode == 2 and "'width': 512" in done.stderr and "'width': 128" in done.stderr
+    from shapediff.convert.pointe import detect_pointe_config
+
+    state = {k: torch.zeros(v.shape) for k, v in fx["state_dict"].items()}
+    state["ln_pre.weight"] = torch.zeros(512)
+    assert detect_pointe_config(state)["heads"] == 8
