@@ -95,6 +95,13 @@ class _SurfaceDataset(Dataset):
     def _load_pool(self, index: int) -> np.ndarray:  # (pool_size, 3) data coordinates
         raise NotImplementedError(f"{type(self).__name__} must implement _load_pool (a base-class hook)")
 
+    def shape_stats(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (1, 3), std (1, 1)) float32 with which item ``index`` is normalised: an item's
+        ``points`` are ``(data - mean) / std``, data = points * std + mean (identity for "none")."""
+        if self.normalization == "none":
+            return np.zeros((1, 3), np.float32), np.ones((1, 1), np.float32)
+        return shape_stats(self.surface_pool(index), self.normalization)
+
     def surface_pool(self, index: int) -> np.ndarray:
         """float32 (pool_size, 3) points of shape ``index`` in data coordinates (cached)."""
         index = check_index(index, len(self))
@@ -124,17 +131,32 @@ class _SurfaceDataset(Dataset):
     def __getitem__(self, index) -> dict:
         index = check_index(index, len(self))
         pool = self.surface_pool(index)
-        pts = pool[subset_indices(len(pool), self.num_points, self.sampling)]
-        if self.normalization != "none":
-            mean, std = shape_stats(pool, self.normalization)
-            pts = (pts - mean) / std
+        mean, std = self.shape_stats(index)
+        pts = (pool[subset_indices(len(pool), self.num_points, self.sampling)] - mean) / std
         label = self.labels[index]
         return {"points": torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)),
                 "label": torch.tensor(label, dtype=torch.int64), "category": self.categories[label],
                 "index": torch.tensor(index, dtype=torch.int64)}
 
 
-class ShapeNetCoreMeshes(_SurfaceDataset):
+class _MeshSurfaceDataset(_SurfaceDataset):
+    """A surface dataset backed by meshes: :meth:`mesh` is in the frame of the items' points."""
+
+    def source_mesh(self, index: int):  # the mesh in the file's coordinates (y-up)
+        raise NotImplementedError(f"{type(self).__name__} must implement source_mesh (a base-class hook)")
+
+    def mesh(self, index: int):
+        """Mesh ``index`` (a ``trimesh.Trimesh``) in the frame of the items' ``points``: normalised by
+        the same :meth:`shape_stats`, so a scan of it (``PartialScans``) or its TSDF lines up with
+        them; :meth:`source_mesh` is the file's own coordinates. ValueError naming a broken file."""
+        mesh = self.source_mesh(index)
+        if self.normalization != "none":
+            mean, std = self.shape_stats(index)
+            mesh.vertices = (np.asarray(mesh.vertices, dtype=np.float64) - mean.astype(np.float64)) / float(std.item())
+        return mesh
+
+
+class ShapeNetCoreMeshes(_MeshSurfaceDataset):
     """Raw ShapeNetCore.v2 meshes; items are N points sampled uniformly over each mesh's surface.
 
     Args:
@@ -148,8 +170,9 @@ class ShapeNetCoreMeshes(_SurfaceDataset):
     Meshes are read on first access, where an unreadable mesh raises ValueError naming its file;
     ``validate=True`` reads them all at construction instead and skips bad ones with one counted
     warning (``on_bad_file="raise"``: fail). ``scripts/prepare_shapenet.py`` does such a pass in
-    parallel and lists every failure. :meth:`mesh` gives the concatenated ``trimesh.Trimesh``
-    (TSDF grids: wrap this dataset in ``shapediff.data.TSDFDataset``).
+    parallel and lists every failure. :meth:`mesh` gives the concatenated ``trimesh.Trimesh`` in
+    the items' frame (normalised like ``points``), :meth:`source_mesh` as stored (TSDF grids: wrap
+    this dataset in ``shapediff.data.TSDFDataset``; partial scans: in ``PartialScans``).
     """
 
     _per_item = ("paths", "labels", "model_ids")
@@ -182,13 +205,13 @@ class ShapeNetCoreMeshes(_SurfaceDataset):
         if validate:
             self.validate()
 
-    def mesh(self, index: int):
-        """The model's mesh (all parts concatenated) as a ``trimesh.Trimesh``; ValueError naming a broken file."""
+    def source_mesh(self, index: int):
+        """The model's mesh as stored (all parts concatenated), a ``trimesh.Trimesh``; ValueError naming a broken file."""
         return load_mesh(self.paths[check_index(index, len(self))])
 
     def _load_pool(self, index: int) -> np.ndarray:
         seed = (int(stable_fraction(self.model_ids[index]) * 2**62) + self.seed) % 2**63  # fixed per model
-        return sample_surface(self.mesh(index), self.pool_size, seed=seed)
+        return sample_surface(self.source_mesh(index), self.pool_size, seed=seed)
 
 
 def _category(parts: tuple[str, ...]) -> str:
@@ -241,7 +264,7 @@ class _FolderDataset(_SurfaceDataset):
         self._bad = BadFiles(on_bad_file, type(self).__name__)
 
 
-class MeshFolder(_FolderDataset):
+class MeshFolder(_FolderDataset, _MeshSurfaceDataset):
     """Any folder of meshes (.obj .ply .off .stl .glb .gltf), one shape per file.
 
     Splits: files under ``train/``, ``val/``, ``test/`` folders (at the top, or per class as in
@@ -250,7 +273,8 @@ class MeshFolder(_FolderDataset):
     (after removing the split folder), "" for files at the top. ``up_axis``: "y" (ShapeNet) or "z"
     (ModelNet; turned y-up by (x, y, z) -> (x, z, -y)). ``validate=True`` reads every file at
     construction and skips (counted warning) or raises on bad ones, per ``on_bad_file``.
-    Items: ``points`` (N, 3) uniform over the surface, ``label``, ``category``, ``index``.
+    Items: ``points`` (N, 3) uniform over the surface, ``label``, ``category``, ``index``;
+    :meth:`mesh` is in the items' frame (normalised like ``points``), :meth:`source_mesh` as stored.
     """
 
     def __init__(self, root: str, split: str = "train", num_points: int = 2048, pool_size: int = 15000,
@@ -262,15 +286,15 @@ class MeshFolder(_FolderDataset):
         if validate:
             self.validate()
 
-    def mesh(self, index: int):
-        """The mesh of file ``index`` (y-up), a ``trimesh.Trimesh``."""
+    def source_mesh(self, index: int):
+        """The mesh of file ``index`` in the file's units, turned y-up, a ``trimesh.Trimesh``."""
         mesh = load_mesh(self.paths[check_index(index, len(self))])
         if self.up_axis == "z":
             mesh.vertices = to_y_up(np.asarray(mesh.vertices), "z")
         return mesh
 
     def _load_pool(self, index: int) -> np.ndarray:
-        return sample_surface(self.mesh(index), self.pool_size, seed=self.seed * 1_000_003 + index)
+        return sample_surface(self.source_mesh(index), self.pool_size, seed=self.seed * 1_000_003 + index)
 
 
 class PointCloudFolder(_FolderDataset):

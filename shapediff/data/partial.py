@@ -11,6 +11,11 @@ synthesized partial scan of the same shape, seen from one of ``views_per_shape``
 
 Each item is deterministic per ``(seed, shape index, view)``: the viewpoint, noise, dropout and
 the subsample to ``num_partial_points`` all come from a generator seeded with those three.
+
+Frame: the scan must be in the frame of the item's ``points``. The datasets of
+:mod:`shapediff.data` give meshes in that frame (``MeshFolder(normalization="bbox").mesh(i)`` is
+normalised like its items); every computed scan is checked against its item's points, and a scan
+that lies away from them (a ``mesh_fn`` in another frame or unit) is a ValueError, never silent.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from shapediff.randomness import mix_seed
 __all__ = ["PartialScans"]
 
 METHODS = ("auto", "raycast", "hpr")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: scans of normalised mesh datasets are taken in the items' frame
 
 
 class PartialScans(Dataset):
@@ -45,7 +50,8 @@ class PartialScans(Dataset):
         views_per_shape: viewpoints per shape; ``len(self) = len(dataset) * views_per_shape``,
             item ``i`` is shape ``i // views_per_shape`` seen from view ``i % views_per_shape``.
         method: "auto", "raycast" or "hpr" (see the module docstring).
-        mesh_fn: ``index -> trimesh.Trimesh``; default: the dataset's ``mesh``/``get_mesh`` method.
+        mesh_fn: ``index -> trimesh.Trimesh`` in the frame of the items' ``points``; default: the
+            dataset's ``mesh``/``get_mesh`` method.
         distance: camera distance in half bounding-box diagonals.
         width, height, fov_deg: the virtual camera's image size and horizontal field of view.
         noise_std: depth noise along each ray (data units); dropout: fraction of pixels dropped.
@@ -174,6 +180,8 @@ class PartialScans(Dataset):
                 break
         else:
             raise RuntimeError(f"shape {shape_index}: no surface point visible from 8 viewpoints; is its mesh empty?")
+        if self.method == "raycast":
+            _check_same_frame(visible, self.dataset[shape_index]["points"] if points is None else points, shape_index)
         return resample_points(visible, self.num_partial_points, gen).float(), int(visible.shape[0]), eye.float()
 
     def _visible(self, shape_index: int, points, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +189,26 @@ class PartialScans(Dataset):
             scan = virtual_scan(self.mesh_fn(shape_index), generator=gen, **self.camera)
             return scan.points, scan.viewpoint
         return visible_subset(torch.as_tensor(points), distance=self.camera["distance"], generator=gen)
+
+
+FRAME_TOLERANCE = 0.05  # median scan-to-points distance allowed, as a fraction of the points' bounding-box diagonal
+
+
+def _check_same_frame(scan: torch.Tensor, points, shape_index: int) -> None:
+    """ValueError when a mesh scan (K, 3) lies away from its item's points (N, 3): the mesh is in
+    another frame. A scan of the right mesh lies on the surface the points sample, at most about
+    the points' spacing away (a few % of the diagonal for N >= 100 points)."""
+    from shapediff.geometry import knn_points  # noqa: PLC0415
+
+    pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 3)
+    probe = scan[torch.linspace(0, scan.shape[0] - 1, min(scan.shape[0], 256)).long()].float()
+    median = float(knn_points(probe[None], pts[None], 1)[0][0, :, 0].sqrt().median())
+    diagonal = float((pts.max(0).values - pts.min(0).values).norm())
+    if not median <= FRAME_TOLERANCE * diagonal:
+        raise ValueError(
+            f"mesh_fn: the mesh of shape {shape_index} is not in the frame of its item's points: its scan lies a "
+            f"median {median:.4g} from them, whose bounding-box diagonal is {diagonal:.4g} (expected <= "
+            f"{FRAME_TOLERANCE} x it); return meshes normalised like the points (see the datasets' mesh())")
 
 
 def _find_mesh_fn(dataset) -> Callable[[int], Any] | None:
