@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Complete partial scans with a trained point-cloud diffusion model.
 
-    python scripts/complete.py runs/completion_quickstart/checkpoints/last.pt ../shared/data/pcn_demo/chair.pcd
+    python scripts/complete.py runs/completion_quickstart/checkpoints/last ../shared/data/pcn_demo/chair.pcd
     python scripts/complete.py CKPT scan1.ply scan2.npy --n 4 --sampler ddpm --steps 1000 --out completions
     python scripts/complete.py CKPT scan.xyz --method training_free --resample-jumps 5 --gt full.ply
     python scripts/complete.py CKPT scan.ply --retrieval-init-t 10      # start from the nearest training shape (SDEdit)
@@ -31,7 +31,7 @@ from shapediff.models.completion import METHODS, parse_clip_x0
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="model or training checkpoint (.pt)")
+    p.add_argument("checkpoint", type=Path, help="model or training checkpoint (.pt), or a run's checkpoints/last pointer")
     p.add_argument("scans", type=Path, nargs="+", help="partial scans: .ply .pcd .xyz .npy .obj ...")
     p.add_argument("--n", type=int, default=3, help="completions per scan")
     p.add_argument("--method", choices=METHODS, default=None, help="default: from the model (pvd / tokens / training_free)")

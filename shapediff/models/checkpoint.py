@@ -30,16 +30,56 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda fh: torch.save(obj, fh), "checkpoint")
 
 
+POINTER_NAME = "last"  # the text file a training run keeps beside its step files (training.checkpoints)
+_POINTER_MAX_BYTES = 4096
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` stands for: a checkpoint file itself, a pointer file (a short
+    text holding the name of a checkpoint in its own folder, such as a training run's
+    ``checkpoints/last``), or a folder holding such a ``last`` pointer.
+
+    Raises FileNotFoundError when the path, or the file a pointer names, does not exist; ValueError
+    for a pointer whose text is not a plain ``.pt`` file name.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / POINTER_NAME).is_file():
+        path = path / POINTER_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    name = _pointer_text(path)
+    if name is None:
+        return path
+    if not name.endswith(".pt") or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"checkpoint {str(path)!r}: a pointer file must hold one checkpoint file name in its own folder "
+                         f"(such as 'step_00001000.pt'), got {name[:80]!r}")
+    target = path.parent / name
+    if not target.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r}: points to {name!r}, which does not exist in {str(path.parent)!r}")
+    return target
+
+
+def _pointer_text(path: Path) -> str | None:
+    """The stripped one-line text of a small text file, or None when ``path`` is not one (a checkpoint)."""
+    if path.stat().st_size > _POINTER_MAX_BYTES:
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text and "\n" not in text and text.isprintable() else None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Read a shapediff checkpoint with ``torch.load(weights_only=True)``.
 
+    ``path`` may also be a pointer file or a folder holding one (see :func:`resolve_checkpoint_path`):
+    ``runs/X/checkpoints/last`` loads the checkpoint it names.
     Raises FileNotFoundError for a missing file and ValueError for a truncated/corrupt file, a
     file that is not a shapediff checkpoint, a newer format version, or one carrying a pickled
     object other than tensors and plain data (refused, never executed).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    path = resolve_checkpoint_path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
