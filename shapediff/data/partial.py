@@ -191,24 +191,26 @@ class PartialScans(Dataset):
         return visible_subset(torch.as_tensor(points), distance=self.camera["distance"], generator=gen)
 
 
-FRAME_TOLERANCE = 0.05  # median scan-to-points distance allowed, as a fraction of the points' bounding-box diagonal
+FRAME_TOLERANCE = 0.05  # allowed median scan-to-points distance beyond the points' own spacing, in bounding-box diagonals
 
 
 def _check_same_frame(scan: torch.Tensor, points, shape_index: int) -> None:
     """ValueError when a mesh scan (K, 3) lies away from its item's points (N, 3): the mesh is in
-    another frame. A scan of the right mesh lies on the surface the points sample, at most about
-    the points' spacing away (a few % of the diagonal for N >= 100 points)."""
+    another frame. A scan of the right mesh lies on the surface the points sample, about their
+    nearest-neighbour spacing away; 2 spacings plus 5 % of the diagonal is allowed."""
     from shapediff.geometry import knn_points  # noqa: PLC0415
 
     pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 3)
     probe = scan[torch.linspace(0, scan.shape[0] - 1, min(scan.shape[0], 256)).long()].float()
     median = float(knn_points(probe[None], pts[None], 1)[0][0, :, 0].sqrt().median())
+    spacing = float(knn_points(pts[None], pts[None], 2)[0][0, :, 1].sqrt().median()) if len(pts) > 1 else 0.0
     diagonal = float((pts.max(0).values - pts.min(0).values).norm())
-    if not median <= FRAME_TOLERANCE * diagonal:
+    if not median <= 2.0 * spacing + FRAME_TOLERANCE * diagonal:
         raise ValueError(
             f"mesh_fn: the mesh of shape {shape_index} is not in the frame of its item's points: its scan lies a "
-            f"median {median:.4g} from them, whose bounding-box diagonal is {diagonal:.4g} (expected <= "
-            f"{FRAME_TOLERANCE} x it); return meshes normalised like the points (see the datasets' mesh())")
+            f"median {median:.4g} from them, whose spacing is {spacing:.4g} and bounding-box diagonal {diagonal:.4g} "
+            f"(expected <= 2 spacings + {FRAME_TOLERANCE} diagonals); return meshes normalised like the points "
+            "(see the datasets' mesh())")
 
 
 def _find_mesh_fn(dataset) -> Callable[[int], Any] | None:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from shapediff.geometry.partial_scan import resample_points
+from shapediff.models.completion_frame import completion_frame
 from shapediff.geometry.validation import check_coordinates
 from shapediff.randomness import make_generator, mix_seed
 
@@ -348,8 +349,9 @@ def complete(
     init_t: int = 10,
     retrieval_bank: Any = None,
     clip_x0: float | str | None = "auto",
+    frame: Any = "auto",
 ) -> torch.Tensor:
-    """Complete partial scans given in data coordinates; returns completions in data coordinates.
+    """Complete partial scans; completions come back in the coordinates (frame and unit) of the scan.
 
     partial: (M, 3) or (B, M, 3) points (tensor or array, any M >= 1), or a list of B scans of
         different sizes. Each scan is resampled to the model's M (logged when it differs).
@@ -364,6 +366,12 @@ def complete(
         (:func:`retrieve_nearest`), i.e. retrieval-initialised SDEdit from ``init_t``.
     clip_x0: clamp of the denoiser's clean-cloud estimates: "auto" (1.2 x the largest normalised
         training coordinate), a number, or None.
+    frame: how the scan's coordinates map to the model's (:mod:`shapediff.geometry.frames`):
+        "auto" (the model's training frame: scan-centric for ``frame="scan"`` models, else the
+        scan is taken to be in the training data's coordinates), "scan", "training", or a
+        :class:`~shapediff.geometry.frames.Frame` (e.g. ``known_frame(scale=1000)`` for a mm scan
+        of a model trained in metres). ``init`` and ``retrieval_bank`` are mapped with the scan.
+        A scan that lands far outside the training data's extent gets a warning.
     Returns (B, n, N, 3), or (n, N, 3) for one unbatched (M, 3) scan. For "pvd" and
     "training_free" the first M points of each completion are exactly the resampled input.
     """
@@ -382,7 +390,8 @@ def complete(
     pts = prepare_partial(partial, m, make_generator(mix_seed(seed, 0x5CA7)))
     device = model.device
     gen = make_generator(seed, device)
-    partial_n = model.normalizer.normalize(pts.to(device))
+    mapping = completion_frame(model, pts, frame)
+    partial_n = model.normalizer.normalize(mapping.to_frame(pts.double()).float().to(device))
     kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0)
     if method == "pvd":
         if retrieval_bank is not None:
@@ -393,13 +402,13 @@ def complete(
             init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
             if init_pts.shape[0] != pts.shape[0]:
                 raise ValueError(f"init: expected {pts.shape[0]} shapes, one per partial scan, got {init_pts.shape[0]}")
-            init_n = model.normalizer.normalize(init_pts.to(device))
+            init_n = model.normalizer.normalize(mapping.to_frame(init_pts.double()).float().to(device))
         out = complete_pvd(model, partial_n, n, init_normalised=init_n, init_t=init_t, **kwargs)
     elif method == "training_free":
         out = complete_training_free(model, partial_n, n, resample_jumps=resample_jumps, **kwargs)
     else:
         out = complete_tokens(model, partial_n, n, guidance_scale=guidance_scale, **kwargs)
-    out = model.normalizer.denormalize(out)
+    out = mapping.from_frame(model.normalizer.denormalize(out).double().flatten(1, 2)).float().reshape(out.shape)
     if _KEEPS_PARTIAL[method]:  # bit-exact input points, free of normalise/denormalise rounding
         out[:, :, :m] = pts.to(device)[:, None]
     return out[0] if unbatched else out

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 from shapediff.config import instantiate
+from shapediff.geometry.frames import scan_centric_batch
 from shapediff.geometry.validation import check_coordinates
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.normalization import PointNormalizer
 from shapediff.randomness import make_generator, per_example_randint, per_example_randn
 
 COMPLETION_MODES = ("none", "pvd", "tokens")
+TRAINING_FRAMES = ("data", "scan")
 
 
 class PointCloudDiffusion(ShapeModel):
@@ -35,6 +37,9 @@ class PointCloudDiffusion(ShapeModel):
         num_partial_points: M, partial points the completion modes use (PVD: 200).
         sampler: default sampler settings, e.g. ``{"name": "dpmpp_2m", "steps": 20, "spacing": "logsnr"}``; every
             key reaches the sampler (validated against ``shapediff.diffusion.samplers.REGISTRY``).
+        frame: the frame completion pairs are trained in (:mod:`shapediff.geometry.frames`):
+            ``"data"`` (the dataset's coordinates) or ``"scan"`` (each pair mapped by its partial
+            scan's centroid and RMS radius, so ``complete`` takes a scan in any position and unit).
     """
 
     can_sample = True
@@ -50,8 +55,13 @@ class PointCloudDiffusion(ShapeModel):
         completion: str = "none",
         num_partial_points: int = 200,
         sampler: Mapping[str, Any] | None = None,
+        frame: str = "data",
     ):
         super().__init__()
+        if frame not in TRAINING_FRAMES:
+            raise ValueError(f"frame: expected one of {TRAINING_FRAMES}, got {frame!r}")
+        if frame == "scan" and completion == "none":
+            raise ValueError("frame: 'scan' is the frame of completion pairs; it needs completion='pvd' or 'tokens'")
         if completion not in COMPLETION_MODES:
             raise ValueError(f"completion: expected one of {COMPLETION_MODES}, got {completion!r}")
         if not isinstance(num_points, int) or num_points < 1:
@@ -63,6 +73,7 @@ class PointCloudDiffusion(ShapeModel):
             "normalization": normalization, "class_conditional": class_conditional, "completion": completion,
             "num_partial_points": num_partial_points,
             "sampler": sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}),
+            "frame": frame,
         }
         self.config = copy.deepcopy(_plain(self.config))
         self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
@@ -72,6 +83,7 @@ class PointCloudDiffusion(ShapeModel):
         self.class_conditional = class_conditional
         self.completion = completion
         self.num_partial_points = num_partial_points
+        self.frame = frame
 
     @property
     def family(self) -> str:
@@ -83,8 +95,10 @@ class PointCloudDiffusion(ShapeModel):
         self.fit_normalization(train_set)
 
     def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
-        """Fit the normaliser on a dataset's ``points`` (up to ``max_items`` items)."""
-        items = (dataset[i]["points"] for i in range(len(dataset) if max_items is None else min(max_items, len(dataset))))
+        """Fit the normaliser on a dataset's ``points`` (up to ``max_items`` items), in the training frame."""
+        count = len(dataset) if max_items is None else min(max_items, len(dataset))
+        in_frame = scan_centric_batch if self.frame == "scan" else dict
+        items = (in_frame(dataset[i])["points"] for i in range(count))
         self.normalizer.fit(items)
         return self
 
@@ -98,6 +112,8 @@ class PointCloudDiffusion(ShapeModel):
         if not isinstance(batch, Mapping) or "points" not in batch:
             got = f"keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else type(batch).__name__
             raise ValueError(f"batch: expected a mapping with a 'points' (B, N, 3) tensor, got {got}")
+        if self.frame == "scan":
+            batch = scan_centric_batch(batch)
         points = _check_cloud(batch["points"], "batch['points']").to(self.device)
         x0 = self.normalizer.normalize(points)
         cond, partial = self._training_condition(batch)
