@@ -6,8 +6,13 @@
     python scripts/complete.py CKPT scan.xyz --method training_free --resample-jumps 5 --gt full.ply
     python scripts/complete.py CKPT scan.ply --retrieval-init-t 10      # start from the nearest training shape (SDEdit)
 
-Reads each scan (.ply .pcd .xyz .npy, or a mesh file's vertices such as .obj) in the model's data
-coordinates, and writes OUT/<scan name>/: partial.ply, completion_K.ply and completion_K.obj (a
+Reads each scan (.ply .pcd .xyz .npy, or a mesh file's vertices such as .obj) in any frame and unit:
+completions come back in the scan's coordinates (``--frame``: ``auto`` = the model's training frame;
+a scan-frame model takes any position and unit, a data-frame model needs the scan in its training
+coordinates or ``--scale``/``--center`` saying how the scan's unit and origin map to them). Scans
+of more than --max-points points are reduced on reading (a seeded random subset, or voxel
+centroids with --downsample voxel; a .npy is streamed through a memory map, so a 10^7-point scan
+needs about 120 MB). Writes OUT/<scan name>/: partial.ply, completion_K.ply and completion_K.obj (a
 mesh per completion), ground_truth.ply (with --gt) and preview.png (partial | completions | gt).
 --retrieval-init-t T starts PVD from the training shape nearest to each scan (one-sided Chamfer),
 noised to timestep T; the shapes come from --bank (an (S, K, 3) .npy/.pt) or else from the
@@ -24,9 +29,11 @@ import time
 from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
+from shapediff.geometry.large_scans import DEFAULT_MAX_POINTS, DOWNSAMPLE_METHODS, load_scan
 from shapediff.models import load_model
 from shapediff.evaluation import save_completions
 from shapediff.models.completion import METHODS, parse_clip_x0
+from shapediff.models.completion_frame import FRAME_CHOICES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bank", type=Path, default=None,
                    help="(S, K, 3) .npy/.pt shapes to retrieve from (default: the checkpoint's training split)")
     p.add_argument("--clip-x0", type=parse_clip_x0, default="auto", help="'auto' (the model's bound), a number, or 'none'")
+    p.add_argument("--frame", choices=FRAME_CHOICES, default="auto",
+                   help="auto: the model's training frame; scan: scan-centric (scan-frame models); training: as given")
+    p.add_argument("--scale", type=float, default=None,
+                   help="scan units per model unit (e.g. 1000 for a mm scan of a model trained in metres)")
+    p.add_argument("--center", type=float, nargs=3, default=None, help="the scan point that is the model's origin")
+    p.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS, help="scan points kept on reading")
+    p.add_argument("--downsample", choices=DOWNSAMPLE_METHODS, default="random",
+                   help="how larger scans are reduced: random (seeded by --seed) or voxel centroids")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth cloud for the preview (single scan only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -80,12 +95,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from shapediff.geometry import load_points  # noqa: PLC0415
 
+    if (args.scale is not None or args.center is not None) and args.frame != "auto":
+        print("error: --scale/--center: give a known frame, or --frame, not both", file=sys.stderr)
+        return USER_ERROR
     if args.gt is not None and len(args.scans) != 1:
         print("error: --gt: expected exactly one scan with a ground truth, got %d scans" % len(args.scans), file=sys.stderr)
         return USER_ERROR
     try:
         model = load_model(args.checkpoint, device=args.device)
-        scans = [load_points(s) for s in args.scans]
+        scans = [load_scan(s, max_points=args.max_points, method=args.downsample, seed=args.seed) for s in args.scans]
+        frame = args.frame
+        if args.scale is not None or args.center is not None:
+            from shapediff.geometry.frames import known_frame  # noqa: PLC0415
+
+            frame = known_frame(scale=args.scale or 1.0, center=args.center or (0.0, 0.0, 0.0))
         gt = load_points(args.gt) if args.gt is not None else None
         start = time.perf_counter()
         retrieval = {}
@@ -93,7 +116,7 @@ def main(argv=None) -> int:
             retrieval = dict(retrieval_bank=_bank(args.bank, args.checkpoint), init_t=args.retrieval_init_t)
         out = model.complete(scans, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, method=args.method,
                              num_known=args.num_known, resample_jumps=args.resample_jumps, progress=True,
-                             clip_x0=args.clip_x0, **retrieval).points.cpu()
+                             clip_x0=args.clip_x0, frame=frame, **retrieval).points.cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
