@@ -52,10 +52,12 @@ def load_scan(path: str | os.PathLike, max_points: int = DEFAULT_MAX_POINTS, met
         return downsample_points(load_points(p), max_points, method, seed, voxel_size)
     try:
         rows = np.load(p, mmap_mode="r", allow_pickle=False)
-    except Exception as err:  # corrupt header, pickled object, truncated file
-        raise ValueError(f"path: could not read points from {str(p)!r}: {type(err).__name__}: {err}") from err
-    if rows.ndim != 2 or rows.shape[1] < 3 or rows.dtype.kind not in "fiu":
-        raise ValueError(f"path: expected an (N, >=3) numeric array in {str(p)!r}, got shape {rows.shape} dtype {rows.dtype}")
+        usable = rows.ndim == 2 and rows.shape[1] >= 3 and rows.dtype.kind in "fiu"
+    except Exception:  # noqa: BLE001 - corrupt header, pickled object, truncated or empty file
+        usable = False
+    if not usable:  # load_points reads it whole and raises its error, worded as for every other format
+        load_points(p)
+        raise ValueError(f"path: expected an (N, 3) array of numbers in {str(p)!r}")
     chunks = (_finite_rows(rows[i : i + chunk_rows, :3], p) for i in range(0, len(rows), chunk_rows))
     if method == "random":
         kept = _random_stream(chunks, max_points, seed)
@@ -64,7 +66,7 @@ def load_scan(path: str | os.PathLike, max_points: int = DEFAULT_MAX_POINTS, met
                                              for i in range(0, len(rows), chunk_rows))) / 512.0
         kept = downsample_points(_voxel_stream(chunks, size), max_points, "random", seed)
     if len(kept) == 0:
-        raise ValueError(f"path: {str(p)!r} holds no finite point")
+        raise ValueError(f"path: {str(p)!r} holds no points (every row holds NaN/Inf)")
     log.info("load_scan: kept %d of %d points of %s (%s)", len(kept), len(rows), p, method)
     return kept.astype(np.float32)
 
