@@ -151,5 +151,5 @@ def test_metres_and_millimetres_scans_give_the_same_completion_on_the_scan(tiny_
         sub = sc[np.random.default_rng(0).choice(len(sc), N, replace=False)]
         spacing = np.median(cKDTree(sub).query(sub, k=2)[0][:, 1])  # the scan's own spacing at the completion's density
         generated = out[M:]  # the model's own points (the first M are the scan's, kept exactly)
-        assert np.median(cKDTree(generated).query(sc)[0]) < 3.0 * spacing
+        assert np.median(cKDTree(generated).query(sc)[0]) < 4.0 * spacing  # measured 1.9-2.9; a misplaced blob: tens
         assert 0.8 < _extent(out) / _extent(sc) < 3.0  # the completion is the object, not a blob or a blow-up
