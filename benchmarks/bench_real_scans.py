@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from shapediff.data import MeshFolder, PartialScans, ShapeNetPC15k
 from shapediff.geometry.large_scans import load_scan
 from shapediff.models import PointCloudDiffusion
-from shapediff.models.completion import completion_table, evaluate_completion
+from shapediff.evaluation import completion_table, evaluate_completion
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 REAL_SCANS = ["pcn_demo/airplane.pcd", "pcn_demo/car.pcd", "pcn_demo/chair.pcd", "pcn_demo/lamp.pcd",
@@ -166,7 +166,7 @@ def main() -> None:
         if not path.is_file():
             continue
         scan = load_scan(path, seed=0)
-        out = model.complete(scan, seed=0)[0].numpy()
+        out = model.complete(scan, seed=0).points[0, 0].numpy()
         real[rel] = _fidelity(scan, out)
         preview.append((rel, [scan, out]))
     print("\n## Real sensor scans (no ground truth), completed in their own frame and unit\n")

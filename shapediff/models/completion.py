@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from shapediff.geometry.partial_scan import resample_points
-from shapediff.models.completion_frame import completion_frame
 from shapediff.geometry.validation import check_coordinates
+from shapediff.models.completion_frame import completion_frame
 from shapediff.randomness import make_generator, mix_seed
 
 __all__ = [

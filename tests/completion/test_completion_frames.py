@@ -92,10 +92,10 @@ def test_scan_centric_training_loss_ignores_the_unit_and_position():
 def test_a_known_frame_gives_completions_equal_up_to_the_unit():
     model = _untrained("data")
     scan = torch.rand(300, 3) - 0.5
-    metres = model.complete(scan, n=2, seed=3)
+    metres = model.complete(scan, n=2, seed=3).points
     rot = _rotation(1).float()
     millimetres = model.complete((scan @ rot.T) * 1000.0 + 50.0, n=2, seed=3,
-                                 frame=known_frame(scale=1000.0, center=(50.0, 50.0, 50.0), rotation=rot))
+                                 frame=known_frame(scale=1000.0, center=(50.0, 50.0, 50.0), rotation=rot)).points
     torch.testing.assert_close((millimetres - 50.0) / 1000.0 @ rot, metres, atol=1e-5, rtol=1e-4)
 
 
@@ -143,8 +143,8 @@ def test_metres_and_millimetres_scans_give_the_same_completion_on_the_scan(tiny_
     direction = torch.nn.functional.normalize(torch.randn(3, generator=torch.Generator().manual_seed(shape)), dim=0)
     scan = half_scan(full, direction)
     metres = (scan - scan.mean(0)) * (0.156 / _extent(scan)) + torch.tensor([0.3, -0.1, 1.2])  # 0.156 m across
-    out_m = tiny_model.complete(metres, seed=0)[0]
-    out_mm = tiny_model.complete(metres * 1000.0, seed=0)[0]
+    out_m = tiny_model.complete(metres, seed=0).points[0, 0]
+    out_mm = tiny_model.complete(metres * 1000.0, seed=0).points[0, 0]
     ratio = _extent(out_mm) / _extent(out_m)
     assert abs(ratio / 1000.0 - 1.0) < 0.02, ratio
     for sc, out in ((metres.numpy(), out_m.numpy()), (metres.numpy() * 1000.0, out_mm.numpy())):
