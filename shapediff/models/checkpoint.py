@@ -30,21 +30,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda fh: torch.save(obj, fh), "checkpoint")
 
 
-POINTER_NAME = "last"  # the text file a training run keeps beside its step files (training.checkpoints)
 _POINTER_MAX_BYTES = 4096
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """The checkpoint file ``path`` stands for: a checkpoint file itself, a pointer file (a short
+    """The checkpoint file ``path`` stands for: a checkpoint file itself, or a pointer file (a short
     text holding the name of a checkpoint in its own folder, such as a training run's
-    ``checkpoints/last``), or a folder holding such a ``last`` pointer.
+    ``checkpoints/last``). A folder is not resolved here: folders are model directories
+    (:mod:`shapediff.models.pretrained`).
 
     Raises FileNotFoundError when the path, or the file a pointer names, does not exist; ValueError
     for a pointer whose text is not a plain ``.pt`` file name.
     """
     path = Path(path).expanduser()
-    if path.is_dir() and (path / POINTER_NAME).is_file():
-        path = path / POINTER_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
     name = _pointer_text(path)
@@ -73,7 +71,7 @@ def _pointer_text(path: Path) -> str | None:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Read a shapediff checkpoint with ``torch.load(weights_only=True)``.
 
-    ``path`` may also be a pointer file or a folder holding one (see :func:`resolve_checkpoint_path`):
+    ``path`` may also be a pointer file (see :func:`resolve_checkpoint_path`):
     ``runs/X/checkpoints/last`` loads the checkpoint it names.
     Raises FileNotFoundError for a missing file and ValueError for a truncated/corrupt file, a
     file that is not a shapediff checkpoint, a newer format version, or one carrying a pickled

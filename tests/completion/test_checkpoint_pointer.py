@@ -39,11 +39,10 @@ def _run_dir(tmp_path: Path) -> tuple[Path, list[Path]]:
     return manager.directory, paths
 
 
-def test_pointer_and_its_folder_resolve_to_the_named_step_file(tmp_path):
+def test_the_pointer_resolves_to_the_named_step_file(tmp_path):
     folder, paths = _run_dir(tmp_path)
     assert (folder / "last").read_text().strip() == paths[-1].name
     assert resolve_checkpoint_path(folder / "last") == paths[-1]
-    assert resolve_checkpoint_path(folder) == paths[-1]
     assert resolve_checkpoint_path(paths[0]) == paths[0]  # a checkpoint file is itself
     model = load_model(folder / "last", device="cpu")
     assert float(next(model.parameters()).detach().flatten()[0]) == 20.0
