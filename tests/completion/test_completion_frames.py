@@ -8,13 +8,15 @@ distances, explicit matrix algebra for the transforms.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from shapediff.geometry.frames import Frame, known_frame, scan_centric_batch, scan_frame
+from shapediff._optional import open3d_available
+from shapediff.geometry.frames import known_frame, scan_centric_batch, scan_frame
 from shapediff.models import PointCloudDiffusion, load_model
 from shapediff.models.completion_frame import completion_frame
 from tests.completion.tiny_completion import FIXTURE, M, N, half_scan, shape_pools
@@ -153,3 +155,32 @@ def test_metres_and_millimetres_scans_give_the_same_completion_on_the_scan(tiny_
         generated = out[M:]  # the model's own points (the first M are the scan's, kept exactly)
         assert np.median(cKDTree(generated).query(sc)[0]) < 4.0 * spacing  # measured 1.9-2.9; a misplaced blob: tens
         assert 0.8 < _extent(out) / _extent(sc) < 3.0  # the completion is the object, not a blob or a blow-up
+
+
+@pytest.mark.skipif(not open3d_available(), reason="the quickstart's virtual scans need Open3D")
+def test_the_quickstart_trains_in_the_scan_frame_from_the_command_line():
+    """``experiment=completion_quickstart pipeline.frame=scan``: one training step, then a mm scan is completed in mm."""
+    from hydra import compose, initialize_config_dir
+    from torch.utils.data import default_collate
+
+    from shapediff.training.experiment import build_dataset, build_model
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "experiment=completion_quickstart", "pipeline.frame=scan", "pipeline.num_points=64",
+            "pipeline.num_partial_points=16", "data.dataset.num_shapes=2", "data.dataset.pool_size=500",
+            "data.dataset.mesh_resolution=24", "data.views_per_shape=2", "data.width=24", "data.height=24",
+            "data.cache_dir=null", "model.denoiser.width=16", "model.denoiser.depth=1"])
+    train = build_dataset(cfg, "train")
+    model = build_model(cfg)
+    assert model.frame == "scan" and model.config["frame"] == "scan"
+    model.fit_normalization(train)
+    loss = model.training_loss(default_collate([train[i] for i in range(len(train))]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    scan = train[0]["partial"] * 1000.0 + torch.tensor([5000.0, 0.0, 0.0])  # mm, 5 m along x
+    out = model.eval().complete(scan, steps=2, seed=0).points[0, 0]
+    assert torch.equal(out[:16], scan)  # the scan's points kept, in mm
+    lo, hi = scan.min(0).values, scan.max(0).values
+    center = out[16:].mean(0)  # the generated points sit on the scan (a 1-step model: not yet its shape)
+    assert bool(((center > lo - 0.1 * (hi - lo)) & (center < hi + 0.1 * (hi - lo))).all()), (center, lo, hi)
