@@ -12,8 +12,8 @@
 
     LD_LIBRARY_PATH=... PYTHONPATH=. python benchmarks/bench_real_scans.py --steps 2000 --preview docs/real_scans_preview.png
 
-Needs Open3D (ray casting, hidden-point removal, compressed PCD files). The preview is drawn by a
-small numpy point splatter here (no GPU/EGL needed).
+Needs Open3D (ray casting, hidden-point removal, compressed PCD files). The preview is drawn by
+``shapediff.viz`` (the CPU renderer; no GPU, EGL or display needed).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from shapediff.data import MeshFolder, PartialScans, ShapeNetPC15k
 from shapediff.geometry.large_scans import load_scan
 from shapediff.models import PointCloudDiffusion
 from shapediff.evaluation import completion_table, evaluate_completion
+from shapediff.io_atomic import write_path_atomic
+from shapediff.viz import render_array
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 REAL_SCANS = ["pcn_demo/airplane.pcd", "pcn_demo/car.pcd", "pcn_demo/chair.pcd", "pcn_demo/lamp.pcd",
@@ -89,44 +91,18 @@ def _fidelity(scan: np.ndarray, completion: np.ndarray) -> dict[str, float]:
             "median scan->completion / diagonal": float(np.median(d)) / diag, "extent ratio": ext / diag}
 
 
-def _splat(clouds: list[np.ndarray], colors: list[tuple[int, int, int]], size: int = 220) -> Image.Image:
-    """One tile: the clouds seen from a fixed oblique direction, fitted together, nearer points on top."""
-    view = np.array([0.6, 0.45, 0.66])
-    view /= np.linalg.norm(view)
-    right = np.cross([0.0, 1.0, 0.0], view)
-    right /= np.linalg.norm(right)
-    up = np.cross(view, right)
-    allpts = np.concatenate(clouds)
-    center = (allpts.max(0) + allpts.min(0)) / 2
-    radius = max(np.linalg.norm(allpts - center, axis=1).max(), 1e-12)
-    tile = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(tile)
-    rows = [(p, c) for pts, c in zip(clouds, colors) for p in (pts - center) / radius]
-    for p, c in sorted(rows, key=lambda r: float(r[0] @ view)):
-        u, v = size / 2 * (1 + 0.9 * float(p @ right)), size / 2 * (1 - 0.9 * float(p @ up))
-        shade = 0.55 + 0.45 * (float(p @ view) + 1) / 2
-        draw.ellipse([u - 1.5, v - 1.5, u + 1.5, v + 1.5], fill=tuple(int(k * shade) for k in c))
-    return tile
-
-
 def _grid(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> None:
-    """Rows of tiles: scan (orange) | completion (blue, with the scan) [| ground truth (grey)], labelled."""
-    size, label_h = 220, 18
-    ncols = max(len(r[1]) for r in rows)
-    image = Image.new("RGB", (ncols * size, len(rows) * (size + label_h)), "white")
-    draw = ImageDraw.Draw(image)
-    orange, blue, grey = (230, 120, 20), (30, 90, 170), (110, 110, 110)
-    for r, (name, clouds) in enumerate(rows):
-        scan = clouds[0]
-        tiles = [_splat([scan], [orange]), _splat([clouds[1], scan], [blue, orange])]
-        if len(clouds) > 2:
-            tiles.append(_splat([clouds[2]], [grey]))
-        y = r * (size + label_h)
-        draw.text((4, y + 2), name, fill=(0, 0, 0))
-        for c, tile in enumerate(tiles):
-            image.paste(tile, (c * size, y + label_h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    """One row per scan, one frame per row: scan | completion [| ground truth], labelled."""
+    size = 220
+    images = []
+    for name, clouds in rows:
+        labels = [f"{name}: scan", "completion", "truth"][: len(clouds)]
+        images.append(render_array(clouds, width=size * len(clouds), height=size, labels=labels, fit="shared"))
+    ncols = max(im.shape[1] for im in images)
+    image = np.full((size * len(images), ncols, 3), 255, dtype=np.uint8)
+    for r, im in enumerate(images):
+        image[r * size:(r + 1) * size, : im.shape[1]] = im
+    write_path_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def main() -> None:
