@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from shapediff.geometry import triton as _triton
+
 __all__ = ["normalize_voxel_coords", "avg_voxelize", "trilinear_devoxelize"]
 
 
@@ -60,11 +62,20 @@ def _flat_index(ijk: torch.Tensor, resolution: int) -> torch.Tensor:
     return (ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2]
 
 
+def _voxel_index(norm_coords: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, N) flat index of the voxel holding each point's rounded (half to even) grid coordinate."""
+    return _flat_index(torch.round(norm_coords).long(), resolution)
+
+
 def _avg_voxelize(features: torch.Tensor, norm_coords: torch.Tensor, resolution: int) -> torch.Tensor:
     """Mean of features per voxel: (B, C, N), (B, N, 3) grid coords -> (B, C, R, R, R)."""
     b, c, n = features.shape
     r3 = resolution**3
-    idx = _flat_index(torch.round(norm_coords).long(), resolution)  # (B, N)
+    idx = _voxel_index(norm_coords, resolution)  # (B, N)
+    if _triton.enabled_for(features):
+        from shapediff.geometry.triton.feature_kernels import avg_voxelize
+
+        return avg_voxelize(features, idx, resolution)
     idx = idx + torch.arange(b, device=idx.device)[:, None] * r3  # batch offset: one flat scatter
     rows = features.transpose(1, 2).reshape(b * n, c)
     sums = features.new_zeros(b * r3, c).index_add(0, idx.reshape(-1), rows)
@@ -75,6 +86,10 @@ def _avg_voxelize(features: torch.Tensor, norm_coords: torch.Tensor, resolution:
 
 def _trilinear_devoxelize(grid: torch.Tensor, norm_coords: torch.Tensor) -> torch.Tensor:
     """Trilinear samples of (B, C, R, R, R) at (B, N, 3) grid coords in [0, R-1] -> (B, C, N)."""
+    if _triton.enabled_for(grid, norm_coords):
+        from shapediff.geometry.triton.feature_kernels import trilinear_devoxelize
+
+        return trilinear_devoxelize(grid, norm_coords)
     b, c, r = grid.shape[:3]
     n = norm_coords.shape[1]
     lo_f = torch.floor(norm_coords)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from shapediff._optional import optional_pytorch3d
+from shapediff.geometry import triton as _triton
 from shapediff.geometry.validation import check_lengths, check_points, check_positive_int, check_same_batch
 
 DEFAULT_BLOCK_ELEMENTS = 2**24
@@ -69,18 +70,29 @@ def knn_points(
     if ops is not None:
         res = ops.knn_points(x, y, lengths2=lengths, K=k, return_sorted=True)
         return KNN(res.dists, res.idx)
+    if x.shape[-1] == 3 and _triton.enabled_for(x, y):
+        from shapediff.geometry.triton.point_kernels import knn_idx
+
+        return KNN(*_exact_sqdist(x, y, knn_idx(x, y, k, lengths)))
     idx = _knn_idx(x.detach(), y.detach(), k, lengths, max_block_elements)
     return KNN(*_exact_sqdist(x, y, idx))
+
+
+def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances between broadcast (..., 3) tensors, summed ``dx*dx + dy*dy + dz*dz`` (the
+    order of PointNet++/PVD kernels and of the Triton kernels, so selections agree bit for bit)."""
+    d = a - b
+    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
 
 
 def _exact_sqdist(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact squared distances (B, N, K) from x (B, N, D) to y[idx]; re-sorted with idx along K."""
     b, n, kk = idx.shape
     picked = torch.gather(y, 1, idx.reshape(b, n * kk, 1).expand(-1, -1, y.shape[-1])).reshape(b, n, kk, -1)
-    d = (x.unsqueeze(2) - picked).square().sum(-1)
+    d = sq_dist(x.unsqueeze(2), picked) if x.shape[-1] == 3 else (x.unsqueeze(2) - picked).square().sum(-1)
     if kk == 1:
         return d, idx
-    order = d.detach().argsort(dim=-1)  # the matmul ranking may swap near-ties; order by exact values
+    order = d.detach().argsort(dim=-1, stable=True)  # the matmul ranking may swap near-ties; order by exact values
     return torch.gather(d, -1, order), torch.gather(idx, -1, order)
 
 

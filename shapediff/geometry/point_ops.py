@@ -35,7 +35,8 @@ from typing import Literal
 
 import torch
 
-from shapediff.geometry.knn import DEFAULT_BLOCK_ELEMENTS, knn_points
+from shapediff.geometry import triton as _triton
+from shapediff.geometry.knn import DEFAULT_BLOCK_ELEMENTS, knn_points, sq_dist
 from shapediff.geometry.validation import check_points, check_positive_int, check_same_batch
 
 PointOpConvention = Literal["plain", "pvd"]
@@ -46,12 +47,6 @@ PVD_FPS_THREADS = 512  # threads per block of PVD's FPS kernel: the tie rule's m
 def _check_convention(convention: object) -> None:
     if convention not in POINT_OP_CONVENTIONS:
         raise ValueError(f"convention: expected one of {POINT_OP_CONVENTIONS}, got {convention!r}")
-
-
-def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared distances between broadcast (..., 3) tensors, summed in the kernels' order."""
-    d = a - b
-    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
 
 
 def pvd_fps_order(n: int, device: torch.device | None = None) -> torch.Tensor:
@@ -97,6 +92,10 @@ def farthest_point_sample(
         first = torch.zeros(b, dtype=torch.long, device=pts.device)
     else:
         first = torch.randint(n, (b,), generator=generator, device=pts.device)
+    if _triton.enabled_for(pts):
+        from shapediff.geometry.triton.point_kernels import farthest_point_sample as fps_kernel
+
+        return fps_kernel(pts, first, num_samples, PVD_FPS_THREADS if convention == "pvd" else 0)
     if convention == "plain":
         return _fps(pts, first, num_samples)
     # PVD's order is plain FPS (argmax keeps the first maximum) on the cloud listed in tie order.
@@ -115,7 +114,7 @@ def _fps(pts: torch.Tensor, first: torch.Tensor, num_samples: int) -> torch.Tens
     rows = torch.arange(b, device=pts.device)
     for s in range(1, num_samples):
         last = pts[rows, idx[:, s - 1]]  # (B, 3)
-        min_d = torch.minimum(min_d, _sq_dist(pts, last[:, None, :]))
+        min_d = torch.minimum(min_d, sq_dist(pts, last[:, None, :]))
         idx[:, s] = min_d.argmax(dim=1)  # first maximum
     return idx
 
@@ -158,12 +157,16 @@ def ball_query(
     s = centers.shape[1]
     kk = min(k, n)
     r2 = ball_radius_squared(radius, convention, points.dtype)
+    if _triton.enabled_for(points, centers):
+        from shapediff.geometry.triton.point_kernels import ball_query as ball_query_kernel
+
+        return ball_query_kernel(points, centers, r2, k)
     out = torch.empty(b, s, k, dtype=torch.long, device=points.device)
     arange = torch.arange(n, device=points.device)
     rows = max(1, max_block_elements // (3 * b * n))
     for r in range(0, s, rows):
         c = centers[:, r : r + rows].detach()
-        d2 = _sq_dist(c.unsqueeze(2), points.detach().unsqueeze(1))  # (B, S', N)
+        d2 = sq_dist(c.unsqueeze(2), points.detach().unsqueeze(1))  # (B, S', N)
         cand = torch.where(d2 < r2, arange, n)  # index if inside, else sentinel n
         first = cand.topk(kk, dim=-1, largest=False, sorted=True).values
         if kk < k:
@@ -201,6 +204,10 @@ def gather_points(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     n = features.shape[1]
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise ValueError(f"idx: expected values in [0, {n - 1}], got range [{int(idx.min())}, {int(idx.max())}]")
+    if _triton.enabled_for(features) and idx.is_cuda:
+        from shapediff.geometry.triton.feature_kernels import gather_points as gather_kernel
+
+        return gather_kernel(features, idx)
     flat = idx.reshape(idx.shape[0], -1, 1).long().expand(-1, -1, features.shape[-1])
     return torch.gather(features, 1, flat).reshape(*idx.shape, features.shape[-1])
 
@@ -239,15 +246,28 @@ def three_nn_interpolate(
         raise ValueError(
             f"known_features: expected shape ({known.shape[0]}, {known.shape[1]}, C), got {tuple(known_features.shape)}"
         )
+    if convention == "pvd" and not squared:
+        raise ValueError("squared: convention='pvd' uses squared-distance weights; got squared=False")
+    # The Triton search has no coordinate gradient (PVD detaches coordinates too).
+    kernel = _triton.enabled_for(unknown, known) and not (unknown.requires_grad or known.requires_grad)
     if convention == "pvd":
-        if not squared:
-            raise ValueError("squared: convention='pvd' uses squared-distance weights; got squared=False")
-        idx, w = pvd_three_nn(unknown, known, max_block_elements)
+        idx = _three_nn_kernel(unknown, known) if kernel else _pvd_three_nn_idx(unknown, known, max_block_elements)
+        w = _pvd_weights(unknown, known, idx)
     else:
-        d2, idx = knn_points(unknown, known, min(3, known.shape[1]))
+        if kernel:
+            idx = _three_nn_kernel(unknown, known)[..., : min(3, known.shape[1])]
+            d2 = sq_dist(unknown[:, :, None], gather_points(known, idx))
+        else:
+            d2, idx = knn_points(unknown, known, min(3, known.shape[1]))
         w = 1.0 / d2.clamp_min(1e-10) if squared else 1.0 / (d2.clamp_min(1e-16).sqrt() + 1e-8)
         w = w / w.sum(dim=-1, keepdim=True)
     return (gather_points(known_features, idx) * w.unsqueeze(-1)).sum(dim=2)
+
+
+def _three_nn_kernel(unknown: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    from shapediff.geometry.triton.point_kernels import three_nn
+
+    return three_nn(unknown, known)
 
 
 def pvd_three_nn(
@@ -259,22 +279,33 @@ def pvd_three_nn(
     distance 1e10. Weights ``w0 = d1 d2 / (d0 d1 + d0 d2 + d1 d2)`` (and cyclically), d clamped to
     [1e-10, 1e10]; differentiable with respect to the coordinates.
     """
+    idx = _pvd_three_nn_idx(unknown, known, max_block_elements)
+    return idx, _pvd_weights(unknown, known, idx)
+
+
+def _pvd_three_nn_idx(unknown: torch.Tensor, known: torch.Tensor, max_block_elements: int) -> torch.Tensor:
+    """(B, N, 3) three nearest known points by (squared distance, index); index 0 pads S < 3."""
     b, n, _ = unknown.shape
     s = known.shape[1]
     idx = torch.zeros(b, n, 3, dtype=torch.long, device=unknown.device)
     rows = max(1, max_block_elements // max(1, b * s))
     for r in range(0, n, rows):
-        d = _sq_dist(unknown[:, r : r + rows, None].detach(), known[:, None].detach())  # (B, N', S)
+        d = sq_dist(unknown[:, r : r + rows, None].detach(), known[:, None].detach())  # (B, N', S)
         for j in range(min(3, s)):
             pick = d.argmin(dim=-1)  # first minimum: the lowest index among ties
             idx[:, r : r + rows, j] = pick
             d.scatter_(-1, pick[..., None], float("inf"))
-    picked = torch.gather(known, 1, idx.reshape(b, n * 3, 1).expand(-1, -1, 3)).reshape(b, n, 3, 3)
-    d = _sq_dist(unknown[:, :, None], picked)
+    return idx
+
+
+def _pvd_weights(unknown: torch.Tensor, known: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """PVD's three-NN weights (B, N, 3) for neighbour indices idx (B, N, 3) (see pvd_three_nn)."""
+    s = known.shape[1]
+    d = sq_dist(unknown[:, :, None], gather_points(known, idx))
     if s < 3:
         d = torch.where(torch.arange(3, device=d.device) < s, d, torch.full_like(d, 1e10))
     d = d.clamp(1e-10, 1e10)
     d0, d1, d2 = d.unbind(-1)
     d0d1, d0d2, d1d2 = d0 * d1, d0 * d2, d1 * d2
     inv = 1.0 / (d0d1 + d0d2 + d1d2)
-    return idx, torch.stack([d1d2 * inv, d0d2 * inv, d0d1 * inv], dim=-1)
+    return torch.stack([d1d2 * inv, d0d2 * inv, d0d1 * inv], dim=-1)
