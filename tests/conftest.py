@@ -12,6 +12,11 @@ import torch
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
+# Without CUDA, Triton kernels run in Triton's interpreter on CPU tensors (tests/geometry/test_triton_kernels.py).
+# Triton reads this when it is first imported, so it is set before anything imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Real meshes and scans made by others live beside the project (never copied into it).
 SHARED_DATA = Path(os.environ.get("SHAPEDIFF_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
