@@ -5,10 +5,12 @@ explicitly: ``cost="euclidean"`` (|x - y|, PointFlow's definition) or ``cost="sq
 (|x - y|^2, what PVD's and LION's PyTorchEMD computes; the two give different 1-NNA-EMD).
 
 Methods:
-  - ``"exact"``: scipy's ``linear_sum_assignment`` (Jonker-Volgenant) per pair in float64 on CPU,
-    pairs spread over ``torch.get_num_threads()`` threads. Per 2048-point pair on one core: about
-    0.1 s for near-identical clouds, 0.5-6 s for different shapes (POT's network simplex: about
-    0.5-2.4 s); see benchmarks/README.md.
+  - ``"exact"``: an optimal assignment per pair in float64 on CPU, pairs spread over
+    ``torch.get_num_threads()`` threads. Solver: POT's network simplex (``ot.emd``; POT is a runtime
+    dependency because it measured 1.3-2x faster than scipy's ``linear_sum_assignment`` on
+    2048-point pairs of different shapes, and lapx's LAPJV 10x slower; benchmarks/README.md); its
+    plan for uniform weights is a permutation, read off by row. scipy's ``linear_sum_assignment``
+    is the fallback when POT is missing or its plan is not a permutation (iteration limit).
   - ``"auction"``: Bertsekas' auction algorithm with epsilon-scaling, batched over pairs in pure
     torch (runs on GPU). Every phase ends with a dual-feasible certificate: a lower bound
     ``LB = sum_i min_j (c_ij + p_j) - sum_j p_j <= optimum``; the algorithm stops once
@@ -19,6 +21,7 @@ Methods:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
@@ -97,18 +100,14 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: EmdCost) -> torch.Tensor
 
 
 def _exact_match(x: torch.Tensor, y: torch.Tensor, cost: EmdCost) -> torch.Tensor:
-    """Optimal assignment (B, N) per pair with scipy's linear_sum_assignment in float64.
+    """Optimal assignment (B, N) per pair in float64 (:func:`optimal_assignment`).
 
-    Pairs are solved on up to ``torch.get_num_threads()`` threads (scipy releases the GIL).
+    Pairs are solved on up to ``torch.get_num_threads()`` threads (both solvers release the GIL).
     """
     xs, ys = x.cpu().double(), y.cpu().double()
 
     def solve(b: int) -> np.ndarray:
-        c = cost_matrix(xs[b : b + 1], ys[b : b + 1], cost)[0].numpy()
-        rows, cols = linear_sum_assignment(c)
-        out = np.empty(len(rows), dtype=np.int64)
-        out[rows] = cols
-        return out
+        return optimal_assignment(cost_matrix(xs[b : b + 1], ys[b : b + 1], cost)[0].numpy())
 
     workers = min(x.shape[0], max(1, torch.get_num_threads()))
     if workers == 1:
@@ -117,6 +116,37 @@ def _exact_match(x: torch.Tensor, y: torch.Tensor, cost: EmdCost) -> torch.Tenso
         with ThreadPoolExecutor(max_workers=workers) as pool:
             matches = list(pool.map(solve, range(x.shape[0])))
     return torch.from_numpy(np.stack(matches)).to(x.device)
+
+
+@functools.cache
+def _pot():
+    try:
+        import ot  # noqa: PLC0415  (slow to import; only exact EMD needs it)
+    except (ImportError, OSError):
+        return None
+    return ot
+
+
+def optimal_assignment(cost: np.ndarray) -> np.ndarray:
+    """Column of each row (N,) int64 in a min-cost perfect assignment of an (N, N) float64 cost.
+
+    POT's network simplex when installed (faster, see the module docstring); scipy's
+    ``linear_sum_assignment`` when not, or when POT's plan is not a permutation.
+    """
+    n = cost.shape[0]
+    ot = _pot()
+    if ot is not None:
+        w = np.full(n, 1.0 / n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an iteration-limit warning is handled below
+            plan, log = ot.emd(w, w, cost, numItermax=max(10**7, 50 * n * n), log=True)
+        match = plan.argmax(axis=1)
+        if log.get("warning") is None and np.count_nonzero(plan > 0.5 / n) == n and len(np.unique(match)) == n:
+            return match.astype(np.int64)
+    rows, cols = linear_sum_assignment(cost)
+    out = np.empty(n, dtype=np.int64)
+    out[rows] = cols
+    return out
 
 
 @torch.no_grad()
