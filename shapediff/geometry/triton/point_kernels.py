@@ -12,7 +12,7 @@ import triton.language as tl
 
 _OPTS = {"enable_fp_fusion": False}  # no FMA: distances round exactly as dx*dx + dy*dy + dz*dz in PyTorch
 _ONE_CHUNK_FPS = 4096  # FPS keeps the cloud in registers up to this many points
-_BIG = 2**30
+_BIG: tl.constexpr = tl.constexpr(2**30)  # "no index" key; a constexpr so kernels may read it
 
 
 @triton.jit
@@ -63,8 +63,8 @@ def _fps_kernel(pts_ptr, first_ptr, dist_ptr, out_ptr, N, S, TIE_MOD: tl.constex
             lx = tl.load(pts + last * 3)
             ly = tl.load(pts + last * 3 + 1)
             lz = tl.load(pts + last * 3 + 2)
-            best_v = -2.0
-            best_k = _BIG
+            best_v = tl.full([], -2.0, tl.float32)
+            best_k = tl.full([], _BIG, tl.int32)
             for start in range(0, N, BLOCK):
                 o = start + offs
                 m = o < N
