@@ -110,3 +110,13 @@ def test_exact_emd_equals_scipy_assignment_on_clouds():
         c = torch.cdist(x[b], y[b]).numpy()
         rows, cols = linear_sum_assignment(c)
         assert float(got[b]) == pytest.approx(c[rows, cols].mean(), rel=1e-12)
+
+
+def test_morton_ordered_queries_give_the_same_neighbours(tree_backend, monkeypatch):
+    rng = np.random.default_rng(11)
+    targets, queries = rng.random((500, 3)), rng.random((5000, 3))
+    got = kdtree.nearest_indices(targets, queries, 2)
+    monkeypatch.setattr(kdtree, "MORTON_MIN_QUERIES", 10**9)
+    assert np.array_equal(got, kdtree.nearest_indices(targets, queries, 2))
+    order = kdtree.morton_order(queries)
+    assert sorted(order.tolist()) == list(range(5000))
