@@ -8,8 +8,9 @@ backward + Adam) and sampling as 20 denoiser calls without gradients (a 20-step 
 cost), each timed after a warm-up, with peak memory (CUDA: max allocated; CPU: peak RSS above the
 process after building the model, sampling measured first). One row per (model, B, quantity) with a
 column per N and the growth exponent k of ``cost ~ N^k`` fitted by least squares in log-log over
-the measured N. A size is skipped (``-``) when the previous size's training step, extrapolated
-with k = 2, would pass ``--budget`` seconds. ``--quick``: N 512 / 2048, B 1 / 16.
+the measured N. A size is skipped (``-``) when its estimated cost (training step + sampling calls:
+the previous N's extrapolated with k = 2, or the smaller batch's scaled linearly in B) passes
+``--budget`` seconds. ``--quick``: N 512 / 2048, B 1 / 16.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ def _measure(name: str, device_name: str, batch: int, points: int, threads: int)
     return out
 
 
+def _cost(r: dict) -> float:
+    """Seconds one (model, B, N) measurement takes: a training step and the sampling calls."""
+    return r["train_s"] + r["sample_s"]
+
+
 def _in_child(fn, *args):
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--points", type=int, nargs="+", default=[512, 2048, 8192, 16384])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--budget", type=float, default=60.0, help="skip sizes whose training step would pass this (s)")
+    p.add_argument("--budget", type=float, default=60.0, help="skip sizes whose step + sampling would pass this (s)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per worker")
     p.add_argument("--quick", action="store_true", help="N 512 / 2048 and B 1 / 16 only")
     a = p.parse_args(argv)
@@ -122,15 +128,24 @@ def main(argv: list[str] | None = None) -> None:
           f"sampling = {SAMPLING_CALLS} denoiser calls\n")
     print("| model | B | quantity | " + " | ".join(f"N={n}" for n in sizes) + " | exponent k (cost ~ N^k) |")
     print("|---|---:|---|" + "---:|" * len(sizes) + "---:|")
+    done: dict[str, dict[int, dict[int, dict]]] = {}  # model -> batch -> N -> results
     for name in a.models:
-        for batch in a.batches:
+        for batch in sorted(a.batches):
             results: dict[int, dict] = {}
             last: tuple[int, float] | None = None
             for n in sizes:
-                if last is not None and last[1] * (n / last[0]) ** 2 > a.budget:
+                smaller = [b for b in done.get(name, {}) if b < batch and n in done[name][b]]
+                if last is not None:
+                    estimate = last[1] * (n / last[0]) ** 2
+                elif smaller:  # first N of a larger batch: scale the smaller batch's cost linearly
+                    estimate = _cost(done[name][max(smaller)][n]) * batch / max(smaller)
+                else:
+                    estimate = 0.0
+                if estimate > a.budget:
                     continue
                 results[n] = _in_child(_measure, name, a.device, batch, n, a.threads)
-                last = (n, results[n]["train_s"])
+                last = (n, _cost(results[n]))
+            done.setdefault(name, {})[batch] = results
             for what, key, fmt in (("train step s", "train_s", ".3f"), ("train peak MiB", "train_mib", ".0f"),
                                    (f"sample ({SAMPLING_CALLS} calls) s", "sample_s", ".3f"),
                                    ("sample peak MiB", "sample_mib", ".0f")):
