@@ -17,6 +17,9 @@ Methods:
     ``(primal - LB) <= tol * primal``, so the returned value is at most a factor ``1 / (1 - tol)``
     above the optimum (eps-complementary slackness also bounds ``primal - optimum <= N * eps``,
     i.e. ``eps`` on the mean). The certificate is measured per pair, not assumed.
+  - ``"approxmatch"``: the approximate plan of PointFlow's / PVD's CUDA kernels, which the published
+    tables used (``shapediff.geometry.emd_approxmatch``; x is the kernels' ``xyz1``). Not an
+    optimum: it can lie above or below the exact EMD.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+from shapediff.geometry.emd_approxmatch import approxmatch_emd
 from shapediff.geometry.validation import check_points, check_same_batch
 
 EmdCost = Literal["euclidean", "squared"]
@@ -52,7 +56,7 @@ def emd(
     y: torch.Tensor,
     *,
     cost: EmdCost = "euclidean",
-    method: Literal["exact", "auction"] = "exact",
+    method: Literal["exact", "auction", "approxmatch"] = "exact",
     tol: float = 1e-3,
 ) -> torch.Tensor:
     """Earth mover's distance per pair: mean matched cost under an optimal assignment.
@@ -60,7 +64,9 @@ def emd(
     Args:
         x: (B, N, 3); y: (B, N, 3) (equal sizes: EMD here is a one-to-one matching).
         cost: "euclidean" (PointFlow) or "squared" (PVD / LION PyTorchEMD).
-        method: "exact" (scipy, CPU) or "auction" (batched torch, certified relative gap ``tol``).
+        method: "exact" (scipy, CPU), "auction" (batched torch, certified relative gap ``tol``) or
+            "approxmatch" (the published tables' approximation, batched torch; PointFlow's 9 levels
+            for cost "euclidean", PVD's 10 for "squared").
         tol: auction only; relative certified gap at which a pair stops (0 < tol < 1).
 
     Returns:
@@ -74,10 +80,12 @@ def emd(
         raise ValueError(f"y: EMD needs clouds of equal size N={x.shape[1]}, got shape {tuple(y.shape)}")
     if cost not in ("euclidean", "squared"):
         raise ValueError(f"cost: expected 'euclidean' or 'squared', got {cost!r}")
-    if method not in ("exact", "auction"):
-        raise ValueError(f"method: expected 'exact' or 'auction', got {method!r}")
+    if method not in ("exact", "auction", "approxmatch"):
+        raise ValueError(f"method: expected 'exact', 'auction' or 'approxmatch', got {method!r}")
     if not 0.0 < tol < 1.0:
         raise ValueError(f"tol: expected 0 < tol < 1, got {tol!r}")
+    if method == "approxmatch":
+        return approxmatch_emd(x, y, cost=cost)
     with torch.no_grad():
         if method == "exact":
             match = _exact_match(x.detach(), y.detach(), cost)
