@@ -1,0 +1,89 @@
+"""Read sample and reference sets that other projects release or write, in their own layouts.
+
+Layouts accepted (all (S, N, C) point arrays, C = 3, or 6 with normals/colours that are dropped):
+  - PointFlow ``test.py``: ``model_out_smp.npy`` / ``model_out_ref.npy``, NumPy, data frame.
+  - PVD ``test_generation.py``: ``samples.pth``, a torch tensor (S, N, 3), data frame
+    (``gen * std + mean``); its references are built from the data set, not saved.
+  - LION ``utils/eval_helper.py:compute_score``: ``samples.pt`` a tensor (S, N, 3|6) in the
+    NORMALISED frame, and ``ref_val_<cat>.pt`` a dict ``{'ref': (R, N, 3|6), 'mean': (R, 1, 3),
+    'std': (R, 1, 1)}``; LION de-normalises both with the reference file's per-index mean/std
+    (``x * std + mean``) after keeping the first R samples.
+  - DPM ``test_gen.py``: ``out.npy`` (S, N, 3), already bbox-normalised (its preset does it again,
+    which changes nothing).
+  - shapediff: ``samples.pt`` (S, N, 3) data frame; ``.npy`` / ``.npz`` (first array).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+SamplesFrame = Literal["auto", "normalized", "data"]
+
+
+def load_cloud_file(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """(clouds (S, N, 3) float32, extras) from a .npy / .npz / .pt / .pth file.
+
+    ``extras`` holds ``mean`` / ``std`` when the file is LION's reference dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r}: no such file (expected a .npy, .npz, .pt or .pth point-cloud set)")
+    extras: dict = {}
+    try:
+        if path.suffix in (".npy", ".npz"):
+            data = np.load(path, allow_pickle=False)
+            data = data[data.files[0]] if isinstance(data, np.lib.npyio.NpzFile) else data
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as err:
+        raise ValueError(f"{str(path)!r}: could not read a point-cloud set ({type(err).__name__}: {err})") from None
+    if isinstance(data, dict):
+        if "ref" not in data:
+            raise ValueError(f"{str(path)!r}: a dict file must be LION's reference layout with keys "
+                             f"'ref', 'mean', 'std'; got keys {sorted(map(str, data))}")
+        extras = {k: torch.as_tensor(data[k]).float() for k in ("mean", "std") if k in data}
+        data = data["ref"]
+    clouds = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).float()
+    if clouds.dim() != 3 or clouds.shape[-1] not in (3, 4, 6, 9) or clouds.shape[0] == 0 or clouds.shape[1] == 0:
+        raise ValueError(f"{str(path)!r}: expected a non-empty (S, N, 3) array (or (S, N, 6) with normals), "
+                         f"got shape {tuple(clouds.shape)}")
+    return clouds[..., :3].contiguous(), extras
+
+
+def load_samples_and_refs(samples_path: str | Path, refs_path: str | Path, samples_frame: SamplesFrame = "auto"
+                          ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(samples (S, N, 3), refs (R, N', 3), what was done), both in the data frame.
+
+    ``samples_frame``: "normalized" de-normalises the samples with the reference file's mean/std
+    (LION's ``samples.pt``), "data" takes them as they are (PointFlow, PVD, DPM, shapediff); "auto"
+    is "normalized" exactly when the reference file carries mean/std (LION's layout).
+    """
+    samples, _ = load_cloud_file(samples_path)
+    refs, extras = load_cloud_file(refs_path)
+    if samples_frame not in ("auto", "normalized", "data"):
+        raise ValueError(f"samples_frame: expected 'auto', 'normalized' or 'data', got {samples_frame!r}")
+    has_stats = "mean" in extras and "std" in extras
+    if samples_frame == "normalized" and not has_stats:
+        raise ValueError(f"{str(refs_path)!r}: samples_frame 'normalized' needs a reference file with 'mean' and 'std'")
+    done = {"samples_file": str(samples_path), "refs_file": str(refs_path), "refs_denormalized": has_stats,
+            "samples_denormalized": has_stats and samples_frame != "data"}
+    if has_stats:
+        r = refs.shape[0]
+        mean, std = _per_cloud(extras["mean"], r, "mean"), _per_cloud(extras["std"], r, "std")
+        refs = refs * std + mean
+        if done["samples_denormalized"]:
+            k = min(r, samples.shape[0])  # LION keeps gen_pcs[:N_ref] and scales sample i with reference i's stats
+            samples = samples[:k] * std[:k] + mean[:k]
+    return samples, refs, done
+
+
+def _per_cloud(stat: torch.Tensor, count: int, name: str) -> torch.Tensor:
+    """LION's per-reference statistics as (count, 1, C) for broadcasting over points."""
+    stat = stat.reshape(stat.shape[0], 1, -1) if stat.dim() >= 1 and stat.shape[0] == count else stat.reshape(1, 1, -1)
+    if stat.shape[-1] not in (1, 3):
+        raise ValueError(f"refs file: '{name}' must hold 1 or 3 values per cloud, got shape {tuple(stat.shape)}")
+    return stat
