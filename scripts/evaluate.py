@@ -3,9 +3,15 @@
 
     python scripts/evaluate.py runs/quickstart/checkpoints/step_00002000.pt --n 64 --metrics cd emd
     python scripts/evaluate.py CKPT --split test --sampler ddim --steps 50 --out metrics_test.json
+    python scripts/evaluate.py CKPT --protocol lion --out metrics_lion.json
+    python scripts/evaluate.py --samples samples.pt --refs ref_val_chair.pt --protocol lion
 
 The reference data set is rebuilt from the run config saved in the checkpoint (its ``data`` node);
-``--data-root`` overrides its ``root`` (e.g. ShapeNet moved to another disk).
+``--data-root`` overrides its ``root`` (e.g. ShapeNet moved to another disk). ``--protocol`` scores
+under a named preset (docs/protocols.md: pointflow, pvd, lion, lion_normbox, dpm, exact), whose
+split is the default ``--split``. ``--samples``/``--refs`` score sets written elsewhere (PointFlow's
+.npy, PVD's samples.pth, LION's samples.pt + ref_val_<cat>.pt, DPM's out.npy) without a checkpoint.
+Without ``--protocol`` the EMD is exact (the ``exact`` preset).
 """
 
 from __future__ import annotations
@@ -17,16 +23,24 @@ from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.config import instantiate
+from shapediff.data.references import reference_clouds
+from shapediff.evaluation import (GENERATION_PROTOCOLS, evaluate, evaluate_generation, generation_table, get_protocol,
+                                  load_samples_and_refs)
 from shapediff.models import load_model
 from shapediff.models.pretrained import read_run_config
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
-from shapediff.evaluation import evaluate_generation, generation_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--split", default="val", help="reference split (default: val)")
+    p.add_argument("checkpoint", type=Path, nargs="?", default=None, help="training checkpoint (or use --samples/--refs)")
+    p.add_argument("--protocol", default=None, choices=sorted(GENERATION_PROTOCOLS),
+                   help="score under a named protocol preset (docs/protocols.md); default: exact EMD")
+    p.add_argument("--samples", type=Path, default=None, help="score this sample set (.npy/.npz/.pt/.pth) instead of a checkpoint")
+    p.add_argument("--refs", type=Path, default=None, help="reference set for --samples (LION's dict layout accepted)")
+    p.add_argument("--samples-frame", default="auto", choices=["auto", "normalized", "data"],
+                   help="--samples in the refs file's normalised frame (LION) or the data frame (auto: LION's when refs carry mean/std)")
+    p.add_argument("--split", default=None, help="reference split (default: the protocol's, else val)")
     p.add_argument("--n", type=int, default=None, help="samples, compared with as many references (default: the whole split)")
     p.add_argument("--metrics", nargs="+", default=["cd", "emd"], choices=["cd", "emd"],
                    help="distances of the table (EMD: exact, Euclidean cost, as PointFlow)")
@@ -41,30 +55,59 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if (args.samples is None) != (args.refs is None) or (args.samples is None) == (args.checkpoint is None):
+        print("error: give either CHECKPOINT or both --samples and --refs", file=sys.stderr)
+        return USER_ERROR
     try:
-        run_config = read_run_config(args.checkpoint)  # a checkpoint file or a model directory
-        if not run_config or "data" not in run_config:
-            raise ValueError(f"checkpoint {str(args.checkpoint)!r}: holds no run config with a 'data' node "
-                             "(it was not written by scripts/train.py); evaluate from Python with "
-                             "shapediff.evaluation.evaluate_generation")
-        data_cfg = dict(run_config["data"])
-        if args.data_root is not None:
-            data_cfg["root"] = args.data_root
-        refs = instantiate(data_cfg, where="data", split=args.split)
-        model = load_model(args.checkpoint, device=args.device)
-        n = args.n if args.n is not None else len(refs)
-        _, metrics = evaluate_generation(model, refs, n, metrics=tuple(args.metrics), seed=args.seed,
-                                         sampler=args.sampler, steps=args.steps)
+        if args.samples is not None or args.protocol is not None:
+            metrics = _evaluate_protocol(args)
+            names = list(get_protocol(metrics["protocol"]).metrics)
+        else:
+            metrics, names = _evaluate_checkpoint(args), args.metrics
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
-    table = generation_table(metrics, args.metrics)
+    table = generation_table(metrics, names)
     if args.out:
         write_json_atomic(metrics, args.out)
         write_text_atomic(args.out.with_suffix(".md"), table + "\n")
     print(json.dumps(metrics, indent=2))
     print(table)
     return 0
+
+
+def _evaluate_protocol(args) -> dict:
+    """Metrics under ``--protocol`` (default "exact" for --samples) of a checkpoint's samples or of a file."""
+    protocol = get_protocol(args.protocol or "exact")
+    if args.samples is not None:
+        samples, refs, done = load_samples_and_refs(args.samples, args.refs, args.samples_frame)
+        return evaluate(samples, refs, protocol.name, seed=args.seed) | done
+    model, refs = _model_and_references(args, args.split or protocol.reference_split)
+    sample_kwargs = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    ref_clouds = reference_clouds(refs, args.n if args.n is not None else len(refs), args.seed)
+    return evaluate(model, ref_clouds, protocol.name, seed=args.seed, **sample_kwargs) | {"checkpoint": str(args.checkpoint)}
+
+
+def _model_and_references(args, split: str):
+    run_config = read_run_config(args.checkpoint)  # a checkpoint file or a model directory
+    if not run_config or "data" not in run_config:
+        raise ValueError(f"checkpoint {str(args.checkpoint)!r}: holds no run config with a 'data' node "
+                         "(it was not written by scripts/train.py); evaluate from Python with "
+                         "shapediff.evaluation.evaluate")
+    data_cfg = dict(run_config["data"])
+    if args.data_root is not None:
+        data_cfg["root"] = args.data_root
+    return load_model(args.checkpoint, device=args.device), instantiate(data_cfg, where="data", split=split)
+
+
+def _evaluate_checkpoint(args) -> dict:
+    """The default path: exact EMD, as before the protocol presets (the ``exact`` preset's numbers)."""
+    model, refs = _model_and_references(args, args.split or "val")
+    n = args.n if args.n is not None else len(refs)
+    _, metrics = evaluate_generation(model, refs, n, metrics=tuple(args.metrics), seed=args.seed,
+                                     sampler=args.sampler, steps=args.steps)
+    protocol = get_protocol("exact")
+    return metrics | {"protocol": protocol.name, "protocol_settings": protocol.settings()}
 
 
 if __name__ == "__main__":

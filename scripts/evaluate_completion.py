@@ -5,6 +5,7 @@
     python scripts/evaluate_completion.py CKPT --methods pvd training_free --n 3 --num-scans 48 --metrics cd emd f_score
     python scripts/evaluate_completion.py CKPT --split test --one-view-per-shape --num-scans 48 --seeds 0 1 2 --retrieval-init-t 50
     python scripts/evaluate_completion.py UNCONDITIONAL_CKPT --data-from COMPLETION_CKPT --methods training_free --num-known 128
+    python scripts/evaluate_completion.py CKPT --protocol pcn_cd_l1
 
 Builds the training and held-out splits from the data config saved in the training checkpoint
 (``run_config``; ``--data-from`` takes it from another checkpoint, e.g. to run an unconditional
@@ -12,7 +13,9 @@ model on a completion run's scans), completes ``--num-scans`` held-out scans wit
 and compares with the baselines measured in the same run: the partial scan itself (resampled to
 N), the scan plus its mirror image, and the training shape nearest to the scan by one-sided
 Chamfer distance. With several ``--seeds`` every row is mean ± std over the seeds. Prints a
-Markdown table and writes it with the numbers to OUT.json / OUT.md.
+Markdown table and writes it with the numbers to OUT.json / OUT.md. ``--protocol`` (pcn_cd_l1,
+shapenet55_cd_l2, pvd_completion; docs/protocols.md) also scores each method's completions under
+that preset; OUT.json then holds ``protocol``, ``protocol_settings`` and ``protocol_results``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
+from shapediff.evaluation import COMPLETION_PROTOCOLS, get_protocol, score_completion
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.models.completion import parse_clip_x0
 
@@ -51,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None, help="output stem (default: next to the checkpoint)")
+    p.add_argument("--protocol", default=None, choices=sorted(COMPLETION_PROTOCOLS),
+                   help="also score the completions under a named completion preset (docs/protocols.md)")
     return p.parse_args(argv)
 
 
@@ -76,11 +82,13 @@ def main(argv=None) -> int:
         partial, gt = held_out_scans(held_out, args.num_scans, one_view_per_shape=args.one_view_per_shape)
         train_clouds = shape_bank(train)
         data_seconds = time.perf_counter() - start
+        completions = [{} for _ in seeds]
         runs = [evaluate_completion(model, partial, gt, train_clouds=train_clouds, methods=args.methods, n=args.n,
                                     steps=args.steps, sampler=args.sampler, seed=seed, resample_jumps=args.resample_jumps,
                                     num_known=args.num_known, metrics=args.metrics, batch_size=args.batch_size,
-                                    retrieval_init_t=args.retrieval_init_t, clip_x0=args.clip_x0)
-                for seed in seeds]
+                                    retrieval_init_t=args.retrieval_init_t, clip_x0=args.clip_x0, outputs=outs)
+                for seed, outs in zip(seeds, completions)]
+        protocol = _protocol_summary(args.protocol, completions, gt) if args.protocol else {}
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
@@ -91,12 +99,24 @@ def main(argv=None) -> int:
                "num_points": int(gt.shape[1]), "num_partial_points": int(partial.shape[1]),
                "num_train_shapes": len(train_clouds), "n": args.n, "sampler": args.sampler, "steps": args.steps,
                "clip_x0": args.clip_x0, "retrieval_init_t": args.retrieval_init_t, "seeds": seeds,
-               "data_seconds": round(data_seconds, 1), "results": results, "per_seed": runs, "table": table}
+               "data_seconds": round(data_seconds, 1), "results": results, "per_seed": runs, "table": table} | protocol
     stem = args.out or args.checkpoint.with_name(args.checkpoint.stem + "_completion_eval")
     write_json_atomic(summary, stem.with_suffix(".json"))
     write_text_atomic(stem.with_suffix(".md"), table + "\n")
     print(table)
     return 0
+
+
+def _protocol_summary(name: str, completions: list[dict], gt) -> dict:
+    """Each method's completions (B, n, N, 3) of each seed scored under the completion preset ``name``."""
+    protocol = get_protocol(name)
+    per_seed = [{method: score_completion(out.flatten(0, 1), gt.repeat_interleave(out.shape[1], dim=0), protocol)
+                 for method, out in outs.items()} for outs in completions]
+    for scores in per_seed:
+        for score in scores.values():
+            score.pop("protocol_settings")
+    return {"protocol": protocol.name, "protocol_settings": protocol.settings(),
+            "protocol_results": per_seed[0] if len(per_seed) == 1 else per_seed}
 
 
 if __name__ == "__main__":
