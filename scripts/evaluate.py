@@ -81,11 +81,12 @@ def _evaluate_protocol(args) -> dict:
     protocol = get_protocol(args.protocol or "exact")
     if args.samples is not None:
         samples, refs, done = load_samples_and_refs(args.samples, args.refs, args.samples_frame)
-        return evaluate(samples, refs, protocol.name, seed=args.seed) | done
+        return evaluate(samples, refs, protocol.name, seed=args.seed, device=args.device) | done
     model, refs = _model_and_references(args, args.split or protocol.reference_split)
     sample_kwargs = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
     ref_clouds = reference_clouds(refs, args.n if args.n is not None else len(refs), args.seed)
-    return evaluate(model, ref_clouds, protocol.name, seed=args.seed, **sample_kwargs) | {"checkpoint": str(args.checkpoint)}
+    return (evaluate(model, ref_clouds, protocol.name, seed=args.seed, device=args.device, **sample_kwargs)
+            | {"checkpoint": str(args.checkpoint)})
 
 
 def _model_and_references(args, split: str):

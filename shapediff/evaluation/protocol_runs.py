@@ -13,7 +13,8 @@ from shapediff.models.base import ShapeModel
 
 
 def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed: int = 0,
-             batch_size: int | None = None, progress: bool = False, **sample_kwargs: Any) -> dict:
+             batch_size: int | None = None, progress: bool = False, device: str = "auto",
+             **sample_kwargs: Any) -> dict:
     """Generation metrics under a named protocol (``shapediff.evaluation.protocols``).
 
     Args:
@@ -23,6 +24,7 @@ def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed:
             hold ``points`` / ``ref_points`` (the first R = ``len(refs)`` items are used).
         protocol: a generation preset name ("pointflow", "pvd", "lion", "lion_normbox", "dpm", "exact").
         seed: seeds the sampling and the point subsets. batch_size: pairs per distance batch.
+        device: where the distance matrices are computed ("auto": CUDA when present, chunked to fit).
 
     Returns:
         The dict of :func:`score_generation` (it names the protocol and all its settings), plus
@@ -42,7 +44,8 @@ def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed:
                          f"got {type(model_or_samples).__name__}")
     sample_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    out = score_generation(samples.cpu(), ref_clouds, p, seed=seed, batch_size=batch_size, progress=progress)
+    out = score_generation(samples.cpu(), ref_clouds, p, seed=seed, batch_size=batch_size, progress=progress,
+                           device=device)
     out.update(sample_seconds=round(sample_seconds, 2), metric_seconds=round(time.perf_counter() - start, 2))
     return out
 

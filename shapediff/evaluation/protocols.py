@@ -21,6 +21,7 @@ from typing import Literal, Mapping
 
 import torch
 
+from shapediff.devices import resolve_device
 from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.emd import emd
 from shapediff.geometry.validation import check_points
@@ -238,10 +239,14 @@ def match_counts(samples: torch.Tensor, refs: torch.Tensor, protocol: Generation
 
 
 def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | GenerationProtocol = "exact", *,
-                     seed: int = 0, batch_size: int | None = None, progress: bool = False) -> dict:
+                     seed: int = 0, batch_size: int | None = None, progress: bool = False,
+                     device: str | torch.device | None = None) -> dict:
     """MMD / COV / 1-NNA of ``samples`` (S, N, 3) against ``refs`` (R, N', 3) under a generation preset.
 
     Both sets are taken in the preset's frame (``protocol.normalize``) after :func:`match_counts`.
+    ``device``: where the distances are computed (default: ``samples``' device; "auto" picks CUDA
+    when present). ``batch_size``: pairs per batched distance call (default 64 on CUDA, 8 on CPU;
+    approxmatch further splits a batch to fit ``emd_approxmatch.DEFAULT_MAX_BYTES``).
 
     Returns:
         {"protocol", "protocol_settings", "MMD-CD", "COV-CD", "1-NNA-CD", [... "-EMD"] (raw: distances
@@ -253,6 +258,8 @@ def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | 
         raise ValueError(f"protocol: {p.name!r} is a completion protocol; expected a generation one")
     check_points(samples, "samples")
     check_points(refs, "refs")
+    if device is not None:
+        samples = samples.to(resolve_device(device))
     samples, refs, done = match_counts(samples, refs.to(samples.device), p, seed)
     samples, refs = p.normalize(samples), p.normalize(refs)
     if batch_size is None:
