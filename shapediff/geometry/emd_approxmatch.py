@@ -45,9 +45,10 @@ POINTFLOW_LEVELS: tuple[float, ...] = tuple(-(4.0**j) for j in range(7, -2, -1))
 PVD_LEVELS: tuple[float, ...] = POINTFLOW_LEVELS + (0.0,)
 LEVELS_FOR_COST: dict[str, tuple[float, ...]] = {"euclidean": POINTFLOW_LEVELS, "squared": PVD_LEVELS}
 
-# Bytes of working memory per pair element (n * m): the squared distances, one kernel level and
-# one product, in the compute dtype. Used to size chunks of pairs.
-_BUFFERS_PER_ELEMENT = 3
+# Working buffers per pair element (n * m) in the compute dtype, used to size chunks of pairs:
+# evaluation holds the squared distances, the costs and one kernel level; the differentiable path
+# also holds the plan and autograd's (n, m, 3) differences.
+_BUFFERS_EVAL, _BUFFERS_GRAD = 3, 9
 DEFAULT_MAX_BYTES = 1 << 30
 
 
@@ -76,9 +77,9 @@ def approxmatch_emd(
     """
     levels = LEVELS_FOR_COST[cost] if levels is None else tuple(levels)
     b, n, m = x1.shape[0], x1.shape[1], x2.shape[1]
-    per_pair = _BUFFERS_PER_ELEMENT * n * m * x1.element_size()
-    chunk = max(1, min(b, max_bytes // max(per_pair, 1)))
     need_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad)
+    per_pair = (_BUFFERS_GRAD if need_grad else _BUFFERS_EVAL) * n * m * x1.element_size()
+    chunk = max(1, min(b, max_bytes // max(per_pair, 1)))
     out = []
     for s in range(0, b, chunk):
         a, c = x1[s : s + chunk], x2[s : s + chunk]
