@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from shapediff.data.references import reference_clouds
+from shapediff.evaluation.protocols import get_protocol
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.models.checkpoint import atomic_torch_save
 
@@ -38,6 +39,8 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
     points = samples.points_on_surface(refs.shape[1], seed).float().cpu()
     start = time.perf_counter()
     result: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(metrics)))
+    exact = get_protocol("exact")  # generation_metrics computes the `exact` preset (docs/protocols.md)
+    result.update(protocol=exact.name, protocol_settings=exact.settings())
     result.update(num_samples=num_samples, num_references=len(refs), num_points=points.shape[1],
                   sample_seconds=round(sample_seconds, 2), metric_seconds=round(time.perf_counter() - start, 2))
     return points, result

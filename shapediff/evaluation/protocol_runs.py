@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from shapediff.evaluation.protocols import GenerationProtocol, get_protocol, score_generation
-from shapediff.models.base import ShapeModel
+from shapediff.models.base import Samples, ShapeModel
 
 
 def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed: int = 0,
@@ -18,8 +18,9 @@ def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed:
     """Generation metrics under a named protocol (``shapediff.evaluation.protocols``).
 
     Args:
-        model_or_samples: a (S, N, 3) tensor / array of samples in the data frame, or a model with
-            ``sample(n, seed=..., **sample_kwargs)``: it then draws one sample per reference.
+        model_or_samples: (S, N, 3) samples in the data frame (tensor, array or ``Samples``; a family
+            that samples surfaces is scored on points drawn on them), or a ``ShapeModel``: it then draws
+            one sample per reference with ``sample(n, seed=..., **sample_kwargs)``.
         refs: (R, N, 3) reference clouds (tensor or array) in the data frame, or a data set whose items
             hold ``points`` / ``ref_points`` (the first R = ``len(refs)`` items are used).
         protocol: a generation preset name ("pointflow", "pvd", "lion", "lion_normbox", "dpm", "exact").
@@ -37,10 +38,12 @@ def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed:
     start = time.perf_counter()
     if isinstance(model_or_samples, (torch.Tensor, np.ndarray)):
         samples = torch.as_tensor(model_or_samples).float()
+    elif isinstance(model_or_samples, Samples):
+        samples = model_or_samples.points_on_surface(ref_clouds.shape[1], seed).float()
     elif isinstance(model_or_samples, ShapeModel):
         samples = _sample_points(model_or_samples, ref_clouds.shape[0], ref_clouds.shape[1], seed, sample_kwargs)
     else:
-        raise ValueError(f"model_or_samples: expected a (S, N, 3) tensor/array or a shapediff ShapeModel, "
+        raise ValueError(f"model_or_samples: expected a (S, N, 3) tensor/array, Samples or a shapediff ShapeModel, "
                          f"got {type(model_or_samples).__name__}")
     sample_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -62,13 +65,6 @@ def _as_clouds(refs: Any, name: str, seed: int) -> torch.Tensor:
                          f"got {type(refs).__name__} ({err})") from None
 
 
-def _sample_points(model: Any, count: int, num_points: int, seed: int, sample_kwargs: dict) -> torch.Tensor:
-    """(count, N, 3) samples of a model; models that return meshes are scored on surface points."""
-    samples = model.sample(count, seed=seed, **sample_kwargs)
-    if isinstance(samples, torch.Tensor):
-        return samples.float().cpu()
-    from shapediff.models.latent_voxel import VoxelSamples, meshes_to_points  # noqa: PLC0415
-
-    if isinstance(samples, VoxelSamples):
-        return meshes_to_points(samples.meshes, num_points, seed)
-    raise ValueError(f"model.sample returned {type(samples).__name__}; expected a tensor or VoxelSamples")
+def _sample_points(model: ShapeModel, count: int, num_points: int, seed: int, sample_kwargs: dict) -> torch.Tensor:
+    """(count, N, 3) samples of a model; families that sample surfaces are scored on points drawn on them."""
+    return model.sample(count, seed=seed, **sample_kwargs).points_on_surface(num_points, seed).float().cpu()

@@ -28,6 +28,7 @@ from shapediff.geometry.validation import check_points
 from shapediff.metrics.completion import f_score
 from shapediff.metrics.generation import mmd_cov, one_nn_accuracy
 from shapediff.metrics.pairwise import pairwise_distance_matrix
+from shapediff.metrics.registry import fscore_key, generation_key
 
 GenerationNormalization = Literal["none", "bbox", "bbox_half"]
 CompletionFrame = Literal["none", "gt_unit_sphere"]
@@ -272,11 +273,11 @@ def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | 
         m_rs = pairwise_distance_matrix(refs, samples, **kw)
         m_rr = pairwise_distance_matrix(refs, refs if full else None, **kw)
         m_ss = pairwise_distance_matrix(samples, samples if full else None, **kw)
-        key = metric.upper()
-        out[f"MMD-{key}"], out[f"COV-{key}"] = mmd_cov(m_rs)
+        out[generation_key("MMD", metric)], out[generation_key("COV", metric)] = mmd_cov(m_rs)
         # The originals take each cloud's nearest neighbour along a COLUMN of [[M_rr, M_rs], [M_rs^T, M_ss]]
         # (topk over dim 0); one_nn_accuracy looks along rows, so it gets the transposed blocks.
-        out[f"1-NNA-{key}"] = one_nn_accuracy(m_rr.T, m_rs, m_ss.T) if full else one_nn_accuracy(m_rr, m_rs, m_ss)
+        nna = one_nn_accuracy(m_rr.T, m_rs, m_ss.T) if full else one_nn_accuracy(m_rr, m_rs, m_ss)
+        out[generation_key("1-NNA", metric)] = nna
     out["reported"] = {f"{k} (x{p.units[k]:g})": out[k] * p.units[k] for k in p.units if k in out}
     out.update(num_samples=int(samples.shape[0]), num_references=int(refs.shape[0]), **done)
     return out
@@ -302,7 +303,7 @@ def score_completion(pred: torch.Tensor, gt: torch.Tensor, protocol: str | Compl
         if p.emd_method is not None:
             out["EMD"] = float(emd(pred, gt, method=p.emd_method, cost=p.emd_cost).double().mean())
         if p.f_score_threshold is not None:
-            out[f"F-score@{p.f_score_threshold:g}"] = float(f_score(pred, gt, p.f_score_threshold).double().mean())
+            out[fscore_key(p.f_score_threshold)] = float(f_score(pred, gt, p.f_score_threshold).double().mean())
     out["reported"] = {f"{k} (x{p.units[k.split('@')[0]]:g})": v * p.units[k.split("@")[0]]
                        for k, v in list(out.items()) if k.split("@")[0] in p.units}
     out.update(num_pairs=int(pred.shape[0]), num_points_pred=int(pred.shape[1]), num_points_gt=int(gt.shape[1]))

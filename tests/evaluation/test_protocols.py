@@ -180,7 +180,7 @@ def test_evaluate_samples_model_and_dataset():
     again = evaluate(model.sample(3, seed=1), refs, "pvd", seed=1)
     for key in ("MMD-CD", "MMD-EMD", "1-NNA-EMD"):
         assert from_model[key] == again[key]
-    as_dataset = evaluate(again_samples := model.sample(3, seed=1), [{"points": c} for c in refs], "pvd", seed=1)
-    assert as_dataset["MMD-EMD"] == again["MMD-EMD"] and again_samples.shape == (3, 32, 3)
+    as_dataset = evaluate(model.sample(3, seed=1).points, [{"points": c} for c in refs], "pvd", seed=1)
+    assert as_dataset["MMD-EMD"] == again["MMD-EMD"] and as_dataset["num_points"] == 32
     with pytest.raises(ValueError, match="model_or_samples"):
         evaluate("samples.npy", refs, "pvd")
