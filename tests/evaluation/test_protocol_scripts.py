@@ -98,6 +98,11 @@ def test_evaluate_script_checkpoint_with_protocol(tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["protocol"] == "pvd" and metrics["num_references"] == 3
     assert metrics["protocol_settings"]["reference_split"] == "val" and "MMD-EMD" in metrics
+    # without --protocol: the exact metrics as before, and the file says so
+    rc = _script("evaluate").main([str(ckpt), "--n", "3", "--metrics", "cd", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["protocol"] == "exact" and metrics["protocol_settings"]["emd_method"] == "exact"
 
 
 @pytest.mark.skipif(not open3d_available(), reason="partial scans are ray cast with Open3D, which does not import here")
