@@ -278,7 +278,7 @@ def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | 
         # (topk over dim 0); one_nn_accuracy looks along rows, so it gets the transposed blocks.
         nna = one_nn_accuracy(m_rr.T, m_rs, m_ss.T) if full else one_nn_accuracy(m_rr, m_rs, m_ss)
         out[generation_key("1-NNA", metric)] = nna
-    out["reported"] = {f"{k} ({'%' if p.units[k] == 100 else f'x{p.units[k]:g}'})": out[k] * p.units[k]
+    out["reported"] = {f"{k} ({'%' if not k.startswith('MMD') else f'x{p.units[k]:g}'})": out[k] * p.units[k]
                        for k in p.units if k in out}
     out.update(num_samples=int(samples.shape[0]), num_references=int(refs.shape[0]), **done)
     return out
