@@ -100,7 +100,7 @@ def test_gradient_with_fixed_assignment():
         (dict(x=torch.rand(1, 5, 3), y=torch.rand(1, 6, 3)), "y: EMD needs clouds of equal size N=5"),
         (dict(x=torch.rand(5, 3), y=torch.rand(5, 3)), r"x: expected a \(B, N, 3\) tensor"),
         (dict(x=torch.rand(1, 5, 3), y=torch.rand(1, 5, 3), cost="l1"), "cost: expected 'euclidean' or 'squared'"),
-        (dict(x=torch.rand(1, 5, 3), y=torch.rand(1, 5, 3), method="sinkhorn"), "method: expected 'exact' or 'auction'"),
+        (dict(x=torch.rand(1, 5, 3), y=torch.rand(1, 5, 3), method="sinkhorn"), "method: expected 'exact', 'auction' or 'approxmatch'"),
         (dict(x=torch.rand(1, 5, 3), y=torch.rand(1, 5, 3), tol=0.0), "tol: expected 0 < tol < 1"),
         (dict(x=torch.full((1, 5, 3), float("nan")), y=torch.rand(1, 5, 3)), "x: contains NaN"),
         (dict(x=torch.rand(1, 0, 3), y=torch.rand(1, 0, 3)), "x: expected a non-empty"),
