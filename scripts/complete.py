@@ -28,11 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from shapediff.cli import USER_ERROR, run_main
+from shapediff.cli import USER_ERROR, parse_clip_x0, run_main
 from shapediff.geometry.large_scans import DEFAULT_MAX_POINTS, DOWNSAMPLE_METHODS, load_scan
 from shapediff.models import load_model
 from shapediff.evaluation import save_completions
-from shapediff.models.completion import METHODS, parse_clip_x0
+from shapediff.models.completion import METHODS
 from shapediff.models.completion_frame import FRAME_CHOICES
 
 

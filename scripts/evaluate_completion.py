@@ -29,7 +29,7 @@ from pathlib import Path
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.evaluation import COMPLETION_PROTOCOLS, get_protocol, score_completion
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
-from shapediff.models.completion import parse_clip_x0
+from shapediff.cli import parse_clip_x0
 
 
 def parse_args(argv=None) -> argparse.Namespace:

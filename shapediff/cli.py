@@ -18,6 +18,7 @@ Set ``SHAPEDIFF_DEBUG=1`` to get the traceback instead of the one line.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -39,3 +40,16 @@ def run_main(main: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def parse_clip_x0(value: str) -> float | str | None:
+    """An argparse ``type`` for ``--clip-x0``: "auto", "none" (-> None) or a positive number."""
+    if value in ("auto", "none"):
+        return None if value == "none" else value
+    try:
+        bound = float(value)
+    except ValueError:
+        bound = float("nan")
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"clip_x0: expected 'auto', 'none' or a positive number, got {value!r}")
+    return bound

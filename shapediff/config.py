@@ -14,10 +14,16 @@ from typing import Any
 
 ALLOWED_PREFIX = "shapediff."
 
+# Targets that moved, old path -> new path, so checkpoints saved before the move still load.
+MOVED_TARGETS = {
+    "shapediff.models.completion.KnownIndicatorDenoiser": "shapediff.denoisers.KnownIndicatorDenoiser",
+}
+
 
 def _resolve_target(target: str, where: str) -> Any:
     if not isinstance(target, str) or not target.startswith(ALLOWED_PREFIX):
         raise ValueError(f"{where}._target_: expected a dotted path inside 'shapediff.', got {target!r}")
+    target = MOVED_TARGETS.get(target, target)
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)

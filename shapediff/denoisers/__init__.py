@@ -1,9 +1,10 @@
 """Denoising networks: ``forward(x_t (B, N, C), t (B,), cond=None) -> (B, N, C)``."""
 
+from shapediff.denoisers.known_indicator import KnownIndicatorDenoiser
 from shapediff.denoisers.pointe_transformer import PointETransformer
 from shapediff.denoisers.pointnet import PointNetDenoiser
 from shapediff.denoisers.pvcnn import PVCNN2
 from shapediff.denoisers.transformer import PointTransformer
 from shapediff.denoisers.unet3d import UNet3D
 
-__all__ = ["PVCNN2", "PointETransformer", "PointNetDenoiser", "PointTransformer", "UNet3D"]
+__all__ = ["KnownIndicatorDenoiser", "PVCNN2", "PointETransformer", "PointNetDenoiser", "PointTransformer", "UNet3D"]

@@ -9,9 +9,10 @@
 """
 
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, Posterior
-from shapediff.diffusion.inpainting import KnownValues
+from shapediff.diffusion.inpainting import KnownValues, known_first, leading_mask
 from shapediff.diffusion.samplers import REGISTRY, SAMPLERS, Prediction, SamplerSpec, StepSchedule, make_step_schedule
 from shapediff.diffusion.schedules import SCHEDULES, make_beta_schedule, posterior_coefficients
 
 __all__ = ["GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "REGISTRY", "SAMPLERS", "SCHEDULES", "SamplerSpec",
-           "StepSchedule", "make_beta_schedule", "make_step_schedule", "posterior_coefficients"]
+           "StepSchedule", "known_first", "leading_mask", "make_beta_schedule", "make_step_schedule",
+           "posterior_coefficients"]

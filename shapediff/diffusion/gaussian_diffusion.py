@@ -112,6 +112,14 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = torch.log(torch.cat([var[1:2], var[1:]]))
         self.fixedlarge_variance = torch.cat([var[1:2], betas[1:]])
 
+    def truncated(self, num_timesteps: int) -> "GaussianDiffusion":
+        """The same process restricted to its first ``num_timesteps`` steps (t in [0, num_timesteps)): starting an
+        SDEdit run (Meng et al., ICLR 2022) from level ``num_timesteps - 1`` is sampling this one from its end."""
+        if not (isinstance(num_timesteps, int) and 1 <= num_timesteps <= self.num_timesteps):
+            raise ValueError(f"num_timesteps: expected an int in [1, {self.num_timesteps}], got {num_timesteps!r}")
+        return GaussianDiffusion(self.schedule, num_timesteps, self.prediction, self.posterior_variance_type,
+                                 betas=self.betas[:num_timesteps].clone())
+
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, num_timesteps={self.num_timesteps}, "
                 f"prediction={self.prediction!r}, posterior_variance={self.posterior_variance_type!r})")

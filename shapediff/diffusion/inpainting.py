@@ -18,9 +18,24 @@ import torch
 
 from shapediff.diffusion._noise import randn_like
 
-__all__ = ["KEEP_KNOWN_MODES", "KnownValues"]
+__all__ = ["KEEP_KNOWN_MODES", "KnownValues", "known_first", "leading_mask"]
 
 KEEP_KNOWN_MODES = ("clean", "noised")
+
+
+def leading_mask(shape, num_known: int, device=None) -> torch.Tensor:
+    """(B, N, ...) bool mask, True on the first ``num_known`` entries along dim 1: PVD's completion layout, where
+    the M points of the partial scan come first and the other N - M are generated."""
+    mask = torch.zeros(tuple(shape), dtype=torch.bool, device=device)
+    mask[:, :num_known] = True
+    return mask
+
+
+def known_first(known: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lay out known entries first: known (B, M, ...) and rest (B, N - M, ...) -> ``(x (B, N, ...), mask)``, the
+    mask (:func:`leading_mask`) True on the M known entries. The one home of the "first M points are known" layout."""
+    x = torch.cat([known, rest], dim=1)
+    return x, leading_mask(x.shape, known.shape[1], device=x.device)
 
 
 class KnownValues:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from shapediff.geometry.partial_scan import resample_points
-from shapediff.models.completion import prepare_partial, retrieve_nearest
+from shapediff.models.completion import retrieve_nearest
+from shapediff.models.partial_input import prepare_partial
 
 __all__ = ["baseline_partial", "baseline_mirror", "baseline_retrieval"]
 

@@ -13,7 +13,8 @@ import torch
 from shapediff.evaluation.baselines import baseline_mirror, baseline_partial, baseline_retrieval
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.evaluation.tables import completion_table
-from shapediff.models.completion import complete, default_method, prepare_partial
+from shapediff.models.completion import complete, default_method
+from shapediff.models.partial_input import prepare_partial
 
 __all__ = ["evaluate_completion", "held_out_scans", "shape_bank", "save_completions", "write_completion_outputs"]
 

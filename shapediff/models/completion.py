@@ -13,8 +13,11 @@ Three ways to complete a partial scan (M points) into a full cloud (N points):
 - ``"tokens"`` (:func:`complete_tokens`): a denoiser that takes the partial as
   ``cond={"partial": (B, M, 3)}`` (the transformer); no point is held.
 
+:data:`METHODS` is the table of them (function, the model ``completion`` setting it serves, whether the
+input points come back, its own options); a new method is one function and one entry.
 :func:`complete` is what ``PointCloudDiffusion.complete`` calls: it validates and resamples the
-input (data coordinates), normalises with the model's statistics, dispatches and returns
+input (data coordinates, :mod:`shapediff.models.partial_input`), normalises with the model's statistics,
+dispatches through the table and returns
 ``(B, n, N, 3)`` (or ``(n, N, 3)`` for one unbatched scan) in data coordinates.
 
 :func:`retrieve_nearest` (the bank shape nearest to a scan by one-sided Chamfer distance) starts
@@ -23,133 +26,29 @@ retrieval-initialised PVD. Baselines, scoring, tables and run outputs live in ``
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-from torch import nn
 
-from shapediff.geometry.partial_scan import resample_points
-from shapediff.geometry.validation import check_coordinates
+from shapediff.diffusion.inpainting import known_first
+from shapediff.geometry import knn_points
 from shapediff.models.completion_frame import completion_frame
+from shapediff.models.partial_input import prepare_partial
 from shapediff.randomness import make_generator, mix_seed
 
 __all__ = [
     "METHODS",
-    "KnownIndicatorDenoiser",
-    "prepare_partial",
-    "pvd_known_mask",
+    "COMPLETION_MODES",
+    "CompletionMethod",
     "complete",
     "complete_pvd",
     "complete_training_free",
     "complete_tokens",
+    "default_method",
     "retrieve_nearest",
-    "parse_clip_x0",
 ]
-
-logger = logging.getLogger(__name__)
-
-METHODS = ("pvd", "training_free", "tokens")
-_KEEPS_PARTIAL = {"pvd": True, "training_free": True, "tokens": False}
-
-
-# ------------------------------------------------------------------------------------------ input
-def _to_tensor(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "fiu":
-            raise ValueError(f"{name}: expected numeric points, got a numpy array of dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected (M, 3) or (B, M, 3) points as a tensor or array, got {type(x).__name__}")
-    if x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(f"{name}: expected real coordinates, got dtype {x.dtype}")
-    return x.detach()
-
-
-def _check_one(x: torch.Tensor, name: str) -> torch.Tensor:
-    if x.ndim != 2 or x.shape[-1] != 3:
-        raise ValueError(f"{name}: expected (M, 3) or (B, M, 3) points, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: is empty (0 points); a partial scan needs at least one point")
-    x = x.float()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf coordinates; remove those points first")
-    return check_coordinates(x, name)  # |coordinates| beyond float32's safe bound (1e15)
-
-
-def prepare_partial(
-    partial: Any, num_partial_points: int, generator: torch.Generator | None = None, *, name: str = "partial"
-) -> torch.Tensor:
-    """Validate partial scans and resample each to ``num_partial_points`` points.
-
-    partial: (M, 3) or (B, M, 3) tensor/array, or a sequence of B (M_b, 3) clouds of any sizes.
-    A scan with more points than wanted is subsampled at random without replacement; one with
-    fewer keeps all its points and repeats random ones (both logged). Returns (B, M, 3) float32
-    on the input's device, in the input's (data) coordinates.
-    """
-    if not (isinstance(num_partial_points, int) and num_partial_points > 0):
-        raise ValueError(f"num_partial_points: expected a positive int, got {num_partial_points!r}")
-    if isinstance(partial, Sequence) and not isinstance(partial, (str, bytes)):
-        if len(partial) == 0:
-            raise ValueError(f"{name}: got an empty sequence of partial scans")
-        clouds = [_check_one(_to_tensor(p, f"{name}[{i}]"), f"{name}[{i}]") for i, p in enumerate(partial)]
-    else:
-        x = _to_tensor(partial, name)
-        if x.ndim == 3:
-            if x.shape[0] == 0:
-                raise ValueError(f"{name}: expected (B, M, 3) with B >= 1, got shape {tuple(x.shape)}")
-            clouds = [_check_one(p, name) for p in x]
-        else:
-            clouds = [_check_one(x, name)]
-    out = []
-    for cloud in clouds:
-        if cloud.shape[0] != num_partial_points:
-            logger.info("%s: resampling a cloud of %d points to %d", name, cloud.shape[0], num_partial_points)
-            cloud = resample_points(cloud, num_partial_points, generator)
-        out.append(cloud)
-    return torch.stack(out)
-
-
-def pvd_known_mask(batch: int, num_points: int, num_partial_points: int, device=None) -> torch.Tensor:
-    """(B, N, 3) bool mask, True on the first M points (the known partial scan, PVD's layout)."""
-    mask = torch.zeros(batch, num_points, 3, dtype=torch.bool, device=device)
-    mask[:, :num_partial_points] = True
-    return mask
-
-
-class KnownIndicatorDenoiser(nn.Module):
-    """Wraps a denoiser built with ``in_channels=4`` so that it sees which points are known.
-
-    PVD's network must tell the M clean partial points from the N - M noisy ones by itself; a
-    set network with global pooling (``PointNetDenoiser``) learns that slowly. This wrapper
-    appends a channel that is 1 on the first M points (PVD's layout) and 0 elsewhere:
-    ``forward(x (B, N, 3), t, cond) = denoiser(cat[x, flag] (B, N, 4), t, cond)``.
-
-    Args:
-        denoiser: config node (``{"_target_": ..., "in_channels": 4, ...}``) or module of the inner network.
-        num_known: M, the number of leading known points.
-    """
-
-    def __init__(self, denoiser: Any, num_known: int = 200):
-        super().__init__()
-        if isinstance(denoiser, Mapping):
-            from shapediff.config import instantiate  # noqa: PLC0415
-
-            denoiser = instantiate(denoiser, where="model.denoiser")
-        if not isinstance(denoiser, nn.Module):
-            raise ValueError(f"denoiser: expected a config mapping or an nn.Module, got {type(denoiser).__name__}")
-        if not (isinstance(num_known, int) and num_known > 0):
-            raise ValueError(f"num_known: expected a positive int, got {num_known!r}")
-        self.denoiser, self.num_known = denoiser, num_known
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """x: (B, N, 3) with the known points first -> (B, N, 3)."""
-        flag = torch.zeros(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
-        flag[:, : self.num_known] = 1.0
-        return self.denoiser(torch.cat([x, flag], dim=-1), t, cond)
 
 
 # ------------------------------------------------------------------------------------ the methods
@@ -165,38 +64,15 @@ def _run_chunks(model, rows: torch.Tensor, chunk: int | None, fn) -> torch.Tenso
 
 
 def _held_points(rows: torch.Tensor, num_points: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b, >= M, 3) rows -> known (b, N, 3) with the rows' first M points first, and PVD's mask."""
+    """(b, >= M, 3) rows -> known (b, N, 3) with the rows' first M points first (zeros after), and its mask."""
     if m >= num_points:
         raise ValueError(f"partial_normalised: expected M < N={num_points} points, got M={m}")
-    known = torch.zeros(rows.shape[0], num_points, 3, device=rows.device, dtype=rows.dtype)
-    known[:, :m] = rows[:, :m]
-    return known, pvd_known_mask(rows.shape[0], num_points, m, device=rows.device)
+    return known_first(rows[:, :m], rows.new_zeros(rows.shape[0], num_points - m, 3))
 
 
 def _clip(model, clip_x0: float | str | None) -> float | None:
     """The x0 clamp the samplers get: "auto" -> the model's default bound; None or a number as given."""
     return model.default_clip_x0() if clip_x0 == "auto" else clip_x0
-
-
-def parse_clip_x0(value: str) -> float | str | None:
-    """A command line's ``clip_x0``: "auto", "none" (-> None) or a positive number."""
-    if value in ("auto", "none"):
-        return None if value == "none" else value
-    try:
-        bound = float(value)
-    except ValueError:
-        bound = float("nan")
-    if not (math.isfinite(bound) and bound > 0):
-        raise ValueError(f"clip_x0: expected 'auto', 'none' or a positive number, got {value!r}")
-    return bound
-
-
-def _truncated(diffusion, start_t: int):
-    """The same process restricted to its first ``start_t`` timesteps (t in [0, start_t))."""
-    from shapediff.diffusion import GaussianDiffusion  # noqa: PLC0415
-
-    return GaussianDiffusion(prediction=diffusion.prediction, posterior_variance=diffusion.posterior_variance_type,
-                             num_timesteps=start_t, betas=diffusion.betas[:start_t].clone())
 
 
 def complete_pvd(
@@ -234,7 +110,7 @@ def complete_pvd(
             raise ValueError(f"init_normalised: expected shape {(b, big_n - m, 3)}, got {tuple(init_normalised.shape)}")
         if not (isinstance(init_t, int) and 1 <= init_t <= total_t):
             raise ValueError(f"init_t: expected an int in [1, {total_t}], got {init_t!r}")
-        diffusion, rows = _truncated(model.diffusion, init_t), torch.cat([partial_normalised, init_normalised], dim=1)
+        diffusion, rows = model.diffusion.truncated(init_t), torch.cat([partial_normalised, init_normalised], dim=1)
         steps = None if steps is None else max(1, math.ceil(steps * init_t / total_t))
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
@@ -325,9 +201,33 @@ def complete_tokens(
     return out.reshape(b, n, big_n, 3)
 
 
+# ------------------------------------------------------------------------------- the method table
+class CompletionMethod(NamedTuple):
+    """One completion algorithm: ``run(model, partial_normalised (B, M, 3), n, **common, **options) -> (B, n, N, 3)``.
+
+    trained_as: the model ``completion`` setting it is the default method for ("none": an unconditional model).
+    holds_partial: the first M output points are the (resampled) input scan.
+    options: the keyword arguments of :func:`complete` that only this method takes.
+    """
+
+    run: Callable[..., torch.Tensor]
+    trained_as: str
+    holds_partial: bool
+    options: tuple[str, ...]
+
+
+METHODS: dict[str, CompletionMethod] = {
+    "pvd": CompletionMethod(complete_pvd, "pvd", True, ("init_normalised", "init_t")),
+    "training_free": CompletionMethod(complete_training_free, "none", True, ("resample_jumps",)),
+    "tokens": CompletionMethod(complete_tokens, "tokens", False, ("guidance_scale",)),
+}
+# The values of PointCloudDiffusion(completion=...): how a model was trained for completion.
+COMPLETION_MODES = tuple(sorted({method.trained_as for method in METHODS.values()}))
+
+
 def default_method(model) -> str:
-    mode = model.completion
-    return {"pvd": "pvd", "tokens": "tokens"}.get(mode, "training_free")
+    """The completion method a model was trained for (its ``completion`` setting; "none" -> "training_free")."""
+    return next(name for name, method in METHODS.items() if method.trained_as == model.completion)
 
 
 @torch.no_grad()
@@ -379,7 +279,7 @@ def complete(
         raise ValueError(f"n: expected a positive int, got {n!r}")
     method = method or default_method(model)
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        raise ValueError(f"method: expected one of {tuple(METHODS)}, got {method!r}")
     if (init is not None or retrieval_bank is not None) and method != "pvd":
         raise ValueError(f"init / retrieval_bank: only method='pvd' starts from given shapes, got method={method!r}")
     if init is not None and retrieval_bank is not None:
@@ -393,23 +293,21 @@ def complete(
     mapping = completion_frame(model, pts, frame)
     partial_n = model.normalizer.normalize(mapping.to_frame(pts.double()).float().to(device))
     kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0)
+    init_n = None
     if method == "pvd":
         if retrieval_bank is not None:
             bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank")
             init = retrieve_nearest(pts, bank.to(pts.device))[0]
-        init_n = None
         if init is not None:
             init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
             if init_pts.shape[0] != pts.shape[0]:
                 raise ValueError(f"init: expected {pts.shape[0]} shapes, one per partial scan, got {init_pts.shape[0]}")
             init_n = model.normalizer.normalize(mapping.to_frame(init_pts.double()).float().to(device))
-        out = complete_pvd(model, partial_n, n, init_normalised=init_n, init_t=init_t, **kwargs)
-    elif method == "training_free":
-        out = complete_training_free(model, partial_n, n, resample_jumps=resample_jumps, **kwargs)
-    else:
-        out = complete_tokens(model, partial_n, n, guidance_scale=guidance_scale, **kwargs)
+    options = dict(init_normalised=init_n, init_t=init_t, resample_jumps=resample_jumps, guidance_scale=guidance_scale)
+    spec = METHODS[method]
+    out = spec.run(model, partial_n, n, **kwargs, **{key: options[key] for key in spec.options})
     out = mapping.from_frame(model.normalizer.denormalize(out).double().flatten(1, 2)).float().reshape(out.shape)
-    if _KEEPS_PARTIAL[method]:  # bit-exact input points, free of normalise/denormalise rounding
+    if spec.holds_partial:  # bit-exact input points, free of normalise/denormalise rounding
         out[:, :, :m] = pts.to(device)[:, None]
     return out[0] if unbatched else out
 
@@ -432,8 +330,6 @@ def retrieve_nearest(partial: torch.Tensor, train_clouds: torch.Tensor, chunk: i
     index (B,) long)``: for each scan the training cloud minimising the mean squared distance
     from each scan point to its nearest point of that cloud.
     """
-    from shapediff.geometry import knn_points  # noqa: PLC0415
-
     partial = prepare_partial(partial, partial.shape[-2], name="partial")
     train = prepare_partial(train_clouds, train_clouds.shape[-2], name="train_clouds").to(partial.device)
     best = torch.empty(partial.shape[0], dtype=torch.long, device=partial.device)

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from shapediff.config import instantiate
+from shapediff.diffusion.inpainting import known_first
 from shapediff.geometry.frames import scan_centric_batch
 from shapediff.geometry.validation import check_coordinates
 from shapediff.models.base import Samples, ShapeModel, sampler_config
+from shapediff.models.completion import COMPLETION_MODES, complete
 from shapediff.models.normalization import PointNormalizer
 from shapediff.randomness import make_generator, per_example_randint, per_example_randn
 
-COMPLETION_MODES = ("none", "pvd", "tokens")
 TRAINING_FRAMES = ("data", "scan")
 
 
@@ -120,8 +121,7 @@ class PointCloudDiffusion(ShapeModel):
         mask = None
         if self.completion == "pvd":
             # PVD: the first M points are the clean partial scan, the other N - M the complete shape's.
-            x0 = torch.cat([partial, x0[:, : x0.shape[1] - partial.shape[1]]], dim=1)
-            mask = self._pvd_mask(x0)
+            x0, mask = known_first(partial, x0[:, : x0.shape[1] - partial.shape[1]])
         t = noise = None
         if "seed" in batch:
             seeds = batch["seed"]
@@ -146,11 +146,6 @@ class PointCloudDiffusion(ShapeModel):
             elif partial.shape[1] != self.num_partial_points:
                 raise ValueError(f"batch['partial']: expected M={self.num_partial_points} points, got {partial.shape[1]}")
         return (cond or None), partial
-
-    def _pvd_mask(self, x0: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(x0.shape[0], x0.shape[1], 1, dtype=torch.bool, device=x0.device)
-        mask[:, : self.num_partial_points] = True
-        return mask.expand_as(x0)
 
     # ----------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -219,8 +214,6 @@ class PointCloudDiffusion(ShapeModel):
                  seed: int | None = None, **options: Any) -> Samples:
         """Complete partial scans (data coordinates) -> :class:`Samples` with points (B, n, N, 3), B = 1 for one
         unbatched (M, 3) scan. ``options``: :func:`shapediff.models.completion.complete`'s (method, clip_x0, ...)."""
-        from shapediff.models.completion import complete  # noqa: PLC0415  (completion sits on top)
-
         out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
         return Samples(points=out if out.ndim == 4 else out[None])
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from shapediff.models import PointCloudDiffusion
 from shapediff.evaluation import baseline_mirror, baseline_partial, baseline_retrieval
-from shapediff.models.completion import complete, prepare_partial
+from shapediff.models.completion import complete
+from shapediff.models.partial_input import prepare_partial
 
 N, M, T = 64, 16, 100
 
@@ -111,7 +112,7 @@ def test_tokens_method_passes_the_normalised_partial_as_condition():
 def test_any_number_of_partial_points_is_resampled_with_a_note(caplog):
     model = _model("pvd")
     big, small = _partial(None, m=300), _partial(None, m=5)
-    with caplog.at_level(logging.INFO, logger="shapediff.models.completion"):
+    with caplog.at_level(logging.INFO, logger="shapediff.models.partial_input"):
         out = complete(model, big, n=1, steps=2, sampler="ddim", seed=0)
     assert any("partial: resampling a cloud of 300 points" in r.getMessage() for r in caplog.records)
     kept = out[0, :M]

@@ -35,7 +35,7 @@ def _script(name: str):
 
 def _model() -> PointCloudDiffusion:
     model = PointCloudDiffusion(
-        denoiser={"_target_": "shapediff.models.completion.KnownIndicatorDenoiser", "num_known": M,
+        denoiser={"_target_": "shapediff.denoisers.KnownIndicatorDenoiser", "num_known": M,
                   "denoiser": {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": 16, "depth": 1}},
         diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 50},
         num_points=N, completion="pvd", num_partial_points=M, sampler={"name": "ddpm", "steps": 3},

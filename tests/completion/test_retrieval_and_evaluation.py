@@ -12,7 +12,8 @@ from torch import nn
 from shapediff.data import PartialScans, SyntheticShapes
 from shapediff.models import PointCloudDiffusion
 from shapediff.evaluation import completion_table, held_out_scans, shape_bank, summarise_seeds
-from shapediff.models.completion import complete, parse_clip_x0
+from shapediff.cli import parse_clip_x0
+from shapediff.models.completion import complete
 
 N, M, T = 64, 16, 100
 
