@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shapediff.geometry import normalization
+
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("random", "fixed")
 BAD_FILE_POLICIES = ("skip", "raise")
@@ -112,22 +114,8 @@ def to_y_up(points: np.ndarray, up_axis: str) -> np.ndarray:
     return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1)
 
 
-NORMALIZATIONS = ("none", "global", "per_shape", "unit_sphere", "bbox")
-
-
 def shape_stats(points: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-shape (mean (1, 3), std (1, 1)) so that (points - mean) / std is normalised by ``mode``:
-
-    "per_shape": PointFlow's per-shape normalisation (centroid; the std of all coordinates flattened,
-    i.e. about their one scalar mean, exactly as PointFlow's ``reshape(B, -1).std(axis=1)``);
-    "unit_sphere": centroid, largest distance from it (fits the unit ball);
-    "bbox": bounding-box centre, half the largest extent (fits [-1, 1]^3; LION's shape box).
-    """
-    pts = points.astype(np.float64)
-    if mode == "bbox":
-        lo, hi = pts.min(0), pts.max(0)
-        mean, std = (lo + hi) / 2.0, (hi - lo).max() / 2.0
-    else:
-        mean = pts.mean(0)
-        std = np.linalg.norm(pts - mean, axis=1).max() if mode == "unit_sphere" else pts.ravel().std()
-    return mean.reshape(1, 3).astype(np.float32), np.full((1, 1), max(std, 1e-12), dtype=np.float32)
+    """Per-shape (mean (1, 3), std (1, 1)) float32 so that (points - mean) / std is normalised by ``mode``, one of
+    ``shapediff.geometry.normalization.PER_SHAPE`` (computed there, in float64)."""
+    center, scale = normalization.shape_stats(torch.from_numpy(np.asarray(points, dtype=np.float64)), mode)
+    return center.numpy().reshape(1, 3).astype(np.float32), scale.numpy().reshape(1, 1).astype(np.float32)

@@ -25,11 +25,12 @@ from shapediff.data._common import (BadFiles, check_choice, check_index, check_p
                                     stable_fraction, subset_indices, to_y_up)
 from shapediff.data.synsets import category_name, resolve_categories
 from shapediff.geometry import load_mesh, load_points
+from shapediff.geometry.normalization import PER_SHAPE
 
 V2_LAYOUT = "ShapeNetCore.v2/<synset>/<model_id>/models/model_normalized.obj"
 MESH_SUFFIXES = (".obj", ".ply", ".off", ".stl", ".glb", ".gltf")
 POINT_SUFFIXES = (".npy", ".ply", ".pcd", ".xyz")
-FOLDER_NORMALIZATIONS = ("none", "unit_sphere", "bbox")
+FOLDER_NORMALIZATIONS = ("none", *PER_SHAPE)  # folders have no global statistics
 _SYNSET_RE = re.compile(r"^\d{8}$")
 
 

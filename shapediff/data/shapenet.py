@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shapediff.data._common import (NORMALIZATIONS, BadFiles, check_choice, check_index, check_positive_int,
+from shapediff.data._common import (BadFiles, check_choice, check_index, check_positive_int,
                                     check_split, default_sampling, shape_stats, subset_indices)
 from shapediff.data.synsets import category_name, resolve_categories
+from shapediff.geometry.normalization import NORMALIZATIONS
 
 PC15K_DIRNAME = "ShapeNetCore.v2.PC15k"
 PC15K_LAYOUT = f"{PC15K_DIRNAME}/<synset>/<train|val|test>/<model_id>.npy, each float32 (15000, 3)"
@@ -120,7 +121,7 @@ class ShapeNetPC15k(Dataset):
         num_ref_points: points per item in ``"ref_points"``, drawn from the last 5,000 (held out).
         normalization: "none" (default: data coordinates; the model normalises with its own stats),
             "global" ((x - mean) / std with the training split's :attr:`stats`, PointFlow/PVD),
-            "per_shape" (PointFlow's normalize_per_shape), "unit_sphere", "bbox" (LION's shape box).
+            or a per-shape mode of ``shapediff.geometry.normalization`` ("per_shape", "unit_sphere", "bbox", "bbox_half").
         sampling: "random" subsets on every access (torch's global RNG, seeded by the trainer) or
             "fixed" (the first N points, PointFlow's ``random_subsample=False``). Default: "random"
             for train, "fixed" otherwise.

@@ -9,6 +9,6 @@ from shapediff.metrics.completion import (
     total_mutual_difference,
     unidirectional_hausdorff,
 )
-from shapediff.metrics.generation import generation_metrics, mmd_cov, normalize_clouds, one_nn_accuracy
+from shapediff.metrics.generation import generation_metrics, mmd_cov, one_nn_accuracy
 from shapediff.metrics.pairwise import pairwise_distance_matrix
 from shapediff.metrics.registry import METRICS, MetricSpec, fscore_key, generation_key, metric_spec

@@ -14,48 +14,14 @@ PointFlow's ``topk`` leaves tie order unspecified; ties only occur with duplicat
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 
+from shapediff.geometry.normalization import normalize_points
 from shapediff.geometry.validation import check_points
 from shapediff.metrics.pairwise import pairwise_distance_matrix
 from shapediff.metrics.registry import generation_key
-
-Normalization = Literal["none", "global", "unit_sphere", "bbox"]
-
-
-def normalize_clouds(
-    x: torch.Tensor,
-    mode: Normalization = "none",
-    *,
-    stats: tuple[torch.Tensor, torch.Tensor | float] | None = None,
-) -> torch.Tensor:
-    """Normalise (B, N, 3) clouds before computing distances.
-
-    Modes: "none"; "global": ``(x - shift) / scale`` with ``stats=(shift (3,), scale scalar or (3,))``
-    shared by all clouds (e.g. a dataset's statistics); "unit_sphere": per cloud, subtract the
-    centroid and divide by the largest point norm; "bbox": per cloud, centre the bounding box and
-    divide by half its longest side, so the cloud spans [-1, 1] along its longest axis.
-    """
-    if mode == "none":
-        return x
-    if mode == "global":
-        if stats is None:
-            raise ValueError("stats: expected (shift, scale) for normalization 'global', got None")
-        shift, scale = (torch.as_tensor(s, dtype=x.dtype, device=x.device) for s in stats)
-        if bool((scale <= 0).any()):
-            raise ValueError(f"stats: expected a positive scale, got {scale.tolist()}")
-        return (x - shift) / scale
-    if mode == "unit_sphere":
-        centred = x - x.mean(dim=1, keepdim=True)
-        return centred / centred.norm(dim=-1).amax(dim=1).clamp_min(1e-12)[:, None, None]
-    if mode == "bbox":
-        lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
-        half = ((hi - lo).amax(dim=-1, keepdim=True) / 2).clamp_min(1e-12)
-        return (x - (lo + hi) / 2) / half
-    raise ValueError(f"normalization: expected 'none', 'global', 'unit_sphere' or 'bbox', got {mode!r}")
-
 
 def mmd_cov(m_rs: torch.Tensor) -> tuple[float, float]:
     """(MMD, COV) from the (R, S) reference x sample distance matrix (PointFlow ``lgan_mmd_cov``)."""
@@ -82,7 +48,7 @@ def generation_metrics(
     refs: torch.Tensor,
     metrics: Sequence[str] = ("cd",),
     *,
-    normalization: Normalization = "none",
+    normalization: str = "none",
     stats: tuple[torch.Tensor, torch.Tensor | float] | None = None,
     progress: bool = False,
     **matrix_kwargs,
@@ -92,7 +58,7 @@ def generation_metrics(
     Args:
         samples: (S, N, 3) generated clouds; refs: (R, N, 3) reference clouds (same coordinates).
         metrics: any of "cd", "emd".
-        normalization, stats: applied to both sets first, see :func:`normalize_clouds`. PointFlow's
+        normalization, stats: applied to both sets first (``shapediff.geometry.normalization``). PointFlow's
             protocol compares de-normalised clouds in the dataset's coordinates ("none").
         progress: progress bars for the matrices.
         **matrix_kwargs: passed to ``pairwise_distance_matrix`` (e.g. ``emd_cost``, ``emd_method``,
@@ -106,8 +72,8 @@ def generation_metrics(
     bad = [m for m in metrics if m not in ("cd", "emd")]
     if bad or not metrics:
         raise ValueError(f"metrics: expected a non-empty subset of ('cd', 'emd'), got {tuple(metrics)!r}")
-    samples = normalize_clouds(samples, normalization, stats=stats)
-    refs = normalize_clouds(refs.to(samples.device), normalization, stats=stats)
+    samples = normalize_points(samples, normalization, stats=stats)
+    refs = normalize_points(refs.to(samples.device), normalization, stats=stats)
     out: dict[str, float] = {}
     for metric in metrics:
         kw = dict(metric=metric, progress=progress, **matrix_kwargs)

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-MODES = ("global", "none")
+from shapediff.geometry.normalization import check_normalization
+
+MODES = ("global", "none")  # the NORMALIZATIONS a model fits on its training set and stores
 
 
 class PointNormalizer(nn.Module):
@@ -20,9 +22,7 @@ class PointNormalizer(nn.Module):
 
     def __init__(self, mode: str = "global", dim: int = 3):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"normalization: expected one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_normalization(mode, MODES)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("fitted", torch.tensor(mode == "none"))
