@@ -13,53 +13,15 @@ from shapediff.diffusion import SAMPLERS, GaussianDiffusion
 from shapediff.diffusion.samplers import COMMON_OPTIONS, REGISTRY
 from tests.diffusion.analytic import (ConditionalGaussianDenoiser, assert_close, gaussian_denoiser, moment_tolerances,
                                       sample_moments)
+from tests.conformance.toys import Toy
 from tests.diffusion.test_samplers_analytic import COV, MU
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-class Toy(torch.nn.Module):
-    """A small nonlinear denoiser with a conditioning input: cond is a (B,) float tensor or None."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(3, 3)
-        self.calls = []
-
-    def forward(self, x, t, cond=None):
-        self.calls.append(None if cond is None else "cond")
-        out = torch.tanh(self.lin(x)) * (1 + t[:, None, None].float() / 1000)
-        if cond is not None:
-            out = out + cond[:, None, None]
-        return out
-
-
 @pytest.fixture(scope="module")
 def diffusion():
     return GaussianDiffusion("linear", 100)
-
-
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-@pytest.mark.parametrize("keep_known,jumps", [("clean", 1), ("noised", 1), ("noised", 3)])
-def test_masked_entries_equal_known_exactly(diffusion, sampler, keep_known, jumps):
-    known = torch.randn(2, 7, 3)
-    mask = torch.zeros(2, 7, 1, dtype=torch.bool)
-    mask[:, :3] = True
-    seen = []
-
-    class Spy(Toy):
-        def forward(self, x, t, cond=None):
-            seen.append(x[:, :3].clone())
-            return super().forward(x, t, cond)
-
-    out = diffusion.sample(Spy(), (2, 7, 3), sampler=sampler, steps=10, seed=0, known=known, mask=mask,
-                           keep_known=keep_known, resample_jumps=jumps, **REGISTRY[sampler].options)
-    assert torch.equal(out[:, :3], known[:, :3])
-    assert bool(torch.isfinite(out).all()) and not torch.equal(out[:, 3:], known[:, 3:])
-    if keep_known == "clean":  # PVD: the model always sees the clean known values
-        assert all(torch.equal(s, known[:, :3]) for s in seen)
-    else:  # RePaint: noised to the step's level, so they differ at the first step
-        assert not torch.equal(seen[0], known[:, :3])
 
 
 @pytest.mark.parametrize("sampler,steps", [("dpmpp_2m", 20), ("ddpm", None)])
@@ -117,20 +79,6 @@ def test_classifier_free_guidance(diffusion):
 
     assert_close(guided, diffusion.sample(manual, (2, 4, 3), **kw))
     assert not torch.allclose(guided, conditional)
-
-
-def test_determinism_by_seed_and_generator(diffusion):
-    model = Toy()
-    for sampler in ("ddpm", "ddim", "dpmpp_2m"):
-        kw = {"eta": 1.0} if sampler == "ddim" else {}
-        a = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=11, **kw)
-        b = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=11, **kw)
-        c = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, generator=torch.Generator().manual_seed(11), **kw)
-        d = diffusion.sample(model, (3, 5, 3), sampler=sampler, steps=8, seed=12, **kw)
-        assert torch.equal(a, b) and torch.equal(a, c) and not torch.equal(a, d)
-    g = torch.get_rng_state()
-    diffusion.sample(model, (1, 2, 3), sampler="ddpm", steps=4, seed=0)
-    assert torch.equal(g, torch.get_rng_state())  # the global RNG is never used
 
 
 def test_model_called_with_long_timesteps_from_the_spacing(diffusion):
@@ -214,32 +162,8 @@ def test_sampler_configs_run(path, diffusion):
     assert out.shape == (1, 4, 3)
 
 
-@pytest.mark.parametrize("sampler", sorted(REGISTRY))
-def test_options_a_sampler_does_not_declare_are_errors(diffusion, sampler):
-    """The registry is the one place that says which keyword reaches which sampler: nothing is silently dropped."""
-    with pytest.raises(ValueError, match="unknown"):
-        diffusion.sample(Toy(), (1, 4, 3), sampler=sampler, steps=3, seed=0, not_an_option=1.0)
-    if "eta" not in REGISTRY[sampler].options:
-        with pytest.raises(ValueError, match="eta"):
-            diffusion.sample(Toy(), (1, 4, 3), sampler=sampler, steps=3, seed=0, eta=1.0)
-
-
 def test_ddim_eta_reaches_the_sampler(diffusion):
     model = Toy()
     a = diffusion.sample(model, (2, 4, 3), sampler="ddim", steps=5, seed=0)
     assert torch.equal(a, diffusion.sample(model, (2, 4, 3), sampler="ddim", steps=5, seed=0, eta=0.0))
     assert not torch.allclose(a, diffusion.sample(model, (2, 4, 3), sampler="ddim", steps=5, seed=0, eta=1.0))
-
-
-@pytest.mark.parametrize("sampler", sorted(REGISTRY))
-def test_callback_sees_every_step_and_the_final_sample(diffusion, sampler):
-    """k-diffusion's per-step callback: x after step i, i, the model timestep and the last x0 estimate."""
-    seen, model = [], Toy()
-    out = diffusion.sample(model, (2, 4, 3), sampler=sampler, steps=6, seed=0, callback=seen.append)
-    assert [info["i"] for info in seen] == list(range(6))
-    ts = [info["t"] for info in seen]
-    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 6
-    assert all(info["denoised"].shape == out.shape for info in seen)
-    assert torch.equal(seen[-1]["x"], out)
-    plain = diffusion.sample(model, (2, 4, 3), sampler=sampler, steps=6, seed=0)
-    assert torch.equal(plain, out)  # watching changes nothing
