@@ -29,6 +29,7 @@ from shapediff.evaluation import (GENERATION_PROTOCOLS, evaluate, evaluate_gener
 from shapediff.models import load_model
 from shapediff.models.pretrained import read_run_config
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
+from shapediff.metrics.registry import generation_distances
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--samples in the refs file's normalised frame (LION) or the data frame (auto: LION's when refs carry mean/std)")
     p.add_argument("--split", default=None, help="reference split (default: the protocol's, else val)")
     p.add_argument("--n", type=int, default=None, help="samples, compared with as many references (default: the whole split)")
-    p.add_argument("--metrics", nargs="+", default=["cd", "emd"], choices=["cd", "emd"],
+    p.add_argument("--metrics", nargs="+", default=["cd", "emd"], choices=generation_distances(),
                    help="distances of the table (EMD: exact, Euclidean cost, as PointFlow)")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)

@@ -129,15 +129,6 @@ def test_write_json_atomic(tmp_path):
     assert _files(tmp_path) == ["m.json"] and json.loads(path.read_text())["b"] == 1
 
 
-def test_old_helpers_are_this_one_path():
-    from shapediff.data.prepare import save_array_atomic  # noqa: F401  (kept, built on write_atomic)
-    from shapediff.geometry import mesh_io
-    from shapediff.models import checkpoint
-
-    assert mesh_io.atomic_write is io_atomic.write_path_atomic
-    assert checkpoint.atomic_write_file is io_atomic.write_atomic
-
-
 def test_no_other_module_renames_files_into_place():
     """One concept, one home: no file of the package or its scripts makes temp files or renames them itself."""
     offenders = []

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shapediff.geometry.mesh_io import atomic_write
+from shapediff.io_atomic import write_path_atomic
 
 __all__ = ["keyed_cache_dir"]
 
@@ -23,5 +23,5 @@ def keyed_cache_dir(root: str | os.PathLike, spec: dict[str, Any]) -> Path:
     folder = Path(root) / key
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(spec, indent=1, default=str)
-    atomic_write(folder / "spec.json", lambda tmp: tmp.write_text(text))
+    write_path_atomic(folder / "spec.json", lambda tmp: tmp.write_text(text))
     return folder

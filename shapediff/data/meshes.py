@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from shapediff.data._common import (BadFiles, check_choice, check_index, check_p
 from shapediff.data.synsets import category_name, resolve_categories
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.normalization import PER_SHAPE
+from shapediff.randomness import mix_seed
 
 V2_LAYOUT = "ShapeNetCore.v2/<synset>/<model_id>/models/model_normalized.obj"
 MESH_SUFFIXES = (".obj", ".ply", ".off", ".stl", ".glb", ".gltf")
@@ -48,6 +50,18 @@ def sample_surface(mesh, num_points: int, seed: int | None = None) -> np.ndarray
         raise ValueError(f"mesh: has zero surface area ({len(mesh.faces)} degenerate faces)")
     points, _ = trimesh.sample.sample_surface(mesh, num_points, seed=np.random.default_rng(seed))
     return np.asarray(points, dtype=np.float32)
+
+
+def meshes_to_points(meshes: Sequence[Any], num_points: int, seed: int = 0) -> torch.Tensor:
+    """(len(meshes), N, 3) float32 points uniform on each mesh's surface (area-weighted, seeded).
+
+    An empty mesh (nothing generated) gives N copies of the origin, so it still counts in metrics.
+    """
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+        raise ValueError(f"num_points: expected a positive int, got {num_points!r}")
+    out = [torch.zeros(num_points, 3) if len(m.faces) == 0 or m.area <= 0
+           else torch.from_numpy(sample_surface(m, num_points, seed=mix_seed(seed, i))) for i, m in enumerate(meshes)]
+    return torch.stack(out) if out else torch.zeros(0, num_points, 3)
 
 
 def find_shapenet_models(root: str | Path, categories=None) -> list[tuple[str, str, Path]]:

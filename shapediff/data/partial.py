@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from shapediff.config import instantiate
 from shapediff.data.disk_cache import keyed_cache_dir
-from shapediff.geometry.mesh_io import atomic_write
+from shapediff.io_atomic import write_path_atomic
 from shapediff.geometry.partial_scan import resample_points, virtual_scan, visible_subset
 from shapediff.randomness import mix_seed
 
@@ -152,7 +152,7 @@ class PartialScans(Dataset):
             if path is not None:
                 partial, visible, eye = result
                 record = {"partial": partial, "visible": torch.tensor(visible), "viewpoint": eye}
-                atomic_write(path, lambda tmp: torch.save(record, tmp))
+                write_path_atomic(path, lambda tmp: torch.save(record, tmp))
         if self._cache is not None:
             self._cache[key] = result
         return result

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from shapediff.data.disk_cache import keyed_cache_dir
-from shapediff.geometry.mesh_io import atomic_write
+from shapediff.io_atomic import write_path_atomic
 from shapediff.geometry.tsdf import DEFAULT_BOUNDS, _check_grid_args, tsdf_from_mesh, tsdf_from_sdf
 
 CACHE_VERSION = 1
@@ -90,7 +90,7 @@ class TSDFDataset(Dataset):
         else:
             grid = self._compute(index)
             if path is not None:
-                atomic_write(path, lambda tmp: torch.save(grid.contiguous(), tmp))
+                write_path_atomic(path, lambda tmp: torch.save(grid.contiguous(), tmp))
         self._memory[index] = grid
         return grid
 

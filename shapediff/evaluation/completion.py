@@ -13,6 +13,7 @@ import torch
 from shapediff.evaluation.baselines import baseline_mirror, baseline_partial, baseline_retrieval
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.evaluation.tables import completion_table
+from shapediff.metrics.registry import SECONDS
 from shapediff.models.completion import complete, default_method
 from shapediff.models.partial_input import prepare_partial
 
@@ -125,7 +126,7 @@ def evaluate_completion(
         if outputs is not None:
             outputs[name] = out
         pred = out if n > 1 else out[:, 0]
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {SECONDS: seconds}
     gen = torch.Generator().manual_seed(seed)
     baselines = {"baseline_partial": lambda: baseline_partial(partial, big_n, gen),
                  "baseline_mirror": lambda: baseline_mirror(partial, big_n, axis=0, generator=gen)}
@@ -135,7 +136,7 @@ def evaluate_completion(
         start = time.perf_counter()
         pred = make()
         seconds = time.perf_counter() - start
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {"seconds": seconds}
+        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {SECONDS: seconds}
     return results
 
 

@@ -11,6 +11,7 @@ import torch
 
 from shapediff.data.references import reference_clouds
 from shapediff.evaluation.reporting import OutputLog
+from shapediff.io_atomic import write_path_atomic
 
 __all__ = ["write_autoencoder_outputs", "write_latent_outputs"]
 
@@ -43,7 +44,6 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
     ``ref_dataset``'s points; writes samples.pt ({"tsdf", "points"}), meshes/sample_XXX.obj, metrics.json and
     preview.png (``train_dataset`` is not used)."""
     from shapediff.geometry import save_mesh  # noqa: PLC0415
-    from shapediff.geometry.mesh_io import atomic_write  # noqa: PLC0415
     from shapediff.metrics import generation_metrics  # noqa: PLC0415
 
     log = log if log is not None else OutputLog()
@@ -59,7 +59,7 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
                    watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
                    sample_seconds=round(sample_seconds, 2))
     samples = {"tsdf": out.grids.cpu(), "points": points}
-    log.attempt("samples.pt", atomic_write, run_dir / "samples.pt", lambda tmp: torch.save(samples, tmp))
+    log.attempt("samples.pt", write_path_atomic, run_dir / "samples.pt", lambda tmp: torch.save(samples, tmp))
     for i, mesh in enumerate(out.meshes[: int(eval_cfg.get("num_meshes", 4))]):
         if len(mesh.faces):
             log.attempt(f"meshes/sample_{i:03d}.obj", save_mesh, run_dir / "meshes" / f"sample_{i:03d}.obj", mesh)

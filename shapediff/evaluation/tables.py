@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from shapediff.metrics.registry import completion_keys, generation_key, metric_spec
+from shapediff.metrics.registry import GENERATION_STATISTICS, completion_keys, generation_key, metric_spec
 
 __all__ = ["completion_table", "generation_table", "summarise_seeds"]
 
@@ -32,9 +32,9 @@ def generation_table(metrics: dict, names: Sequence[str]) -> str:
     """The PointFlow table: MMD (x1e3 for CD, x1e2 for EMD, as papers print them), COV % and 1-NNA %."""
     rows = ["| metric | MMD | COV (%) | 1-NNA (%) |", "|---|---:|---:|---:|"]
     for name in names:
-        scale = {"cd": 1e3, "emd": 1e2}[name]
-        mmd, cov, nna = (metrics[generation_key(stat, name)] for stat in ("MMD", "COV", "1-NNA"))
-        rows.append(f"| {name.upper()} | {mmd * scale:.3f} (x{scale:g}) | {100 * cov:.1f} | {100 * nna:.1f} |")
+        (mmd, s_mmd), (cov, s_cov), (nna, s_nna) = (
+            (metrics[key], metric_spec(key).scale) for key in (generation_key(stat, name) for stat in GENERATION_STATISTICS))
+        rows.append(f"| {name.upper()} | {mmd * s_mmd:.3f} (x{s_mmd:g}) | {s_cov * cov:.1f} | {s_nna * nna:.1f} |")
     return "\n".join(rows)
 
 

@@ -39,14 +39,10 @@ __all__ = [
     "save_points",
     "load_points",
     "as_points_array",
-    "atomic_write",
 ]
 
 log = logging.getLogger(__name__)
 
-# The old name of :func:`shapediff.io_atomic.write_path_atomic` (``write(tmp)`` gets a temporary path
-# with ``path``'s suffix), kept for its callers.
-atomic_write = write_path_atomic
 
 MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".stl", ".glb", ".off")
 POINT_SUFFIXES: tuple[str, ...] = (".ply", ".xyz", ".npy", ".pcd")

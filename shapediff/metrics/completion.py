@@ -10,7 +10,7 @@ from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.emd import emd
 from shapediff.geometry.knn import knn_points
 from shapediff.geometry.validation import check_points, check_same_batch
-from shapediff.metrics.registry import fscore_key
+from shapediff.metrics.registry import CD, EMD, TMD, UHD, fscore_key
 
 
 def f_score(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
@@ -104,14 +104,14 @@ def completion_metrics(
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if "cd" in metrics:
-            out["CD"] = chamfer_distance(flat, gt_rep, variant=chamfer_variant).reshape(shape)
+            out[CD] = chamfer_distance(flat, gt_rep, variant=chamfer_variant).reshape(shape)
         if "emd" in metrics:
-            out["EMD"] = emd(flat, gt_rep, cost=emd_cost, method=emd_method).reshape(shape)
+            out[EMD] = emd(flat, gt_rep, cost=emd_cost, method=emd_method).reshape(shape)
         if "f_score" in metrics:
             out[fscore_key(threshold)] = f_score(flat, gt_rep, threshold).reshape(shape)
         if partial is not None:
             uhd = unidirectional_hausdorff(partial.repeat_interleave(h, dim=0) if multi else partial, flat)
-            out["UHD"] = uhd.reshape(shape).mean(dim=1) if multi else uhd
+            out[UHD] = uhd.reshape(shape).mean(dim=1) if multi else uhd
         if multi and h >= 2:
-            out["TMD"] = total_mutual_difference(pred)
+            out[TMD] = total_mutual_difference(pred)
     return out

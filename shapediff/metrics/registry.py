@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-__all__ = ["MetricSpec", "METRICS", "metric_spec", "fscore_key", "generation_key", "completion_keys", "resolve_fn"]
+__all__ = ["MetricSpec", "METRICS", "CD", "EMD", "UHD", "TMD", "SECONDS", "GENERATION_STATISTICS", "metric_spec",
+           "fscore_key", "generation_key", "generation_distances", "is_generation_key", "completion_keys", "resolve_fn"]
 
 Direction = Literal["lower", "higher", "half"]
 
@@ -20,37 +21,44 @@ Direction = Literal["lower", "higher", "half"]
 class MetricSpec(NamedTuple):
     """A reported number: ``key`` in results, ``display`` name in tables, ``direction`` of better ("lower",
     "higher", or "half": 0.5 is ideal, 1-NNA), ``units``, ``kind`` ("completion" per pair, "generation" per set,
-    "timing"), and ``fn`` (the per-pair function, where there is one; a dotted path, imported on use)."""
+    "timing"), ``fn`` (the per-pair function, where there is one; a dotted path, imported on use) and ``scale``
+    (the factor tables print it with: MMD-CD x1e3, MMD-EMD x1e2 as papers do, fractions x100 as %)."""
     key: str
     display: str
     direction: Direction
     units: str
     kind: str
     fn: str | None = None
+    scale: float = 1.0
 
 
-def _spec(key, display, direction, units, kind, fn=None) -> tuple[str, MetricSpec]:
-    return key, MetricSpec(key, display, direction, units, kind, fn)
+def _spec(key, display, direction, units, kind, fn=None, scale=1.0) -> tuple[str, MetricSpec]:
+    return key, MetricSpec(key, display, direction, units, kind, fn, scale)
+
+
+# The keys code writes results under (names written once, here).
+CD, EMD, UHD, TMD, SECONDS = "CD", "EMD", "UHD", "TMD", "seconds"
+GENERATION_STATISTICS = ("MMD", "COV", "1-NNA")
 
 
 METRICS: dict[str, MetricSpec] = dict([
-    _spec("CD", "CD", "lower", "squared distance (data units^2), both directions summed", "completion",
+    _spec(CD, "CD", "lower", "squared distance (data units^2), both directions summed", "completion",
           "shapediff.geometry.chamfer.chamfer_distance"),
-    _spec("EMD", "EMD", "lower", "mean matched distance (data units; cost named by the protocol)", "completion",
+    _spec(EMD, "EMD", "lower", "mean matched distance (data units; cost named by the protocol)", "completion",
           "shapediff.geometry.emd.emd"),
     _spec("F-score", "F-score", "higher", "fraction in [0, 1] at a distance threshold", "completion",
           "shapediff.metrics.completion.f_score"),
-    _spec("UHD", "UHD", "lower", "distance (data units)", "completion",
+    _spec(UHD, "UHD", "lower", "distance (data units)", "completion",
           "shapediff.metrics.completion.unidirectional_hausdorff"),
-    _spec("TMD", "TMD", "higher", "squared distance (data units^2), diversity of hypotheses", "completion",
+    _spec(TMD, "TMD", "higher", "squared distance (data units^2), diversity of hypotheses", "completion",
           "shapediff.metrics.completion.total_mutual_difference"),
-    _spec("MMD-CD", "MMD-CD", "lower", "squared distance (data units^2)", "generation"),
-    _spec("COV-CD", "COV-CD", "higher", "fraction of references covered", "generation"),
-    _spec("1-NNA-CD", "1-NNA-CD", "half", "fraction (0.5 is ideal)", "generation"),
-    _spec("MMD-EMD", "MMD-EMD", "lower", "mean matched distance (data units)", "generation"),
-    _spec("COV-EMD", "COV-EMD", "higher", "fraction of references covered", "generation"),
-    _spec("1-NNA-EMD", "1-NNA-EMD", "half", "fraction (0.5 is ideal)", "generation"),
-    _spec("seconds", "seconds", "lower", "wall-clock seconds", "timing"),
+    _spec("MMD-CD", "MMD-CD", "lower", "squared distance (data units^2)", "generation", scale=1e3),
+    _spec("COV-CD", "COV-CD", "higher", "fraction of references covered", "generation", scale=100.0),
+    _spec("1-NNA-CD", "1-NNA-CD", "half", "fraction (0.5 is ideal)", "generation", scale=100.0),
+    _spec("MMD-EMD", "MMD-EMD", "lower", "mean matched distance (data units)", "generation", scale=1e2),
+    _spec("COV-EMD", "COV-EMD", "higher", "fraction of references covered", "generation", scale=100.0),
+    _spec("1-NNA-EMD", "1-NNA-EMD", "half", "fraction (0.5 is ideal)", "generation", scale=100.0),
+    _spec(SECONDS, "seconds", "lower", "wall-clock seconds", "timing"),
 ])
 
 _FSCORE = re.compile(r"^F-score@([0-9.eE+-]+)$")
@@ -67,6 +75,16 @@ def generation_key(statistic: str, distance: str) -> str:
     if key not in METRICS:
         raise ValueError(f"statistic, distance: expected MMD / COV / 1-NNA and cd / emd, got {statistic!r}, {distance!r}")
     return key
+
+
+def generation_distances() -> tuple[str, ...]:
+    """The distances generation statistics are reported over, as ``evaluate --metrics`` names them: ("cd", "emd")."""
+    return tuple(dict.fromkeys(key.rsplit("-", 1)[1].lower() for key, spec in METRICS.items() if spec.kind == "generation"))
+
+
+def is_generation_key(key: str) -> bool:
+    """Whether ``key`` is a generation statistic's results key (MMD / COV / 1-NNA over a distance)."""
+    return key in METRICS and METRICS[key].kind == "generation"
 
 
 def metric_spec(key: str) -> MetricSpec:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from shapediff.config import _resolve_target
+from shapediff.data.meshes import meshes_to_points
 from shapediff.devices import resolve_device
 from shapediff.diffusion.samplers import REGISTRY, check_sampler_options
 from shapediff.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint
@@ -64,13 +65,11 @@ class Samples:
 
     def points_on_surface(self, num_points: int, seed: int = 0) -> torch.Tensor:
         """(n, N, 3) float32 points: ``points`` when the family samples points, else ``num_points`` uniform on each
-        mesh (:func:`shapediff.models.latent_voxel.meshes_to_points`; an empty mesh gives the origin N times)."""
+        mesh (:func:`shapediff.data.meshes.meshes_to_points`; an empty mesh gives the origin N times)."""
         if self.points is not None:
             return self.points.float()
         if self.meshes is None:
             raise ValueError("samples: hold neither points nor meshes")
-        from shapediff.models.latent_voxel import meshes_to_points  # noqa: PLC0415  (latent_voxel imports base)
-
         return meshes_to_points(self.meshes, num_points, seed)
 
 

@@ -21,9 +21,6 @@ FORMAT = "shapediff"
 FORMAT_VERSION = 1
 
 
-# Kept for callers of the old name; all writes go through shapediff.io_atomic.
-atomic_write_file = write_atomic
-
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save through :func:`shapediff.io_atomic.write_atomic`: ``path`` is either the old file or the whole new one."""

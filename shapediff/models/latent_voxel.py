@@ -46,27 +46,13 @@ from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
 from shapediff.models.point_cloud import _plain
-from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
+from shapediff.randomness import make_generator, per_example_randint, per_example_randn
 
-__all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder", "meshes_to_points"]
+__all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder"]
 
 log = logging.getLogger("shapediff.models")
 SIGN_MARGIN, SIGN_WEIGHT = 0.2, 3.0  # observation_misfit's occupancy hinge: margin (in tsdf / tau) and weight
 DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]}
-
-
-def meshes_to_points(meshes: Sequence[Any], num_points: int, seed: int = 0) -> torch.Tensor:
-    """(len(meshes), N, 3) float32 points uniform on each mesh's surface (area-weighted, seeded).
-
-    An empty mesh (nothing generated) gives N copies of the origin, so it still counts in metrics.
-    """
-    from shapediff.data import sample_surface  # noqa: PLC0415
-
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
-        raise ValueError(f"num_points: expected a positive int, got {num_points!r}")
-    out = [torch.zeros(num_points, 3) if len(m.faces) == 0 or m.area <= 0
-           else torch.from_numpy(sample_surface(m, num_points, seed=mix_seed(seed, i))) for i, m in enumerate(meshes)]
-    return torch.stack(out) if out else torch.zeros(0, num_points, 3)
 
 
 class EncodedLatents(torch.utils.data.Dataset):

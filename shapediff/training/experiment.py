@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shapediff.config import _resolve_target, instantiate
+from shapediff.metrics.registry import is_generation_key
 from shapediff.models.base import ShapeModel
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
@@ -78,7 +79,7 @@ def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):
     def evaluate(model, step: int) -> dict[str, Any]:
         samples, metrics = evaluate_generation(model, ref_dataset, int(eval_cfg["periodic_samples"]),
                                                metrics=("cd",), seed=int(eval_cfg["seed"]))
-        result: dict[str, Any] = {k: float(v) for k, v in metrics.items() if k.startswith(("MMD", "COV", "1-NNA"))}
+        result: dict[str, Any] = {k: float(v) for k, v in metrics.items() if is_generation_key(k)}
         image = render_preview(samples[:8], Path(run_dir) / "eval" / f"step_{step:08d}.png",
                                references=reference_clouds(ref_dataset, 4, int(eval_cfg["seed"])))
         if image is not None:

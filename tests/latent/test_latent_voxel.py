@@ -9,7 +9,7 @@ import shapediff
 from shapediff.geometry import sdf_to_mesh
 from shapediff.geometry.tsdf import tsdf_from_sdf
 from shapediff.models import LatentVoxelDiffusion, TSDFAutoencoder
-from shapediff.models.latent_voxel import meshes_to_points
+from shapediff.data.meshes import meshes_to_points
 
 from .conftest import DIFFUSION, SYNTH, UNET, VAE
 
@@ -223,7 +223,7 @@ def test_clipped_denoiser_bounds_implied_x0(prediction):
 def test_evaluate_generation_scores_points_on_sampled_meshes(tiny_model, tsdf_train):
     """scripts/evaluate.py's path: a mesh-sampling model is scored on points drawn on its meshes,
     as many per mesh as each reference holds (it crashed on VoxelSamples before)."""
-    from shapediff.models.latent_voxel import meshes_to_points
+    from shapediff.data.meshes import meshes_to_points
     from shapediff.evaluation import evaluate_generation
 
     samples, metrics = evaluate_generation(tiny_model, tsdf_train, 3, metrics=("cd",), seed=5)
