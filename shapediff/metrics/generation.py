@@ -21,7 +21,7 @@ import torch
 from shapediff.geometry.normalization import normalize_points
 from shapediff.geometry.validation import check_points
 from shapediff.metrics.pairwise import pairwise_distance_matrix
-from shapediff.metrics.registry import generation_key
+from shapediff.metrics.registry import GENERATION_STATISTICS, generation_key
 
 def mmd_cov(m_rs: torch.Tensor) -> tuple[float, float]:
     """(MMD, COV) from the (R, S) reference x sample distance matrix (PointFlow ``lgan_mmd_cov``)."""
@@ -80,6 +80,7 @@ def generation_metrics(
         m_rs = pairwise_distance_matrix(refs, samples, **kw)
         m_rr = pairwise_distance_matrix(refs, None, **kw)
         m_ss = pairwise_distance_matrix(samples, None, **kw)
-        out[generation_key("MMD", metric)], out[generation_key("COV", metric)] = mmd_cov(m_rs)
-        out[generation_key("1-NNA", metric)] = one_nn_accuracy(m_rr, m_rs, m_ss)
+        mmd, cov, nna = GENERATION_STATISTICS
+        out[generation_key(mmd, metric)], out[generation_key(cov, metric)] = mmd_cov(m_rs)
+        out[generation_key(nna, metric)] = one_nn_accuracy(m_rr, m_rs, m_ss)
     return out

@@ -5,7 +5,7 @@ input's shape and is finite; permuting the points permutes the output, where the
 networks; the known-indicator wrapper within the known and within the generated points); a loss reaches every
 parameter; 40 Adam steps on one shape lower the diffusion loss on fixed (t, noise) pairs at least 2x; a state
 dict saved and loaded (``weights_only``) gives the same outputs; two builds from one seed are identical and
-eval-mode calls repeat exactly. A new denoiser is one ``CASES`` entry. (Point-E's transformer joins when it lands.)
+eval-mode calls repeat exactly. A new denoiser is one ``CASES`` entry.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from shapediff.config import instantiate
-from shapediff.denoisers import PVCNN2, KnownIndicatorDenoiser, PointNetDenoiser, PointTransformer, UNet3D
+from shapediff.denoisers import PVCNN2, KnownIndicatorDenoiser, PointETransformer, PointNetDenoiser, PointTransformer, UNet3D
 from shapediff.diffusion import GaussianDiffusion
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -78,6 +78,8 @@ CASES = {
     "pointnet": Case(lambda: PointNetDenoiser(width=32, depth=2, time_embed_dim=16), _torus, _all_points),
     "pvcnn_small": Case(lambda: PVCNN2(**PVCNN_SMALL), _torus),  # FPS starts at the first point: not equivariant
     "pvcnn_pvd_layout": Case(_pvd_layout, _torus, slow_overfit=True),
+    "pointe_transformer": Case(lambda: PointETransformer(in_channels=3, out_channels=3, width=32, layers=2, heads=4),
+                               _torus, _all_points),
     "transformer": Case(lambda: PointTransformer(width=32, depth=2, heads=4, time_embed_dim=32), _torus, _all_points),
     "unet3d": Case(lambda: UNet3D(in_channels=2, resolution=8, base_channels=8, num_groups=4, num_heads=2), _grid),
     "known_indicator": Case(lambda: KnownIndicatorDenoiser(PointNetDenoiser(in_channels=4, width=32, depth=2,
