@@ -37,3 +37,14 @@ def test_unknown_keys_are_errors():
         _compose("experiment=quickstart", "trainer.bogus=1")
     with pytest.raises(ValueError, match="unknown key"):
         build_model(_compose("experiment=quickstart", "model=pvcnn_small", "+model.width=3"))
+
+
+def test_a_moved_target_still_builds_the_class_from_its_new_home():
+    """Checkpoints saved before KnownIndicatorDenoiser moved to denoisers/ name its old path."""
+    from shapediff.config import MOVED_TARGETS, instantiate
+    from shapediff.denoisers import KnownIndicatorDenoiser
+
+    old = "shapediff.models.completion.KnownIndicatorDenoiser"
+    assert MOVED_TARGETS[old] == "shapediff.denoisers.KnownIndicatorDenoiser"
+    inner = {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": 8, "depth": 1, "time_embed_dim": 8}
+    assert isinstance(instantiate({"_target_": old, "num_known": 2, "denoiser": inner}), KnownIndicatorDenoiser)

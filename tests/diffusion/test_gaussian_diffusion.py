@@ -192,3 +192,15 @@ def test_input_validation():
         d.training_loss(lambda a, b, c: a, x, min_snr_gamma=-1)
     with pytest.raises(ValueError, match="model: expected an output shaped like x_t"):
         d.training_loss(lambda a, b, c: a[:1], x)
+
+
+def test_truncated_is_the_same_process_over_its_first_steps():
+    """SDEdit's start (models.completion): the first k steps of the schedule, the same tables, nothing refit."""
+    full = GaussianDiffusion("cosine", 100, prediction="v", posterior_variance="fixedlarge")
+    part = full.truncated(30)
+    assert part.num_timesteps == 30 and part.prediction == "v" and part.posterior_variance_type == "fixedlarge"
+    assert torch.equal(part.betas, full.betas[:30]) and torch.equal(part.alphas_cumprod, full.alphas_cumprod[:30])
+    assert torch.equal(part.posterior_variance, full.posterior_variance[:30])
+    for bad in (0, 101, 2.5):
+        with pytest.raises(ValueError, match="num_timesteps"):
+            full.truncated(bad)

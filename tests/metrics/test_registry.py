@@ -46,3 +46,13 @@ def test_tables_take_their_columns_from_the_registry():
     table = completion_table(summarise_seeds(runs))
     assert table.splitlines()[0] == "| method | CD | F-score@0.02 | seconds |"
     assert "| pvd | 2.00000 ± 1.41421 | 0.60000 ± 0.14142 | 3.0 ± 1.4 |" in table
+
+
+def test_generation_names_and_table_scales_come_from_the_registry():
+    from shapediff.metrics.registry import GENERATION_STATISTICS, generation_distances, is_generation_key
+
+    assert generation_distances() == ("cd", "emd")
+    keys = {generation_key(stat, d) for stat in GENERATION_STATISTICS for d in generation_distances()}
+    assert keys == {k for k in METRICS if is_generation_key(k)} and not is_generation_key("CD")
+    assert metric_spec("MMD-CD").scale == 1e3 and metric_spec("MMD-EMD").scale == 1e2  # as papers print them
+    assert metric_spec("COV-EMD").scale == 100.0 and metric_spec("CD").scale == 1.0
