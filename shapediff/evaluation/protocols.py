@@ -24,17 +24,18 @@ import torch
 from shapediff.devices import resolve_device
 from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.emd import emd
+from shapediff.geometry.normalization import check_normalization, normalize_points
 from shapediff.geometry.validation import check_points
 from shapediff.metrics.completion import f_score
 from shapediff.metrics.generation import mmd_cov, one_nn_accuracy
 from shapediff.metrics.pairwise import pairwise_distance_matrix
-from shapediff.metrics.registry import fscore_key, generation_key
+from shapediff.metrics.registry import GENERATION_STATISTICS, METRICS, fscore_key, generation_key
 
 GenerationNormalization = Literal["none", "bbox", "bbox_half"]
 CompletionFrame = Literal["none", "gt_unit_sphere"]
 POINTFLOW_SPLIT_SIZES = {"airplane": 405, "chair": 662, "car": 352}  # LION eval_helper.get_ref_num
 DPM_SPLIT_SIZES = {"airplane": 607, "chair": 989, "car": 528}  # LION get_ref_num(luo_split=True)
-TABLE_UNITS = {"MMD-CD": 1e3, "MMD-EMD": 1e2, "COV-CD": 100.0, "COV-EMD": 100.0, "1-NNA-CD": 100.0, "1-NNA-EMD": 100.0}
+TABLE_UNITS = {key: spec.scale for key, spec in METRICS.items() if spec.kind == "generation"}  # the registry's table scales
 
 
 @dataclass(frozen=True)
@@ -205,15 +206,9 @@ def get_protocol(name: str) -> GenerationProtocol | CompletionProtocol:
 
 
 def normalize_per_cloud(clouds: torch.Tensor, mode: GenerationNormalization) -> torch.Tensor:
-    """Per-cloud normalisation of (B, N, 3) clouds: "none", "bbox" ([-1, 1]) or "bbox_half" ([-0.5, 0.5])."""
-    if mode == "none":
-        return clouds
-    if mode not in ("bbox", "bbox_half"):
-        raise ValueError(f"normalization: expected 'none', 'bbox' or 'bbox_half', got {mode!r}")
-    lo, hi = clouds.amin(dim=1, keepdim=True), clouds.amax(dim=1, keepdim=True)
-    half = ((hi - lo).amax(dim=-1, keepdim=True) / 2).clamp_min(1e-12)
-    out = (clouds - (lo + hi) / 2) / half
-    return out * 0.5 if mode == "bbox_half" else out
+    """Per-cloud normalisation of (B, N, 3) clouds: "none", "bbox" ([-1, 1]) or "bbox_half" ([-0.5, 0.5]), the
+    presets' modes of :mod:`shapediff.geometry.normalization`."""
+    return normalize_points(clouds, check_normalization(mode, ("none", "bbox", "bbox_half")))
 
 
 def match_counts(samples: torch.Tensor, refs: torch.Tensor, protocol: GenerationProtocol, seed: int = 0
@@ -273,11 +268,12 @@ def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | 
         m_rs = pairwise_distance_matrix(refs, samples, **kw)
         m_rr = pairwise_distance_matrix(refs, refs if full else None, **kw)
         m_ss = pairwise_distance_matrix(samples, samples if full else None, **kw)
-        out[generation_key("MMD", metric)], out[generation_key("COV", metric)] = mmd_cov(m_rs)
+        mmd, cov, one_nna = GENERATION_STATISTICS
+        out[generation_key(mmd, metric)], out[generation_key(cov, metric)] = mmd_cov(m_rs)
         # The originals take each cloud's nearest neighbour along a COLUMN of [[M_rr, M_rs], [M_rs^T, M_ss]]
         # (topk over dim 0); one_nn_accuracy looks along rows, so it gets the transposed blocks.
         nna = one_nn_accuracy(m_rr.T, m_rs, m_ss.T) if full else one_nn_accuracy(m_rr, m_rs, m_ss)
-        out[generation_key("1-NNA", metric)] = nna
+        out[generation_key(one_nna, metric)] = nna
     out["reported"] = {f"{k} ({'%' if not k.startswith('MMD') else f'x{p.units[k]:g}'})": out[k] * p.units[k]
                        for k in p.units if k in out}
     out.update(num_samples=int(samples.shape[0]), num_references=int(refs.shape[0]), **done)

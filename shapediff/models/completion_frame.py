@@ -32,7 +32,7 @@ def completion_frame(model, partial: torch.Tensor, frame: Any = "auto") -> Frame
     :class:`Frame` (a known unit / position / pose; for a scan-frame model the scan-centric frame is
     applied after it). Warns when the mapped scans lie far outside the training data.
     """
-    model_frame = getattr(model, "frame", "data")
+    model_frame = model.frame  # PointCloudDiffusion.frame: "data" or "scan"
     if isinstance(frame, str) and frame not in FRAME_CHOICES:
         raise ValueError(f"frame: expected one of {FRAME_CHOICES} or a Frame (shapediff.geometry.frames.known_frame), "
                          f"got {frame!r}")
