@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["write_atomic", "write_path_atomic", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["write_atomic", "write_path_atomic", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+           "remove_stale_temp_files"]
+
+# ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp[<suffix>]")``: 8 random characters from [a-z0-9_].
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
 def _temp_file(path: Path, keep_suffix: bool) -> tuple[int, Path]:
@@ -97,3 +102,30 @@ def write_text_atomic(path: str | os.PathLike, text: str, what: str = "file") ->
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented JSON with sorted keys to ``path`` atomically (see :func:`write_atomic`)."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True), "JSON file")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, depth: int = 1) -> list[Path]:
+    """Delete the temporary files this module's writers left in ``folder`` (and ``depth - 1`` levels of
+    subfolders) when they were killed before the rename; returns the removed paths.
+
+    Only call it when no writer can be alive there (e.g. under the run folder's lock,
+    ``shapediff.training.run_lock``): a live writer's temporary file looks the same.
+    """
+    folder, removed = Path(folder), []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            if depth > 1:
+                removed += remove_stale_temp_files(entry, depth - 1)
+        elif _TEMP_NAME.match(entry.name):
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            removed.append(entry)
+    return removed

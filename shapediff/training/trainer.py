@@ -29,6 +29,7 @@ from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, all_reduce_mean
 from shapediff.training.ema import EMA
 from shapediff.training.lr_schedules import SCHEDULES, lr_at
+from shapediff.training.run_lock import RunLock
 
 log = logging.getLogger("shapediff.training")
 
@@ -148,7 +149,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ public API
     def fit(self) -> TrainResult:
-        """Train until ``max_steps``; resumes from the latest checkpoint when ``resume`` is set."""
+        """Train until ``max_steps``; resumes from the latest checkpoint when ``resume`` is set.
+
+        Holds ``run_dir``'s lock meanwhile (rank 0): a second run into the same folder is refused with
+        ``RunDirInUse`` (shapediff.training.run_lock).
+        """
+        with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         result = TrainResult(resumed_from_step=self._maybe_resume())
         writer = self._tensorboard()
         bar = _progress(self.cfg, self.step, self.dist.is_main)
