@@ -6,8 +6,9 @@
 
 Resumable: outputs that already exist are skipped, and every file is written atomically, so after
 a kill (or a crash) run the same command again. Every model that failed is listed at the end with
-its reason (and written to OUT/prepare_failures.tsv). Exit status: 1 when any model failed, 2 for
-a bad argument or source folder (shapediff.cli).
+its reason (and written to OUT/prepare_failures.tsv), and so is every model whose TSDF grid has no inside
+voxel (thin walls, open or inconsistently oriented meshes: that TSDF is not written). Exit status: 1 when any
+model failed or got a degenerate TSDF, 2 for a bad argument or source folder (shapediff.cli).
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
     print(report.summary())
-    if report.failed:
+    if report.problems():
         listing = Path(args.output) / "prepare_failures.tsv"
-        write_text_atomic(listing, "".join(f"{p}\t{r}\n" for p, r in report.failed))
+        write_text_atomic(listing, "".join(f"{p}\t{r}\n" for p, r in report.problems()))
         print(f"failures listed in {listing}")
-    return RUNTIME_FAILURE if report.failed else 0
+    return RUNTIME_FAILURE if report.problems() else 0
 
 
 if __name__ == "__main__":

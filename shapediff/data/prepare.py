@@ -16,6 +16,7 @@ returns every failed model with its reason. Optional caches beside ``output`` (n
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,16 +33,28 @@ from shapediff.io_atomic import write_atomic
 
 @dataclass
 class PrepareReport:
-    """What :func:`prepare_pc15k` did: counts and every failure as (mesh path, reason)."""
+    """What :func:`prepare_pc15k` did: counts, every failure and every degenerate TSDF as (mesh path, reason).
+
+    A model whose TSDF grid cannot describe a solid (no inside sample: walls thinner than a voxel, an open or
+    inconsistently oriented mesh; see :func:`shapediff.geometry.tsdf.tsdf_problem`) is *degenerate*: its other
+    outputs are written, its TSDF is not (a TSDF loader never meets it), and it is not counted as written.
+    """
 
     written: int = 0
     skipped_existing: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    degenerate: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"written {self.written}, already present {self.skipped_existing}, failed {len(self.failed)}"]
+        lines = [f"written {self.written}, already present {self.skipped_existing}, failed {len(self.failed)}"
+                 + (f", degenerate TSDF (not written) {len(self.degenerate)}" if self.degenerate else "")]
         lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
+        lines += [f"  DEGENERATE TSDF {path}: {reason}" for path, reason in self.degenerate]
         return "\n".join(lines)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every model that did not get all its outputs, as (mesh path, reason), failures first."""
+        return self.failed + [(path, f"degenerate TSDF (not written): {reason}") for path, reason in self.degenerate]
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ def _partial_scans(mesh, views: int, seed: int) -> dict:
 
 
 def _run_job(job: _Job) -> tuple[str, str, str]:
-    """("ok" | "failed", mesh path, reason); never raises, so one bad model cannot stop the run."""
+    """("ok" | "degenerate" | "failed", mesh path, reason); never raises, so one bad model cannot stop the run."""
     try:
         mesh = load_mesh(job.mesh_path)
         if "points" in job.outputs:
@@ -100,9 +113,15 @@ def _run_job(job: _Job) -> tuple[str, str, str]:
         if "partial" in job.outputs:
             save_array_atomic(job.outputs["partial"], _partial_scans(mesh, job.partial_views, job.seed))
         if "tsdf" in job.outputs:
-            from shapediff.geometry.tsdf import tsdf_from_mesh
+            from shapediff.geometry.tsdf import tsdf_from_mesh, tsdf_problem
 
-            save_array_atomic(job.outputs["tsdf"], tsdf_from_mesh(mesh, job.tsdf_resolution).numpy())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a degenerate grid is reported below, once, with the model's path
+                grid = tsdf_from_mesh(mesh, job.tsdf_resolution)
+            problem = tsdf_problem(grid)
+            if problem is not None:
+                return "degenerate", job.mesh_path, f"R={job.tsdf_resolution}: {problem}"
+            save_array_atomic(job.outputs["tsdf"], grid.numpy())
         return "ok", job.mesh_path, ""
     except Exception as err:  # reported at the end with the model's path
         return "failed", job.mesh_path, f"{type(err).__name__}: {err}"
@@ -141,7 +160,8 @@ def prepare_pc15k(
 ) -> PrepareReport:
     """Convert ShapeNetCore.v2 under ``source`` into ``output`` (the PC15k folder); see the module docstring.
 
-    Splits are a hash of the model id (the same rule as :class:`ShapeNetCoreMeshes`). ``workers``:
+    Splits are a hash of the model id (the same rule as :class:`ShapeNetCoreMeshes`). Models whose TSDF is
+    degenerate are listed in ``report.degenerate``, not counted as written (see :class:`PrepareReport`). ``workers``:
     processes (None: all CPUs; 1: in this process). ``on_result(status, path, reason)`` is called
     per finished model (in the parent process).
     """
@@ -162,12 +182,13 @@ def prepare_pc15k(
     for status, path, reason in _results(jobs, workers):
         report.written += status == "ok"
         if status != "ok":
-            report.failed.append((path, reason))
+            (report.degenerate if status == "degenerate" else report.failed).append((path, reason))
         if on_result is not None:
             on_result(status, path, reason)
         bar.update(1)
     bar.close()
     report.failed.sort()
+    report.degenerate.sort()
     return report
 
 

@@ -136,3 +136,27 @@ def test_real_meshes_treecode_error(shared_data, name):
     v, f = _fit(trimesh.load(shared_data / "trimesh_models" / "objects" / name, force="mesh"))
     q = grid_points(12, dtype=torch.float64).reshape(-1, 3).numpy()
     assert np.abs(WindingOctree(v[f]).winding(q) - exact_winding(v[f], q)).max() < 0.04
+
+
+def test_prepare_shapenet_flags_thin_walled_tables_instead_of_counting_them(tmp_path):
+    """Failed before: 36 thin-walled tabletops gave "failed 0", exit 0, and grids without an inside voxel."""
+    import subprocess
+    import sys
+
+    from tests.data.conftest import write_shapenet_v2
+    from tests.scripts.test_train_and_sample_scripts import ROOT
+
+    table = trimesh.util.concatenate([trimesh.creation.box(extents=(0.9, 0.004, 0.6)),  # the top: 4 mm thick
+                                      *[trimesh.creation.box(extents=(0.004, 0.5, 0.004)).apply_translation((x, -0.25, z))
+                                        for x in (-0.4, 0.4) for z in (-0.25, 0.25)]])
+    root = write_shapenet_v2(tmp_path / "src", {"04379243": {"table": table, "ball": trimesh.creation.icosphere(radius=0.4)}})
+    out = tmp_path / "PC15k"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_shapenet.py"), str(root), str(out),
+                           "--num-points", "300", "--workers", "1", "--tsdf-resolution", "12", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "written 1, already present 0, failed 0, degenerate TSDF (not written) 1" in proc.stdout
+    assert "DEGENERATE TSDF" in proc.stdout and "table" in proc.stdout and "no grid sample is inside" in proc.stdout
+    assert [p.name for p in tmp_path.glob("PC15k.tsdf12/*/*/*.npy")] == ["ball.npy"]
+    assert "table" in (out / "prepare_failures.tsv").read_text()
+    assert len(list(out.glob("*/*/*.npy"))) == 2  # both clouds are written
