@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = ["write_atomic", "write_path_atomic", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
-           "remove_stale_temp_files"]
+           "remove_stale_temp_files", "file_kind"]
 
 # ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp[<suffix>]")``: 8 random characters from [a-z0-9_].
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -129,3 +130,17 @@ def remove_stale_temp_files(folder: str | os.PathLike, depth: int = 1) -> list[P
                 continue
             removed.append(entry)
     return removed
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What ``path`` is, for error messages about a file that is not a regular one ("a directory", "a
+    character device (e.g. /dev/zero)", ...); links are followed, and the link is named."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError as err:
+        return f"an unreadable path ({err.strerror})"
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind} ({str(p)!r} is a link to {os.path.realpath(p)!r})" if p.is_symlink() else kind

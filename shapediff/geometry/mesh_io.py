@@ -29,7 +29,7 @@ import trimesh
 from shapediff._optional import require_open3d
 from shapediff.geometry.pcd import read_pcd
 from shapediff.geometry.validation import FLOAT64_LIMIT, check_coordinates
-from shapediff.io_atomic import write_bytes_atomic, write_path_atomic
+from shapediff.io_atomic import file_kind, write_bytes_atomic, write_path_atomic
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -86,7 +86,7 @@ def _existing_file(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"path: no such file {str(p)!r}")
     if not p.is_file():
-        raise ValueError(f"path: expected a file, got a directory {str(p)!r}")
+        raise ValueError(f"path: expected a file, got {file_kind(p)} {str(p)!r}")
     if p.stat().st_size == 0:
         raise ValueError(f"path: file {str(p)!r} is empty (0 bytes)")
     return p
@@ -124,7 +124,10 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     except Exception as err:  # trimesh raises many types for corrupt files
         raise ValueError(f"path: could not read a mesh from {str(p)!r}: {type(err).__name__}: {err}") from err
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        nverts = len(getattr(mesh, "vertices", ()))
+        try:  # force="mesh" drops the vertices of a point-only file (a range scan): count them unforced
+            nverts = len(_read_trimesh_vertices(p))
+        except Exception:  # noqa: BLE001 (only for the message)
+            nverts = len(getattr(mesh, "vertices", ()))
         raise ValueError(
             f"path: {str(p)!r} holds no triangle faces ({nverts} vertices); "
             "if it is a point cloud, read it with load_points"

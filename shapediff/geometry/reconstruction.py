@@ -94,6 +94,23 @@ def _alpha_shape(pts: np.ndarray, alpha: float | None) -> Any:
     return o3d.geometry.TriangleMesh.create_from_point_cloud_alpha_shape(cloud, alpha)
 
 
+_FLAT = 1e-6  # a principal extent below this fraction of the largest one counts as zero
+
+
+def _check_spread(unit: np.ndarray, method: str) -> None:
+    """ValueError for clouds without a surface to find: collinear points (every method: Poisson invents a
+    sliver of near-zero area, the others fail), coplanar points for the alpha shape (Qhull's 3D Delaunay
+    needs a 3D spread and raises a raw RuntimeError)."""
+    extent = np.linalg.svd(unit - unit.mean(0), compute_uv=False)  # principal extents, largest first
+    if extent[1] <= _FLAT * extent[0]:
+        raise ValueError(f"points: all points lie on one line (principal extents {extent[0]:.3g}, {extent[1]:.3g}, "
+                         f"{extent[2]:.3g} in the unit frame); no surface to reconstruct")
+    if method == "alpha" and extent[2] <= _FLAT * extent[0]:
+        raise ValueError(f"points: all points lie in one plane (principal extents {extent[0]:.3g}, {extent[1]:.3g}, "
+                         f"{extent[2]:.3g} in the unit frame); method='alpha' needs a 3D spread, use "
+                         f"method='ball_pivoting' or 'poisson' for a flat patch")
+
+
 def points_to_mesh(
     points: Any,
     method: str = "poisson",
@@ -110,7 +127,8 @@ def points_to_mesh(
 
     ``method`` is "poisson" (default; see the module docstring for why), "ball_pivoting" or
     "alpha". Returns a ``trimesh.Trimesh`` in the points' coordinate frame; it may be empty when
-    the method finds no surface (e.g. ball radii far below the point spacing).
+    the method finds no surface (e.g. ball radii far below the point spacing). Raises ValueError for
+    collinear points, and for coplanar points with ``method="alpha"``.
     """
     pts = as_points_array(points)
     if method not in RECONSTRUCTION_METHODS:
@@ -126,6 +144,7 @@ def points_to_mesh(
     # Work in a unit frame (centre 0, bbox diagonal 1): Open3D's ball pivoting hangs on tiny scales.
     center, scale = (pts.min(0) + pts.max(0)) / 2, float(np.linalg.norm(np.ptp(pts, axis=0)))
     unit = (pts - center) / scale
+    _check_spread(unit, method)
     if method == "poisson":
         o3d_mesh = _poisson(unit, normals_k, depth, density_quantile, trim)
     elif method == "ball_pivoting":

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from shapediff.io_atomic import write_atomic
+from shapediff.io_atomic import file_kind, write_atomic
 
 FORMAT = "shapediff"
 FORMAT_VERSION = 1
@@ -40,6 +40,8 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     for a pointer whose text is not a plain ``.pt`` file name.
     """
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file() and not path.is_dir():  # e.g. a link to /dev/zero: not "no such file"
+        raise ValueError(f"checkpoint {str(path)!r}: expected a regular file, got {file_kind(path)}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
     name = _pointer_text(path)
