@@ -162,6 +162,7 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     trainer_cfg = TrainerConfig.from_dict(to_plain(cfg["trainer"]))
     run_dir = Path(cfg["run_dir"])
     train_split = train_set = build_dataset(cfg, "train")  # train_split stays the raw split (retrieval baseline)
+    build_dataset(cfg, cfg["evaluation"]["split"])  # every split the run needs is checked before step 1
     torch.manual_seed(trainer_cfg.seed)  # the initial weights too follow trainer.seed
     model = build_model(cfg)
     if not isinstance(model, ShapeModel):

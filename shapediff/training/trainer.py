@@ -79,6 +79,21 @@ class TrainerConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}: expected a positive int, got {getattr(self, name)!r}")
+        for name in ("lr", "lr_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"trainer.{name}: expected a positive finite number, got {value!r}")
+        for name in ("weight_decay", "warmup_steps", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"trainer.{name}: expected a finite number >= 0, got {value!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"trainer.betas: expected two numbers in [0, 1), got {list(self.betas)!r}")
+        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"trainer.ema_decay: expected a number in [0, 1], got {self.ema_decay!r}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not (math.isfinite(self.grad_clip) and self.grad_clip > 0)):
+            raise ValueError(f"trainer.grad_clip: expected a positive number or null (off), got {self.grad_clip!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"trainer.batch_size ({self.batch_size}) must be divisible by trainer.grad_accum ({self.grad_accum})")
         if self.lr_schedule not in SCHEDULES:
