@@ -32,18 +32,57 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
     """
     from shapediff.metrics import generation_metrics  # noqa: PLC0415
 
+    refs = reference_clouds(ref_dataset, num_samples, seed)  # before sampling: a bad split fails fast
+    warnings = _reference_warnings(len(refs), num_samples)
     start = time.perf_counter()
     samples = model.sample(num_samples, seed=seed, batch_size=batch_size or num_samples, **sample_kwargs)
     sample_seconds = time.perf_counter() - start
-    refs = reference_clouds(ref_dataset, num_samples, seed)
     points = samples.points_on_surface(refs.shape[1], seed).float().cpu()
+    points, refs, note = _equal_point_counts(points, refs, seed)
+    if note:
+        warnings.append(note)
+    for warning in warnings:
+        log.warning("evaluation: %s", warning)
     start = time.perf_counter()
     result: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(metrics)))
     exact = get_protocol("exact")  # generation_metrics computes the `exact` preset (docs/protocols.md)
     result.update(protocol=exact.name, protocol_settings=exact.settings())
     result.update(num_samples=num_samples, num_references=len(refs), num_points=points.shape[1],
                   sample_seconds=round(sample_seconds, 2), metric_seconds=round(time.perf_counter() - start, 2))
+    if warnings:
+        result["warnings"] = warnings
     return points, result
+
+
+MIN_REFERENCES = 10  # below this, MMD / COV / 1-NNA say little (COV over 1 reference is 100 % for any model)
+
+
+def _reference_warnings(num_references: int, num_samples: int) -> list[str]:
+    if num_references < min(MIN_REFERENCES, num_samples):
+        return [f"only {num_references} reference shape(s) in the split for {num_samples} samples: MMD / COV / 1-NNA "
+                f"over so few references are not meaningful (COV is 100 % with one); use a split with at least "
+                f"{MIN_REFERENCES} shapes (e.g. other split ratios or more data)"]
+    if num_references < num_samples:
+        return [f"{num_samples} samples scored against only {num_references} references (the whole split): COV and "
+                f"1-NNA compare sets of different sizes; pass as many samples as the split has shapes"]
+    return []
+
+
+def _equal_point_counts(points: torch.Tensor, refs: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Subsample the larger clouds (S, N, 3) / (R, N', 3) to the smaller point count, seeded, so that every
+    metric (EMD needs equal sizes) compares clouds of one density; returns both and a note ('' when equal)."""
+    n, n_ref = points.shape[1], refs.shape[1]
+    if n == n_ref:
+        return points, refs, ""
+    gen = torch.Generator().manual_seed(seed)
+    keep = min(n, n_ref)
+
+    def subsample(clouds: torch.Tensor) -> torch.Tensor:
+        return torch.stack([c[torch.randperm(c.shape[0], generator=gen)[:keep]] for c in clouds])
+
+    note = (f"samples have {n} points and references {n_ref}: the {'references' if n_ref > n else 'samples'} were "
+            f"subsampled at random to {keep} points (seed {seed}) so that all metrics compare equal sizes")
+    return (points, subsample(refs), note) if n_ref > n else (subsample(points), refs, note)
 
 
 def write_generation_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: dict[str, Any], train_dataset=None,

@@ -109,6 +109,14 @@ class TrainResult:
     resumed_from_step: int = 0
 
 
+def _changed_data_keys(old_run: Any, new_run: Any) -> list[str]:
+    """``data.<key> was <old>, now <new>`` for every key of the run configs' ``data`` nodes that differs."""
+    old, new = ((run or {}).get("data") if isinstance(run, dict) else None for run in (old_run, new_run))
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    return [f"data.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 class _LossModule(nn.Module):
     """Lets DDP hook ``model.training_loss`` (DDP only synchronises through ``forward``)."""
 
@@ -297,6 +305,11 @@ class Trainer:
         if payload["class"] != self.model.checkpoint_payload()["class"] or payload["config"] != self.model.config:
             raise ValueError(f"checkpoint {str(latest)!r} belongs to a different model ({payload['class']}, config differs); "
                              "resume needs the same model config")
+        changed = _changed_data_keys(payload.get("run_config"), self.extra_payload.get("run_config"))
+        if changed and self.dist.is_main:
+            log.warning("resuming %s with a changed data config (%s): the checkpoint was trained, and its normalisation "
+                        "fit, on the old data; keep the old values to continue it, or start a new run (another name=...)",
+                        latest, "; ".join(changed))
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.ema.load_state_dict({"num_updates": payload["ema_num_updates"], "shadow": payload["ema_state_dict"]})
