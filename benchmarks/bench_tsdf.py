@@ -9,6 +9,8 @@ the one timed (open, like a scan). Each row splits the time into the band distan
 numbers (beta 2) and their recheck (beta 8) for samples near w = 0.5, and compares with the reference measured in the same
 run: the exact brute-force winding number (O(R^3 F)), timed on ``--reference-samples`` grid samples and
 scaled to the whole grid ("est."). The sign agreement with that exact reference on those samples is printed.
+Times are CPU seconds of this process (``time.process_time``; numpy runs on one thread), so a shared, loaded
+machine gives about the times of an idle core.
 """
 
 from __future__ import annotations
@@ -43,21 +45,21 @@ def time_one(v: np.ndarray, f: np.ndarray, r: int, reference_samples: int) -> di
     b = np.asarray(tsdf_module.DEFAULT_BOUNDS)
     h = voxel_size(r)
     q = grid_points(r, dtype=torch.float64).reshape(-1, 3).numpy()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     tsdf_module._band_distances(tri, r, b, 1.01 * 3.0 * h)
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     tree = WindingOctree(tri)
     w = np.abs(tree.winding(q))
-    t2 = time.perf_counter()
+    t2 = time.process_time()
     unsure = np.abs(w - 0.5) < tsdf_module.WINDING_RECHECK
     tree.winding(q[unsure], beta=8.0)
-    t3 = time.perf_counter()
+    t3 = time.process_time()
     grid = tsdf_from_mesh((v, f), r, 3.0)
-    total = time.perf_counter() - t3
+    total = time.process_time() - t3
     pick = np.random.default_rng(0).choice(len(q), min(reference_samples, len(q)), replace=False)
-    t4 = time.perf_counter()
+    t4 = time.process_time()
     ref = np.abs(exact_winding(tri, q[pick])) > 0.5
-    ref_s = (time.perf_counter() - t4) * len(q) / len(pick)
+    ref_s = (time.process_time() - t4) * len(q) / len(pick)
     agree = float(np.mean((grid.reshape(-1).numpy()[pick] < 0) == ref))
     return dict(faces=len(f), r=r, total=total, band=t1 - t0, winding=t2 - t1, recheck=t3 - t2, unsure=int(unsure.sum()),
                 ref=ref_s, agree=agree)

@@ -214,29 +214,42 @@ def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
 def _band_distances(tri: np.ndarray, r: int, b: np.ndarray, band: float, max_pairs: int = 1 << 15) -> np.ndarray:
     """Unsigned distance (R^3,) from each grid sample to the triangles (F, 3, 3), exact within ``band`` of the
     surface and ``inf`` beyond it: each triangle is paired with the samples of its bounding box grown by
-    ``band`` (the TSDF clamps everything farther away)."""
+    ``band`` (the TSDF clamps everything farther away). A pair is evaluated only if the triangle's box is not
+    farther than the sample's nearest triangle corner (an upper bound of its distance, from a k-d tree), which
+    leaves a few of the ~(2 tau + 1)^3 triangles around each sample of a dense mesh."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
     spacing = (b[1] - b[0]) / (r - 1)
-    first = np.clip(np.ceil((tri.min(1) - band - b[0]) / spacing), 0, r - 1).astype(np.int64)
-    last = np.clip(np.floor((tri.max(1) + band - b[0]) / spacing), -1, r - 1).astype(np.int64)
+    lo, hi = tri.min(1), tri.max(1)
+    first = np.clip(np.ceil((lo - band - b[0]) / spacing), 0, r - 1).astype(np.int64)
+    last = np.clip(np.floor((hi + band - b[0]) / spacing), -1, r - 1).astype(np.int64)
     extent = np.maximum(last - first + 1, 0)  # (F, 3) samples per axis
     count = extent.prod(1)
+    samples = grid_points(r, b, dtype=torch.float64).reshape(-1, 3).numpy()
+    upper = cKDTree(tri.reshape(-1, 3)).query(samples, distance_upper_bound=band)[0]
+    # A triangle whose box is farther than this cannot matter (the margin keeps the corner itself: equal bounds).
+    reach = (np.minimum(upper, band) * (1 + 1e-9) + 1e-12) ** 2
     dist = np.full(r**3, np.inf)
-    ends = np.cumsum(count)
-    start = 0
-    while start < len(tri):
-        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - count[start] + max_pairs, side="right")))
-        ft, k = _ranges(np.arange(start, min(stop, len(tri))), count[start:stop])
-        ex = extent[ft]
-        ijk = first[ft] + np.stack([k // (ex[:, 1] * ex[:, 2]), (k // ex[:, 2]) % ex[:, 1], k % ex[:, 2]], 1)
-        flat = (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
-        np.minimum.at(dist, flat, _point_triangle_distance(b[0] + ijk * spacing, tri[ft]))
-        start = stop
+    # Triangles with the same box extent share one table of sample offsets: pairs by broadcasting, no division.
+    shapes, group = np.unique(extent, axis=0, return_inverse=True)
+    for g, shape in enumerate(shapes):
+        if not shape.prod():
+            continue
+        members = np.flatnonzero(group.reshape(-1) == g)
+        offsets = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+        flat_offsets = (offsets[:, 0] * r + offsets[:, 1]) * r + offsets[:, 2]
+        step = max(1, 4 * max_pairs // len(offsets))
+        for s in range(0, len(members), step):
+            ft = members[s:s + step]
+            flat = (((first[ft, 0] * r + first[ft, 1]) * r + first[ft, 2])[:, None] + flat_offsets[None]).reshape(-1)
+            ft = np.repeat(ft, len(offsets))
+            p = samples[flat]
+            gap = np.maximum(np.maximum(lo[ft] - p, p - hi[ft]), 0.0)
+            keep = np.flatnonzero(np.einsum("pi,pi->p", gap, gap) <= reach[flat])
+            for c in range(0, len(keep), max_pairs):
+                sel = keep[c:c + max_pairs]
+                np.minimum.at(dist, flat[sel], _point_triangle_distance(p[sel], tri[ft[sel]]))
     return dist
-
-
-def _ranges(owner: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(owner repeated count times, 0..count-1 for each owner), flattened."""
-    return np.repeat(owner, count), np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
 
 
 def _check_mesh_in_bounds(v: np.ndarray, b: np.ndarray) -> None:
