@@ -73,3 +73,20 @@ def test_resuming_with_a_changed_data_config_is_said(tmp_path, caplog):
         Trainer(ToyRegression(), ToyData(), TrainerConfig.from_dict({**cfg, "max_steps": 4, "resume": True}), tmp_path,
                 extra_payload={"run_config": changed}).fit()
     assert "changed data config" not in caplog.text  # the last checkpoint holds the new config
+
+
+def test_mixed_scale_mesh_folder_without_normalisation_warns(tmp_path):
+    """Failed before: millimetre and metre meshes in one folder, normalization 'none', MMD-CD 8.7e7 without a word."""
+    import trimesh
+
+    from shapediff.data import MeshFolder
+
+    for k, scale in enumerate((1.0, 1.2, 1000.0)):
+        trimesh.creation.icosphere(subdivisions=1, radius=0.5 * scale).export(tmp_path / f"shape{k}.ply")
+    with pytest.warns(UserWarning, match=r"shapes differ in size by 995x .*set normalization='unit_sphere' or 'bbox'"):
+        MeshFolder(tmp_path, split="all", num_points=64, pool_size=200)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MeshFolder(tmp_path, split="all", num_points=64, pool_size=200, normalization="unit_sphere")
