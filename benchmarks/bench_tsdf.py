@@ -67,7 +67,7 @@ def time_one(v: np.ndarray, f: np.ndarray, r: int, reference_samples: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--faces", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--faces", type=int, nargs="*", default=[10_000, 100_000], help="synthetic meshes (none: --faces)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--mesh", default=None, help="time this mesh too (fitted into the grid at 0.9 of its half-width)")
     parser.add_argument("--reference-samples", type=int, default=256)
