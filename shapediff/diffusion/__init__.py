@@ -5,14 +5,17 @@
   posterior, ``sample(model, shape, sampler=..., ...)``.
 - ``samplers.REGISTRY``: name -> ``SamplerSpec`` (function, default steps and spacing, accepted options); ``SAMPLERS``:
   name -> sampler function, all with one signature.
+- ``FlowMatching``: the linear-path flow-matching objective with the same interface (training_loss, sample);
+  its ODE samplers (euler / heun / midpoint) sit in ``flow_samplers``, registry ``samplers.REGISTRIES["flow"]``.
 - ``guidance``: classifier-free guidance, x0 clamping and the x0-adjusting denoiser wrappers.
 """
 
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, Posterior
+from shapediff.diffusion.flow_matching import FlowMatching
 from shapediff.diffusion.inpainting import KnownValues, known_first, leading_mask
 from shapediff.diffusion.samplers import REGISTRY, SAMPLERS, Prediction, SamplerSpec, StepSchedule, make_step_schedule
 from shapediff.diffusion.schedules import SCHEDULES, make_beta_schedule, posterior_coefficients
 
-__all__ = ["GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "REGISTRY", "SAMPLERS", "SCHEDULES", "SamplerSpec",
-           "StepSchedule", "known_first", "leading_mask", "make_beta_schedule", "make_step_schedule",
+__all__ = ["FlowMatching", "GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "REGISTRY", "SAMPLERS", "SCHEDULES",
+           "SamplerSpec", "StepSchedule", "known_first", "leading_mask", "make_beta_schedule", "make_step_schedule",
            "posterior_coefficients"]

@@ -75,6 +75,8 @@ class GaussianDiffusion:
         **schedule_kwargs: passed to the schedule, e.g. ``beta_start=1e-4, beta_end=0.02``.
     """
 
+    objective = "gaussian"  # its samplers: samplers.REGISTRIES["gaussian"]
+
     def __init__(self, schedule: str = "linear", num_timesteps: int = 1000, prediction: str = "eps",
                  posterior_variance: str = "fixedsmall", betas: Sequence[float] | torch.Tensor | None = None,
                  **schedule_kwargs: float) -> None:
@@ -202,6 +204,11 @@ class GaussianDiffusion:
     def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         """(x0, eps) implied by a model output in this diffusion's parameterisation; all (B, ...)."""
         return _split_output(self.prediction, model_output, x_t, *self._alpha_sigma(t, x_t))
+
+    def output_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model output (eps / x0 / v) that implies ``x0`` at x_t and timesteps t (B,) (x0-adjusting wrappers)."""
+        eps = self.predict_eps_from_x0(x_t, t, x0)
+        return self.training_target(x0, eps, t)
 
     def training_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the model should output for (x0, eps, t): eps, x0 or v; (B, ...)."""

@@ -56,11 +56,7 @@ class X0Adjusted(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         x0, _ = self.diffusion.split_output(self.denoiser(x_t, t, cond), x_t, t)
-        x0 = self.adjust(x0, t)
-        eps = self.diffusion.predict_eps_from_x0(x_t, t, x0)
-        if self.diffusion.prediction == "v":
-            return self.diffusion.predict_v(x0, t, eps)
-        return x0 if self.diffusion.prediction == "x0" else eps
+        return self.diffusion.output_from_x0(self.adjust(x0, t), x_t, t)
 
 
 class ClippedDenoiser(X0Adjusted):

@@ -44,7 +44,7 @@ from shapediff.diffusion.inpainting import KnownValues
 from shapediff.diffusion.schedules import posterior_coefficients
 
 __all__ = ["Prediction", "StepSchedule", "SamplerSpec", "REGISTRY", "SAMPLERS", "SPACINGS", "COMMON_OPTIONS",
-           "check_sampler_options", "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
+           "check_sampler_options", "default_sampler", "REGISTRIES", "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
            "sample_euler", "sample_heun"]
 
 
@@ -255,16 +255,32 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {name: spec.fn for name, spec
 # hold them beside ``name`` and the sampler's own options.
 COMMON_OPTIONS = ("steps", "spacing")
 
+# One registry per training objective: a sampler integrates its own objective's process, so a Gaussian sampler
+# never runs a flow-matching model or the other way round. ``shapediff.diffusion.flow_samplers`` adds "flow"
+# (euler / heun / midpoint on the flow ODE) when the package is imported.
+REGISTRIES: dict[str, dict[str, SamplerSpec]] = {"gaussian": REGISTRY}
+OBJECTIVE_COMMON_OPTIONS: dict[str, tuple[str, ...]] = {"gaussian": COMMON_OPTIONS}
 
-def check_sampler_options(name: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``options`` for sampler ``name``: each key is a common option or one the sampler declares.
 
-    Returns them as a dict; an unknown sampler or key is a ValueError naming what it accepts.
+def check_sampler_options(name: Any, options: Mapping[str, Any], objective: str = "gaussian") -> dict[str, Any]:
+    """Validate ``options`` for sampler ``name`` of ``objective`` (a key of ``REGISTRIES``): each key is a common
+    option or one the sampler declares.
+
+    Returns them as a dict; an unknown sampler or key is a ValueError naming what it accepts, and a sampler of
+    another objective (e.g. "ddpm" for a flow-matching model) says so.
     """
-    if name not in REGISTRY:
-        raise ValueError(f"sampler: expected one of {sorted(REGISTRY)}, got {name!r}")
-    accepted = (*COMMON_OPTIONS, *REGISTRY[name].options)
+    registry = REGISTRIES[objective]
+    if name not in registry:
+        others = [other for other, reg in REGISTRIES.items() if other != objective and name in reg]
+        hint = f" ({name!r} is a {others[0]} sampler; this model's objective is {objective!r})" if others else ""
+        raise ValueError(f"sampler: expected one of {sorted(registry)}, got {name!r}{hint}")
+    accepted = (*OBJECTIVE_COMMON_OPTIONS[objective], *registry[name].options)
     unknown = sorted(str(k) for k in options if k not in accepted)
     if unknown:
         raise ValueError(f"sampler options: {name!r} accepts {list(accepted)}, got unknown {unknown}")
     return dict(options)
+
+
+def default_sampler(objective: str) -> str:
+    """The sampler a model of ``objective`` uses when neither its config nor the call names one."""
+    return {"gaussian": "dpmpp_2m"}.get(objective) or next(iter(REGISTRIES[objective]))

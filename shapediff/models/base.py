@@ -14,7 +14,7 @@ Callers (the trainer, ``shapediff.evaluation``, scripts) use only the hooks belo
 - ``device``, ``config`` (plain data), ``save`` / ``load`` / ``from_config``.
 
 Sampler settings take one path: :meth:`ShapeModel.sampler_settings` merges the model's ``sampler`` config with a
-call's arguments and validates every key against ``shapediff.diffusion.samplers.REGISTRY``.
+call's arguments and validates every key against its objective's registry (``shapediff.diffusion.samplers.REGISTRIES``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 from shapediff.config import _resolve_target
 from shapediff.data.meshes import meshes_to_points
 from shapediff.devices import resolve_device
-from shapediff.diffusion.samplers import REGISTRY, check_sampler_options
+from shapediff.diffusion.samplers import REGISTRIES, check_sampler_options, default_sampler
 from shapediff.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint
 
 
@@ -80,18 +80,24 @@ class SamplerSettings(NamedTuple):
     options: dict[str, Any]
 
 
-def sampler_config(sampler: Mapping[str, Any] | None, default: Mapping[str, Any]) -> dict[str, Any]:
-    """A model's ``sampler`` config node, validated: ``name``, ``steps`` and options its sampler accepts.
+def sampler_config(sampler: Mapping[str, Any] | None, default: Mapping[str, Any],
+                   objective: str = "gaussian") -> dict[str, Any]:
+    """A model's ``sampler`` config node, validated against the samplers of its ``objective`` ("gaussian" or
+    "flow", a key of ``samplers.REGISTRIES``): ``name``, ``steps`` and options its sampler accepts. ``default``
+    is used when ``sampler`` is empty; a default of another objective gives way to the objective's own default.
 
     Configs saved before the registry carried ``eta: 0.0`` as an "unused" placeholder for samplers without
     stochasticity: that one value is dropped (it meant nothing); any other undeclared key is a ValueError.
     """
+    registry = REGISTRIES[objective]
+    if default.get("name") not in registry:
+        default = {"name": default_sampler(objective)}
     cfg = dict(sampler or default)
     name = cfg.get("name", default.get("name"))
     options = {k: v for k, v in cfg.items() if k not in ("name", "steps")}
-    if name in REGISTRY and "eta" not in REGISTRY[name].options and options.get("eta", None) == 0.0:
+    if name in registry and "eta" not in registry[name].options and options.get("eta", None) == 0.0:
         del cfg["eta"], options["eta"]
-    check_sampler_options(name, options)
+    check_sampler_options(name, options, objective)
     return cfg
 
 
@@ -111,6 +117,12 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
     def family(self) -> str:
         """The run outputs ``shapediff.evaluation`` writes at the end of training: "generation" by default."""
         return "generation"
+
+    @property
+    def objective(self) -> str:
+        """Which samplers the model's sampling process takes: a key of ``samplers.REGISTRIES`` ("gaussian" by
+        default; a model on ``FlowMatching`` says "flow")."""
+        return "gaussian"
 
     @property
     def device(self) -> torch.device:
@@ -151,10 +163,10 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
         against the sampler's registry entry (an unknown key is a ValueError).
         """
         cfg = dict(self.config.get("sampler") or {})
-        name = sampler or cfg.get("name", "dpmpp_2m")
+        name = sampler or cfg.get("name", default_sampler(self.objective))
         merged = {k: v for k, v in cfg.items() if k not in ("name", "steps")} if name == cfg.get("name") else {}
         merged.update(options)
-        merged = check_sampler_options(name, merged)
+        merged = check_sampler_options(name, merged, self.objective)
         merged.pop("steps", None)
         return SamplerSettings(name, steps if steps is not None else cfg.get("steps"), merged)
 

@@ -168,7 +168,7 @@ class LatentVoxelDiffusion(ShapeModel):
     Args:
         denoiser: config of the latent denoiser (``shapediff.denoisers.UNet3D`` with in/out channels = the
             VAE's latent channels and resolution = its latent resolution).
-        diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion`.
+        diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion` or :class:`shapediff.diffusion.FlowMatching`.
         vae: config of the VAE (architecture; weights come from ``vae_checkpoint`` or the saved state).
         vae_checkpoint: path of a stage-1 :class:`TSDFAutoencoder` checkpoint: its VAE config, grid and
             (EMA) weights are used, and the saved config of this model no longer needs the file.
@@ -213,7 +213,8 @@ class LatentVoxelDiffusion(ShapeModel):
         self.config = copy.deepcopy(_plain({
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
-            "scale_num_shapes": scale_num_shapes, "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}),
+            "scale_num_shapes": scale_num_shapes,
+            "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}, self.objective),
             "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode)}))
 
     def _check_denoiser(self) -> None:
@@ -225,6 +226,11 @@ class LatentVoxelDiffusion(ShapeModel):
             raise ValueError(f"denoiser: cannot take the VAE's (B, {c}, {r}, {r}, {r}) latents: {err}") from err
         if out.shape != probe.shape:
             raise ValueError(f"denoiser: expected an output of shape (B, {c}, {r}, {r}, {r}), got {tuple(out.shape)}")
+
+    @property
+    def objective(self) -> str:
+        """The diffusion core's objective ("gaussian" or "flow"): which samplers apply."""
+        return self.diffusion.objective
 
     @property
     def family(self) -> str:

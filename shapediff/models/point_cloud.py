@@ -27,7 +27,7 @@ class PointCloudDiffusion(ShapeModel):
 
     Args:
         denoiser: config of the network (``{"_target_": "shapediff.denoisers.PVCNN2", ...}``).
-        diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion`.
+        diffusion: config of :class:`shapediff.diffusion.GaussianDiffusion` or :class:`shapediff.diffusion.FlowMatching`.
         num_points: N, points per generated cloud.
         normalization: ``"global"`` (PVD/PointFlow: per-axis mean, scalar std of the training set)
             or ``"none"``. Fit with :meth:`fit_normalization` before training.
@@ -73,18 +73,23 @@ class PointCloudDiffusion(ShapeModel):
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "num_points": num_points,
             "normalization": normalization, "class_conditional": class_conditional, "completion": completion,
             "num_partial_points": num_partial_points,
-            "sampler": sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}),
             "frame": frame,
         }
         self.config = copy.deepcopy(_plain(self.config))
         self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
         self.diffusion = instantiate(self.config["diffusion"], where="model.diffusion")
+        self.config["sampler"] = sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}, self.objective)
         self.normalizer = PointNormalizer(normalization)
         self.num_points = num_points
         self.class_conditional = class_conditional
         self.completion = completion
         self.num_partial_points = num_partial_points
         self.frame = frame
+
+    @property
+    def objective(self) -> str:
+        """The diffusion core's objective ("gaussian" or "flow"): which samplers apply."""
+        return self.diffusion.objective
 
     @property
     def family(self) -> str:

@@ -68,7 +68,24 @@ def build_model(cfg: DictConfig | dict):
     accepted = inspect.signature(target).parameters
     parts = {"denoiser": "model", "diffusion": "diffusion", "sampler": "sampler"}
     extra = {arg: to_plain(cfg[node]) for arg, node in parts.items() if arg in accepted and node in cfg and arg not in pipeline}
+    if isinstance(extra.get("diffusion"), dict) and isinstance(extra.get("sampler"), dict):
+        extra["sampler"] = _sampler_for_objective(extra["sampler"], extra["diffusion"])
     return instantiate(pipeline, where="pipeline", **extra)
+
+
+def _sampler_for_objective(sampler: dict, diffusion: dict) -> dict:
+    """The ``sampler`` node, or the objective's default sampler when the node names a sampler of another objective
+    (``experiment=quickstart diffusion=flow_matching``: the preset's Gaussian DPM-Solver++ cannot run a flow model)."""
+    from shapediff.diffusion.samplers import REGISTRIES, default_sampler  # noqa: PLC0415
+
+    objective = getattr(_resolve_target(diffusion.get("_target_"), "diffusion"), "objective", "gaussian")
+    name = sampler.get("name")
+    if name in REGISTRIES[objective] or not any(name in reg for reg in REGISTRIES.values()):
+        return sampler  # its own objective's sampler, or an unknown name that the model reports
+    chosen = default_sampler(objective)
+    log.info("sampler %r belongs to another objective than %s's %r; sampling with %r (choose one with sampler=...)",
+             name, diffusion.get("_target_"), objective, chosen)
+    return {"name": chosen}
 
 
 def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):
