@@ -83,9 +83,12 @@ class FlowKnownValues:
 
     def __call__(self, x: torch.Tensor, level: int, generator: torch.Generator) -> torch.Tensor:
         """x with known entries replaced by their value at ``times[level]``."""
+        return self.at(x, self.times[level], generator)
+
+    def at(self, x: torch.Tensor, t: float, generator: torch.Generator) -> torch.Tensor:
+        """x with known entries replaced by their value at time ``t`` (also between the schedule's times)."""
         if self.known is None:
             return x
-        t = self.times[level]
         if self.mode == "clean" or t == 0.0:
             return torch.where(self.mask, self.known, x)
         return torch.where(self.mask, (1.0 - t) * self.known + t * randn_like(x, generator), x)
@@ -140,7 +143,7 @@ def sample_flow_heun(denoise: Denoise, x: torch.Tensor, steps: FlowSchedule, *, 
         x_euler = x + (s - t) * v
         if s == 0.0:
             return x_euler, pred.x0
-        pred_s = denoise(x_euler, s)
+        pred_s = denoise(hold.at(x_euler, s, generator), s)  # the corrector sees the known entries too
         return x + (s - t) * 0.5 * (v + _velocity(pred_s)), pred_s.x0
     return _run(step, x, steps, hold, generator, progress, callback)
 
@@ -150,7 +153,7 @@ def sample_flow_midpoint(denoise: Denoise, x: torch.Tensor, steps: FlowSchedule,
     """Explicit midpoint (RK2): x_s = x_t + (s - t) v(x_t + (s - t)/2 v(x_t, t), (t + s)/2); 2 calls per step."""
     def step(x, t, s):
         half = 0.5 * (s - t)
-        pred_mid = denoise(x + half * _velocity(denoise(x, t)), t + half)
+        pred_mid = denoise(hold.at(x + half * _velocity(denoise(x, t)), t + half, generator), t + half)
         return x + (s - t) * _velocity(pred_mid), pred_mid.x0
     return _run(step, x, steps, hold, generator, progress, callback)
 
