@@ -73,6 +73,17 @@ def build_model(cfg: DictConfig | dict):
     return instantiate(pipeline, where="pipeline", **extra)
 
 
+def build_student_from_config(cfg: DictConfig | dict):
+    """The student of ``experiment=distill``: ``teacher`` (a checkpoint) and the ``distill`` node's settings."""
+    from shapediff.training.distill import DISTILL_DEFAULTS, build_student  # noqa: PLC0415
+
+    settings = to_plain(cfg.get("distill")) or {}
+    unknown = sorted(set(settings) - set(DISTILL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"distill: unknown key(s) {unknown}; accepted: {sorted(DISTILL_DEFAULTS)}")
+    return build_student(str(cfg["teacher"]), **{**DISTILL_DEFAULTS, **settings})
+
+
 def _sampler_for_objective(sampler: dict, diffusion: dict) -> dict:
     """The ``sampler`` node, or the objective's default sampler when the node names a sampler of another objective
     (``experiment=quickstart diffusion=flow_matching``: the preset's Gaussian DPM-Solver++ cannot run a flow model)."""
@@ -181,10 +192,12 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     train_split = train_set = build_dataset(cfg, "train")  # train_split stays the raw split (retrieval baseline)
     build_dataset(cfg, cfg["evaluation"]["split"])  # every split the run needs is checked before step 1
     torch.manual_seed(trainer_cfg.seed)  # the initial weights too follow trainer.seed
-    model = build_model(cfg)
+    distilling = cfg.get("teacher") is not None  # experiment=distill: the student is a copy of the teacher
+    model = build_student_from_config(cfg) if distilling else build_model(cfg)
     if not isinstance(model, ShapeModel):
         raise ValueError(f"pipeline: expected a shapediff.models.ShapeModel, got {type(model).__name__}")
-    model.prepare(train_set)                       # e.g. fit normalisation / latent scale from the training split
+    if not distilling:  # a student keeps its teacher's normalisation / latent scale exactly
+        model.prepare(train_set)                   # e.g. fit normalisation / latent scale from the training split
     train_set = model.training_dataset(train_set)  # e.g. the split pre-encoded by a frozen autoencoder
     eval_fn = None
     if trainer_cfg.eval_every and model.can_sample:
