@@ -41,7 +41,7 @@ class SegmentDistillation:
     everything else (``sample``, ``split_output``, ``num_timesteps``, ...) is the student's :class:`FlowMatching`.
 
     Args:
-        objective: the student's (= the teacher's) FlowMatching.
+        flow: the student's (= the teacher's) FlowMatching.
         teacher: a module called as ``teacher(x_t, model time, cond)`` (the teacher's denoiser), kept frozen and out
             of the student's parameters and state_dict.
         steps_per_sample: S, student steps (= model calls with Euler).
@@ -49,33 +49,34 @@ class SegmentDistillation:
         spacing, shift: the student's times (``make_flow_schedule``); its sampler config must use the same.
     """
 
-    def __init__(self, objective: FlowMatching, teacher: Callable, steps_per_sample: int, teacher_sampler: str = "heun",
+    def __init__(self, flow: FlowMatching, teacher: Callable, steps_per_sample: int, teacher_sampler: str = "heun",
                  teacher_steps: int = 8, spacing: str = "uniform", shift: float = 3.0) -> None:
-        if not isinstance(objective, FlowMatching):
-            raise ValueError(f"teacher: expected a flow-matching model (diffusion=flow_matching), got a {type(objective).__name__} "
+        if not isinstance(flow, FlowMatching):
+            raise ValueError(f"teacher: expected a flow-matching model (diffusion=flow_matching), got a {type(flow).__name__} "
                              "objective; distil a Gaussian-diffusion model after training it with diffusion=flow_matching")
         for name, value in (("steps_per_sample", steps_per_sample), ("teacher_steps", teacher_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"distill.{name}: expected a positive int, got {value!r}")
         if teacher_sampler not in FLOW_REGISTRY:
             raise ValueError(f"distill.teacher_sampler: expected one of {sorted(FLOW_REGISTRY)}, got {teacher_sampler!r}")
-        self.objective, self.teacher = objective, teacher
+        self.flow, self.teacher = flow, teacher
         self.steps_per_sample, self.teacher_sampler, self.teacher_steps = steps_per_sample, teacher_sampler, teacher_steps
         self.times = make_flow_schedule(steps_per_sample, spacing, shift).times
 
     def __getattr__(self, name: str) -> Any:
-        if name == "objective":  # not set yet (unpickling / copying): no recursion
+        if name == "flow":  # not set yet (unpickling / copying): no recursion
             raise AttributeError(name)
-        return getattr(self.objective, name)
+        return getattr(self.flow, name)
 
     @torch.no_grad()
     def teacher_states(self, z: torch.Tensor, cond: Any = None) -> list[torch.Tensor]:
         """The teacher's ODE states at the student's times, [z, x_1, ..., x_S], each (B, ...)."""
-        self.teacher.to(z.device)
+        if isinstance(self.teacher, torch.nn.Module):
+            self.teacher.to(z.device)
         states, x = [z], z
         times = [float(t) for t in self.times]
         for start, end in zip(times[:-1], times[1:]):
-            x = self.objective.sample(self.teacher, tuple(z.shape), sampler=self.teacher_sampler, steps=self.teacher_steps,
+            x = self.flow.sample(self.teacher, tuple(z.shape), sampler=self.teacher_sampler, steps=self.teacher_steps,
                                       noise=x, start=start, end=end, cond=cond, device=z.device, seed=0)
             states.append(x)
         return states
@@ -97,7 +98,7 @@ class SegmentDistillation:
         t_a = self.times[:-1].repeat_interleave(z.shape[0]).to(z.device)
         dt = (self.times[1:] - self.times[:-1]).repeat_interleave(z.shape[0]).to(device=z.device, dtype=z.dtype)
         target = (x_b - x_a) / dt.reshape(-1, *([1] * (z.ndim - 1)))
-        out = model(x_a, self.objective.model_time(t_a), _repeat_cond(cond, steps))
+        out = model(x_a, self.flow.model_time(t_a), _repeat_cond(cond, steps))
         return ((out - target) ** 2).mean()
 
 

@@ -94,9 +94,9 @@ def _sampler_for_objective(sampler: dict, diffusion: dict) -> dict:
     if name in REGISTRIES[objective] or not any(name in reg for reg in REGISTRIES.values()):
         return sampler  # its own objective's sampler, or an unknown name that the model reports
     chosen = default_sampler(objective)
-    log.info("sampler %r belongs to another objective than %s's %r; sampling with %r (choose one with sampler=...)",
-             name, diffusion.get("_target_"), objective, chosen)
-    return {"name": chosen}
+    log.info("sampler %r belongs to another objective than %s's %r; sampling with %r, steps kept "
+             "(choose one with sampler=...)", name, diffusion.get("_target_"), objective, chosen)
+    return {"name": chosen, **({"steps": sampler["steps"]} if sampler.get("steps") is not None else {})}
 
 
 def periodic_evaluation(ref_dataset, run_dir: Path, eval_cfg: dict[str, Any]):

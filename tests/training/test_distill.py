@@ -1,0 +1,131 @@
+"""Flow-matching models through training, checkpoints and resume; few-step distillation (shapediff.training.distill).
+
+The distillation test's reference is the teacher itself: its accurate ODE solution (Heun, 16 steps) on the same
+fixed noise. The student, trained for 2 Euler calls, must land within 0.3x the error of the teacher's own 2-call
+Euler (the student's starting point: its weights are the teacher's), measured: 0.037 vs 0.28 RMS on clouds of RMS
+0.40 after 300 + 300 steps; the test runs 150 + 150.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shapediff.diffusion import FlowMatching, GaussianDiffusion
+from shapediff.models import PointCloudDiffusion
+from shapediff.models.base import load_model
+from shapediff.training.distill import SegmentDistillation, build_student
+
+ROOT = Path(__file__).resolve().parents[2]
+DEN = {"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 32, "depth": 2, "time_embed_dim": 32}
+FLOW = {"_target_": "shapediff.diffusion.FlowMatching"}
+
+
+def _rings(b: int, g: torch.Generator) -> torch.Tensor:
+    """(b, 32, 3) clouds on one of two rings (radius 0.5 or 1.5): a curved, two-mode data set."""
+    ang = torch.rand(b, 32, generator=g) * 6.283
+    r = torch.where(torch.rand(b, 1, generator=g) < 0.5, 0.5, 1.5)
+    return torch.stack([r * ang.cos(), r * ang.sin(), 0.1 * torch.randn(b, 32, generator=g)], -1)
+
+
+def _fit(model, steps: int, lr: float, g: torch.Generator, params=None) -> None:
+    opt = torch.optim.Adam(params if params is not None else model.parameters(), lr)
+    for _ in range(steps):
+        loss = model.training_loss({"points": _rings(16, g)}, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.slow
+def test_distilled_student_matches_teacher_on_fixed_noise():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    teacher = PointCloudDiffusion(denoiser=DEN, diffusion=FLOW, num_points=32, normalization="none")
+    _fit(teacher, 150, 3e-3, g)
+    teacher.eval()
+    ref = teacher.sample(16, sampler="heun", steps=16, seed=5, clip_x0=None).points
+    euler_2 = teacher.sample(16, sampler="euler", steps=2, seed=5, clip_x0=None).points
+    student = build_student(teacher, steps_per_sample=2, teacher_steps=4)
+    _fit(student, 150, 1e-3, g, student.denoiser.parameters())
+    student.eval()
+    assert student.sampler_settings() == ("euler", 2, {"spacing": "uniform"})
+    calls = []
+    student.denoiser.register_forward_hook(lambda *a: calls.append(1))
+    out = student.sample(16, seed=5, clip_x0=None).points  # the same noise as ref (same seed and shape)
+    assert len(calls) == 2
+    err = float((out - ref).pow(2).mean().sqrt())
+    base = float((euler_2 - ref).pow(2).mean().sqrt())
+    assert err < 0.3 * base and err < 0.1, (err, base)
+
+
+def test_segment_targets_are_exact_for_a_straight_teacher():
+    """A teacher with constant velocity c has straight trajectories x_t = z + (t - 1) c: the segment target is c on
+    every segment, so a student returning c has zero loss whatever S."""
+    c = torch.tensor([0.5, -1.0, 2.0])
+    teacher = lambda x, t, cond=None: c.expand_as(x)  # noqa: E731
+    for steps in (1, 3):
+        objective = SegmentDistillation(FlowMatching(), teacher, steps, "euler", 2)
+        loss = objective.training_loss(teacher, torch.zeros(4, 5, 3), generator=torch.Generator().manual_seed(0))
+        assert float(loss) < 1e-10
+
+
+def test_student_needs_a_flow_teacher():
+    model = PointCloudDiffusion(denoiser=DEN, diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion",
+                                                          "num_timesteps": 10}, num_points=8)
+    with pytest.raises(ValueError, match="flow-matching"):
+        build_student(model)
+    with pytest.raises(ValueError, match="flow-matching"):
+        SegmentDistillation(GaussianDiffusion(num_timesteps=10), model.denoiser, 2)
+
+
+def test_flow_model_checkpoint_round_trip(tmp_path):
+    model = PointCloudDiffusion(denoiser=DEN, diffusion=FLOW, num_points=16, sampler={"name": "heun", "steps": 3})
+    model.fit_normalization([{"points": torch.randn(16, 3)}])
+    _fit(model, 1, 1e-3, torch.Generator().manual_seed(0))
+    path = model.save(tmp_path / "m.pt")
+    again = load_model(path, device="cpu")
+    assert isinstance(again.diffusion, FlowMatching) and again.config == model.config
+    assert torch.equal(model.sample(2, seed=3).points, again.sample(2, seed=3).points)
+    with pytest.raises(ValueError, match="gaussian sampler"):
+        again.sample(1, sampler="dpmpp_2m")
+
+
+TINY = ["experiment=quickstart", "diffusion=flow_matching", "trainer.max_steps=4", "trainer.batch_size=4",
+        "trainer.checkpoint_every=2", "trainer.progress=false", "trainer.warmup_steps=0", "model.width=16",
+        "model.depth=1", "pipeline.num_points=64", "data.num_points=64", "evaluation.num_samples=4",
+        "evaluation.num_ply=1", "evaluation.num_meshes=0", "evaluation.preview=false", "sampler.steps=3"]
+
+
+def _train(args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_train_resume_and_distill_scripts(tmp_path):
+    """experiment=quickstart diffusion=flow_matching trains a flow model (the preset's DPM-Solver++ gives way to
+    euler, steps kept), resumes, and experiment=distill turns its checkpoint into a 2-call student."""
+    run = tmp_path / "flow"
+    proc = _train([*TINY, f"run_dir={run}"], ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _train([*TINY, "trainer.max_steps=6", "trainer.resume=true", f"run_dir={run}"], ROOT)
+    assert proc.returncode == 0 and "resumed from" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    teacher = load_model(run / "checkpoints" / "step_00000006.pt", device="cpu")
+    assert isinstance(teacher.diffusion, FlowMatching) and teacher.config["sampler"] == {"name": "euler", "steps": 3}
+    student_run = tmp_path / "student"
+    proc = _train(["experiment=distill", f"teacher={run / 'checkpoints' / 'step_00000006.pt'}",
+                   "distill.steps_per_sample=2", "distill.teacher_steps=2", "trainer.max_steps=2", "trainer.batch_size=4",
+                   "trainer.checkpoint_every=2", "trainer.progress=false", "trainer.warmup_steps=0",
+                   "data.num_points=64", "evaluation.num_samples=4", "evaluation.num_ply=1", "evaluation.num_meshes=0",
+                   "evaluation.preview=false", f"run_dir={student_run}"], ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    student = load_model(student_run / "checkpoints" / "step_00000002.pt", device="cpu")
+    assert type(student) is PointCloudDiffusion and isinstance(student.diffusion, FlowMatching)
+    assert student.sampler_settings() == ("euler", 2, {"spacing": "uniform"})
+    assert torch.equal(student.normalizer.scale, teacher.normalizer.scale)
+    assert student.sample(2, seed=0).points.shape == (2, 64, 3)
