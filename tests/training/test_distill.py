@@ -130,3 +130,23 @@ def test_train_resume_and_distill_scripts(tmp_path):
     assert student.sampler_settings() == ("euler", 2, {"spacing": "uniform"})
     assert torch.equal(student.normalizer.scale, teacher.normalizer.scale)
     assert student.sample(2, seed=0).points.shape == (2, 64, 3)
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_flow_configs_compose_and_build():
+    from shapediff.training.experiment import build_model, check_required  # noqa: PLC0415
+
+    model = build_model(_compose("experiment=quickstart", "diffusion=flow_matching"))
+    assert isinstance(model.diffusion, FlowMatching) and model.diffusion.timestep_density == "logit_normal"
+    assert model.config["sampler"] == {"name": "euler", "steps": 20}  # the preset's dpmpp_2m gave way, steps kept
+    assert model.config == type(model).from_config(model.config).config  # config round trip
+    lvd = _compose("experiment=lvd_quickstart", "diffusion=flow_matching")
+    assert lvd.diffusion["_target_"] == "shapediff.diffusion.FlowMatching"
+    with pytest.raises(ValueError, match="teacher"):
+        check_required(_compose("experiment=distill"))
