@@ -119,7 +119,7 @@ def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_
     weights when it has them) whose objective is :class:`SegmentDistillation` and whose default sampler is Euler with
     ``steps_per_sample`` steps. Its saved checkpoint loads as a normal flow-matching model of the teacher's class."""
     teacher_model = load_model(teacher, device="cpu") if not isinstance(teacher, ShapeModel) else teacher
-    if not hasattr(teacher_model, "denoiser") or not isinstance(getattr(teacher_model, "diffusion", None), FlowMatching):
+    if not isinstance(teacher_model, ShapeModel) or teacher_model.objective != "flow":
         raise ValueError(f"teacher: expected a flow-matching diffusion model (PointCloudDiffusion / LatentVoxelDiffusion trained "
                          f"with diffusion=flow_matching), got {type(teacher_model).__name__}")
     frozen = copy.deepcopy(teacher_model.denoiser).eval().requires_grad_(False)
