@@ -257,5 +257,5 @@ def test_config_round_trip():
     assert isinstance(fm, FlowMatching) and fm.timestep_density == "logit_normal"
     again = instantiate(fm.config, where="diffusion")
     assert again.config == fm.config
-    with pytest.raises(ValueError, match="unknown keyword"):
+    with pytest.raises(ValueError, match="logit_sd"):
         instantiate({**node, "logit_sd": 1.0})
