@@ -37,7 +37,7 @@ class PointCloudDiffusion(ShapeModel):
             denoiser as ``cond["partial"]``).
         num_partial_points: M, partial points the completion modes use (PVD: 200).
         sampler: default sampler settings, e.g. ``{"name": "dpmpp_2m", "steps": 20, "spacing": "logsnr"}``; every
-            key reaches the sampler (validated against ``shapediff.diffusion.samplers.REGISTRY``).
+            key reaches the sampler (validated against its objective's registry, ``shapediff.diffusion.samplers.REGISTRIES``).
         frame: the frame completion pairs are trained in (:mod:`shapediff.geometry.frames`):
             ``"data"`` (the dataset's coordinates) or ``"scan"`` (each pair mapped by its partial
             scan's centroid and RMS radius, so ``complete`` takes a scan in any position and unit).
