@@ -22,8 +22,9 @@ from shapediff.config import instantiate
 from shapediff.diffusion import FlowMatching, GaussianDiffusion
 from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, make_flow_schedule
 from shapediff.diffusion.guidance import ClippedDenoiser
+from tests.conformance.test_samplers import COVS, MEANS, WEIGHTS, _assign, _mixture_moments
 from tests.diffusion.analytic import MixtureDenoiser, binomial_tolerance, moment_tolerances, sample_moments
-from tests.diffusion.test_samplers_analytic import COV, COVS, MEANS, MU, WEIGHTS, _assign, _mixture_moments
+from tests.diffusion.test_samplers_analytic import COV, MU
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
