@@ -31,7 +31,8 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-from shapediff._optional import require_open3d
+from shapediff._optional import note_fallback, open3d_available, require_open3d
+from shapediff.geometry.closing_mesh import closing_mesh
 from shapediff.geometry.marching_cubes import keep_components
 from shapediff.geometry.mesh_io import as_points_array
 
@@ -129,6 +130,8 @@ def points_to_mesh(
     "alpha". Returns a ``trimesh.Trimesh`` in the points' coordinate frame; it may be empty when
     the method finds no surface (e.g. ball radii far below the point spacing). Raises ValueError for
     collinear points, and for coplanar points with ``method="alpha"``.
+    Where Open3D cannot be imported, "poisson" falls back to ``closing_mesh`` (no Open3D; coarser) and
+    says so (``shapediff._optional.fallbacks_used``); the other methods raise ImportError.
     """
     pts = as_points_array(points)
     if method not in RECONSTRUCTION_METHODS:
@@ -145,6 +148,11 @@ def points_to_mesh(
     center, scale = (pts.min(0) + pts.max(0)) / 2, float(np.linalg.norm(np.ptp(pts, axis=0)))
     unit = (pts - center) / scale
     _check_spread(unit, method)
+    if method == "poisson" and not open3d_available():
+        note_fallback("meshes", "closing_mesh (grid closing + marching cubes), Open3D cannot be imported")
+        mesh = closing_mesh(unit, min_component_fraction=min_component_fraction)
+        mesh.vertices = mesh.vertices * scale + center
+        return mesh
     if method == "poisson":
         o3d_mesh = _poisson(unit, normals_k, depth, density_quantile, trim)
     elif method == "ball_pivoting":
