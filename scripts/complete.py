@@ -28,8 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from shapediff._optional import fallbacks_used
 from shapediff.cli import USER_ERROR, parse_clip_x0, run_main
 from shapediff.geometry.large_scans import DEFAULT_MAX_POINTS, DOWNSAMPLE_METHODS, load_scan
+from shapediff.preflight import check_existing_file, check_writable_folder
 from shapediff.models import load_model
 from shapediff.evaluation import save_completions
 from shapediff.models.completion import METHODS
@@ -101,6 +103,12 @@ def main(argv=None) -> int:
     if args.gt is not None and len(args.scans) != 1:
         print("error: --gt: expected exactly one scan with a ground truth, got %d scans" % len(args.scans), file=sys.stderr)
         return USER_ERROR
+    check_existing_file(args.checkpoint, "checkpoint")
+    for scan in [*args.scans, *([args.gt] if args.gt is not None else [])]:
+        check_existing_file(scan, "scans" if scan is not args.gt else "--gt")
+    if args.bank is not None:
+        check_existing_file(args.bank, "--bank")
+    check_writable_folder(args.out, "--out")
     try:
         model = load_model(args.checkpoint, device=args.device)
         scans = [load_scan(s, max_points=args.max_points, method=args.downsample, seed=args.seed) for s in args.scans]
@@ -128,7 +136,8 @@ def main(argv=None) -> int:
         folder = args.out / name
         summary[str(path)] = save_completions(folder, scan, completions, ground_truth=gt,
                                               meshes=not args.no_mesh, preview=not args.no_preview)
-    print(json.dumps({"seconds": round(seconds, 2), "num_points": out.shape[-2], "outputs": summary}, indent=2))
+    print(json.dumps({"seconds": round(seconds, 2), "num_points": out.shape[-2], "outputs": summary,
+                      **({"fallbacks": fallbacks_used()} if fallbacks_used() else {})}, indent=2))
     return 0
 
 

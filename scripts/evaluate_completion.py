@@ -30,6 +30,7 @@ from shapediff.cli import USER_ERROR, run_main
 from shapediff.evaluation import COMPLETION_PROTOCOLS, get_protocol, score_completion
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.cli import parse_clip_x0
+from shapediff.preflight import check_data_config, check_existing_file, check_writable_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,11 +71,16 @@ def main(argv=None) -> int:
     from shapediff.training.experiment import build_dataset  # noqa: PLC0415
 
     seeds = args.seeds or [args.seed]
+    check_existing_file(args.checkpoint, "checkpoint")
+    if args.data_from is not None:
+        check_existing_file(args.data_from, "--data-from")
+    check_writable_folder((args.out or args.checkpoint).parent, "--out")
     try:
         data_ckpt = args.data_from or args.checkpoint
         run_config = load_checkpoint(data_ckpt).get("run_config")
         if not run_config:
             raise ValueError(f"checkpoint {str(data_ckpt)!r}: has no run_config; use a checkpoint that scripts/train.py wrote")
+        check_data_config(run_config)
         model = load_model(args.checkpoint, device=args.device)
         split = args.split or run_config.get("evaluation", {}).get("split", "val")
         start = time.perf_counter()

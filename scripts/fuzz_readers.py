@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from shapediff.cli import RUNTIME_FAILURE, run_main
+from shapediff.preflight import check_writable_folder
 
 READERS = {".ply": ("load_points", "load_mesh"), ".obj": ("load_points", "load_mesh"), ".off": ("load_points", "load_mesh"),
            ".pcd": ("load_points",), ".xyz": ("load_points",), ".npy": ("load_points",), ".pt": ("load_checkpoint",)}
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("seconds", "timeout", "mem_gb"):
         if not getattr(args, flag) > 0:  # also refuses nan
             raise ValueError(f"--{flag.replace('_', '-')}: expected a positive number, got {getattr(args, flag)}")
+    if args.keep is not None:
+        check_writable_folder(args.keep, "--keep")
     result = fuzz(args.seconds, args.seed, args.timeout, args.keep, args.mem_gb)
     summary = {k: v for k, v in result.items() if k != "findings"}
     summary["findings"] = len(result["findings"])

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
+from shapediff.preflight import check_existing_file, check_writable_folder
 from shapediff.models import load_model
 from shapediff.models.checkpoint import atomic_torch_save
 
@@ -37,6 +38,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from shapediff.geometry import save_points  # noqa: PLC0415
 
+    check_existing_file(args.checkpoint, "checkpoint")
+    check_writable_folder(args.out, "--out")
     try:
         model = load_model(args.checkpoint, device=args.device)
         start = time.perf_counter()

@@ -12,6 +12,9 @@ Exit status (shapediff.cli): 0 done; 1 training diverged, or it finished but an 
 a mesh, metrics.json, preview.png) could not be made (named on stderr; the checkpoints and every other output
 are written); 2 a config or file error (an unknown key, a key left at '???' such as data.root, a missing data
 folder, a full disk), Hydra's own included.
+Before anything is built it checks what the run needs (shapediff.preflight): data roots, a writable
+run_dir, Open3D where the data needs it (ray-cast scans, mesh TSDFs). Fallbacks used where Open3D
+cannot be imported (e.g. meshes) are printed at the end.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from shapediff.cli import RUNTIME_FAILURE, USER_ERROR
-from shapediff.training.experiment import required_values_message, run_training
+from shapediff._optional import fallbacks_used
+from shapediff.preflight import check_training_config
+from shapediff.training.experiment import check_required, required_values_message, run_training
 from shapediff.training.trainer import TrainingDiverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -39,6 +44,8 @@ def main(cfg: DictConfig) -> None:
     _started = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_required(cfg)
+        check_training_config(OmegaConf.to_container(cfg, resolve=True))
         summary = run_training(cfg)
     except TrainingDiverged as err:  # the config was fine; the run failed (shapediff.cli: exit statuses)
         print(f"error: {err}", file=sys.stderr)
@@ -49,7 +56,11 @@ def main(cfg: DictConfig) -> None:
     except (ValueError, OSError) as err:  # bad config or files; OSError also e.g. disk full on a checkpoint write
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR)
+    if fallbacks_used():
+        summary["fallbacks"] = fallbacks_used()
     print(json.dumps(summary, indent=2, default=str))
+    for feature, used in fallbacks_used().items():
+        print(f"fallback: {feature}: {used}", file=sys.stderr)
     if summary.get("output_errors"):
         for name, message in summary["output_errors"].items():
             print(f"error: {name} not written: {message}", file=sys.stderr)

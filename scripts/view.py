@@ -25,6 +25,7 @@ from pathlib import Path
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.mesh_io import MESH_SUFFIXES, POINT_SUFFIXES
+from shapediff.preflight import check_display, check_open3d, check_writable_folder
 from shapediff.viz import Camera, render, render_grid, serve, show, turntable
 
 _SUFFIXES = set(MESH_SUFFIXES) | set(POINT_SUFFIXES)
@@ -91,6 +92,11 @@ def serve_web(items: list, labels: list[str], args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.out is not None:
+            check_writable_folder(args.out.parent, "--out")
+        elif not args.web:
+            check_display("the interactive viewer (scripts/view.py without --out or --web)")
+            check_open3d("the interactive viewer (scripts/view.py without --out or --web)")
         files = collect(args.paths, args.max)
         items = [load_item(f) for f in files]
     except (FileNotFoundError, ValueError) as err:

@@ -14,6 +14,9 @@ Exit statuses, the same for every script in ``scripts/`` (tests/README.md, "Exit
 - 130 (``INTERRUPTED``): Ctrl-C.
 
 Set ``SHAPEDIFF_DEBUG=1`` to get the traceback instead of the one line.
+
+Every script imports this module before torch, so this is also where torch's OpenMP threads are told to
+sleep rather than spin when idle (``shapediff.threads.prefer_passive_openmp``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import math
 import os
 import sys
 from collections.abc import Callable
+
+from shapediff.threads import prefer_passive_openmp
+
+prefer_passive_openmp()
 
 RUNTIME_FAILURE = 1
 USER_ERROR = 2

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from shapediff.randomness import mix_seed
+from shapediff.threads import check_num_threads, configure_threads
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, all_reduce_mean
 from shapediff.training.ema import EMA
@@ -63,6 +64,7 @@ class TrainerConfig:
     progress: bool = True
     tensorboard: bool = True
     find_unused_parameters: bool = False
+    num_threads: int | str = "auto"       # CPU threads of torch: auto | torch (its default) | N (shapediff.threads)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainerConfig":
@@ -98,6 +100,7 @@ class TrainerConfig:
             raise ValueError(f"trainer.batch_size ({self.batch_size}) must be divisible by trainer.grad_accum ({self.grad_accum})")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"trainer.lr_schedule: expected one of {SCHEDULES}, got {self.lr_schedule!r}")
+        check_num_threads(self.num_threads)
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"trainer.amp: expected 'auto', 'bf16' or 'off', got {self.amp!r}")
 
@@ -146,6 +149,7 @@ class Trainer:
                  extra_payload: dict | None = None):
         self.cfg = config if isinstance(config, TrainerConfig) else TrainerConfig.from_dict(dict(config))
         self.dist = dist or DistInfo(device=_device(self.cfg.device))
+        configure_threads(self.cfg.num_threads)
         if len(dataset) == 0:
             raise ValueError("dataset: the training dataset is empty")
         if self.cfg.batch_size % (self.dist.world_size * self.cfg.grad_accum):
