@@ -1,6 +1,20 @@
 """How many CPU threads torch uses (``trainer.num_threads``), and how its OpenMP threads wait.
 
-PLACEHOLDER_DOC
+A user's machine always runs other programs. With torch's defaults (one thread per core, OpenMP
+threads that spin while they wait for work), a training step collapses as soon as one other busy
+process takes a core: the thread that shares that core holds back every parallel region while the
+others spin, burning the CPU the competitor needs too (issue 24 measured 66 ms idle and 399 ms with
+one busy process, quickstart model, 2 cores). What shapediff does:
+
+- ``OMP_WAIT_POLICY=PASSIVE`` (unless set): idle OpenMP threads sleep. It takes effect only if set
+  before torch loads; every script does it through ``shapediff.cli``.
+- ``trainer.num_threads=auto``: torch's own count (one per physical core), capped at the CPUs the
+  process may use. More threads than that only queue; fewer waste an idle machine.
+
+Measured with ``benchmarks/bench_threads.py`` (see docs/install.md, "CPU threads", for the table
+and what else ran): with the default spinning wait, 2 threads on the 2-core machine took seconds per
+step under load; with the passive wait, 2 threads were faster than 1 both alone and beside a busy
+process.
 """
 
 from __future__ import annotations

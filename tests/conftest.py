@@ -44,7 +44,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _open3d_skip_reason() -> str | None:
+    from shapediff._optional import require_open3d
+
+    try:
+        require_open3d()
+    except ImportError as err:
+        return f"needs Open3D, which cannot be imported here: {err}"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
+    if any(item.get_closest_marker("open3d") for item in items):
+        reason = _open3d_skip_reason()  # imports Open3D only when a collected test needs it
+        if reason:
+            for item in items:
+                if item.get_closest_marker("open3d"):
+                    item.add_marker(pytest.mark.skip(reason=reason))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA; none on this machine")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from shapediff.data.genre import GenReScans, backproject_depth, read_genre_depth
 from tests.data.conftest import CHAIR
+from tests._open3d import open3d_or_skip
 
 W = H = 48
 INTR = np.array([[60.0, 0.0, 23.5], [0.0, 60.0, 23.5], [0.0, 0.0, 1.0]])
@@ -31,7 +32,7 @@ def _look_at(eye: np.ndarray) -> np.ndarray:
 
 def _render(mesh, extr) -> np.ndarray:
     """(H, W) z-depth by ray casting through each pixel (0 = miss)."""
-    o3d = pytest.importorskip("open3d")
+    o3d = open3d_or_skip()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
     v, u = np.mgrid[0:H, 0:W]
@@ -67,7 +68,7 @@ def genre_root(pc15k_root, tmp_path):
 
 
 def test_backprojection_matches_open3d_and_lies_on_the_mesh(genre_root):
-    o3d = pytest.importorskip("open3d")
+    o3d = open3d_or_skip()
     views, mesh = genre_root
     folder = next((views / CHAIR).iterdir())
     cam = np.load(folder / "00_cam_params.npz")

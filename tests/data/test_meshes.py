@@ -12,10 +12,11 @@ import trimesh
 
 from shapediff.data import MeshFolder, PointCloudFolder, ShapeNetCoreMeshes, sample_surface
 from tests.data.conftest import AIRPLANE
+from tests._open3d import open3d_or_skip
 
 
 def _distance_to_mesh(mesh, points):
-    o3d = pytest.importorskip("open3d")
+    o3d = open3d_or_skip()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)),
                         o3d.core.Tensor(np.asarray(mesh.faces, np.uint32)))
@@ -232,7 +233,7 @@ def test_shapenet_core_meshes_validate(shapenet_v2_root):
 def test_tsdf_grids_of_shapenet_meshes(shapenet_v2_root):
     """The latent-voxel TSDFDataset over raw ShapeNet meshes (through ``mesh(i)``)."""
     tsdf_dataset = pytest.importorskip("shapediff.data.tsdf_dataset", reason="the latent-voxel TSDF code has not landed")
-    pytest.importorskip("open3d")
+    open3d_or_skip()
     base = {"_target_": "shapediff.data.ShapeNetCoreMeshes", "root": str(shapenet_v2_root), "categories": ["airplane"],
             "split_ratios": [1.0, 0.0, 0.0], "num_points": 256}
     ds = tsdf_dataset.TSDFDataset(base=base, split="train", resolution=16, cache_dir=None)

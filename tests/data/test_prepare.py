@@ -15,6 +15,7 @@ from shapediff.data import ShapeNetCoreMeshes, ShapeNetPC15k
 from shapediff.data.prepare import prepare_pc15k, save_array_atomic
 from tests.data.conftest import AIRPLANE, CHAIR, write_shapenet_v2
 from tests.data.test_meshes import _distance_to_mesh
+from tests._open3d import open3d_or_skip
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prepare_shapenet.py"
 
@@ -81,7 +82,7 @@ def test_prepare_uniform_over_area(tmp_path):
 
 
 def test_prepare_optional_caches(tmp_path):
-    pytest.importorskip("open3d")
+    open3d_or_skip()
     pytest.importorskip("shapediff.geometry.tsdf", reason="the latent-voxel TSDF code has not landed")
     root = write_shapenet_v2(tmp_path / "src", {CHAIR: {"ball": trimesh.creation.icosphere(subdivisions=2, radius=0.4)}})
     out = tmp_path / "PC15k"

@@ -12,10 +12,11 @@ import trimesh
 
 from shapediff.data import SYNTHETIC_CATEGORIES, SyntheticShapes
 from shapediff.data.primitives import Primitive, sample_union_surface, union_sdf
+from tests._open3d import open3d_or_skip
 
 
 def _o3d_scene(mesh):
-    o3d = pytest.importorskip("open3d")
+    o3d = open3d_or_skip()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
                         o3d.core.Tensor(mesh.faces.astype(np.uint32)))

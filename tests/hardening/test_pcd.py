@@ -12,6 +12,7 @@ import pytest
 
 from shapediff.geometry import load_points
 from shapediff.geometry.pcd import parse_pcd_header
+from tests._open3d import open3d_or_skip
 
 HEADER = {
     "VERSION": "0.7", "FIELDS": "x y z", "SIZE": "4 4 4", "TYPE": "F F F", "COUNT": "1 1 1", "WIDTH": "2",
@@ -103,7 +104,7 @@ def test_known_crashers_do_not_crash_the_process(tmp_path):
 @pytest.mark.parametrize("ascii_, compressed", [(True, False), (False, False), (False, True)],
                          ids=["ascii", "binary", "binary_compressed"])
 def test_open3d_written_files_read_exactly(tmp_path, ascii_, compressed):
-    o3d = pytest.importorskip("open3d")
+    o3d = open3d_or_skip()
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(64, 3)) * 1e3
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
