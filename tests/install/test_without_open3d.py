@@ -32,7 +32,7 @@ def test_quickstart_writes_every_output_without_open3d(no_open3d_env, tmp_path):
     out = run_script(["scripts/train.py", "experiment=quickstart", f"run_dir={run_dir}", "trainer.max_steps=4",
                       "trainer.checkpoint_every=2", "trainer.progress=false", "evaluation.num_samples=8",
                       "evaluation.batch_size=8"], no_open3d_env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode in (0, 1), out.stderr[-3000:]  # 1: an end-of-run output is missing (checked below)
     summary = _summary(out.stdout)
     assert "closing_mesh" in summary["fallbacks"]["meshes"]  # it says which fallback it used
     assert "fallback: meshes:" in out.stderr
@@ -52,6 +52,7 @@ def test_quickstart_writes_every_output_without_open3d(no_open3d_env, tmp_path):
         skip_unless_previews_render(no_open3d_env, tmp_path)
         pytest.fail(f"preview.png missing although previews render without Open3D:\n{out.stderr[-2000:]}")
     _check_png(run_dir / "preview.png")
+    assert out.returncode == 0 and not summary.get("output_errors"), out.stderr[-3000:]
 
 
 def _tiny_completion_model(path) -> None:
