@@ -103,13 +103,13 @@ def main(argv=None) -> int:
     if args.gt is not None and len(args.scans) != 1:
         print("error: --gt: expected exactly one scan with a ground truth, got %d scans" % len(args.scans), file=sys.stderr)
         return USER_ERROR
-    check_existing_file(args.checkpoint, "checkpoint")
-    for scan in [*args.scans, *([args.gt] if args.gt is not None else [])]:
-        check_existing_file(scan, "scans" if scan is not args.gt else "--gt")
-    if args.bank is not None:
-        check_existing_file(args.bank, "--bank")
-    check_writable_folder(args.out, "--out")
     try:
+        check_existing_file(args.checkpoint, "checkpoint")
+        for scan in [*args.scans, *([args.gt] if args.gt is not None else [])]:
+            check_existing_file(scan, "scans" if scan is not args.gt else "--gt")
+        if args.bank is not None:
+            check_existing_file(args.bank, "--bank")
+        check_writable_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
         scans = [load_scan(s, max_points=args.max_points, method=args.downsample, seed=args.seed) for s in args.scans]
         frame = args.frame

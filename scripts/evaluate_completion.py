@@ -71,11 +71,11 @@ def main(argv=None) -> int:
     from shapediff.training.experiment import build_dataset  # noqa: PLC0415
 
     seeds = args.seeds or [args.seed]
-    check_existing_file(args.checkpoint, "checkpoint")
-    if args.data_from is not None:
-        check_existing_file(args.data_from, "--data-from")
-    check_writable_folder((args.out or args.checkpoint).parent, "--out")
     try:
+        check_existing_file(args.checkpoint, "checkpoint")
+        if args.data_from is not None:
+            check_existing_file(args.data_from, "--data-from")
+        check_writable_folder((args.out or args.checkpoint).parent, "--out")
         data_ckpt = args.data_from or args.checkpoint
         run_config = load_checkpoint(data_ckpt).get("run_config")
         if not run_config:

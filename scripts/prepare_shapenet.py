@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tsdf-resolution", type=int, default=0, help="R for a TSDF cache in OUT.tsdf<R>/ (0 = off)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    check_existing_folder(args.source, "source")
-    check_writable_folder(args.output, "output")
-    if args.partial_views or args.tsdf_resolution:
-        check_open3d("--partial-views (ray-cast scans) and --tsdf-resolution (mesh distances)")
     try:
+        check_existing_folder(args.source, "source")
+        check_writable_folder(args.output, "output")
+        if args.partial_views or args.tsdf_resolution:
+            check_open3d("--partial-views (ray-cast scans) and --tsdf-resolution (mesh distances)")
         report = prepare_pc15k(args.source, args.output, categories=args.categories, num_points=args.num_points,
                                split_ratios=args.split_ratios, workers=args.workers, seed=args.seed,
                                partial_views=args.partial_views, tsdf_resolution=args.tsdf_resolution,

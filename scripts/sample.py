@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from shapediff.geometry import save_points  # noqa: PLC0415
 
-    check_existing_file(args.checkpoint, "checkpoint")
-    check_writable_folder(args.out, "--out")
     try:
+        check_existing_file(args.checkpoint, "checkpoint")
+        check_writable_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
         start = time.perf_counter()
         samples = model.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
