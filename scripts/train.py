@@ -13,7 +13,7 @@ a mesh, metrics.json, preview.png) could not be made (named on stderr; the check
 are written); 2 a config or file error (an unknown key, a key left at '???' such as data.root, a missing data
 folder, a full disk), Hydra's own included.
 Before anything is built it checks what the run needs (shapediff.preflight): data roots, a writable
-run_dir, Open3D where the data needs it (ray-cast scans, mesh TSDFs). Fallbacks used where Open3D
+run_dir, Open3D where the data needs it (virtual partial scans, mesh TSDFs). Fallbacks used where Open3D
 cannot be imported (e.g. meshes) are printed at the end.
 """
 

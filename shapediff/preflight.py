@@ -89,13 +89,13 @@ def _target(node: dict) -> str:
 def open3d_needs_of_config(cfg: dict) -> list[str]:
     """What in a plain (resolved) training config needs Open3D, one phrase each (empty: nothing).
 
-    Ray-cast partial scans (``PartialScans`` with method raycast) cast rays at meshes with Open3D;
+    Partial scans (``PartialScans``: ray casting at meshes and hidden-point removal both run in Open3D);
     a ``TSDFDataset`` whose source is meshes computes distances with Open3D.
     """
     needs = []
     for key, node in _nodes(cfg):
-        if _target(node) == "PartialScans" and node.get("method", "auto") == "raycast":
-            needs.append(f"{key}: ray-cast partial scans (method=raycast; method=hpr needs no Open3D)")
+        if _target(node) == "PartialScans":
+            needs.append(f"{key}: virtual partial scans (ray casting or hidden-point removal)")
         if _target(node) == "TSDFDataset" and node.get("source", "auto") == "mesh":
             needs.append(f"{key}: TSDF grids of meshes (source=mesh)")
     return needs

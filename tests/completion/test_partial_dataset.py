@@ -10,6 +10,8 @@ from torch.utils.data import Dataset
 
 from shapediff.data.partial import PartialScans
 
+pytestmark = pytest.mark.open3d  # virtual scans: Open3D's ray casting and hidden-point removal
+
 
 class _Meshes(Dataset):
     """Two simple solids with surface samples, exposing mesh(index) like SyntheticShapes."""

@@ -8,6 +8,8 @@ import torch
 import trimesh
 
 from shapediff.geometry.partial_scan import (
+
+pytestmark = pytest.mark.open3d  # virtual scans: Open3D's ray casting and hidden-point removal
     hidden_point_removal,
     random_viewpoint,
     resample_points,

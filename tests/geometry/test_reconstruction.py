@@ -37,6 +37,7 @@ def sphere() -> trimesh.Trimesh:
     return trimesh.creation.icosphere(subdivisions=5, radius=0.5)
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_poisson_sphere_from_noisy_samples(sphere):
     pts = torch.from_numpy(_noisy_samples(sphere)).float()  # a tensor, like a diffusion sample
     mesh = points_to_mesh(pts)
@@ -52,6 +53,7 @@ def test_poisson_sphere_from_noisy_samples(sphere):
 
 
 @pytest.mark.parametrize("name,bound", [("bunny.ply", 0.02), ("model24765.obj", 0.035)])
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_poisson_real_meshes(shared_data, name, bound):
     source = _unit_diagonal(trimesh.load(shared_data / "trimesh_models" / "objects" / name, force="mesh"))
     mesh = points_to_mesh(_noisy_samples(source))
@@ -62,12 +64,14 @@ def test_poisson_real_meshes(shared_data, name, bound):
 
 
 @pytest.mark.parametrize("method,bound", [("ball_pivoting", 0.025), ("alpha", 0.03)])
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_other_methods_on_sphere(sphere, method, bound):
     mesh = points_to_mesh(_noisy_samples(sphere), method=method)
     assert len(mesh.faces) > 500
     assert _chamfer(mesh.sample(20000, seed=3), sphere.sample(20000, seed=2)) < bound  # measured 0.0205 / 0.0230
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_density_trimming_removes_surface(sphere):
     pts = _noisy_samples(sphere, n=1024)
     full = points_to_mesh(pts, trim=None, min_component_fraction=0.0)
@@ -88,6 +92,7 @@ def test_invalid_arguments(points, kwargs, match):
         points_to_mesh(points, **kwargs)
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_scale_equivariant(sphere):
     pts = _noisy_samples(sphere, n=1024)
     base = points_to_mesh(pts, method="ball_pivoting")
@@ -99,6 +104,7 @@ def test_scale_equivariant(sphere):
     assert cKDTree(base.vertices).query(back)[0].max() < 1e-6  # vertices are input points: same set
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_planar_cloud_falls_back_to_centroid_orientation():
     rng = np.random.default_rng(0)
     plane = np.c_[rng.uniform(size=(1024, 2)), np.zeros(1024)]  # Qhull rejects it for MST orientation

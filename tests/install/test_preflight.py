@@ -57,15 +57,14 @@ def test_display(monkeypatch):
 def test_open3d_missing_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(preflight, "open3d_available", lambda: False)
     monkeypatch.setattr(preflight, "require_open3d", lambda: (_ for _ in ()).throw(ImportError("blocked")))
-    with pytest.raises(PreflightError, match="ray-cast scans needs Open3D: blocked"):
-        preflight.check_open3d("ray-cast scans")
+    with pytest.raises(PreflightError, match="virtual scans needs Open3D: blocked"):
+        preflight.check_open3d("virtual scans")
 
 
 def test_which_configs_need_open3d():
     assert preflight.open3d_needs_of_config(_config("experiment=quickstart")) == []
     needs = preflight.open3d_needs_of_config(_config("experiment=completion_quickstart"))
-    assert len(needs) == 1 and needs[0].startswith("data: ray-cast partial scans")
-    assert preflight.open3d_needs_of_config(_config("experiment=completion_quickstart", "data.method=hpr")) == []
+    assert needs == ["data: virtual partial scans (ray casting or hidden-point removal)"]
     assert preflight.open3d_needs_of_config(_config("data=shapenet_tsdf", "data.base.root=/x")) == [
         "data: TSDF grids of meshes (source=mesh)"]
 

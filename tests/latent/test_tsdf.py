@@ -46,6 +46,7 @@ def test_tsdf_from_sdf_matches_closed_form(sdf):
 
 
 @pytest.mark.parametrize("sign", ["open3d", "winding"])
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_box_mesh_distance_and_sign_exact(sign):
     half = (0.4, 0.3, 0.5)
     mesh = trimesh.creation.box(extents=[2 * h for h in half])
@@ -56,6 +57,7 @@ def test_box_mesh_distance_and_sign_exact(sign):
 
 
 @pytest.mark.parametrize("sign", ["open3d", "winding"])
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_sphere_mesh_close_to_analytic(sign):
     mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     got = tsdf_from_mesh(mesh, 24, 3.0, sign=sign)
@@ -65,6 +67,7 @@ def test_sphere_mesh_close_to_analytic(sign):
     assert ((got < 0) != (ref < 0)).sum() == 0
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_winding_sign_survives_holes():
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
     holed = trimesh.Trimesh(mesh.vertices, mesh.faces[40:], process=False)  # a hole of 40 faces
@@ -86,6 +89,7 @@ def test_winding_number_values():
     assert torch.allclose(w_flipped, -w, atol=1e-9)
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_sparse_winding_sign_equals_dense_on_real_open_mesh(shared_data):
     """The sparse evaluation (near band + components) agrees with the dense brute force everywhere."""
     mesh = trimesh.load(shared_data / "trimesh_models" / "objects" / "suzanne.ply", force="mesh")
@@ -122,6 +126,7 @@ def test_bad_sources():
         tsdf_from_mesh(trimesh.creation.box(), 8, sign="parity")
 
 
+@pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
 def test_partial_scan_tsdf_known_voxels_are_right():
     from shapediff.geometry import virtual_scan
     from shapediff.geometry.tsdf import partial_points_to_tsdf
