@@ -84,7 +84,7 @@ def test_train_stops_before_training_on_a_missing_data_root(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["scripts/sample.py", "{tmp}/none.pt"], "checkpoint: expected an existing file"),
     (["scripts/complete.py", "{tmp}/none.pt", "{tmp}/scan.npy"], "checkpoint: expected an existing file"),
-    (["scripts/view.py", "{tmp}"], "the interactive viewer (scripts/view.py without --out) needs a display"),
+    (["scripts/view.py", "{tmp}"], "the interactive viewer (scripts/view.py without --out or --web) needs a display"),
     (["scripts/prepare_shapenet.py", "{tmp}/none", "{tmp}/out"], "source: expected an existing folder"),
 ])
 def test_scripts_fail_fast(tmp_path, args, message):
