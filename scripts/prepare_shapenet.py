@@ -20,7 +20,7 @@ from pathlib import Path
 from shapediff.cli import RUNTIME_FAILURE, USER_ERROR, run_main
 from shapediff.data.prepare import prepare_pc15k
 from shapediff.io_atomic import write_text_atomic
-from shapediff.preflight import check_existing_folder, check_open3d, check_writable_folder
+from shapediff.preflight import check_open3d, check_writable_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        check_existing_folder(args.source, "source")
-        check_writable_folder(args.output, "output")
+        check_writable_folder(args.output, "output")  # the source is checked first thing by prepare_pc15k
         if args.partial_views or args.tsdf_resolution:
             check_open3d("--partial-views (ray-cast scans) and --tsdf-resolution (mesh distances)")
         report = prepare_pc15k(args.source, args.output, categories=args.categories, num_points=args.num_points,

@@ -29,7 +29,7 @@ def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
     """Create ``path`` if needed and prove a file can be written in it; returns it as a Path."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise PreflightError(f"{what}: {str(folder)!r} is a file, expected a folder")
+        raise PreflightError(f"{what}: File exists: {str(folder)!r} is a file, expected a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".preflight-"):
@@ -41,17 +41,19 @@ def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
 
 def check_existing_folder(path: str | os.PathLike, what: str) -> Path:
     folder = Path(path)
+    if not folder.exists():
+        raise PreflightError(f"{what}: no such folder {str(folder)!r}")
     if not folder.is_dir():
-        state = "is a file" if folder.exists() else "does not exist"
-        raise PreflightError(f"{what}: expected an existing folder, {str(folder)!r} {state}")
+        raise PreflightError(f"{what}: {str(folder)!r} is a file, expected a folder")
     return folder
 
 
 def check_existing_file(path: str | os.PathLike, what: str) -> Path:
     file = Path(path)
+    if not file.exists():
+        raise PreflightError(f"{what}: no such file {str(file)!r}")
     if not file.is_file():
-        state = "is a folder" if file.is_dir() else "does not exist"
-        raise PreflightError(f"{what}: expected an existing file, {str(file)!r} {state}")
+        raise PreflightError(f"{what}: {str(file)!r} is a folder, expected a file")
     return file
 
 

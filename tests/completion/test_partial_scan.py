@@ -8,14 +8,14 @@ import torch
 import trimesh
 
 from shapediff.geometry.partial_scan import (
-
-pytestmark = pytest.mark.open3d  # virtual scans: Open3D's ray casting and hidden-point removal
     hidden_point_removal,
     random_viewpoint,
     resample_points,
     virtual_scan,
     visible_subset,
 )
+
+pytestmark = pytest.mark.open3d  # virtual scans: Open3D's ray casting and hidden-point removal
 
 
 def _first_hit_brute_force(origin: np.ndarray, dirs: np.ndarray, tris: np.ndarray) -> np.ndarray:

@@ -98,6 +98,7 @@ def test_parse_clip_x0():
             parse_clip_x0(bad)
 
 
+@pytest.mark.open3d  # Open3D's ray casting / mesh distances
 def test_held_out_scans_one_view_per_shape_and_shape_bank():
     shapes = SyntheticShapes(num_shapes=3, num_points=N, split="val", pool_size=400, mesh_resolution=24,
                              categories=["box", "chair", "mug"])

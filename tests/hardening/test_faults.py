@@ -181,7 +181,8 @@ def _half_then_fail(exc):
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")],
                          ids=["interrupt", "disk_full"])
-@pytest.mark.parametrize("name", sorted(EXPORTS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.open3d) if n.endswith(".pcd") else n  # Open3D writes .pcd
+                                  for n in sorted(EXPORTS)])
 def test_interrupted_export_leaves_old_file_or_nothing(tmp_path, monkeypatch, name, exc):
     export = EXPORTS[name]
     old, new = np.random.default_rng(0).random((64, 3)), np.random.default_rng(1).random((64, 3)) + 5

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_readers.py"
 
 
@@ -19,6 +21,7 @@ def _load():
     return mod
 
 
+@pytest.mark.open3d  # the fuzzed readers include Open3D's (compressed .pcd)
 def test_fuzz_readers_smoke(tmp_path):
     mod = _load()
     res = mod.fuzz(5.0, seed=1, timeout=20.0, keep=tmp_path / "findings", verbose=False)

@@ -255,7 +255,7 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
-@pytest.mark.parametrize("suffix", [".ply", ".pcd", ".npy", ".xyz", ".obj"])
+@pytest.mark.parametrize("suffix", [".ply", pytest.param(".pcd", marks=pytest.mark.open3d), ".npy", ".xyz", ".obj"])
 def test_load_points_corrupt_file(tmp_path, suffix, kind):
     bad = tmp_path / f"bad{suffix}"
     bad.write_bytes(CORRUPTIONS[kind](_write_valid(tmp_path, suffix)))
@@ -591,7 +591,7 @@ def test_load_points_beyond_float32_range(tmp_path):
     assert str(f) in str(err.value) and "<= 1e+15" in str(err.value) and "of 1e+39" in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("suffix", [".xyz", ".npy", ".ply", ".pcd"])
+@pytest.mark.parametrize("suffix", [".xyz", ".npy", ".ply", pytest.param(".pcd", marks=pytest.mark.open3d)])
 def test_load_points_refuses_coordinates_above_the_float32_bound(tmp_path, suffix):
     """float32 holds 2e15, but squared distances from it overflow: load_points returned it and the
     models refused it later, without the file's name. Refused at load time: file, bound and max."""

@@ -129,7 +129,7 @@ CASES = {
         (["{ok.pt}", "{bad_count.pcd}"], "'{bad_count.pcd}': ValueError: PCD header COUNT"),
         (["{ok.pt}", "{huge.xyz}", "--steps", "2"], "expected |coordinates| <= 1e+15"),
         (["{ok.pt}", "{ok.xyz}", "--n", "1", "--steps", "2", "--no-preview", "--no-mesh", "--out", "{a_file}"],
-         "Not a directory"),
+         "File exists: '{a_file}'"),  # checked before the model loads (shapediff.preflight)
     ],
     "evaluate_completion.py": [
         (["{missing.pt}"], "no such file '{missing.pt}'"),
@@ -185,7 +185,7 @@ TRAIN = ["experiment=quickstart", "trainer.max_steps=1", "trainer.progress=false
         (["+trainer.nonsense=1"], "error: trainer: unknown key(s) ['nonsense']"),
         (["+model.nonsense=1"], "error: model.denoiser: unknown key(s) ['nonsense']"),
         (["trainer.nonsense=1"], "Could not override 'trainer.nonsense'"),  # Hydra's own message
-        (["data=shapenet_pc15k", "data.root=/nonexistent/PC15k"], "error: root: no such folder '/nonexistent/PC15k'"),
+        (["data=shapenet_pc15k", "data.root=/nonexistent/PC15k"], "error: data.root: no such folder '/nonexistent/PC15k'"),
         (["data=shapenet_pc15k"], "error: data.root is required (the config leaves it at '???'); set it in the config "
                                   "or on the command line, e.g. python scripts/train.py ... data.root=/path/to/..."),
         (["data=nonexistent_group"], "Could not find 'data/nonexistent_group'"),  # Hydra's own message

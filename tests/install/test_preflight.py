@@ -21,7 +21,7 @@ def _config(*overrides: str) -> dict:
 def test_writable_folder(tmp_path):
     assert preflight.check_writable_folder(tmp_path / "a" / "b", "run_dir").is_dir()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PreflightError, match="run_dir: .* is a file"):
+    with pytest.raises(PreflightError, match="run_dir: File exists: .* is a file"):
         preflight.check_writable_folder(tmp_path / "file", "run_dir")
     with pytest.raises(PreflightError, match="run_dir: cannot write"):
         preflight.check_writable_folder(tmp_path / "file" / "sub", "run_dir")
@@ -38,9 +38,9 @@ def test_read_only_folder_is_refused(tmp_path):
 
 
 def test_existing_paths(tmp_path):
-    with pytest.raises(PreflightError, match="data.root: expected an existing folder, .* does not exist"):
+    with pytest.raises(PreflightError, match="data.root: no such folder .*nope'"):
         preflight.check_existing_folder(tmp_path / "nope", "data.root")
-    with pytest.raises(PreflightError, match="checkpoint: expected an existing file, .* is a folder"):
+    with pytest.raises(PreflightError, match="checkpoint: .* is a folder, expected a file"):
         preflight.check_existing_file(tmp_path, "checkpoint")
 
 
@@ -75,17 +75,16 @@ def test_train_stops_before_training_on_a_missing_data_root(tmp_path):
     out = run_script(["scripts/train.py", "experiment=quickstart", "data=shapenet_pc15k",
                       f"data.root={tmp_path / 'missing'}", f"run_dir={run_dir}"], dict(os.environ), timeout=300)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1] == f"error: data.root: expected an existing folder, " \
-                                                  f"{str(tmp_path / 'missing')!r} does not exist"
+    assert out.stderr.strip().splitlines()[-1] == f"error: data.root: no such folder {str(tmp_path / 'missing')!r}"
     assert not (run_dir / "checkpoints").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
-    (["scripts/sample.py", "{tmp}/none.pt"], "checkpoint: expected an existing file"),
-    (["scripts/complete.py", "{tmp}/none.pt", "{tmp}/scan.npy"], "checkpoint: expected an existing file"),
+    (["scripts/sample.py", "{tmp}/none.pt"], "checkpoint: no such file"),
+    (["scripts/complete.py", "{tmp}/none.pt", "{tmp}/scan.npy"], "checkpoint: no such file"),
+    (["scripts/evaluate.py", "{tmp}/none.pt", "--data-root", "{tmp}/nowhere"], "checkpoint: no such file"),
     (["scripts/view.py", "{tmp}"], "the interactive viewer (scripts/view.py without --out or --web) needs a display"),
-    (["scripts/prepare_shapenet.py", "{tmp}/none", "{tmp}/out"], "source: expected an existing folder"),
 ])
 def test_scripts_fail_fast(tmp_path, args, message):
     env = dict(os.environ)

@@ -48,6 +48,7 @@ class _Meshes(torch.utils.data.Dataset):
         return self.meshes[i]
 
 
+@pytest.mark.open3d  # Open3D's ray casting / mesh distances
 def test_mesh_source_and_object_base(tmp_path):
     ds = TSDFDataset(_Meshes(), resolution=10, cache_dir=tmp_path, cache_key="two-meshes")
     assert ds.source == "mesh"
