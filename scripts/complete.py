@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         print("error: --gt: expected exactly one scan with a ground truth, got %d scans" % len(args.scans), file=sys.stderr)
         return USER_ERROR
     try:
-        check_existing_file(args.checkpoint, "checkpoint")
+        check_existing_file(args.checkpoint, "checkpoint", folder_ok=True)  # a file or a model directory
         for scan in [*args.scans, *([args.gt] if args.gt is not None else [])]:
             check_existing_file(scan, "scans" if scan is not args.gt else "--gt")
         if args.bank is not None:

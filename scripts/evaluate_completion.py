@@ -72,9 +72,9 @@ def main(argv=None) -> int:
 
     seeds = args.seeds or [args.seed]
     try:
-        check_existing_file(args.checkpoint, "checkpoint")
+        check_existing_file(args.checkpoint, "checkpoint", folder_ok=True)  # a file or a model directory
         if args.data_from is not None:
-            check_existing_file(args.data_from, "--data-from")
+            check_existing_file(args.data_from, "--data-from", folder_ok=True)
         check_writable_folder((args.out or args.checkpoint).parent, "--out")
         data_ckpt = args.data_from or args.checkpoint
         run_config = load_checkpoint(data_ckpt).get("run_config")

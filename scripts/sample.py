@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from shapediff.geometry import save_points  # noqa: PLC0415
 
     try:
-        check_existing_file(args.checkpoint, "checkpoint")
+        check_existing_file(args.checkpoint, "checkpoint", folder_ok=True)  # a file or a model directory
         check_writable_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
         start = time.perf_counter()

@@ -48,11 +48,12 @@ def check_existing_folder(path: str | os.PathLike, what: str) -> Path:
     return folder
 
 
-def check_existing_file(path: str | os.PathLike, what: str) -> Path:
+def check_existing_file(path: str | os.PathLike, what: str, *, folder_ok: bool = False) -> Path:
+    """``path`` exists and is a file (or a folder, with ``folder_ok``: e.g. a model directory)."""
     file = Path(path)
     if not file.exists():
         raise PreflightError(f"{what}: no such file {str(file)!r}")
-    if not file.is_file():
+    if not file.is_file() and not (folder_ok and file.is_dir()):
         raise PreflightError(f"{what}: {str(file)!r} is a folder, expected a file")
     return file
 
