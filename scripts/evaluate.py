@@ -30,6 +30,7 @@ from shapediff.models import load_model
 from shapediff.models.pretrained import read_run_config
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.metrics.registry import generation_distances
+from shapediff.preflight import check_existing_file, check_existing_folder, check_writable_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +61,13 @@ def main(argv=None) -> int:
         print("error: give either CHECKPOINT or both --samples and --refs", file=sys.stderr)
         return USER_ERROR
     try:
+        for path, what in ((args.checkpoint, "checkpoint"), (args.samples, "--samples"), (args.refs, "--refs")):
+            if path is not None:
+                check_existing_file(path, what, folder_ok=what == "checkpoint")  # a file or a model directory
+        if args.data_root is not None:
+            check_existing_folder(args.data_root, "--data-root")
+        if args.out is not None:
+            check_writable_folder(args.out.parent, "--out")
         if args.samples is not None or args.protocol is not None:
             metrics = _evaluate_protocol(args)
             names = list(get_protocol(metrics["protocol"]).metrics)
