@@ -132,6 +132,14 @@ def remove_stale_temp_files(folder: str | os.PathLike, depth: int = 1) -> list[P
     return removed
 
 
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and remove one hidden temporary file in ``folder``: raises ``OSError`` where nothing can be
+    written there (a read-only mount, missing permissions, a full disk)."""
+    fd, tmp = _temp_file(Path(folder) / ".probe", keep_suffix=False)
+    os.close(fd)
+    tmp.unlink()
+
+
 def file_kind(path: str | os.PathLike) -> str:
     """What ``path`` is, for error messages about a file that is not a regular one ("a directory", "a
     character device (e.g. /dev/zero)", ...); links are followed, and the link is named."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from shapediff._optional import open3d_available, require_open3d
+from shapediff.io_atomic import file_kind, probe_writable
 
 __all__ = ["PreflightError", "check_data_config", "check_display", "check_existing_file", "check_existing_folder",
            "check_open3d", "check_training_config", "check_writable_folder", "open3d_needs_of_config"]
@@ -32,8 +32,7 @@ def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
         raise PreflightError(f"{what}: File exists: {str(folder)!r} is a file, expected a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".preflight-"):
-            pass
+        probe_writable(folder)
     except OSError as err:
         raise PreflightError(f"{what}: cannot write into {str(folder)!r} ({err.strerror or err})") from err
     return folder
@@ -54,7 +53,7 @@ def check_existing_file(path: str | os.PathLike, what: str, *, folder_ok: bool =
     if not file.exists():
         raise PreflightError(f"{what}: no such file {str(file)!r}")
     if not file.is_file() and not (folder_ok and file.is_dir()):
-        raise PreflightError(f"{what}: {str(file)!r} is a folder, expected a file")
+        raise PreflightError(f"{what}: {str(file)!r} is {file_kind(file)}, expected a file")
     return file
 
 

@@ -40,7 +40,7 @@ def test_read_only_folder_is_refused(tmp_path):
 def test_existing_paths(tmp_path):
     with pytest.raises(PreflightError, match="data.root: no such folder .*nope'"):
         preflight.check_existing_folder(tmp_path / "nope", "data.root")
-    with pytest.raises(PreflightError, match="checkpoint: .* is a folder, expected a file"):
+    with pytest.raises(PreflightError, match="checkpoint: .* is a directory, expected a file"):
         preflight.check_existing_file(tmp_path, "checkpoint")
 
 
