@@ -30,7 +30,8 @@ def test_lvd_quickstart_iou_latents_completion_and_samples(tmp_path):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=lvd_quickstart", f"run_dir={tmp_path}",
                                                       f"data.cache_dir={tmp_path / 'cache'}", "trainer.progress=false",
-                                                      "trainer.tensorboard=false", "evaluation.preview=false"])
+                                                      "trainer.tensorboard=false", "evaluation.preview=false",
+                                                      "evaluation.num_samples=32"])  # the bars below: 32 vs 32
     summary = run_training(cfg)
     assert summary["stages"]["vae"]["metrics"]["iou"] >= IOU_VAE, summary["stages"]["vae"]["metrics"]
 
