@@ -48,3 +48,17 @@ def test_a_moved_target_still_builds_the_class_from_its_new_home():
     assert MOVED_TARGETS[old] == "shapediff.denoisers.KnownIndicatorDenoiser"
     inner = {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": 8, "depth": 1, "time_embed_dim": 8}
     assert isinstance(instantiate({"_target_": old, "num_known": 2, "denoiser": inner}), KnownIndicatorDenoiser)
+
+
+def test_quickstart_is_the_preset_measured_in_docs_quickstart_quality():
+    """The figures of docs/quickstart_quality.md belong to this preset; change both together."""
+    cfg = _compose("experiment=quickstart")
+    assert cfg.diffusion.prediction == "v" and cfg.model.width == 96 and cfg.model.depth == 4
+    assert (cfg.trainer.batch_size, cfg.trainer.max_steps, cfg.trainer.lr, cfg.trainer.ema_decay) == (32, 2400, 1e-3, 0.995)
+    assert cfg.pipeline.num_points == cfg.data.num_points == 512 and cfg.data.num_shapes == 240
+
+
+@pytest.mark.parametrize("experiment", [None, "quickstart", "lvd_quickstart"])
+def test_generation_is_scored_on_128_samples_against_128_references(experiment):
+    cfg = _compose(*([f"experiment={experiment}"] if experiment else []))
+    assert cfg.evaluation.num_samples == 128 and cfg.evaluation.split == "val"

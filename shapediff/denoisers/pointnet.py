@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from shapediff.geometry import knn_points
 from shapediff.nn import TimestepEmbedder
 
 
@@ -44,6 +45,8 @@ class PointNetDenoiser(nn.Module):
         fourier_frequencies: F; if > 0 the xyz input channels (the first 3) are also fed as
             sin/cos(2^k pi x), k = 0..F-1 (NeRF-style): a per-point MLP on raw coordinates learns
             only smooth functions of position in a short training and leaves blurred surfaces.
+        knn_neighbours: K; if > 0 each point also gets x - mean(its K nearest points' xyz, itself
+            included): a local surface cue that a set-pooled network otherwise lacks.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class PointNetDenoiser(nn.Module):
         time_embed_dim: int = 64,
         num_classes: int | None = None,
         fourier_frequencies: int = 0,
+        knn_neighbours: int = 0,
     ):
         super().__init__()
         if not isinstance(fourier_frequencies, int) or fourier_frequencies < 0:
@@ -66,9 +70,14 @@ class PointNetDenoiser(nn.Module):
         self.num_classes = num_classes
         self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        if not isinstance(knn_neighbours, int) or knn_neighbours < 0:
+            raise ValueError(f"knn_neighbours: expected an int >= 0, got {knn_neighbours!r}")
+        if knn_neighbours and in_channels < 3:
+            raise ValueError(f"knn_neighbours: needs xyz among the inputs (in_channels >= 3), got in_channels={in_channels}")
+        self.knn_neighbours = knn_neighbours
         self.fourier_frequencies = fourier_frequencies
         self.register_buffer("_freqs", math.pi * 2.0 ** torch.arange(fourier_frequencies, dtype=torch.float32), persistent=False)
-        self.inp = nn.Linear(in_channels + 6 * fourier_frequencies, width)
+        self.inp = nn.Linear(in_channels + 6 * fourier_frequencies + (3 if knn_neighbours else 0), width)
         self.blocks = nn.ModuleList(_SetBlock(width, emb_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_channels)
@@ -87,11 +96,19 @@ class PointNetDenoiser(nn.Module):
         return emb + self.class_embed(labels.long())
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C_in) -> (B, N, C_in + 6F): the inputs, then sin and cos of each xyz coordinate at F frequencies."""
-        if not self.fourier_frequencies:
-            return x
-        angles = (x[..., :3, None] * self._freqs.to(x.dtype)).flatten(-2)  # (B, N, 3F)
-        return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
+        """(B, N, C_in) -> (B, N, C_in + 6F [+ 3]): the inputs, sin and cos of each xyz coordinate at F
+        frequencies, then (with ``knn_neighbours``) the offset of each point from its neighbours' mean."""
+        parts = [x]
+        if self.fourier_frequencies:
+            angles = (x[..., :3, None] * self._freqs.to(x.dtype)).flatten(-2)  # (B, N, 3F)
+            parts += [angles.sin(), angles.cos()]
+        if self.knn_neighbours:
+            xyz = x[..., :3]
+            k = min(self.knn_neighbours, xyz.shape[1])
+            idx = knn_points(xyz, xyz, k).idx  # (B, N, K), the point itself first
+            neighbours = torch.gather(xyz[:, None].expand(-1, xyz.shape[1], -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
+            parts.append(xyz - neighbours.mean(dim=2))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else x
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         """x: (B, N, C_in), t: (B,) integer timesteps -> (B, N, C_out)."""

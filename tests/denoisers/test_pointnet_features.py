@@ -1,4 +1,4 @@
-"""PointNetDenoiser's optional Fourier input features (fourier_frequencies), against their formula."""
+"""PointNetDenoiser's optional input features (fourier_frequencies, knn_neighbours), against their formulas."""
 
 from __future__ import annotations
 
@@ -41,3 +41,20 @@ def test_bad_frequency_counts_are_refused(bad):
 def test_needs_xyz_inputs():
     with pytest.raises(ValueError, match="in_channels"):
         PointNetDenoiser(in_channels=2, fourier_frequencies=2)
+
+
+def test_knn_feature_is_the_offset_from_the_mean_of_the_k_nearest_points_brute_force():
+    torch.manual_seed(1)
+    net = PointNetDenoiser(width=16, depth=1, knn_neighbours=4)
+    x = torch.randn(2, 30, 3, dtype=torch.float64)
+    d = ((x[:, :, None] - x[:, None]) ** 2).sum(-1)  # (B, N, N) brute-force squared distances
+    expected = torch.empty_like(x)
+    for b in range(2):
+        for i in range(30):
+            nearest = d[b, i].argsort()[:4]  # the point itself (distance 0) and its 3 nearest others
+            expected[b, i] = x[b, i] - x[b, nearest].mean(0)
+    feats = net._features(x)
+    assert feats.shape == (2, 30, 6) and net.inp.in_features == 6
+    torch.testing.assert_close(feats[..., 3:], expected)
+    with pytest.raises(ValueError, match="knn_neighbours"):
+        PointNetDenoiser(knn_neighbours=-2)
