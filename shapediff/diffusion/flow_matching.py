@@ -179,17 +179,9 @@ class FlowMatching:
         if steps is None:
             steps = FLOW_REGISTRY[sampler].default_steps
         schedule = make_flow_schedule(steps, spacing or FLOW_REGISTRY[sampler].default_spacing, shift, start, end)
-        device = GaussianDiffusion._pick_device(model, known, device)
-        dtype = dtype or next((v.dtype for v in (noise, known) if isinstance(v, torch.Tensor) and v.is_floating_point()),
-                              torch.float32)
-        if noise is not None:
-            noise = _check_tensor("noise", noise)
-            if tuple(noise.shape) != shape:
-                raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
-        known, mask = GaussianDiffusion._check_known(known, mask, shape, device, dtype)
+        device, dtype, noise, known, mask = GaussianDiffusion._check_sampling_inputs(model, shape, noise, known, mask,
+                                                                                     device, dtype, clip_x0)
         GaussianDiffusion._check_options(0.0, resample_jumps, keep_known, known, guidance_scale)
-        if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and clip_x0 > 0 and math.isfinite(clip_x0)):
-            raise ValueError(f"clip_x0: expected None or a positive finite number, got {clip_x0!r}")
         generator = GaussianDiffusion._make_generator(seed, generator, device)
         hold = FlowKnownValues(known, mask, schedule.times, keep_known, resample_jumps)
         denoise = self.denoiser(model, cond, guidance_scale, shape[0], device, clip_x0)

@@ -333,17 +333,9 @@ class GaussianDiffusion:
         sampler_fn = self._check_sampler(sampler, spacing, keep_known)
         options = {**REGISTRY[sampler].options, **check_sampler_options(sampler, sampler_options)}
         steps = self._check_steps(sampler, steps)
-        device = self._pick_device(model, known, device)
-        dtype = dtype or next((v.dtype for v in (noise, known) if isinstance(v, torch.Tensor) and v.is_floating_point()),
-                              torch.float32)
-        if noise is not None:
-            noise = _check_tensor("noise", noise)
-            if tuple(noise.shape) != shape:
-                raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
-        known, mask = self._check_known(known, mask, shape, device, dtype)
+        device, dtype, noise, known, mask = self._check_sampling_inputs(model, shape, noise, known, mask, device, dtype,
+                                                                        clip_x0)
         self._check_options(options.get("eta", 0.0), resample_jumps, keep_known, known, guidance_scale)
-        if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and clip_x0 > 0 and math.isfinite(clip_x0)):
-            raise ValueError(f"clip_x0: expected None or a positive finite number, got {clip_x0!r}")
         generator = self._make_generator(seed, generator, device)
         schedule = make_step_schedule(self.alphas_cumprod, steps, spacing or REGISTRY[sampler].default_spacing,
                                       self.posterior_variance_type)
@@ -407,6 +399,22 @@ class GaussianDiffusion:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps: expected an int in [1, {self.num_timesteps}] (T) or None, got {steps!r}")
         return min(steps, self.num_timesteps)
+
+    @staticmethod
+    def _check_sampling_inputs(model: Callable, shape: tuple[int, ...], noise: Any, known: Any, mask: Any, device: Any,
+                               dtype: Any, clip_x0: Any) -> tuple[torch.device, torch.dtype, Any, Any, Any]:
+        """(device, dtype, noise, known, mask) of a sampling call, checked (shared with FlowMatching)."""
+        device = GaussianDiffusion._pick_device(model, known, device)
+        dtype = dtype or next((v.dtype for v in (noise, known) if isinstance(v, torch.Tensor) and v.is_floating_point()),
+                              torch.float32)
+        if noise is not None:
+            noise = _check_tensor("noise", noise)
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
+        known, mask = GaussianDiffusion._check_known(known, mask, shape, device, dtype)
+        if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and clip_x0 > 0 and math.isfinite(clip_x0)):
+            raise ValueError(f"clip_x0: expected None or a positive finite number, got {clip_x0!r}")
+        return device, dtype, noise, known, mask
 
     @staticmethod
     def _pick_device(model: Callable, known: Any, device: Any) -> torch.device:

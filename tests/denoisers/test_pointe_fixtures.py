@@ -13,9 +13,8 @@ import torch
 from shapediff.convert.pointe import pointe_model_config
 from shapediff.diffusion.karras_heun import karras_sigmas
 from shapediff.models.pointe import PointEDiffusion
-from tests.conftest import SHARED_DATA
-
-FIXTURES = SHARED_DATA / "anchor_fixtures"
+from tests.anchors import rel_l2
+from tests.anchors import load_fixture as load_anchor_fixture
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +22,8 @@ def _one_thread(one_thread):
     yield
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 def load_fixture(name: str) -> dict:
-    path = FIXTURES / f"{name}.pt"
-    if not path.is_file():
-        pytest.skip(f"anchor fixture {path} not found (recorded from Point-E's own code; see ../shared/data/anchor_fixtures)")
-    return torch.load(path, weights_only=True)
+    return load_anchor_fixture(name, "Point-E's own code")
 
 
 def fixture_model(fx: dict) -> PointEDiffusion:

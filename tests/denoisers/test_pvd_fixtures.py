@@ -12,9 +12,8 @@ import torch
 
 from shapediff.convert.pvd import pvd_network_config, pvd_state_dict_to_shapediff
 from shapediff.config import instantiate
-from tests.conftest import SHARED_DATA
-
-FIXTURES = SHARED_DATA / "anchor_fixtures"
+from tests.anchors import rel_l2
+from tests.anchors import load_fixture as load_anchor_fixture
 
 
 @pytest.fixture(autouse=True)
@@ -22,15 +21,8 @@ def _one_thread(one_thread):
     yield
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 def load_fixture(name: str) -> dict:
-    path = FIXTURES / f"{name}.pt"
-    if not path.is_file():
-        pytest.skip(f"anchor fixture {path} not found (recorded from PVD's own code; see ../shared/data/anchor_fixtures)")
-    return torch.load(path, weights_only=True)
+    return load_anchor_fixture(name, "PVD's own code")
 
 
 def fixture_network(fx: dict, variant: str) -> torch.nn.Module:
