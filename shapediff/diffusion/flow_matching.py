@@ -188,10 +188,7 @@ class FlowMatching:
         if callback is not None:
             denoise, callback = _with_denoised(denoise, callback)
         with torch.no_grad():
-            if noise is None:
-                x = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-            else:
-                x = noise.to(device=device, dtype=dtype)
+            x = GaussianDiffusion._initial_noise(shape, noise, generator, device, dtype)
             x = hold(x, 0, generator)
             x = sampler_fn(denoise, x, schedule, generator=generator, hold=hold, progress=progress, callback=callback)
             if known is not None and end == 0.0:

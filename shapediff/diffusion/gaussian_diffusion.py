@@ -346,10 +346,7 @@ class GaussianDiffusion:
         if "eta" in options:
             options["eta"] = float(options["eta"])
         with torch.no_grad():
-            if noise is None:
-                x = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-            else:
-                x = noise.to(device=device, dtype=dtype)
+            x = GaussianDiffusion._initial_noise(shape, noise, generator, device, dtype)
             x = hold(x, 0, generator)
             x = sampler_fn(denoise, x, schedule, generator=generator, hold=hold, progress=progress, callback=callback,
                            **options)
@@ -415,6 +412,14 @@ class GaussianDiffusion:
         if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and clip_x0 > 0 and math.isfinite(clip_x0)):
             raise ValueError(f"clip_x0: expected None or a positive finite number, got {clip_x0!r}")
         return device, dtype, noise, known, mask
+
+    @staticmethod
+    def _initial_noise(shape: tuple[int, ...], noise: Any, generator: torch.Generator, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """The sampler's starting state: ``noise`` if given, else N(0, I) drawn on the generator's device."""
+        if noise is None:
+            return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+        return noise.to(device=device, dtype=dtype)
 
     @staticmethod
     def _pick_device(model: Callable, known: Any, device: Any) -> torch.device:
