@@ -17,7 +17,8 @@ import torch
 
 from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES, KnownValues
 from shapediff.diffusion.guidance import clamp_x0, classifier_free
-from shapediff.diffusion.samplers import REGISTRY, SPACINGS, Prediction, check_sampler_options, make_step_schedule
+from shapediff.diffusion.samplers import (REGISTRY, SPACINGS, Prediction, check_sampler_options, interval_levels,
+                                         make_step_schedule)
 from shapediff.diffusion.schedules import make_beta_schedule, posterior_coefficients
 
 __all__ = ["GaussianDiffusion", "Posterior", "PREDICTIONS", "POSTERIOR_VARIANCES"]
@@ -298,7 +299,8 @@ class GaussianDiffusion:
                resample_jumps: int = 1, progress: bool = False, keep_known: str = "clean",
                spacing: str | None = None, dtype: torch.dtype | None = None,
                noise: torch.Tensor | None = None, clip_x0: float | None = None,
-               callback: Callable[[dict], None] | None = None, **sampler_options: Any) -> torch.Tensor:
+               callback: Callable[[dict], None] | None = None, start: int | None = None, end: int | None = None,
+               **sampler_options: Any) -> torch.Tensor:
         """Draw samples of ``shape`` (B, ...) by running ``sampler`` from pure noise; no gradients.
 
         Args:
@@ -324,6 +326,10 @@ class GaussianDiffusion:
                 (:func:`shapediff.diffusion.guidance.clamp_x0`, DDPM's "clip_denoised").
             callback: called after every step with ``{"x", "i", "t", "denoised"}`` (x after step i, its index,
                 the model timestep, the last x0 estimate), e.g. to store a trajectory.
+            start, end: solve only part of the process, from level ``start`` (a model timestep; None: T - 1, pure
+                noise) down to level ``end`` (None: the clean data), ``0 <= end < start``; ``noise`` is then the x at
+                level ``start`` and the result the x at level ``end`` (e.g. a teacher's solve between a distilled
+                student's timesteps); ``steps`` counts the model timesteps ``end < t <= start`` the sampler visits.
             **sampler_options: the sampler's own options (``REGISTRY[sampler].options``; DDIM: ``eta``, its
                 stochasticity, 0 = deterministic). A key the sampler does not declare is a ValueError.
         Returns:
@@ -332,15 +338,16 @@ class GaussianDiffusion:
         shape = self._check_shape(shape)
         sampler_fn = self._check_sampler(sampler, spacing, keep_known)
         options = {**REGISTRY[sampler].options, **check_sampler_options(sampler, sampler_options)}
-        steps = self._check_steps(sampler, steps)
+        start, end = self._check_interval(start, end)
+        steps = self._check_steps(sampler, steps, interval_levels(self.num_timesteps, start, end))
         device, dtype, noise, known, mask = self._check_sampling_inputs(model, shape, noise, known, mask, device, dtype,
                                                                         clip_x0)
         self._check_options(options.get("eta", 0.0), resample_jumps, keep_known, known, guidance_scale)
         generator = self._make_generator(seed, generator, device)
         schedule = make_step_schedule(self.alphas_cumprod, steps, spacing or REGISTRY[sampler].default_spacing,
-                                      self.posterior_variance_type)
+                                      self.posterior_variance_type, start, end)
         hold = KnownValues(known, mask, schedule.alpha_bar, keep_known, resample_jumps)
-        denoise = self._denoiser(model, schedule, cond, guidance_scale, shape[0], device, clip_x0)
+        denoise = self._denoiser(model, schedule, cond, guidance_scale, shape[0], device, clip_x0, end)
         if callback is not None:
             denoise, callback = _with_denoised(denoise, callback)
         if "eta" in options:
@@ -350,14 +357,16 @@ class GaussianDiffusion:
             x = hold(x, 0, generator)
             x = sampler_fn(denoise, x, schedule, generator=generator, hold=hold, progress=progress, callback=callback,
                            **options)
-            if known is not None:
+            if known is not None and end is None:
                 x = torch.where(mask, known, x)
         return x
 
     def _denoiser(self, model: Callable, schedule, cond: Any, guidance_scale: float | None, batch: int,
-                  device: torch.device, clip_x0: float | None = None) -> Callable[[torch.Tensor, int], Prediction]:
-        """``denoise(x, i) -> Prediction`` at step i of ``schedule`` (guided model call + conversion)."""
-        t_all = schedule.t.to(device)
+                  device: torch.device, clip_x0: float | None = None,
+                  end: int | None = None) -> Callable[[torch.Tensor, int], Prediction]:
+        """``denoise(x, i) -> Prediction`` at step i of ``schedule`` (guided model call + conversion); i = S is the
+        end level of a partial solve (Heun's last corrector)."""
+        t_all = (schedule.t if end is None else torch.cat([schedule.t, torch.tensor([end])])).to(device)
 
         def denoise(x: torch.Tensor, i: int) -> Prediction:
             out = classifier_free(model, x, t_all[i].expand(batch), cond, guidance_scale)
@@ -390,12 +399,25 @@ class GaussianDiffusion:
             raise ValueError(f"keep_known: expected one of {KEEP_KNOWN_MODES}, got {keep_known!r}")
         return REGISTRY[sampler].fn
 
-    def _check_steps(self, sampler: str, steps: Any) -> int:
+    def _check_steps(self, sampler: str, steps: Any, levels: int) -> int:
+        """Steps of a sampler over ``levels`` model timesteps (T for a whole sample); None: its default, at most
+        ``levels``."""
         if steps is None:
-            steps = REGISTRY[sampler].default_steps or self.num_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"steps: expected an int in [1, {self.num_timesteps}] (T) or None, got {steps!r}")
-        return min(steps, self.num_timesteps)
+            return min(REGISTRY[sampler].default_steps or levels, levels)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= levels:
+            what = "(T)" if levels == self.num_timesteps else "(the levels end < t <= start)"
+            raise ValueError(f"steps: expected an int in [1, {levels}] {what} or None, got {steps!r}")
+        return steps
+
+    def _check_interval(self, start: Any, end: Any) -> tuple[int | None, int | None]:
+        """``start`` / ``end`` of a partial solve: ints with 0 <= end < start <= T - 1, or None."""
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value < self.num_timesteps):
+                raise ValueError(f"{name}: expected None or a model timestep in [0, {self.num_timesteps}), got {value!r}")
+        if end is not None and end >= (self.num_timesteps - 1 if start is None else start):
+            raise ValueError(f"start, end: expected end < start, got start={start!r}, end={end!r}")
+        return start, end
 
     @staticmethod
     def _check_sampling_inputs(model: Callable, shape: tuple[int, ...], noise: Any, known: Any, mask: Any, device: Any,

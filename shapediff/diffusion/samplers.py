@@ -28,6 +28,8 @@ pushforward, tests/diffusion/test_samplers_analytic.py; benchmarks/bench_sampler
 vs 0.29; cosine 0.060 vs 0.051 vs 0.32. Uniform-in-t wastes steps where the linear and warm schedules
 are nearly pure noise. DDIM/DDPM keep DDIM's uniform spacing; euler/heun default to Karras et al.'s
 rho = 7 spacing as in k-diffusion (pass spacing="logsnr" for the cosine schedule, where it is 2x better).
+"trailing" (uniform in t, ending one interval above the clean level instead of at t = 0) is the distilled
+students' spacing (``shapediff.training.distill``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from shapediff.diffusion._noise import randn_like
 from shapediff.diffusion.inpainting import KnownValues
 from shapediff.diffusion.schedules import posterior_coefficients
 
-__all__ = ["Prediction", "StepSchedule", "SamplerSpec", "REGISTRY", "SAMPLERS", "SPACINGS", "COMMON_OPTIONS",
+__all__ = ["Prediction", "StepSchedule", "SamplerSpec", "REGISTRY", "SAMPLERS", "SPACINGS", "COMMON_OPTIONS", "interval_levels",
            "check_sampler_options", "default_sampler", "REGISTRIES", "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
            "sample_euler", "sample_heun"]
 
@@ -102,18 +104,44 @@ def _karras(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) -> torch
     return _fit_to_grid(sigmas.log(), log_sigma, steps)
 
 
+def _trailing(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+    """Evenly spaced in t with the clean level as the (S+1)-th point: T - 1 - round(k T / S), k = 0..S-1
+    (Lin et al. 2024's "trailing"; T = 1000, S = 4: 999, 749, 499, 249). No model call is spent at t = 0, where
+    the other spacings end: a few-step (distilled) sampler needs every call."""
+    num_timesteps = alphas_cumprod.shape[0]
+    return torch.linspace(num_timesteps, 0, steps + 1, dtype=torch.float64)[:-1].round().long() - 1
+
+
 SPACINGS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "uniform": _uniform_t,
     "logsnr": _uniform_logsnr,
     "karras": _karras,
+    "trailing": _trailing,
 }
 
 
+def interval_levels(num_timesteps: int, start: int | None = None, end: int | None = None) -> int:
+    """How many model timesteps lie in the interval a sampler visits, from level ``start`` (None: T - 1) down to
+    level ``end`` (None: the clean data): the levels ``end < t <= start``; the most steps it can take."""
+    start = num_timesteps - 1 if start is None else start
+    return start + 1 if end is None else start - end
+
+
 def make_step_schedule(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "uniform",
-                       posterior_variance: str = "fixedsmall") -> StepSchedule:
-    """The S = ``steps`` model timesteps (descending) for a (T,) float64 ``alphas_cumprod``; S <= T."""
-    t = SPACINGS[spacing](alphas_cumprod, steps)
-    alpha_bar = torch.cat([alphas_cumprod[t], torch.ones(1, dtype=torch.float64)])
+                       posterior_variance: str = "fixedsmall", start: int | None = None,
+                       end: int | None = None) -> StepSchedule:
+    """The S = ``steps`` model timesteps (descending) for a (T,) float64 ``alphas_cumprod``; S <= T.
+
+    ``start`` / ``end`` (model timesteps, ``end < start``) restrict it to part of the process: the spacing is
+    applied to the levels ``end < t <= start`` and the last step goes to level ``end`` (``alpha_bar[S] =
+    alphas_cumprod[end]``) instead of the clean data (None: ``alpha_bar[S] = 1``); e.g. a teacher's solve between
+    two of a distilled student's timesteps. S <= :func:`interval_levels` (checked by ``GaussianDiffusion.sample``).
+    """
+    start = alphas_cumprod.shape[0] - 1 if start is None else start
+    low = 0 if end is None else end + 1
+    t = SPACINGS[spacing](alphas_cumprod[low : start + 1], steps) + low
+    last = torch.ones(1, dtype=torch.float64) if end is None else alphas_cumprod[end : end + 1]
+    alpha_bar = torch.cat([alphas_cumprod[t], last])
     return StepSchedule(t, alpha_bar, posterior_variance)
 
 

@@ -1,19 +1,32 @@
-"""Few-step distillation as a training stage: a student that samples in S model calls what its flow-matching
-teacher samples in many.
+"""Few-step distillation as a training stage: a student that samples in S model calls what its teacher samples in
+many. Teachers of both objectives: flow matching and Gaussian diffusion (DDPM-trained, eps / x0 / v prediction).
 
 Method: trajectory-segment distillation (Luhman & Luhman 2021's one-step knowledge distillation, cut into S
 segments as in piecewise rectified flow, Yan et al. 2024). For noise z the teacher's ODE is solved accurately
-(``teacher_sampler`` with ``teacher_steps`` steps per segment) through the student's times 1 = t_0 > ... > t_S = 0,
-giving states x_0 = z, x_1, ..., x_S. The student, a copy of the teacher (same class, denoiser, normalisation,
-objective), learns the velocity whose single Euler step joins consecutive states:
-v_student(x_i, t_i) -> (x_{i+1} - x_i) / (t_{i+1} - t_i), on all S segments of every example. Its checkpoint is a
-normal shapediff checkpoint whose default sampler is ``euler`` with S steps, so ``model.sample(n)`` takes S calls.
+(``teacher_sampler`` with ``teacher_steps`` steps per segment, optionally with classifier-free guidance at
+``guidance_scale``) through the student's S levels, giving states x_0 = z, x_1, ..., x_S (x_S: the sample). The
+student, a copy of the teacher (same class, denoiser, normalisation, objective), learns on all S segments of every
+example the output whose ONE deterministic step of its own sampler joins consecutive states:
+
+- flow matching, times 1 = t_0 > ... > t_S = 0, sampler ``euler``: the velocity (x_{i+1} - x_i) / (t_{i+1} - t_i);
+- Gaussian diffusion, timesteps t_0 > ... > t_{S-1} ("trailing" spacing: T = 1000, S = 4 gives 999, 749, 499,
+  249) then the clean data, sampler ``ddim`` with eta = 0: DDIM's step x_{i+1} = a_{i+1} x0 + s_{i+1} (x_i - a_i x0)
+  / s_i (a = sqrt(abar), s = sqrt(1 - abar)) solved for x0: x0* = (x_{i+1} - r x_i) / (a_{i+1} - r a_i) with
+  r = s_{i+1} / s_i (the last segment, to the clean data, gives x0* = x_S). The loss is |x0 - x0*|^2 / s_i^2: the
+  MSE of a v-prediction (Salimans & Ho 2022's "SNR + 1" weighting) whatever the teacher's parameterisation, so an
+  eps-student's x0 errors at high noise, which its 1/a amplifies, still count.
+
+The student's checkpoint is a normal shapediff checkpoint of the teacher's class whose default sampler is that
+one-step sampler with exactly the training levels (``euler``, S steps, the same spacing; ``ddim``, S steps,
+spacing "trailing", eta 0), so ``model.sample(n)`` takes S calls. With ``guidance_scale`` the student learns the
+GUIDED trajectory: it samples with ``class_label`` and no guidance, one call per step instead of two.
 
 Why this method: one training stage from one teacher, a deterministic regression target (no rounds as in progressive
-distillation, no consistency-loss tuning), the student samples with the ordinary Euler sampler, and the target is
-exact on the teacher's own trajectories, so a test can check the student against its teacher on fixed noise.
-Limits: the teacher must be a flow-matching model (its ODE is integrated between arbitrary times); the student is
-trained on the teacher's own samples (data-free: the batch's data only sets shapes, conditioning and seeds).
+distillation, no consistency-loss tuning), the student samples with an ordinary sampler, and the target is exact on
+the teacher's own trajectories, so a test can check the student against its teacher on fixed noise. The teacher's
+trajectories are computed online, for the batch's own per-example noise (seeded by the trainer, so resume and DDP
+stay exact), not from a precomputed pool: docs/few_step.md has the measured cost. The training is data-free (the
+batch's data only sets shapes, conditioning and seeds); PVD completion training (``mask``) is not supported.
 
 ``python scripts/train.py experiment=distill teacher=<checkpoint> distill.steps_per_sample=4``.
 """
@@ -21,70 +34,117 @@ trained on the teacher's own samples (data-free: the batch's data only sets shap
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from shapediff.diffusion.flow_matching import FlowMatching
-from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, make_flow_schedule
+from shapediff.diffusion.flow_samplers import FLOW_SPACINGS, make_flow_schedule
+from shapediff.diffusion.samplers import REGISTRIES, SPACINGS, interval_levels, make_step_schedule
 from shapediff.models.base import ShapeModel, load_model
 
-__all__ = ["SegmentDistillation", "build_student", "DISTILL_DEFAULTS"]
+__all__ = ["SegmentDistillation", "build_student", "DISTILL_DEFAULTS", "STUDENT_SAMPLERS", "TEACHER_SAMPLERS"]
 
-DISTILL_DEFAULTS = {"steps_per_sample": 4, "teacher_sampler": "heun", "teacher_steps": 8, "spacing": "uniform",
-                    "shift": 3.0}
+# None = the teacher objective's default (TEACHER_SAMPLERS / STUDENT_SAMPLERS' spacing)
+DISTILL_DEFAULTS = {"steps_per_sample": 4, "teacher_sampler": None, "teacher_steps": 8, "spacing": None,
+                    "shift": 3.0, "guidance_scale": None}
+TEACHER_SAMPLERS = {"flow": "heun", "gaussian": "dpmpp_2m"}
+# the student's one-step-per-call sampler and its default spacing, per objective
+STUDENT_SAMPLERS = {"flow": ("euler", "uniform"), "gaussian": ("ddim", "trailing")}
+STOCHASTIC_SAMPLERS = {"flow": set(), "gaussian": {"ddpm"}}  # no ODE to distil (ddim runs with its eta = 0)
 
 
 class SegmentDistillation:
     """Stands in for the student's objective while it trains: ``training_loss`` is the segment-distillation loss,
-    everything else (``sample``, ``split_output``, ``num_timesteps``, ...) is the student's :class:`FlowMatching`.
+    everything else (``sample``, ``split_output``, ``num_timesteps``, ...) is the student's diffusion (a
+    :class:`~shapediff.diffusion.FlowMatching` or :class:`~shapediff.diffusion.GaussianDiffusion`).
 
     Args:
-        flow: the student's (= the teacher's) FlowMatching.
+        diffusion: the student's (= the teacher's) objective.
         teacher: a module called as ``teacher(x_t, model time, cond)`` (the teacher's denoiser), kept frozen and out
             of the student's parameters and state_dict.
-        steps_per_sample: S, student steps (= model calls with Euler).
-        teacher_sampler, teacher_steps: how the teacher solves each segment (``FLOW_REGISTRY`` key, steps per segment).
-        spacing, shift: the student's times (``make_flow_schedule``); its sampler config must use the same.
+        steps_per_sample: S, student steps (= model calls).
+        teacher_sampler, teacher_steps: how the teacher solves each segment (a sampler of the objective's registry,
+            None: ``TEACHER_SAMPLERS``; its steps per segment).
+        spacing, shift: the student's levels (flow: ``make_flow_schedule``'s "uniform" / "shift"; Gaussian:
+            ``make_step_schedule``'s, default "trailing"); its sampler config uses the same.
+        guidance_scale: classifier-free guidance of the teacher's solve (None: none); needs conditioned batches.
     """
 
-    def __init__(self, flow: FlowMatching, teacher: Callable, steps_per_sample: int, teacher_sampler: str = "heun",
-                 teacher_steps: int = 8, spacing: str = "uniform", shift: float = 3.0) -> None:
-        if not isinstance(flow, FlowMatching):
-            raise ValueError(f"teacher: expected a flow-matching model (diffusion=flow_matching), got a {type(flow).__name__} "
-                             "objective; distil a Gaussian-diffusion model after training it with diffusion=flow_matching")
+    def __init__(self, diffusion: Any, teacher: Callable, steps_per_sample: int, teacher_sampler: str | None = None,
+                 teacher_steps: int = 8, spacing: str | None = None, shift: float = 3.0,
+                 guidance_scale: float | None = None) -> None:
+        objective = getattr(diffusion, "objective", None)
+        if objective not in STUDENT_SAMPLERS:
+            raise ValueError(f"teacher: expected a flow-matching or Gaussian-diffusion objective, got {type(diffusion).__name__}")
         for name, value in (("steps_per_sample", steps_per_sample), ("teacher_steps", teacher_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"distill.{name}: expected a positive int, got {value!r}")
-        if teacher_sampler not in FLOW_REGISTRY:
-            raise ValueError(f"distill.teacher_sampler: expected one of {sorted(FLOW_REGISTRY)}, got {teacher_sampler!r}")
-        self.flow, self.teacher = flow, teacher
+        teacher_sampler = teacher_sampler or TEACHER_SAMPLERS[objective]
+        if teacher_sampler not in REGISTRIES[objective] or teacher_sampler in STOCHASTIC_SAMPLERS[objective]:
+            raise ValueError(f"distill.teacher_sampler: expected one of "
+                             f"{sorted(set(REGISTRIES[objective]) - STOCHASTIC_SAMPLERS[objective])} (deterministic "
+                             f"samplers of the teacher's {objective!r} objective), got {teacher_sampler!r}")
+        spacing = spacing or STUDENT_SAMPLERS[objective][1]
+        spacings = FLOW_SPACINGS if objective == "flow" else SPACINGS
+        if spacing not in spacings:
+            raise ValueError(f"distill.spacing: expected one of {sorted(spacings)} for a {objective!r} teacher, got {spacing!r}")
+        if guidance_scale is not None and (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
+                                           or not math.isfinite(guidance_scale)):
+            raise ValueError(f"distill.guidance_scale: expected None or a finite number, got {guidance_scale!r}")
+        self.diffusion, self.teacher, self.objective = diffusion, teacher, objective
         self.steps_per_sample, self.teacher_sampler, self.teacher_steps = steps_per_sample, teacher_sampler, teacher_steps
-        self.times = make_flow_schedule(steps_per_sample, spacing, shift).times
+        self.spacing, self.shift, self.guidance_scale = spacing, shift, guidance_scale
+        if objective == "flow":
+            self.times = make_flow_schedule(steps_per_sample, spacing, shift).times
+            self.segments = [(float(a), float(b)) for a, b in zip(self.times[:-1], self.times[1:])]
+        else:
+            if steps_per_sample > diffusion.num_timesteps:
+                raise ValueError(f"distill.steps_per_sample: expected at most T = {diffusion.num_timesteps}, got {steps_per_sample}")
+            self.steps = make_step_schedule(diffusion.alphas_cumprod, steps_per_sample, spacing)
+            levels = [int(t) for t in self.steps.t]
+            self.segments = list(zip(levels, [*levels[1:], None]))
+            fewest = min(interval_levels(diffusion.num_timesteps, a, b) for a, b in self.segments)
+            if teacher_steps > fewest:
+                raise ValueError(f"distill.teacher_steps: expected at most {fewest} (the fewest model timesteps in one of the "
+                                 f"student's segments {self.segments}), got {teacher_steps}")
 
     def __getattr__(self, name: str) -> Any:
-        if name == "flow":  # not set yet (unpickling / copying): no recursion
+        if name == "diffusion":  # not set yet (unpickling / copying): no recursion
             raise AttributeError(name)
-        return getattr(self.flow, name)
+        return getattr(self.diffusion, name)
+
+    def student_sampler(self) -> dict[str, Any]:
+        """The student's ``sampler`` config: one call per step on exactly the training levels."""
+        name, _ = STUDENT_SAMPLERS[self.objective]
+        sampler = {"name": name, "steps": self.steps_per_sample, "spacing": self.spacing}
+        if self.objective == "flow" and self.spacing == "shift":
+            sampler["shift"] = self.shift
+        if self.objective == "gaussian":
+            sampler["eta"] = 0.0
+        return sampler
 
     @torch.no_grad()
     def teacher_states(self, z: torch.Tensor, cond: Any = None) -> list[torch.Tensor]:
-        """The teacher's ODE states at the student's times, [z, x_1, ..., x_S], each (B, ...)."""
+        """The teacher's ODE states at the student's levels, [z, x_1, ..., x_S], each (B, ...)."""
         if isinstance(self.teacher, torch.nn.Module):
             self.teacher.to(z.device)
+        if self.guidance_scale is not None and cond is None:
+            raise ValueError("distill.guidance_scale: guidance distillation needs conditioned batches (a class-conditional "
+                             "teacher and labelled data), got cond=None")
         states, x = [z], z
-        times = [float(t) for t in self.times]
-        for start, end in zip(times[:-1], times[1:]):
-            x = self.flow.sample(self.teacher, tuple(z.shape), sampler=self.teacher_sampler, steps=self.teacher_steps,
-                                      noise=x, start=start, end=end, cond=cond, device=z.device, seed=0)
+        for start, end in self.segments:
+            x = self.diffusion.sample(self.teacher, tuple(z.shape), sampler=self.teacher_sampler, steps=self.teacher_steps,
+                                      noise=x, start=start, end=end, cond=cond, guidance_scale=self.guidance_scale,
+                                      device=z.device, seed=0)
             states.append(x)
         return states
 
     def training_loss(self, model: Callable, x0: torch.Tensor, *, cond: Any = None, mask: torch.Tensor | None = None,
                       t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> torch.Tensor:
-        """Mean squared error of the student's velocity against the teacher's segment velocities; scalar.
+        """Mean squared error of the student against the teacher's segments (see the module docstring); scalar.
 
         ``x0`` (B, ...) sets the shape only; ``noise`` (B, ...) is z (drawn with ``generator`` when None); ``t`` and
         ``min_snr_gamma`` are ignored (every segment is trained); ``mask`` (PVD completion) is not supported.
@@ -93,13 +153,37 @@ class SegmentDistillation:
             raise ValueError("mask: segment distillation trains unconditional / class-conditional generation, not PVD completion")
         z = noise if noise is not None else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         states = self.teacher_states(z, cond)
-        steps = self.steps_per_sample
         x_a, x_b = torch.cat(states[:-1]), torch.cat(states[1:])
-        t_a = self.times[:-1].repeat_interleave(z.shape[0]).to(z.device)
-        dt = (self.times[1:] - self.times[:-1]).repeat_interleave(z.shape[0]).to(device=z.device, dtype=z.dtype)
-        target = (x_b - x_a) / dt.reshape(-1, *([1] * (z.ndim - 1)))
-        out = model(x_a, self.flow.model_time(t_a), _repeat_cond(cond, steps))
+        cond_s = _repeat_cond(cond, self.steps_per_sample)
+        if self.objective == "flow":
+            return self._flow_loss(model, x_a, x_b, cond_s, z.shape[0])
+        return self._gaussian_loss(model, x_a, x_b, cond_s, z.shape[0])
+
+    def _flow_loss(self, model: Callable, x_a: torch.Tensor, x_b: torch.Tensor, cond: Any, batch: int) -> torch.Tensor:
+        """Velocity MSE: v_student(x_i, t_i) against (x_{i+1} - x_i) / (t_{i+1} - t_i); x_a, x_b (S B, ...)."""
+        t_a = self.times[:-1].repeat_interleave(batch).to(x_a.device)
+        dt = (self.times[1:] - self.times[:-1]).repeat_interleave(batch).to(device=x_a.device, dtype=x_a.dtype)
+        target = (x_b - x_a) / _per_row(dt, x_a)
+        out = model(x_a, self.diffusion.model_time(t_a), cond)
         return ((out - target) ** 2).mean()
+
+    def _gaussian_loss(self, model: Callable, x_a: torch.Tensor, x_b: torch.Tensor, cond: Any, batch: int) -> torch.Tensor:
+        """|x0_student - x0*|^2 / s_i^2 with x0* the x0 whose DDIM step joins x_i to x_{i+1}; x_a, x_b (S B, ...)."""
+        abar = self.steps.alpha_bar.to(torch.float64)
+        a, s = abar.sqrt(), (1.0 - abar).sqrt()
+        r = s[1:] / s[:-1]
+        c_b, c_a = 1.0 / (a[1:] - r * a[:-1]), r / (a[1:] - r * a[:-1])  # x0* = c_b x_{i+1} - c_a x_i
+        rows = {name: _per_row(v.repeat_interleave(batch).to(device=x_a.device, dtype=x_a.dtype), x_a)
+                for name, v in (("c_b", c_b), ("c_a", c_a), ("s", s[:-1]))}
+        x0_target = rows["c_b"] * x_b - rows["c_a"] * x_a
+        t_a = self.steps.t.repeat_interleave(batch).to(x_a.device)
+        x0_student = self.diffusion.split_output(model(x_a, t_a, cond), x_a, t_a).x0
+        return (((x0_student - x0_target) / rows["s"]) ** 2).mean()
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) values shaped (B, 1, ..., 1) to broadcast against ``like`` (B, ...)."""
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _repeat_cond(cond: Any, times: int) -> Any:
@@ -113,21 +197,23 @@ def _repeat_cond(cond: Any, times: int) -> Any:
     raise ValueError(f"cond: expected None, a tensor or a mapping of tensors, got {type(cond).__name__}")
 
 
-def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_sampler: str = "heun",
-                  teacher_steps: int = 8, spacing: str = "uniform", shift: float = 3.0) -> ShapeModel:
+def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_sampler: str | None = None,
+                  teacher_steps: int = 8, spacing: str | None = None, shift: float = 3.0,
+                  guidance_scale: float | None = None) -> ShapeModel:
     """A student to train with the ordinary trainer: a copy of ``teacher`` (a checkpoint path or a model; its EMA
-    weights when it has them) whose objective is :class:`SegmentDistillation` and whose default sampler is Euler with
-    ``steps_per_sample`` steps. Its saved checkpoint loads as a normal flow-matching model of the teacher's class."""
+    weights when it has them) whose objective is :class:`SegmentDistillation` and whose default sampler makes one
+    call per step on the training levels (flow: ``euler``; Gaussian: ``ddim``, eta 0, "trailing"). Its saved
+    checkpoint loads as a normal model of the teacher's class and objective."""
     teacher_model = load_model(teacher, device="cpu") if not isinstance(teacher, ShapeModel) else teacher
-    if not isinstance(teacher_model, ShapeModel) or teacher_model.objective != "flow":
-        raise ValueError(f"teacher: expected a flow-matching diffusion model (PointCloudDiffusion / LatentVoxelDiffusion trained "
-                         f"with diffusion=flow_matching), got {type(teacher_model).__name__}")
+    if not isinstance(teacher_model, ShapeModel) or teacher_model.objective not in STUDENT_SAMPLERS or not teacher_model.can_sample:
+        raise ValueError(f"teacher: expected a diffusion model that samples (PointCloudDiffusion / LatentVoxelDiffusion, "
+                         f"Gaussian or flow-matching), got {type(teacher_model).__name__}")
+    if guidance_scale is not None and not teacher_model.config.get("class_conditional"):
+        raise ValueError(f"distill.guidance_scale: needs a class-conditional teacher (class_conditional=True), got "
+                         f"guidance_scale={guidance_scale!r} for an unconditional {type(teacher_model).__name__}")
     frozen = copy.deepcopy(teacher_model.denoiser).eval().requires_grad_(False)
     student = copy.deepcopy(teacher_model).train()
     student.diffusion = SegmentDistillation(teacher_model.diffusion, frozen, steps_per_sample, teacher_sampler,
-                                            teacher_steps, spacing, shift)
-    sampler = {"name": "euler", "steps": steps_per_sample, "spacing": spacing}
-    if spacing == "shift":
-        sampler["shift"] = shift
-    student.config["sampler"] = sampler
+                                            teacher_steps, spacing, shift, guidance_scale)
+    student.config["sampler"] = student.diffusion.student_sampler()
     return student

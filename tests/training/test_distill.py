@@ -75,13 +75,15 @@ def test_segment_targets_are_exact_for_a_straight_teacher():
         assert float(loss) < 1e-10
 
 
-def test_student_needs_a_flow_teacher():
+def test_student_needs_a_diffusion_teacher():
+    """Flow and Gaussian teachers both distil (tests/training/test_distill_gaussian.py); anything else is refused."""
     model = PointCloudDiffusion(denoiser=DEN, diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion",
                                                           "num_timesteps": 10}, num_points=8)
-    with pytest.raises(ValueError, match="flow-matching"):
-        build_student(model)
-    with pytest.raises(ValueError, match="flow-matching"):
-        SegmentDistillation(GaussianDiffusion(num_timesteps=10), model.denoiser, 2)
+    assert build_student(model, steps_per_sample=2, teacher_steps=2).sampler_settings().name == "ddim"
+    with pytest.raises(ValueError, match="flow-matching or Gaussian-diffusion"):
+        SegmentDistillation(object(), model.denoiser, 2)
+    with pytest.raises(ValueError, match="distill.teacher_steps: expected at most 5"):
+        SegmentDistillation(GaussianDiffusion(num_timesteps=10), model.denoiser, 2, teacher_steps=6)
 
 
 def test_flow_model_checkpoint_round_trip(tmp_path):
