@@ -1,25 +1,33 @@
-"""Quality vs network calls on the quickstart's synthetic shapes: DDPM-trained model with its samplers, the
-flow-matching model with its ODE samplers, and students distilled from the flow model, as a Markdown table.
+"""Quality vs network calls on the quickstart's synthetic shapes: the DDPM-trained model with its samplers, students
+distilled from it (1 / 2 / 4 calls), optionally the flow-matching model and its students, as a Markdown table with
+the issue's bar checked under it.
 
-Trains (or reuses, ``--reuse``) three kinds of run with ``scripts/train.py`` under ``--work``:
-  ddpm     experiment=quickstart                            (T = 1000, eps, PointNet)
-  flow     experiment=quickstart diffusion=flow_matching    (same network, same steps)
-  s<S>     experiment=distill teacher=<flow checkpoint> distill.steps_per_sample=S, for S in --students
-then, per row and per sampling seed, draws --samples clouds and scores them against --refs held-out clouds
-(1-NNA-CD, COV-CD, MMD-CD; PointFlow's protocol, shapediff.metrics.generation_metrics). Cells: mean ± std over
-the seeds. ``calls`` is measured (denoiser forward passes per sample), samples/s on this machine, training wall
-time of the run (distilled students: the distillation alone; the teacher's time is the flow row's).
+Trains (or reuses, ``--reuse``) with ``scripts/train.py`` under ``--work``/<family>:
+  ddpm       experiment=quickstart (point) or lvd_quickstart (latent), the preset's own settings (training steps
+             included, unless --train-steps is given): the teacher
+  s<S>       experiment=distill teacher=<ddpm checkpoint> distill.steps_per_sample=S, for S in --students
+  flow, f<S> with --flow: the same preset with diffusion=flow_matching, and students distilled from it
+then, per row and per sampling seed, draws --samples shapes and scores them against --refs held-out clouds (1-NNA-CD,
+COV-CD, MMD-CD; PointFlow's protocol, shapediff.metrics.generation_metrics). Cells: mean ± std over the seeds.
+``calls`` is measured (denoiser forward passes per sample), samples/s on this machine, training wall time of the run
+(students: the distillation alone; their teacher's time is its own row's). Rows "ddim S trailing" are the teacher on
+the students' own levels and sampler: what distillation starts from.
 
-The issue's size: --samples 128 --refs 128 --points 512 --seeds 0 1 2 --train-steps 2000 (the defaults). Smaller
-sizes for a smoke run: e.g. --samples 16 --refs 16 --points 128 --train-steps 50 --distill-steps 20.
-``--family latent`` runs the latent-voxel quickstart (experiment=lvd_quickstart: VAE stage then diffusion) at
-fewer rows. Usage: python benchmarks/bench_few_step.py [--family point|latent] [--reuse] [--out table.md]
+The bar (issue 18): the 4-call student's 1-NNA-CD within 3 points of its teacher's 20-call DPM-Solver++; printed
+under the table with the difference and PASS / FAIL. ``--preview PNG`` renders the teacher's 20-call DPM-Solver++
+samples over the 1-call (and 4-call) students' from the same seed, hence the same starting noise, in one frame
+(``shapediff.viz.render_grid(fit="shared")``).
+
+The issue's size is the default: --samples 128 --refs 128 --points 512 --seeds 0 1 2. A smoke run:
+  python benchmarks/bench_few_step.py --samples 16 --refs 16 --points 128 --train-steps 50 --distill-steps 20
+Usage: python benchmarks/bench_few_step.py [--family point|latent] [--flow] [--reuse] [--out table.md] [--preview p.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -37,14 +45,15 @@ from shapediff.metrics import generation_metrics  # noqa: E402
 from shapediff.models.base import load_model  # noqa: E402
 from shapediff.training.checkpoints import CheckpointManager  # noqa: E402
 
-# (run, sampler, steps); the student rows are added per --students. Heun's calls are 2S - 1, midpoint's 2S.
-POINT_ROWS = [("ddpm", "ddpm", 1000), ("ddpm", "dpmpp_2m", 5), ("ddpm", "dpmpp_2m", 10), ("ddpm", "dpmpp_2m", 20),
-              ("ddpm", "ddim", 50), ("flow", "euler", 2), ("flow", "euler", 4), ("flow", "euler", 8), ("flow", "euler", 20),
-              ("flow", "heun", 2), ("flow", "heun", 4), ("flow", "heun", 10), ("flow", "midpoint", 1),
-              ("flow", "midpoint", 2), ("flow", "midpoint", 4), ("flow", "midpoint", 10)]
-LATENT_ROWS = [("ddpm", "ddpm", 200), ("ddpm", "dpmpp_2m", 10), ("ddpm", "dpmpp_2m", 20), ("ddpm", "ddim", 50),
-               ("flow", "euler", 4), ("flow", "euler", 8), ("flow", "midpoint", 4)]
-METRICS = ("1-NNA-CD", "COV-CD", "MMD-CD")
+# (run, sampler, steps, options); student rows are added per --students. Heun's calls are 2S - 1, midpoint's 2S.
+TEACHER_ROWS = {"point": [("ddpm", "ddpm", 1000, {}), ("ddpm", "dpmpp_2m", 5, {}), ("ddpm", "dpmpp_2m", 10, {}),
+                          ("ddpm", "dpmpp_2m", 20, {}), ("ddpm", "ddim", 50, {})],
+                "latent": [("ddpm", "ddpm", 200, {}), ("ddpm", "dpmpp_2m", 10, {}), ("ddpm", "dpmpp_2m", 20, {}),
+                           ("ddpm", "ddim", 50, {})]}
+FLOW_ROWS = {"point": [("flow", "euler", 4, {}), ("flow", "euler", 20, {}), ("flow", "heun", 4, {}),
+                       ("flow", "midpoint", 2, {}), ("flow", "midpoint", 10, {})],
+             "latent": [("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "midpoint", 4, {})]}
+BAR_POINTS = 3.0  # the issue's bar: 4-call student within 3 points of 1-NNA-CD of the teacher's dpmpp_2m 20
 
 
 def _train(name: str, overrides: list[str], work: Path, reuse: bool) -> tuple[Path, float]:
@@ -66,14 +75,15 @@ def _train(name: str, overrides: list[str], work: Path, reuse: bool) -> tuple[Pa
     return Path(checkpoint), seconds
 
 
-def _score(model, sampler: str, steps: int, seeds: list[int], n: int, refs: torch.Tensor, batch: int) -> dict:
+def _score(model, sampler: str, steps: int, options: dict, seeds: list[int], n: int, refs: torch.Tensor,
+           batch: int) -> dict:
     calls = []
     hook = model.denoiser.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     rows = []
     for seed in seeds:
         calls.clear()
         start = time.perf_counter()
-        samples = model.sample(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch)
+        samples = model.sample(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch, **options)
         seconds = time.perf_counter() - start
         points = samples.points_on_surface(refs.shape[1], seed).float().cpu()
         rows.append({**generation_metrics(points, refs, metrics=("cd",)), "per_s": n / seconds,
@@ -88,6 +98,48 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _student_runs(teacher: str, prefix: str, students: list[int], args, data_args: list[str], work: Path) -> dict:
+    """Distil one student per S from ``teacher`` (a checkpoint): ``--teacher-total-steps`` teacher steps per sample,
+    split over the S segments."""
+    runs = {}
+    for s in students:
+        per_segment = max(1, math.ceil(args.teacher_total_steps / s))
+        overrides = ["experiment=distill", f"teacher={teacher}", f"distill.steps_per_sample={s}",
+                     f"distill.teacher_steps={per_segment}", "evaluation.num_samples=8", "evaluation.num_meshes=0",
+                     "evaluation.preview=false", *data_args, *args.extra]
+        if args.distill_steps is not None:
+            overrides.append(f"trainer.max_steps={args.distill_steps}")
+        runs[f"{prefix}{s}"] = _train(f"{prefix}{s}", overrides, work, args.reuse)
+    return runs
+
+
+def _bar(results: dict) -> str:
+    """The issue's bar line: the 4-call DDPM student vs its teacher's dpmpp_2m 20, in 1-NNA-CD points."""
+    student, teacher = results.get(("s4", "ddim", 4)), results.get(("ddpm", "dpmpp_2m", 20))
+    if student is None or teacher is None:
+        return "bar: not checked (needs the 4-call student and the teacher's dpmpp_2m 20 row)"
+    s_mean, t_mean = (statistics.fmean(r["1-NNA-CD"]) * 100 for r in (student, teacher))
+    diff = s_mean - t_mean
+    verdict = "PASS" if diff <= BAR_POINTS else "FAIL"
+    return (f"bar: 4-call student 1-NNA-CD {_cell(student['1-NNA-CD'], 100)} vs teacher dpmpp_2m 20 "
+            f"{_cell(teacher['1-NNA-CD'], 100)}: difference {diff:+.1f} points (bar: <= +{BAR_POINTS:.0f}) -> {verdict}")
+
+
+def _preview(models: dict, students: list[int], path: Path, points: int, count: int = 4) -> None:
+    """Teacher dpmpp_2m 20 over the 1- and 4-call students, same seed (same starting noise), one frame."""
+    from shapediff.viz import render_grid  # noqa: PLC0415
+
+    rows = [("ddpm", "dpmpp_2m", 20, "teacher, 20 calls")]
+    rows += [(f"s{s}", "ddim", s, f"student, {s} call{'s' if s > 1 else ''}") for s in (1, 4) if s in students]
+    items, labels = [], []
+    for name, sampler, steps, label in rows:
+        samples = models[name].sample(count, sampler=sampler, steps=steps, seed=0)
+        items += list(samples.points_on_surface(points, 0).float().cpu())
+        labels += [f"{label} #{k}" for k in range(count)]
+    render_grid(torch.stack(items), path, ncols=count, labels=labels, fit="shared")
+    print(f"preview: {path}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=("point", "latent"), default="point")
@@ -95,15 +147,18 @@ def main() -> None:
     parser.add_argument("--refs", type=int, default=128)
     parser.add_argument("--points", type=int, default=512)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-steps", type=int, default=2000)
-    parser.add_argument("--distill-steps", type=int, default=1000)
-    parser.add_argument("--teacher-steps", type=int, default=8, help="teacher Heun steps per student step")
+    parser.add_argument("--train-steps", type=int, default=None, help="teacher training steps (default: the preset's)")
+    parser.add_argument("--distill-steps", type=int, default=None, help="student steps (default: experiment=distill's)")
+    parser.add_argument("--teacher-total-steps", type=int, default=24,
+                        help="teacher solver steps per sample, split over the student's S segments")
     parser.add_argument("--students", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--flow", action="store_true", help="also the flow-matching model and students distilled from it")
     parser.add_argument("--batch-size", type=int, default=64, help="samples drawn per batch")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_few_step")
     parser.add_argument("--reuse", action="store_true", help="reuse runs trained before under --work")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every training run")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--preview", type=Path, default=None, help="write a PNG: teacher 20 calls vs 1-/4-call students")
     args = parser.parse_args()
     work = args.work / args.family
     work.mkdir(parents=True, exist_ok=True)
@@ -111,41 +166,49 @@ def main() -> None:
     if args.family == "point":
         base = ["experiment=quickstart", f"pipeline.num_points={p}", f"data.num_points={p}"]
         data_args = [f"data.num_points={p}"]
-        rows = POINT_ROWS
     else:
         base = ["experiment=lvd_quickstart", f"pipeline.num_points={p}", f"data.base.num_points={p}"]
         data_args = ["data=synthetic_tsdf", "~data.num_points", f"data.base.num_points={p}"]
-        rows = LATENT_ROWS
-    base += [f"trainer.max_steps={args.train_steps}", "evaluation.num_samples=8", "evaluation.num_meshes=0",
-             "evaluation.preview=false", *args.extra]
-    runs = {"ddpm": _train("ddpm", base, work, args.reuse), "flow": _train("flow", [*base, "diffusion=flow_matching"],
-                                                                        work, args.reuse)}
-    for s in args.students:
-        runs[f"s{s}"] = _train(f"s{s}", ["experiment=distill", f"teacher={runs['flow'][0]}", f"distill.steps_per_sample={s}",
-                                         f"distill.teacher_steps={args.teacher_steps}", f"trainer.max_steps={args.distill_steps}",
-                                         "evaluation.num_samples=8", "evaluation.num_meshes=0", "evaluation.preview=false",
-                                         *data_args, *args.extra], work, args.reuse)
-        rows = [*rows, (f"s{s}", "euler", s)]
+    base += ["evaluation.num_samples=8", "evaluation.num_meshes=0", "evaluation.preview=false", *args.extra]
+    if args.train_steps is not None:
+        base.append(f"trainer.max_steps={args.train_steps}")
+    runs = {"ddpm": _train("ddpm", base, work, args.reuse)}
+    runs |= _student_runs(str(runs["ddpm"][0]), "s", args.students, args, data_args, work)
+    rows = [*TEACHER_ROWS[args.family], *[("ddpm", "ddim", s, {"spacing": "trailing"}) for s in args.students],
+            *[(f"s{s}", "ddim", s, {}) for s in args.students]]
+    label = {"ddpm": "DDPM-trained (teacher)"} | {f"s{s}": f"student S={s}" for s in args.students}
+    if args.flow:
+        runs["flow"] = _train("flow", [*base, "diffusion=flow_matching"], work, args.reuse)
+        runs |= _student_runs(str(runs["flow"][0]), "f", args.students, args, data_args, work)
+        rows += [*FLOW_ROWS[args.family], *[(f"f{s}", "euler", s, {}) for s in args.students]]
+        label |= {"flow": "flow-matching"} | {f"f{s}": f"flow student S={s}" for s in args.students}
     # held-out references as the runs' own evaluation draws them (the val split of the training data node)
     data_node = {"_target_": "shapediff.data.SyntheticShapes", "num_points": p, "split": "val"}
     refs = reference_clouds(instantiate(data_node, where="data"), args.refs, 1234)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    label = {"ddpm": "DDPM-trained", "flow": "flow-matching"} | {f"s{s}": f"distilled S={s}" for s in args.students}
+    teacher_steps = torch.load(runs["ddpm"][0], weights_only=True, map_location="cpu")["step"]
     lines = [f"{args.family} family: {args.samples} samples vs {len(refs)} held-out references at {p} points, seeds "
-             f"{args.seeds}; training {args.train_steps} steps (students: {args.distill_steps} distillation steps)", "",
+             f"{args.seeds}; teacher trained {teacher_steps} steps (the preset's unless --train-steps); students: "
+             f"{args.distill_steps or 'experiment=distill'} distillation steps, {args.teacher_total_steps} teacher "
+             f"DPM-Solver++ steps per sample", "",
              "| model | sampler | calls | 1-NNA-CD (%) | COV-CD (%) | MMD-CD (x1e3) | samples/s | train (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     models = {name: load_model(ckpt, device="cpu") for name, (ckpt, _) in runs.items()}
-    for name, sampler, steps in rows:
-        res = _score(models[name], sampler, steps, args.seeds, args.samples, refs, args.batch_size)
-        line = (f"| {label[name]} | {sampler} {steps} | {statistics.fmean(res['calls']):.0f} | {_cell(res['1-NNA-CD'], 100)} | "
+    results = {}
+    for name, sampler, steps, options in rows:
+        res = results[(name, sampler, steps)] = _score(models[name], sampler, steps, options, args.seeds, args.samples,
+                                                       refs, args.batch_size)
+        shown = f"{sampler} {steps}" + "".join(f" {v}" for v in options.values())
+        line = (f"| {label[name]} | {shown} | {statistics.fmean(res['calls']):.0f} | {_cell(res['1-NNA-CD'], 100)} | "
                 f"{_cell(res['COV-CD'], 100)} | {_cell(res['MMD-CD'], 1e3, 2)} | {_cell(res['per_s'])} | {runs[name][1]:.0f} |")
         lines.append(line)
         print(line, flush=True)
+    lines += ["", _bar(results)]
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
         args.out.write_text(table + "\n")
+    if args.preview:
+        _preview(models, args.students, args.preview, p)
 
 
 if __name__ == "__main__":
