@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_few_step")
     parser.add_argument("--reuse", action="store_true", help="reuse runs trained before under --work")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every training run")
+    parser.add_argument("--teacher-extra", nargs="*", default=[],
+                        help="more overrides for the teachers' runs only (e.g. stages.vae.trainer.max_steps=20)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--preview", type=Path, default=None, help="write a PNG: teacher 20 calls vs 1-/4-call students")
     args = parser.parse_args()
@@ -172,6 +174,7 @@ def main() -> None:
     base += ["evaluation.num_samples=8", "evaluation.num_meshes=0", "evaluation.preview=false", *args.extra]
     if args.train_steps is not None:
         base.append(f"trainer.max_steps={args.train_steps}")
+    base += args.teacher_extra
     runs = {"ddpm": _train("ddpm", base, work, args.reuse)}
     runs |= _student_runs(str(runs["ddpm"][0]), "s", args.students, args, data_args, work)
     rows = [*TEACHER_ROWS[args.family], *[("ddpm", "ddim", s, {"spacing": "trailing"}) for s in args.students],
