@@ -131,13 +131,32 @@ def test_bad_distill_settings_are_clear_errors():
              ({"teacher_sampler": "midpoint"}, "distill.teacher_sampler"),
              ({"spacing": "shift"}, "distill.spacing"),
              ({"guidance_scale": 3.0}, "class-conditional teacher"),
-             ({"guidance_scale": "high"}, "distill.guidance_scale")]
+             ({"guidance_scale": "high"}, "distill.guidance_scale"),
+             ({"pool_size": -1}, "distill.pool_size: expected an int >= 0")]
     for settings, message in cases:
         with pytest.raises(ValueError, match=message):
             build_student(teacher, **settings)
     cfg = OmegaConf.create({"teacher": "unused.pt", "distill": {"steps_per_smaple": 2}})
     with pytest.raises(ValueError, match=r"distill: unknown key\(s\) \['steps_per_smaple'\]"):
         build_student_from_config(cfg)
+
+
+def test_pool_trajectories_are_the_teachers_and_picked_by_the_examples_noise():
+    """distill.pool_size = P: P teacher trajectories solved once; an example trains on the pool entry at the quantile
+    of its noise's first entry: the same noise always gets the same entry, every entry is reachable, and each entry
+    is the teacher's own solve of the pool's noise."""
+    teacher = PointCloudDiffusion(denoiser=DEN, diffusion=DDPM_V, num_points=8, normalization="none")
+    objective = build_student(teacher, steps_per_sample=2, teacher_steps=2, pool_size=16).diffusion
+    z = torch.randn(400, 8, 3, generator=torch.Generator().manual_seed(0))
+    states = objective.pool_states(z)
+    assert len(states) == 3 and all(x.shape == z.shape for x in states)
+    pool_z = objective._pool[0]
+    rows = (pool_z[None] == states[0][:, None]).flatten(2).all(-1).float().argmax(1)  # which pool entry each row got
+    assert set(rows.tolist()) == set(range(16))  # 400 draws reach all 16 entries
+    assert torch.equal(objective.pool_states(z)[2], states[2])
+    torch.testing.assert_close(objective.teacher_states(pool_z)[2], objective._pool[2])
+    with pytest.raises(ValueError, match="pool_size=0"):
+        objective.pool_states(z, {"class_label": torch.zeros(400, dtype=torch.long)})
 
 
 # ------------------------------------------------------------------------------------------ slow tests
