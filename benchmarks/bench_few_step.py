@@ -109,6 +109,8 @@ def _student_runs(teacher: str, prefix: str, students: list[int], args, data_arg
                      "evaluation.preview=false", *data_args, *args.extra]
         if args.distill_steps is not None:
             overrides.append(f"trainer.max_steps={args.distill_steps}")
+        if args.pool_size is not None:
+            overrides.append(f"distill.pool_size={args.pool_size}")
         runs[f"{prefix}{s}"] = _train(f"{prefix}{s}", overrides, work, args.reuse)
     return runs
 
@@ -151,6 +153,8 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=None, help="student steps (default: experiment=distill's)")
     parser.add_argument("--teacher-total-steps", type=int, default=24,
                         help="teacher solver steps per sample, split over the student's S segments")
+    parser.add_argument("--pool-size", type=int, default=None,
+                        help="distill.pool_size (default: experiment=distill's; 0: online teacher solves)")
     parser.add_argument("--students", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--flow", action="store_true", help="also the flow-matching model and students distilled from it")
     parser.add_argument("--batch-size", type=int, default=64, help="samples drawn per batch")
@@ -192,7 +196,7 @@ def main() -> None:
     lines = [f"{args.family} family: {args.samples} samples vs {len(refs)} held-out references at {p} points, seeds "
              f"{args.seeds}; teacher trained {teacher_steps} steps (the preset's unless --train-steps); students: "
              f"{args.distill_steps or 'experiment=distill'} distillation steps, {args.teacher_total_steps} teacher "
-             f"DPM-Solver++ steps per sample", "",
+             f"solver steps per sample (DPM-Solver++ for the DDPM teacher), pool {args.pool_size if args.pool_size is not None else 'experiment=distill'}", "",
              "| model | sampler | calls | 1-NNA-CD (%) | COV-CD (%) | MMD-CD (x1e3) | samples/s | train (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     models = {name: load_model(ckpt, device="cpu") for name, (ckpt, _) in runs.items()}
