@@ -317,8 +317,8 @@ class GaussianDiffusion:
             cond, guidance_scale: conditioning passed to the model; with both given, classifier-free
                 guidance ``model(x, t, None) + s * (model(x, t, cond) - model(x, t, None))``.
             resample_jumps: RePaint repeats of each step (needs keep_known="noised" and known/mask).
-            spacing: "uniform" (in t), "logsnr" or "karras"; None = the sampler's default
-                ("logsnr" for dpmpp_2m, "karras" for euler/heun, "uniform" else).
+            spacing: "uniform" (in t), "logsnr", "karras" or "trailing" (uniform in t, no call at t = 0: distilled
+                students); None = the sampler's default ("logsnr" for dpmpp_2m, "karras" for euler/heun, "uniform" else).
             dtype: sample dtype; None = noise's or known's dtype, else float32.
             noise: the starting x at the first step's level (``shape``); None = drawn from the generator.
                 Deterministic samplers are then a fixed map of it (e.g. for interpolation).
