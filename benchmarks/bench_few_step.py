@@ -50,9 +50,14 @@ TEACHER_ROWS = {"point": [("ddpm", "ddpm", 1000, {}), ("ddpm", "dpmpp_2m", 5, {}
                           ("ddpm", "dpmpp_2m", 20, {}), ("ddpm", "ddim", 50, {})],
                 "latent": [("ddpm", "ddpm", 200, {}), ("ddpm", "dpmpp_2m", 10, {}), ("ddpm", "dpmpp_2m", 20, {}),
                            ("ddpm", "ddim", 50, {})]}
-FLOW_ROWS = {"point": [("flow", "euler", 4, {}), ("flow", "euler", 20, {}), ("flow", "heun", 4, {}),
+FLOW_ROWS = {"point": [("flow", "euler", 2, {}), ("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "euler", 20, {}),
+                       ("flow", "heun", 2, {}), ("flow", "heun", 4, {}), ("flow", "heun", 10, {}),
                        ("flow", "midpoint", 2, {}), ("flow", "midpoint", 10, {})],
              "latent": [("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "midpoint", 4, {})]}
+# Point family: each run names its objective, so the rows mean the same whichever objective the quickstart preset picks.
+OBJECTIVES = {"point": {"ddpm": ["diffusion=ddpm_linear_v", "sampler=dpmpp_2m"],
+                        "flow": ["diffusion=flow_matching", "sampler=midpoint"]},
+              "latent": {"ddpm": [], "flow": ["diffusion=flow_matching"]}}
 BAR_POINTS = 3.0  # the issue's bar: 4-call student within 3 points of 1-NNA-CD of the teacher's dpmpp_2m 20
 
 
@@ -157,6 +162,8 @@ def main() -> None:
                         help="distill.pool_size (default: experiment=distill's; 0: online teacher solves)")
     parser.add_argument("--students", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--flow", action="store_true", help="also the flow-matching model and students distilled from it")
+    parser.add_argument("--flow-students", type=int, nargs="*", default=None,
+                        help="S of the students distilled from the flow model (default: --students; none: no flow students)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples drawn per batch")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_few_step")
     parser.add_argument("--reuse", action="store_true", help="reuse runs trained before under --work")
@@ -179,16 +186,17 @@ def main() -> None:
     if args.train_steps is not None:
         base.append(f"trainer.max_steps={args.train_steps}")
     base += args.teacher_extra
-    runs = {"ddpm": _train("ddpm", base, work, args.reuse)}
+    runs = {"ddpm": _train("ddpm", [*base, *OBJECTIVES[args.family]["ddpm"]], work, args.reuse)}
     runs |= _student_runs(str(runs["ddpm"][0]), "s", args.students, args, data_args, work)
     rows = [*TEACHER_ROWS[args.family], *[("ddpm", "ddim", s, {"spacing": "trailing"}) for s in args.students],
             *[(f"s{s}", "ddim", s, {}) for s in args.students]]
     label = {"ddpm": "DDPM-trained (teacher)"} | {f"s{s}": f"student S={s}" for s in args.students}
     if args.flow:
-        runs["flow"] = _train("flow", [*base, "diffusion=flow_matching"], work, args.reuse)
-        runs |= _student_runs(str(runs["flow"][0]), "f", args.students, args, data_args, work)
-        rows += [*FLOW_ROWS[args.family], *[(f"f{s}", "euler", s, {}) for s in args.students]]
-        label |= {"flow": "flow-matching"} | {f"f{s}": f"flow student S={s}" for s in args.students}
+        flow_students = args.students if args.flow_students is None else args.flow_students
+        runs["flow"] = _train("flow", [*base, *OBJECTIVES[args.family]["flow"]], work, args.reuse)
+        runs |= _student_runs(str(runs["flow"][0]), "f", flow_students, args, data_args, work)
+        rows += [*FLOW_ROWS[args.family], *[(f"f{s}", "euler", s, {}) for s in flow_students]]
+        label |= {"flow": "flow-matching"} | {f"f{s}": f"flow student S={s}" for s in flow_students}
     # held-out references as the runs' own evaluation draws them (the val split of the training data node)
     data_node = {"_target_": "shapediff.data.SyntheticShapes", "num_points": p, "split": "val"}
     refs = reference_clouds(instantiate(data_node, where="data"), args.refs, 1234)
