@@ -47,6 +47,8 @@ class PointNetDenoiser(nn.Module):
             only smooth functions of position in a short training and leaves blurred surfaces.
         knn_neighbours: K; if > 0 each point also gets x - mean(its K nearest points' xyz, itself
             included): a local surface cue that a set-pooled network otherwise lacks.
+        cond_drop_prob: with ``num_classes``, the probability that a training example's class is replaced by the
+            null class (classifier-free guidance needs the null class trained; Point-E: 0.1).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class PointNetDenoiser(nn.Module):
         num_classes: int | None = None,
         fourier_frequencies: int = 0,
         knn_neighbours: int = 0,
+        cond_drop_prob: float = 0.0,
     ):
         super().__init__()
         if not isinstance(fourier_frequencies, int) or fourier_frequencies < 0:
@@ -68,6 +71,7 @@ class PointNetDenoiser(nn.Module):
         emb_dim = 2 * width
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.cond_drop_prob = float(cond_drop_prob)
         self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         if not isinstance(knn_neighbours, int) or knn_neighbours < 0:
@@ -92,7 +96,10 @@ class PointNetDenoiser(nn.Module):
             if cond is not None:
                 raise ValueError("cond: this PointNetDenoiser was built without num_classes; pass cond=None")
             return emb
-        labels = cond["class_label"] if cond is not None else torch.full_like(t, self.num_classes)
+        labels = cond["class_label"].long() if cond is not None else torch.full_like(t, self.num_classes).long()
+        if cond is not None and self.training and self.cond_drop_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.cond_drop_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return emb + self.class_embed(labels.long())
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,9 @@ class PointCloudDiffusion(ShapeModel):
         num_points: N, points per generated cloud.
         normalization: ``"global"`` (PVD/PointFlow: per-axis mean, scalar std of the training set)
             or ``"none"``. Fit with :meth:`fit_normalization` before training.
-        class_conditional: train with ``cond={"class_label": ...}`` from the batch's ``label``.
+        class_conditional: train with ``cond={"class_label": ...}`` from the batch's ``label``; :meth:`prepare` also
+            fits the training split's class frequencies (``class_prior``), which :meth:`sample` draws labels from
+            when it is given none (``class_label="null"``: the learned null class instead, as guidance uses).
         completion: ``"none"``; ``"pvd"`` (the first M points are the clean partial scan, only the
             other N - M are noised and scored, as PVD trains); ``"tokens"`` (the partial goes to the
             denoiser as ``cond["partial"]``).
@@ -85,6 +87,13 @@ class PointCloudDiffusion(ShapeModel):
         self.completion = completion
         self.num_partial_points = num_partial_points
         self.frame = frame
+        if class_conditional:
+            num_classes = self.config["denoiser"].get("num_classes")
+            if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+                raise ValueError(f"class_conditional: needs the denoiser's num_classes (a positive int), got {num_classes!r}")
+            # class frequencies of the training split; all zeros = not fitted (checkpoints from before the prior)
+            self.register_buffer("class_prior", torch.zeros(num_classes))
+            self._register_load_state_dict_pre_hook(_default_class_prior, with_module=True)
 
     @property
     def objective(self) -> str:
@@ -97,8 +106,23 @@ class PointCloudDiffusion(ShapeModel):
         return "generation" if self.completion == "none" else "completion"
 
     def prepare(self, train_set) -> None:
-        """Trainer hook: fit the normaliser on the training split."""
+        """Trainer hook: fit the normaliser (and a class-conditional model's class prior) on the training split."""
         self.fit_normalization(train_set)
+        if self.class_conditional:
+            self.fit_class_prior(train_set)
+
+    def fit_class_prior(self, dataset) -> "PointCloudDiffusion":
+        """Set ``class_prior`` (num_classes,) to the frequencies of the items' ``label`` in ``dataset``."""
+        if len(dataset) and "label" not in dataset[0]:
+            raise ValueError("data: class_conditional=True needs items with a 'label' entry")
+        labels = torch.as_tensor([int(dataset[i]["label"]) for i in range(len(dataset))]).long()
+        k = self.class_prior.numel()
+        if labels.numel() == 0 or labels.min() < 0 or labels.max() >= k:
+            found = "none" if labels.numel() == 0 else f"{int(labels.min())}..{int(labels.max())}"
+            raise ValueError(f"data: class labels must lie in 0..{k - 1} (model.num_classes={k}), got {found}")
+        counts = torch.bincount(labels, minlength=k).to(self.class_prior)
+        self.class_prior.copy_(counts / counts.sum())
+        return self
 
     def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
         """Fit the normaliser on a dataset's ``points`` (up to ``max_items`` items), in the training frame."""
@@ -181,11 +205,11 @@ class PointCloudDiffusion(ShapeModel):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         settings = self.sampler_settings(sampler, steps, **sampler_options)
-        cond = self._class_cond(class_label, n)
         if clip_x0 == "auto":
             clip_x0 = self.default_clip_x0()
         batch_size = batch_size or n
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        cond = self._class_cond(class_label, n, generator)
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -203,11 +227,15 @@ class PointCloudDiffusion(ShapeModel):
         bound = float(self.normalizer.bound)
         return 1.2 * bound if math.isfinite(bound) else None
 
-    def _class_cond(self, class_label, n: int) -> dict | None:
-        if class_label is None:
+    def _class_cond(self, class_label, n: int, generator: torch.Generator | None = None) -> dict | None:
+        if class_label is None and self.class_conditional and bool(self.class_prior.sum() > 0):
+            return {"class_label": prior_labels(self.class_prior, n, generator)}
+        if class_label is None or (isinstance(class_label, str) and class_label == "null" and self.class_conditional):
             return None
         if not self.class_conditional:
             raise ValueError("class_label: this model is not class-conditional (class_conditional=False)")
+        if isinstance(class_label, str):
+            raise ValueError(f"class_label: expected an int, {n} labels or 'null', got {class_label!r}")
         labels = torch.as_tensor(class_label, device=self.device).long().reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(n)
@@ -246,3 +274,20 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+def prior_labels(prior: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n,) long labels with class frequencies ``prior`` (K,): systematic sampling (one uniform offset; each class
+    gets floor or ceil of n * prior[k]), in a random order. Fewer class-count fluctuations than n independent draws."""
+    cdf = prior.double().cumsum(0)
+    cdf = cdf / cdf[-1]
+    offset = torch.rand((), generator=generator, device=prior.device, dtype=torch.float64)
+    positions = (torch.arange(n, device=prior.device, dtype=torch.float64) + offset) / n
+    labels = torch.searchsorted(cdf, positions, right=True).clamp_(max=prior.numel() - 1)
+    return labels[torch.randperm(n, generator=generator, device=prior.device)]
+
+
+def _default_class_prior(module: PointCloudDiffusion, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the class prior existed load with an unfitted (zero) prior: sampling without a
+    label then uses the null class, as those models did."""
+    state_dict.setdefault(prefix + "class_prior", torch.zeros_like(module.class_prior))

@@ -1,0 +1,89 @@
+"""A class-conditional point model samples from its training split's class frequencies when given no label."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shapediff
+from shapediff.models import PointCloudDiffusion
+from shapediff.models.point_cloud import prior_labels
+
+DIFFUSION = {"_target_": "shapediff.diffusion.FlowMatching"}
+
+
+def _model(num_classes: int = 3, cond_drop_prob: float = 0.0) -> PointCloudDiffusion:
+    denoiser = {"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1, "num_classes": num_classes,
+                "cond_drop_prob": cond_drop_prob}
+    return PointCloudDiffusion(denoiser=denoiser, diffusion=DIFFUSION, num_points=32, class_conditional=True,
+                               sampler={"name": "euler", "steps": 2})
+
+
+def _data(labels: list[int]) -> list[dict]:
+    return [{"points": torch.randn(32, 3), "label": torch.tensor(c)} for c in labels]
+
+
+def test_prepare_fits_the_class_frequencies():
+    model = _model()
+    model.prepare(_data([0, 0, 0, 1, 2, 2]))
+    torch.testing.assert_close(model.class_prior, torch.tensor([3.0, 1.0, 2.0]) / 6)
+
+
+@pytest.mark.parametrize("n", [1, 7, 60, 61])
+def test_prior_labels_counts_are_floor_or_ceil_of_n_times_the_prior(n):
+    prior = torch.tensor([0.5, 0.2, 0.0, 0.3])
+    for seed in range(5):
+        labels = prior_labels(prior, n, torch.Generator().manual_seed(seed))
+        counts = torch.bincount(labels, minlength=4).double()
+        assert labels.shape == (n,) and counts[2] == 0
+        assert ((counts - n * prior.double()).abs() < 1).all(), counts
+
+
+def test_sample_without_a_label_draws_from_the_prior_and_is_seeded():
+    model = _model()
+    model.prepare(_data([1] * 5))  # every training shape is class 1
+    calls = []
+    hook = model.denoiser.class_embed.register_forward_hook(lambda m, args, out: calls.append(args[0].clone()))
+    a = model.sample(6, seed=0).points
+    assert all((labels == 1).all() for labels in calls)  # no null class (index 3), only the prior's class
+    calls.clear()
+    model.sample(6, seed=0, class_label="null")
+    assert all((labels == 3).all() for labels in calls)
+    hook.remove()
+    torch.testing.assert_close(a, model.sample(6, seed=0).points)
+
+
+def test_prior_round_trips_and_old_checkpoints_load_unfitted(tmp_path):
+    model = _model()
+    model.prepare(_data([0, 2]))
+    loaded = shapediff.load_model(model.save(tmp_path / "m.pt"), device="cpu")
+    torch.testing.assert_close(loaded.class_prior, model.class_prior)
+    old = {k: v for k, v in model.state_dict().items() if k != "class_prior"}  # written before the prior existed
+    fresh = _model()
+    fresh.load_state_dict(old)
+    assert fresh.class_prior.sum() == 0  # unfitted: sampling without a label uses the null class, as before
+    assert fresh.sample(2, seed=0).points.shape == (2, 32, 3)
+
+
+def test_bad_labels_and_configs_are_refused():
+    with pytest.raises(ValueError, match="class labels must lie in 0..2"):
+        _model().prepare(_data([0, 3]))
+    with pytest.raises(ValueError, match="label"):
+        _model().prepare([{"points": torch.randn(32, 3)}])
+    with pytest.raises(ValueError, match="num_classes"):
+        PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser"}, diffusion=DIFFUSION,
+                            class_conditional=True)
+    with pytest.raises(ValueError, match="'null'"):
+        _model().sample(2, class_label="all")
+
+
+def test_condition_dropout_uses_the_null_class_in_training_only():
+    torch.manual_seed(0)
+    model = _model(cond_drop_prob=0.5)
+    seen = []
+    model.denoiser.class_embed.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    x, t, cond = torch.randn(64, 32, 3), torch.zeros(64), {"class_label": torch.zeros(64, dtype=torch.long)}
+    model.denoiser.train()(x, t, cond)
+    assert 16 < int((seen[-1] == 3).sum()) < 48
+    model.denoiser.eval()(x, t, cond)
+    assert (seen[-1] == 0).all()
