@@ -53,7 +53,10 @@ def test_a_moved_target_still_builds_the_class_from_its_new_home():
 def test_quickstart_is_the_preset_measured_in_docs_quickstart_quality():
     """The figures of docs/quickstart_quality.md belong to this preset; change both together."""
     cfg = _compose("experiment=quickstart")
-    assert cfg.diffusion.prediction == "v" and cfg.model.width == 96 and cfg.model.depth == 4
+    assert cfg.diffusion._target_.endswith("FlowMatching") and cfg.diffusion.timestep_density == "logit_normal"
+    assert (cfg.sampler.name, cfg.sampler.steps) == ("midpoint", 10)
+    assert cfg.pipeline.class_conditional and cfg.model.num_classes == 12 and cfg.model.cond_drop_prob == 0.1
+    assert cfg.model.width == 96 and cfg.model.depth == 4
     assert (cfg.trainer.batch_size, cfg.trainer.max_steps, cfg.trainer.lr, cfg.trainer.ema_decay) == (16, 4500, 1e-3, 0.995)
     assert cfg.pipeline.num_points == cfg.data.num_points == 512 and cfg.data.num_shapes == 240
 

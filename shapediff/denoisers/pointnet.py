@@ -10,6 +10,7 @@ from torch import nn
 
 from shapediff.geometry import knn_points
 from shapediff.nn import TimestepEmbedder
+from shapediff.nn.embeddings import class_labels
 
 
 class _SetBlock(nn.Module):
@@ -96,11 +97,8 @@ class PointNetDenoiser(nn.Module):
             if cond is not None:
                 raise ValueError("cond: this PointNetDenoiser was built without num_classes; pass cond=None")
             return emb
-        labels = cond["class_label"].long() if cond is not None else torch.full_like(t, self.num_classes).long()
-        if cond is not None and self.training and self.cond_drop_prob > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.cond_drop_prob
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return emb + self.class_embed(labels.long())
+        labels = class_labels(cond, t.shape[0], self.num_classes, self.cond_drop_prob, self.training, t.device)
+        return emb + self.class_embed(labels)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C_in) -> (B, N, C_in + 6F [+ 3]): the inputs, sin and cos of each xyz coordinate at F

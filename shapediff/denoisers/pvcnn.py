@@ -47,6 +47,7 @@ from shapediff import geometry as _geo
 from shapediff.denoisers.voxel_ops import _avg_voxelize, _normalize_coords, _trilinear_devoxelize
 from shapediff.geometry.point_ops import POINT_OP_CONVENTIONS
 from shapediff.nn import SpatialSelfAttention, SqueezeExcitation, TimestepEmbedder
+from shapediff.nn.embeddings import class_labels
 
 __all__ = [
     "PVD_SA_BLOCKS", "PVD_FP_BLOCKS", "SharedMLP", "PVConv", "SetAbstraction", "FeaturePropagation",
@@ -280,6 +281,10 @@ class PVCNN2(nn.Module):
             10000^(-i/31); what PVD's weights expect, set by ``configs/model/pvcnn_pvd.yaml``) or
             "adm" ([cos, sin], 10000^(-i/32); the default, which checkpoints saved before this
             option was added were trained with).
+        num_classes: if set, ``cond={"class_label": (B,) long}`` adds a class embedding to the time embedding
+            (PVD is unconditional); index ``num_classes`` is the null class used when ``cond`` is None.
+        cond_drop_prob: with ``num_classes``, the probability that a training example's class becomes the null
+            class (classifier-free guidance needs it trained).
     """
 
     def __init__(
@@ -289,6 +294,7 @@ class PVCNN2(nn.Module):
         width_multiplier: float = 1.0, voxel_resolution_multiplier: float = 1.0,
         pvd_sa_quirk: bool = True, fp_attention: bool = False, se_after_attention: bool = True,
         fps_start: str = "first", point_ops: str = "pvd", time_embedding: str = "adm",
+        num_classes: int | None = None, cond_drop_prob: float = 0.0,
     ):
         super().__init__()
         if in_channels < 3:
@@ -317,10 +323,20 @@ class PVCNN2(nn.Module):
         hc = int(w * head_channels)
         self.classifier = nn.Sequential(SharedMLP(c, hc), nn.Dropout(head_dropout), nn.Conv1d(hc, out_channels, 1))
         self.time_embed = TimestepEmbedder(embed_dim, activation="leaky_relu", convention=time_embedding)
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes: expected None or a positive int, got {num_classes!r}")
+        if not 0.0 <= float(cond_drop_prob) <= 1.0:
+            raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
+        self.num_classes, self.cond_drop_prob = num_classes, float(cond_drop_prob)
+        # added to the time embedding; the last row is the null class (cond None, guidance)
+        self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
 
     def _check(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None) -> None:
-        if cond is not None:
-            raise ValueError(f"cond: PVCNN2 is unconditional and expects None, got {type(cond).__name__}")
+        if cond is not None and self.class_embed is None:
+            raise ValueError(f"cond: this PVCNN2 was built without num_classes and expects None, got {type(cond).__name__}")
+        if cond is not None and (not isinstance(cond, Mapping) or set(cond) != {"class_label"}):
+            got = sorted(cond) if isinstance(cond, Mapping) else type(cond).__name__
+            raise ValueError(f"cond: PVCNN2 accepts only {{'class_label': (B,) long}}, got {got}")
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.in_channels or 0 in x.shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a non-empty (B, N, {self.in_channels}) tensor, got {got}")
@@ -331,9 +347,14 @@ class PVCNN2(nn.Module):
             raise ValueError(f"t: expected a ({x.shape[0]},) tensor of timesteps, got {got}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None = None) -> torch.Tensor:
-        """x (B, N, C_in) channels-last, t (B,) timesteps, cond None -> (B, N, C_out)."""
+        """x (B, N, C_in) channels-last, t (B,) timesteps, cond None or {"class_label": (B,)} (with num_classes)
+        -> (B, N, C_out)."""
         self._check(x, t, cond)
-        temb = self.time_embed(t).to(x.dtype)[:, :, None]  # (B, E, 1); constant over points
+        temb = self.time_embed(t)
+        if self.class_embed is not None:
+            temb = temb + self.class_embed(class_labels(cond, x.shape[0], self.num_classes, self.cond_drop_prob,
+                                                        self.training, x.device))
+        temb = temb.to(x.dtype)[:, :, None]  # (B, E, 1); constant over points
 
         def with_time(f: torch.Tensor) -> torch.Tensor:
             return torch.cat([f, temb.expand(-1, -1, f.shape[-1])], dim=1)

@@ -87,3 +87,24 @@ def test_condition_dropout_uses_the_null_class_in_training_only():
     assert 16 < int((seen[-1] == 3).sum()) < 48
     model.denoiser.eval()(x, t, cond)
     assert (seen[-1] == 0).all()
+
+
+@pytest.mark.parametrize("denoiser", ["pointnet_small", "pvcnn_small", "transformer_small"])
+def test_the_quickstart_preset_is_class_conditional_with_each_small_denoiser(denoiser):
+    from hydra import compose, initialize_config_dir
+    from pathlib import Path
+
+    from shapediff.training.experiment import build_model
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        cfg = compose("train", overrides=["experiment=quickstart", f"model={denoiser}"])
+    model = build_model(cfg)
+    model.prepare(_data_of(model.num_points, [0, 5, 11, 11]))
+    torch.testing.assert_close(model.class_prior[[0, 5, 11]], torch.tensor([0.25, 0.25, 0.5]))
+    loss = model.training_loss({"points": torch.randn(2, model.num_points, 3), "label": torch.tensor([0, 11])})
+    assert torch.isfinite(loss)
+
+
+def _data_of(n: int, labels: list[int]) -> list[dict]:
+    return [{"points": torch.randn(n, 3), "label": torch.tensor(c)} for c in labels]
