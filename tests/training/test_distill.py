@@ -98,7 +98,7 @@ def test_flow_model_checkpoint_round_trip(tmp_path):
         again.sample(1, sampler="dpmpp_2m")
 
 
-TINY = ["experiment=quickstart", "diffusion=flow_matching", "trainer.max_steps=4", "trainer.batch_size=4",
+TINY = ["experiment=quickstart", "pipeline.class_conditional=false", "model.num_classes=null", "trainer.max_steps=4", "trainer.batch_size=4",
         "trainer.checkpoint_every=2", "trainer.progress=false", "trainer.warmup_steps=0", "model.width=16",
         "model.depth=1", "pipeline.num_points=64", "data.num_points=64", "evaluation.num_samples=4",
         "evaluation.num_ply=1", "evaluation.num_meshes=0", "evaluation.preview=false", "sampler.steps=3"]
@@ -111,15 +111,15 @@ def _train(args, cwd):
 
 @pytest.mark.slow
 def test_train_resume_and_distill_scripts(tmp_path):
-    """experiment=quickstart diffusion=flow_matching trains a flow model (the preset's DPM-Solver++ gives way to
-    euler, steps kept), resumes, and experiment=distill turns its checkpoint into a 2-call student."""
+    """experiment=quickstart (unconditional here) trains a flow model, resumes, and experiment=distill turns its
+    checkpoint into a 2-call student."""
     run = tmp_path / "flow"
     proc = _train([*TINY, f"run_dir={run}"], ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _train([*TINY, "trainer.max_steps=6", "trainer.resume=true", f"run_dir={run}"], ROOT)
     assert proc.returncode == 0 and "resumed from" in proc.stderr + proc.stdout, proc.stderr[-3000:]
     teacher = load_model(run / "checkpoints" / "step_00000006.pt", device="cpu")
-    assert isinstance(teacher.diffusion, FlowMatching) and teacher.config["sampler"] == {"name": "euler", "steps": 3}
+    assert isinstance(teacher.diffusion, FlowMatching) and teacher.config["sampler"] == {"name": "midpoint", "steps": 3, "spacing": "uniform"}
     student_run = tmp_path / "student"
     proc = _train(["experiment=distill", f"teacher={run / 'checkpoints' / 'step_00000006.pt'}",
                    "distill.steps_per_sample=2", "distill.teacher_steps=2", "trainer.max_steps=2", "trainer.batch_size=4",
@@ -144,10 +144,13 @@ def _compose(*overrides: str):
 def test_flow_configs_compose_and_build():
     from shapediff.training.experiment import build_model, check_required  # noqa: PLC0415
 
-    model = build_model(_compose("experiment=quickstart", "diffusion=flow_matching"))
+    model = build_model(_compose("experiment=quickstart"))
     assert isinstance(model.diffusion, FlowMatching) and model.diffusion.timestep_density == "logit_normal"
-    assert model.config["sampler"] == {"name": "euler", "steps": 20}  # the preset's dpmpp_2m gave way, steps kept
+    assert model.config["sampler"] == {"name": "midpoint", "steps": 10, "spacing": "uniform"}
     assert model.config == type(model).from_config(model.config).config  # config round trip
+    ddpm = build_model(_compose("experiment=quickstart", "diffusion=ddpm_linear_v"))
+    assert ddpm.objective == "gaussian" and ddpm.config["sampler"]["name"] == "dpmpp_2m"  # midpoint gave way
+    assert ddpm.config["sampler"]["steps"] == 10  # steps kept
     lvd = _compose("experiment=lvd_quickstart", "diffusion=flow_matching")
     assert lvd.diffusion["_target_"] == "shapediff.diffusion.FlowMatching"
     with pytest.raises(ValueError, match="teacher"):

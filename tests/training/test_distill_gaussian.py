@@ -243,7 +243,8 @@ def test_killed_distillation_resumes_to_the_same_student(tmp_path):
     """experiment=distill from a DDPM (v) quickstart checkpoint; the run is killed (SIGKILL) after its step-2
     checkpoint, resumed with trainer.resume=true, and ends with the weights of an uninterrupted run."""
     teacher_run = tmp_path / "teacher"
-    proc = _train(["experiment=quickstart", "trainer.max_steps=2", "trainer.checkpoint_every=2", "model.width=16",
+    proc = _train(["experiment=quickstart", "diffusion=ddpm_linear_v", "sampler=dpmpp_2m", "pipeline.class_conditional=false",
+                   "model.num_classes=null", "trainer.max_steps=2", "trainer.checkpoint_every=2", "model.width=16",
                    "model.depth=1", "pipeline.num_points=64", "sampler.steps=3", *TINY, f"run_dir={teacher_run}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     teacher = teacher_run / "checkpoints" / "step_00000002.pt"
