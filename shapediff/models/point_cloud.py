@@ -88,7 +88,8 @@ class PointCloudDiffusion(ShapeModel):
         self.num_partial_points = num_partial_points
         self.frame = frame
         if class_conditional:
-            num_classes = self.config["denoiser"].get("num_classes")
+            inner = self.config["denoiser"].get("denoiser")  # wrappers (KnownIndicatorDenoiser) hold the network
+            num_classes = self.config["denoiser"].get("num_classes", (inner or {}).get("num_classes"))
             if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
                 raise ValueError(f"class_conditional: needs the denoiser's num_classes (a positive int), got {num_classes!r}")
             # class frequencies of the training split; all zeros = not fitted (checkpoints from before the prior)

@@ -108,3 +108,11 @@ def test_the_quickstart_preset_is_class_conditional_with_each_small_denoiser(den
 
 def _data_of(n: int, labels: list[int]) -> list[dict]:
     return [{"points": torch.randn(n, 3), "label": torch.tensor(c)} for c in labels]
+
+
+def test_a_wrapped_denoiser_gives_its_network_s_classes():
+    inner = {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": 8, "depth": 1, "num_classes": 5}
+    wrapper = {"_target_": "shapediff.denoisers.KnownIndicatorDenoiser", "num_known": 4, "denoiser": inner}
+    model = PointCloudDiffusion(denoiser=wrapper, diffusion=DIFFUSION, num_points=32, class_conditional=True,
+                                completion="pvd", num_partial_points=4, sampler={"name": "euler", "steps": 2})
+    assert model.class_prior.shape == (5,)
