@@ -54,7 +54,8 @@ __all__ = ["SegmentDistillation", "build_student", "DISTILL_DEFAULTS", "STUDENT_
 
 # None = the teacher objective's default (TEACHER_SAMPLERS / STUDENT_SAMPLERS' spacing)
 DISTILL_DEFAULTS = {"steps_per_sample": 4, "teacher_sampler": None, "teacher_steps": 8, "spacing": None,
-                    "shift": 3.0, "guidance_scale": None, "pool_size": 2048}
+                    "shift": 3.0, "guidance_scale": None, "pool_size": None}
+DEFAULT_POOL_SIZE = 2048  # pool_size None: this for unconditional teachers, 0 (online) for class-conditional ones
 POOL_SEED, POOL_BATCH = 0, 64  # the pool's noise generator and how many trajectories the teacher solves at once
 TEACHER_SAMPLERS = {"flow": "heun", "gaussian": "dpmpp_2m"}
 # the student's one-step-per-call sampler and its default spacing, per objective
@@ -236,7 +237,7 @@ def _repeat_cond(cond: Any, times: int) -> Any:
 
 def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_sampler: str | None = None,
                   teacher_steps: int = 8, spacing: str | None = None, shift: float = 3.0,
-                  guidance_scale: float | None = None, pool_size: int = 0) -> ShapeModel:
+                  guidance_scale: float | None = None, pool_size: int | None = 0) -> ShapeModel:
     """A student to train with the ordinary trainer: a copy of ``teacher`` (a checkpoint path or a model; its EMA
     weights when it has them) whose objective is :class:`SegmentDistillation` and whose default sampler makes one
     call per step on the training levels (flow: ``euler``; Gaussian: ``ddim``, eta 0, "trailing"). Its saved
@@ -248,8 +249,16 @@ def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_
     if guidance_scale is not None and not teacher_model.config.get("class_conditional"):
         raise ValueError(f"distill.guidance_scale: needs a class-conditional teacher (class_conditional=True), got "
                          f"guidance_scale={guidance_scale!r} for an unconditional {type(teacher_model).__name__}")
+    conditional = bool(teacher_model.config.get("class_conditional"))
+    if pool_size is None:  # the pool holds unconditional trajectories; labelled batches solve online
+        pool_size = 0 if conditional else DEFAULT_POOL_SIZE
+        log.info("distillation: pool_size=%d (%s teacher)", pool_size, "class-conditional" if conditional else "unconditional")
     frozen = copy.deepcopy(teacher_model.denoiser).eval().requires_grad_(False)
     student = copy.deepcopy(teacher_model).train()
+    if conditional and float(getattr(student.denoiser, "cond_drop_prob", 0.0)) > 0:
+        # the student learns the teacher's CONDITIONAL trajectories: a dropped label would pair the null class with them
+        student.denoiser.cond_drop_prob = 0.0
+        student.config["denoiser"]["cond_drop_prob"] = 0.0
     student.diffusion = SegmentDistillation(teacher_model.diffusion, frozen, steps_per_sample, teacher_sampler,
                                             teacher_steps, spacing, shift, guidance_scale, pool_size)
     student.config["sampler"] = student.diffusion.student_sampler()

@@ -116,3 +116,21 @@ def test_a_wrapped_denoiser_gives_its_network_s_classes():
     model = PointCloudDiffusion(denoiser=wrapper, diffusion=DIFFUSION, num_points=32, class_conditional=True,
                                 completion="pvd", num_partial_points=4, sampler={"name": "euler", "steps": 2})
     assert model.class_prior.shape == (5,)
+
+
+def test_a_class_conditional_teacher_distils_online_without_condition_dropout():
+    """The quickstart's teacher is class-conditional: experiment=distill's default pool (unconditional trajectories)
+    gives way to online solves, and the student never pairs the null class with the teacher's labelled trajectories."""
+    from shapediff.training.distill import build_student  # noqa: PLC0415
+
+    teacher = _model(cond_drop_prob=0.1)
+    teacher.prepare(_data([0, 1, 2]))
+    student = build_student(teacher, steps_per_sample=2, teacher_steps=2, pool_size=None)
+    assert student.diffusion.pool_size == 0
+    assert student.denoiser.cond_drop_prob == 0.0 and student.config["denoiser"]["cond_drop_prob"] == 0.0
+    assert teacher.denoiser.cond_drop_prob == 0.1
+    batch = {"points": torch.randn(3, 32, 3), "label": torch.tensor([0, 1, 2]), "seed": torch.arange(3)}
+    assert torch.isfinite(student.training_loss(batch))
+    unconditional = PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1},
+                                        diffusion=DIFFUSION, num_points=32, sampler={"name": "euler", "steps": 2})
+    assert build_student(unconditional, steps_per_sample=2, teacher_steps=2, pool_size=None).diffusion.pool_size == 2048
