@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every training run")
     parser.add_argument("--teacher-extra", nargs="*", default=[],
                         help="more overrides for the teachers' runs only (e.g. stages.vae.trainer.max_steps=20)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="score only these runs' rows (e.g. f1 f4; the bar line needs s4 and ddpm); all are trained")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--preview", type=Path, default=None, help="write a PNG: teacher 20 calls vs 1-/4-call students")
     args = parser.parse_args()
@@ -209,6 +211,11 @@ def main() -> None:
              f"solver steps per sample (DPM-Solver++ for the DDPM teacher), pool {args.pool_size if args.pool_size is not None else 'experiment=distill'}", "",
              "| model | sampler | calls | 1-NNA-CD (%) | COV-CD (%) | MMD-CD (x1e3) | samples/s | train (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if args.only is not None:
+        unknown = sorted(set(args.only) - set(runs))
+        if unknown:
+            raise SystemExit(f"--only: expected names among {sorted(runs)}, got unknown {unknown}")
+        rows = [row for row in rows if row[0] in args.only]
     models = {name: load_model(ckpt, device="cpu") for name, (ckpt, _) in runs.items()}
     results = {}
     for name, sampler, steps, options in rows:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from shapediff.diffusion.couplings import COUPLINGS, couple_noise
 from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, FLOW_SPACINGS, FlowKnownValues, make_flow_schedule
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, _check_mask, _check_tensor, _with_denoised
 from shapediff.diffusion.guidance import classifier_free
@@ -45,13 +46,15 @@ class FlowMatching:
         logit_mean, logit_std: m, s of the logit-normal density (SD3: 0, 1).
         time_scale: model time = time_scale * t (1000: the denoisers' DDPM range).
         num_timesteps: quantile grid for integer ``t`` in ``training_loss`` (the models' per-example draws).
+        coupling: which noise each training example flows from (``shapediff.diffusion.couplings``): "independent"
+            (as drawn) or "points" (point clouds: each noise cloud's points re-ordered to match the data points).
     """
 
     objective = "flow"
     prediction = "velocity"
 
     def __init__(self, timestep_density: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0,
-                 time_scale: float = 1000.0, num_timesteps: int = 1000) -> None:
+                 time_scale: float = 1000.0, num_timesteps: int = 1000, coupling: str = "independent") -> None:
         if timestep_density not in TIMESTEP_DENSITIES:
             raise ValueError(f"timestep_density: expected one of {TIMESTEP_DENSITIES}, got {timestep_density!r}")
         for name, value in (("logit_std", logit_std), ("time_scale", time_scale)):
@@ -61,16 +64,18 @@ class FlowMatching:
             raise ValueError(f"logit_mean: expected a finite number, got {logit_mean!r}")
         if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
             raise ValueError(f"num_timesteps: expected a positive int, got {num_timesteps!r}")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling: expected one of {COUPLINGS}, got {coupling!r}")
         self.timestep_density, self.logit_mean, self.logit_std = timestep_density, float(logit_mean), float(logit_std)
-        self.time_scale, self.num_timesteps = float(time_scale), num_timesteps
+        self.time_scale, self.num_timesteps, self.coupling = float(time_scale), num_timesteps, coupling
         self.config: dict[str, Any] = {
             "_target_": "shapediff.diffusion.FlowMatching", "timestep_density": timestep_density,
             "logit_mean": self.logit_mean, "logit_std": self.logit_std, "time_scale": self.time_scale,
-            "num_timesteps": num_timesteps}
+            "num_timesteps": num_timesteps, "coupling": coupling}
 
     def __repr__(self) -> str:
         return (f"FlowMatching(timestep_density={self.timestep_density!r}, logit_mean={self.logit_mean}, "
-                f"logit_std={self.logit_std}, time_scale={self.time_scale})")
+                f"logit_std={self.logit_std}, time_scale={self.time_scale}, coupling={self.coupling!r})")
 
     # ------------------------------------------------------------------------------- the path
     def times_from_quantiles(self, u: torch.Tensor) -> torch.Tensor:
@@ -125,6 +130,7 @@ class FlowMatching:
                       generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> torch.Tensor:
         """Mean squared error between ``model(x_t, time_scale t, cond)`` and the velocity eps - x0; scalar.
 
+        ``noise`` (as drawn, or given) is paired with x0 by the objective's ``coupling`` first.
         ``mask`` (True = known, broadcastable to x0): known entries stay clean in x_t and out of the loss (PVD
         completion), as in ``GaussianDiffusion.training_loss``. ``t``: see the module docstring. ``min_snr_gamma``
         is a Gaussian-diffusion weighting and must be None here.
@@ -140,6 +146,7 @@ class FlowMatching:
         elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(f"noise: expected a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+        noise = couple_noise(self.coupling, noise, x0, mask)
         x_t = self.interpolate(x0, times, noise)
         if mask is not None:
             mask = _check_mask(mask, x0.shape, device)
