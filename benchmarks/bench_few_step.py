@@ -13,8 +13,8 @@ COV-CD, MMD-CD; PointFlow's protocol, shapediff.metrics.generation_metrics). Cel
 (students: the distillation alone; their teacher's time is its own row's). Rows "ddim S trailing" are the teacher on
 the students' own levels and sampler: what distillation starts from.
 
-The bar (issue 18): the 4-call student's 1-NNA-CD within 3 points of its teacher's 20-call DPM-Solver++; printed
-under the table with the difference and PASS / FAIL. ``--preview PNG`` renders the teacher's 20-call DPM-Solver++
+The bar (issue 18): the 4-call student's 1-NNA-CD within 3 points of its teacher's 20-call DPM-Solver++ (for the
+flow teacher's student: its 20-call midpoint solve); printed under the table with the difference and PASS / FAIL. ``--preview PNG`` renders the teacher's 20-call DPM-Solver++
 samples over the 1-call (and 4-call) students' from the same seed, hence the same starting noise, in one frame
 (``shapediff.viz.render_grid(fit="shared")``).
 
@@ -122,24 +122,41 @@ def _student_runs(teacher: str, prefix: str, students: list[int], args, data_arg
     return runs
 
 
+# The bar's pairs: (4-call student row, its teacher's 20-call row, how the teacher's row is named)
+BAR_PAIRS = [(("s4", "ddim", 4), ("ddpm", "dpmpp_2m", 20), "DDPM teacher dpmpp_2m 20"),
+             (("f4", "euler", 4), ("flow", "midpoint", 10), "flow teacher midpoint 10 (20 calls)")]
+
+
 def _bar(results: dict) -> str:
-    """The issue's bar line: the 4-call DDPM student vs its teacher's dpmpp_2m 20, in 1-NNA-CD points."""
-    student, teacher = results.get(("s4", "ddim", 4)), results.get(("ddpm", "dpmpp_2m", 20))
-    if student is None or teacher is None:
-        return "bar: not checked (needs the 4-call student and the teacher's dpmpp_2m 20 row)"
-    s_mean, t_mean = (statistics.fmean(r["1-NNA-CD"]) * 100 for r in (student, teacher))
-    diff = s_mean - t_mean
-    verdict = "PASS" if diff <= BAR_POINTS else "FAIL"
-    return (f"bar: 4-call student 1-NNA-CD {_cell(student['1-NNA-CD'], 100)} vs teacher dpmpp_2m 20 "
-            f"{_cell(teacher['1-NNA-CD'], 100)}: difference {diff:+.1f} points (bar: <= +{BAR_POINTS:.0f}) -> {verdict}")
+    """The issue's bar lines: each 4-call student vs its teacher's 20-call solve (DPM-Solver++ for the DDPM teacher,
+    midpoint for the flow teacher), in 1-NNA-CD points."""
+    lines = []
+    for student_key, teacher_key, teacher_name in BAR_PAIRS:
+        student, teacher = results.get(student_key), results.get(teacher_key)
+        if student is None or teacher is None:
+            continue
+        s_mean, t_mean = (statistics.fmean(r["1-NNA-CD"]) * 100 for r in (student, teacher))
+        diff = s_mean - t_mean
+        verdict = "PASS" if diff <= BAR_POINTS else "FAIL"
+        lines.append(f"bar: 4-call student ({student_key[0]}) 1-NNA-CD {_cell(student['1-NNA-CD'], 100)} vs "
+                     f"{teacher_name} {_cell(teacher['1-NNA-CD'], 100)}: difference {diff:+.1f} points "
+                     f"(bar: <= +{BAR_POINTS:.0f}) -> {verdict}")
+    return "\n".join(lines) or "bar: not checked (needs a 4-call student and its teacher's 20-call row)"
 
 
-def _preview(models: dict, students: list[int], path: Path, points: int, count: int = 4) -> None:
-    """Teacher dpmpp_2m 20 over the 1- and 4-call students, same seed (same starting noise), one frame."""
+def _preview(models: dict, path: Path, points: int, count: int = 4) -> None:
+    """Each teacher at 20 calls over its 1- and 4-call students (DDPM: dpmpp_2m 20 over s1, s4; with --flow students
+    also the flow model's midpoint 10 over f1, f4), same seed (same starting noise), one frame."""
     from shapediff.viz import render_grid  # noqa: PLC0415
 
-    rows = [("ddpm", "dpmpp_2m", 20, "teacher, 20 calls")]
-    rows += [(f"s{s}", "ddim", s, f"student, {s} call{'s' if s > 1 else ''}") for s in (1, 4) if s in students]
+    rows = []
+    for teacher, sampler, steps, prefix, student_sampler, name in (("ddpm", "dpmpp_2m", 20, "s", "ddim", "DDPM"),
+                                                                   ("flow", "midpoint", 10, "f", "euler", "flow")):
+        present = [s for s in (1, 4) if f"{prefix}{s}" in models]
+        if teacher not in models or not present:
+            continue
+        rows.append((teacher, sampler, steps, f"{name} teacher, 20 calls"))
+        rows += [(f"{prefix}{s}", student_sampler, s, f"{name} student, {s} call{'s' if s > 1 else ''}") for s in present]
     items, labels = [], []
     for name, sampler, steps, label in rows:
         samples = models[name].sample(count, sampler=sampler, steps=steps, seed=0)
@@ -232,7 +249,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(table + "\n")
     if args.preview:
-        _preview(models, args.students, args.preview, p)
+        _preview(models, args.preview, p)
 
 
 if __name__ == "__main__":
