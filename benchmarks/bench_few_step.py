@@ -53,7 +53,8 @@ TEACHER_ROWS = {"point": [("ddpm", "ddpm", 1000, {}), ("ddpm", "dpmpp_2m", 5, {}
 FLOW_ROWS = {"point": [("flow", "euler", 2, {}), ("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "euler", 20, {}),
                        ("flow", "heun", 2, {}), ("flow", "heun", 4, {}), ("flow", "heun", 10, {}),
                        ("flow", "midpoint", 2, {}), ("flow", "midpoint", 10, {})],
-             "latent": [("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "midpoint", 4, {})]}
+             "latent": [("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "midpoint", 4, {}),
+                        ("flow", "midpoint", 10, {})]}
 # Point family: each run names its objective, so the rows mean the same whichever objective the quickstart preset picks,
 # and is unconditional (the quickstart preset's class labels off): the distillation pool holds unconditional trajectories.
 UNCONDITIONAL = ["pipeline.class_conditional=false", "model.num_classes=null", "model.cond_drop_prob=0.0"]

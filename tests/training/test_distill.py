@@ -146,6 +146,8 @@ def test_flow_configs_compose_and_build():
 
     model = build_model(_compose("experiment=quickstart"))
     assert isinstance(model.diffusion, FlowMatching) and model.diffusion.timestep_density == "logit_normal"
+    assert model.diffusion.coupling == "points"  # the quickstart's diffusion=flow_matching_points
+    assert build_model(_compose("experiment=quickstart", "diffusion=flow_matching")).diffusion.coupling == "independent"
     assert model.config["sampler"] == {"name": "midpoint", "steps": 10, "spacing": "uniform"}
     assert model.config == type(model).from_config(model.config).config  # config round trip
     ddpm = build_model(_compose("experiment=quickstart", "diffusion=ddpm_linear_v"))
