@@ -142,7 +142,7 @@ def test_sample_validation(diffusion):
 
 
 GAUSSIAN_CONFIGS = [p for p in sorted((CONFIGS / "diffusion").glob("*.yaml"))  # flow_matching: test_flow_matching.py
-                    if yaml.safe_load(p.read_text())["_target_"] == "shapediff.diffusion.GaussianDiffusion"]
+                    if yaml.safe_load(p.read_text()).get("_target_") == "shapediff.diffusion.GaussianDiffusion"]
 
 
 @pytest.mark.parametrize("path", GAUSSIAN_CONFIGS, ids=lambda p: p.stem)
