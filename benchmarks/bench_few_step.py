@@ -14,9 +14,10 @@ COV-CD, MMD-CD; PointFlow's protocol, shapediff.metrics.generation_metrics). Cel
 the students' own levels and sampler: what distillation starts from.
 
 The bar (issue 18): the 4-call student's 1-NNA-CD within 3 points of its teacher's 20-call DPM-Solver++ (for the
-flow teacher's student: its 20-call midpoint solve); printed under the table with the difference and PASS / FAIL. ``--preview PNG`` renders the teacher's 20-call DPM-Solver++
-samples over the 1-call (and 4-call) students' from the same seed, hence the same starting noise, in one frame
-(``shapediff.viz.render_grid(fit="shared")``).
+flow teacher's student: its 20-call midpoint solve); printed under the table with the difference and PASS / FAIL.
+``--preview PNG`` renders each teacher's 20-call samples over its 1-call (and 4-call) students' from the same seed,
+hence the same starting noise, in one frame (``shapediff.viz.render_grid(fit="shared")``). ``--only RUN ...`` scores
+only those runs' rows (``--only`` alone: none, e.g. for the preview).
 
 The issue's size is the default: --samples 128 --refs 128 --points 512 --seeds 0 1 2. A smoke run:
   python benchmarks/bench_few_step.py --samples 16 --refs 16 --points 128 --train-steps 50 --distill-steps 20
@@ -191,7 +192,7 @@ def main() -> None:
     parser.add_argument("--teacher-extra", nargs="*", default=[],
                         help="more overrides for the teachers' runs only (e.g. stages.vae.trainer.max_steps=20)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="score only these runs' rows (e.g. f1 f4; the bar line needs s4 and ddpm); all are trained")
+                        help="score only these runs' rows (e.g. f4 flow; a bar line needs the student and its teacher); all are trained")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--preview", type=Path, default=None, help="write a PNG: teacher 20 calls vs 1-/4-call students")
     args = parser.parse_args()
