@@ -12,7 +12,8 @@ low-variance velocity targets and straighter flows (fewer steps at sampling time
   bisection: both clouds are split at the median of one axis (x, y, z in turn) and the halves matched to each other,
   down to single points (a k-d tree on each cloud with the same leaf sizes). O(N log^2 N) sorting and no assignment
   solver: on four quickstart shapes (512 points, unit std) its mean squared transport distance is 1.33 against exact
-  OT's 1.07 and 5.83 for the order as drawn (tests/diffusion/test_couplings.py), at ~8 ms per batch of 16.
+  OT's 1.07 and 5.83 for the order as drawn (tests/diffusion/test_couplings.py), at ~7 ms per batch of 16 (2 threads,
+  idle: 13 % of a quickstart PointNet training step).
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def _kd_order(points: torch.Tensor) -> torch.Tensor:
     level l); two clouds of the same N put matched points at equal positions."""
     b, n, c = points.shape
     axes = min(c, 3)
-    # each point's rank along each axis, in [0, 1): sorting a group by it sorts it by that coordinate
-    rank = points[..., :axes].detach().argsort(dim=1).argsort(dim=1).to(torch.float64) / n  # (B, N, axes)
+    # each point's rank along each axis: sorting a group by group * N + rank sorts it by that coordinate
+    rank = points[..., :axes].detach().argsort(dim=1).argsort(dim=1)  # (B, N, axes) long
     order = torch.arange(n, device=points.device).expand(b, n)
     for level, group in enumerate(_split_groups(n)):
-        key = group.to(points.device, torch.float64)[None] + torch.gather(rank[..., level % axes], 1, order)
+        key = group.to(points.device)[None] * n + torch.gather(rank[..., level % axes], 1, order)
         order = torch.gather(order, 1, key.argsort(dim=1))
     return order
 
@@ -66,7 +67,8 @@ def bisection_matching(source: torch.Tensor, target: torch.Tensor) -> torch.Tens
     if source.ndim != 3 or source.shape != target.shape:
         raise ValueError(f"source, target: expected two (B, N, C) tensors of one shape, got {tuple(source.shape)} and "
                          f"{tuple(target.shape)}")
-    order_source, order_target = _kd_order(source), _kd_order(target)
+    orders = _kd_order(torch.cat([source, target.to(source.dtype)]))  # both clouds in one pass
+    order_source, order_target = orders[: source.shape[0]], orders[source.shape[0]:]
     perm = torch.empty_like(order_source)
     return perm.scatter_(1, order_target, order_source)
 
