@@ -72,6 +72,8 @@ class PointNetDenoiser(nn.Module):
         emb_dim = 2 * width
         self.in_channels = in_channels
         self.num_classes = num_classes
+        if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
         self.cond_drop_prob = float(cond_drop_prob)
         self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None

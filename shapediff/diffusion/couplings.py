@@ -12,8 +12,8 @@ low-variance velocity targets and straighter flows (fewer steps at sampling time
   bisection: both clouds are split at the median of one axis (x, y, z in turn) and the halves matched to each other,
   down to single points (a k-d tree on each cloud with the same leaf sizes). O(N log^2 N) sorting and no assignment
   solver: on four quickstart shapes (512 points, unit std) its mean squared transport distance is 1.33 against exact
-  OT's 1.07 and 5.83 for the order as drawn (tests/diffusion/test_couplings.py), at ~7 ms per batch of 16 (2 threads,
-  idle: 13 % of a quickstart PointNet training step).
+  OT's 1.07 and 5.83 for the order as drawn (tests/diffusion/test_couplings.py), at ~7 ms per batch of 16 (2 threads;
+  the quickstart's training step takes 1.14-1.17x as long with it: benchmarks/bench_coupling.py).
 """
 
 from __future__ import annotations

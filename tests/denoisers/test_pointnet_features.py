@@ -58,3 +58,9 @@ def test_knn_feature_is_the_offset_from_the_mean_of_the_k_nearest_points_brute_f
     torch.testing.assert_close(feats[..., 3:], expected)
     with pytest.raises(ValueError, match="knn_neighbours"):
         PointNetDenoiser(knn_neighbours=-2)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.1", True])
+def test_bad_condition_dropout_is_refused(bad):
+    with pytest.raises(ValueError, match="cond_drop_prob"):
+        PointNetDenoiser(num_classes=3, cond_drop_prob=bad)
