@@ -10,7 +10,7 @@ from torch import nn
 
 from shapediff.geometry import knn_points
 from shapediff.nn import TimestepEmbedder
-from shapediff.nn.embeddings import class_labels
+from shapediff.nn.embeddings import SummaryEmbedder, class_labels
 
 
 class _SetBlock(nn.Module):
@@ -50,6 +50,9 @@ class PointNetDenoiser(nn.Module):
             included): a local surface cue that a set-pooled network otherwise lacks.
         cond_drop_prob: with ``num_classes``, the probability that a training example's class is replaced by the
             null class (classifier-free guidance needs the null class trained; Point-E: 0.1).
+        summary_dim: D; if > 0, ``cond["summary"]`` (B, D), a global latent of the shape to produce
+            (:class:`shapediff.models.shape_summary.ShapeSummary`), is required and joins the time/class embedding
+            through an MLP; a ``cond`` with a summary and no ``class_label`` means the null class.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class PointNetDenoiser(nn.Module):
         fourier_frequencies: int = 0,
         knn_neighbours: int = 0,
         cond_drop_prob: float = 0.0,
+        summary_dim: int = 0,
     ):
         super().__init__()
         if not isinstance(fourier_frequencies, int) or fourier_frequencies < 0:
@@ -75,7 +79,11 @@ class PointNetDenoiser(nn.Module):
         if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
         self.cond_drop_prob = float(cond_drop_prob)
+        if isinstance(summary_dim, bool) or not isinstance(summary_dim, int) or summary_dim < 0:
+            raise ValueError(f"summary_dim: expected an int >= 0, got {summary_dim!r}")
+        self.summary_dim = summary_dim
         self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
+        self.summary_embed = SummaryEmbedder(summary_dim, emb_dim) if summary_dim else None
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         if not isinstance(knn_neighbours, int) or knn_neighbours < 0:
             raise ValueError(f"knn_neighbours: expected an int >= 0, got {knn_neighbours!r}")
@@ -93,8 +101,12 @@ class PointNetDenoiser(nn.Module):
 
     def _embedding(self, t: torch.Tensor, cond: dict | None) -> torch.Tensor:
         emb = self.time_embed(t)
+        if self.summary_embed is not None:
+            summary, cond = self.summary_embed.split(cond, t.shape[0])
+            emb = emb + self.summary_embed(summary)
         if cond is not None and set(cond) - {"class_label"}:
-            raise ValueError(f"cond: PointNetDenoiser accepts only 'class_label', got keys {sorted(cond)}")
+            raise ValueError(f"cond: PointNetDenoiser accepts only 'class_label' (and 'summary' with summary_dim), "
+                             f"got keys {sorted(cond)}")
         if self.class_embed is None:
             if cond is not None:
                 raise ValueError("cond: this PointNetDenoiser was built without num_classes; pass cond=None")

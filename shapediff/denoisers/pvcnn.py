@@ -47,7 +47,7 @@ from shapediff import geometry as _geo
 from shapediff.denoisers.voxel_ops import _avg_voxelize, _normalize_coords, _trilinear_devoxelize
 from shapediff.geometry.point_ops import POINT_OP_CONVENTIONS
 from shapediff.nn import SpatialSelfAttention, SqueezeExcitation, TimestepEmbedder
-from shapediff.nn.embeddings import class_labels
+from shapediff.nn.embeddings import SummaryEmbedder, class_labels
 
 __all__ = [
     "PVD_SA_BLOCKS", "PVD_FP_BLOCKS", "SharedMLP", "PVConv", "SetAbstraction", "FeaturePropagation",
@@ -285,6 +285,8 @@ class PVCNN2(nn.Module):
             (PVD is unconditional); index ``num_classes`` is the null class used when ``cond`` is None.
         cond_drop_prob: with ``num_classes``, the probability that a training example's class becomes the null
             class (classifier-free guidance needs it trained).
+        summary_dim: D; if > 0, ``cond["summary"]`` (B, D), a global latent of the shape
+            (:class:`shapediff.nn.embeddings.SummaryEmbedder`), is required and added to the time embedding.
     """
 
     def __init__(
@@ -294,7 +296,7 @@ class PVCNN2(nn.Module):
         width_multiplier: float = 1.0, voxel_resolution_multiplier: float = 1.0,
         pvd_sa_quirk: bool = True, fp_attention: bool = False, se_after_attention: bool = True,
         fps_start: str = "first", point_ops: str = "pvd", time_embedding: str = "adm",
-        num_classes: int | None = None, cond_drop_prob: float = 0.0,
+        num_classes: int | None = None, cond_drop_prob: float = 0.0, summary_dim: int = 0,
     ):
         super().__init__()
         if in_channels < 3:
@@ -330,6 +332,7 @@ class PVCNN2(nn.Module):
         self.num_classes, self.cond_drop_prob = num_classes, float(cond_drop_prob)
         # added to the time embedding; the last row is the null class (cond None, guidance)
         self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+        self.summary_embed = SummaryEmbedder(summary_dim, embed_dim) if summary_dim else None
 
     def _check(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None) -> None:
         if cond is not None and self.class_embed is None:
@@ -348,9 +351,16 @@ class PVCNN2(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None = None) -> torch.Tensor:
         """x (B, N, C_in) channels-last, t (B,) timesteps, cond None or {"class_label": (B,)} (with num_classes)
-        -> (B, N, C_out)."""
+        -> (B, N, C_out); with ``summary_dim``, cond also holds "summary" (B, D)."""
+        summary = None
+        if self.summary_embed is not None:
+            if not isinstance(x, torch.Tensor) or x.dim() != 3:
+                self._check(x, t, None)  # the shape error
+            summary, cond = self.summary_embed.split(cond, x.shape[0])
         self._check(x, t, cond)
         temb = self.time_embed(t)
+        if summary is not None:
+            temb = temb + self.summary_embed(summary)
         if self.class_embed is not None:
             temb = temb + self.class_embed(class_labels(cond, x.shape[0], self.num_classes, self.cond_drop_prob,
                                                         self.training, x.device))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from shapediff.nn import TimestepEmbedder
+from shapediff.nn.embeddings import SummaryEmbedder
 from shapediff.nn.transformer_blocks import FinalLayer, TransformerBlock, dit_init_
 
 __all__ = ["PointTransformer"]
@@ -52,6 +53,8 @@ class PointTransformer(nn.Module):
         cond_drop_prob: per-sample probability of replacing the condition by the null one in train mode.
         time_embed_dim: width of the sinusoidal timestep features fed to the time MLP.
         dropout: dropout inside attention and MLPs.
+        summary_dim: D; if > 0, ``cond["summary"]`` (B, D), a global latent of the shape
+            (:class:`shapediff.nn.embeddings.SummaryEmbedder`), is required and added to the time embedding.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class PointTransformer(nn.Module):
         cond_drop_prob: float = 0.1,
         time_embed_dim: int = 256,
         dropout: float = 0.0,
+        summary_dim: int = 0,
     ):
         super().__init__()
         _check_config(in_channels, out_channels, width, depth, heads, time_conditioning, num_classes,
@@ -81,6 +85,7 @@ class PointTransformer(nn.Module):
         self.input_proj = nn.Linear(in_channels, width)
         self.time_embed = TimestepEmbedder(time_embed_dim, width)
         self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, width)
+        self.summary_embed = SummaryEmbedder(summary_dim, width) if summary_dim else None
         self.partial_embed = None
         if partial_encoder is not None:
             self.partial_embed = nn.Sequential(nn.Linear(3, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
@@ -107,10 +112,17 @@ class PointTransformer(nn.Module):
         Returns:
             (B, N, C_out) prediction for every point.
         """
+        summary = None
+        if self.summary_embed is not None:
+            if not isinstance(x, torch.Tensor) or x.dim() != 3:
+                self._validate(x, t, None)  # the shape error
+            summary, cond = self.summary_embed.split(cond, x.shape[0])
         cond = self._validate(x, t, cond)
         b, n = x.shape[:2]
         keep = self._keep_mask(b, x.device) if cond else None
         t_emb = self.time_embed(t)
+        if summary is not None:  # a global latent of the shape: never dropped (it is not a guidance condition)
+            t_emb = t_emb + self.summary_embed(summary)
         class_emb = self._class_embedding(cond.get("class_label"), keep, b, x.device)
         partial, partial_mask = self._partial_tokens(cond.get("partial"), keep, b)
 

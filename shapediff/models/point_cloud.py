@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -10,14 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapediff.config import instantiate
+from shapediff.config import _resolve_target, instantiate
 from shapediff.diffusion.inpainting import known_first
 from shapediff.geometry.frames import scan_centric_batch
 from shapediff.geometry.validation import check_coordinates
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.completion import COMPLETION_MODES, complete
 from shapediff.models.normalization import PointNormalizer
-from shapediff.randomness import make_generator, per_example_randint, per_example_randn
+from shapediff.models.shape_summary import ShapeSummary
+from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
 
 TRAINING_FRAMES = ("data", "scan")
 
@@ -43,6 +45,15 @@ class PointCloudDiffusion(ShapeModel):
         frame: the frame completion pairs are trained in (:mod:`shapediff.geometry.frames`):
             ``"data"`` (the dataset's coordinates) or ``"scan"`` (each pair mapped by its partial
             scan's centroid and RMS radius, so ``complete`` takes a scan in any position and unit).
+        shape_summary: generation only: a two-level generator (LION's hierarchy with a computed latent). Every
+            cloud has a global summary s (:class:`shapediff.models.shape_summary.ShapeSummary`, D numbers); the
+            denoiser generates the points given s (``cond["summary"]``; its ``summary_dim`` is set to D), and a
+            small prior network generates s with the same objective (trained jointly: the loss is the sum of
+            both). Keys: ``num_fourier`` (26), ``fourier_scale`` (1.5), ``seed`` (0) of the summary; ``prior``,
+            the prior network's config (default a :class:`shapediff.denoisers.VectorMLPDenoiser`);
+            ``steps`` (50), the prior's sampling steps; ``condition_noise`` (0.1), the std of Gaussian noise
+            added to the training summaries the denoiser sees (in standardised units), so that it tolerates
+            the prior's errors. None: plain one-level generation.
     """
 
     can_sample = True
@@ -59,6 +70,7 @@ class PointCloudDiffusion(ShapeModel):
         num_partial_points: int = 200,
         sampler: Mapping[str, Any] | None = None,
         frame: str = "data",
+        shape_summary: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if frame not in TRAINING_FRAMES:
@@ -78,6 +90,8 @@ class PointCloudDiffusion(ShapeModel):
             "frame": frame,
         }
         self.config = copy.deepcopy(_plain(self.config))
+        if shape_summary is not None:
+            self.config["shape_summary"] = _summary_config(_plain(shape_summary), self.config, completion)
         self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
         self.diffusion = instantiate(self.config["diffusion"], where="model.diffusion")
         self.config["sampler"] = sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}, self.objective)
@@ -95,6 +109,15 @@ class PointCloudDiffusion(ShapeModel):
             # class frequencies of the training split; all zeros = not fitted (checkpoints from before the prior)
             self.register_buffer("class_prior", torch.zeros(num_classes))
             self._register_load_state_dict_pre_hook(_default_class_prior, with_module=True)
+        self.summary = self.summary_prior = self.summary_diffusion = None
+        if shape_summary is not None:
+            cfg = self.config["shape_summary"]
+            self.summary = ShapeSummary(cfg["num_fourier"], cfg["fourier_scale"], cfg["seed"])
+            self.summary_prior = instantiate(cfg["prior"], where="model.shape_summary.prior")
+            diffusion_cfg = dict(self.config["diffusion"])
+            if "coupling" in diffusion_cfg:
+                diffusion_cfg["coupling"] = "independent"  # the point matching has no meaning for a vector
+            self.summary_diffusion = instantiate(diffusion_cfg, where="model.diffusion")
 
     @property
     def objective(self) -> str:
@@ -111,6 +134,9 @@ class PointCloudDiffusion(ShapeModel):
         self.fit_normalization(train_set)
         if self.class_conditional:
             self.fit_class_prior(train_set)
+        if self.summary is not None:
+            self.summary.fit(self.normalizer.normalize(_check_cloud(train_set[i]["points"][None], "data points"))
+                             for i in range(len(train_set)))
 
     def fit_class_prior(self, dataset) -> "PointCloudDiffusion":
         """Set ``class_prior`` (num_classes,) to the frequencies of the items' ``label`` in ``dataset``."""
@@ -157,7 +183,31 @@ class PointCloudDiffusion(ShapeModel):
             seeds = batch["seed"]
             t = per_example_randint(self.diffusion.num_timesteps, seeds, device=self.device)
             noise = per_example_randn(tuple(x0.shape[1:]), seeds, device=self.device, dtype=x0.dtype)
-        return self.diffusion.training_loss(self.denoiser, x0, cond=cond, mask=mask, t=t, noise=noise, generator=generator)
+        if self.summary is None:
+            return self.diffusion.training_loss(self.denoiser, x0, cond=cond, mask=mask, t=t, noise=noise,
+                                                generator=generator)
+        return self._two_level_loss(x0, cond, t, noise, batch.get("seed"), generator)
+
+    def _two_level_loss(self, x0: torch.Tensor, cond: dict | None, t, noise, seeds: torch.Tensor | None,
+                        generator: torch.Generator | None) -> torch.Tensor:
+        """Points given their (jittered) summary, plus the summary prior's loss; x0 (B, N, 3) normalised."""
+        summary = self.summary(x0)
+        d = summary.shape[1]
+        if seeds is not None:
+            salted = torch.tensor([mix_seed(int(s), 0x5D) for s in seeds.tolist()])
+            jitter = per_example_randn((d,), salted, device=self.device, dtype=x0.dtype)
+            prior_noise = per_example_randn((d,), salted + 1, device=self.device, dtype=x0.dtype)
+            prior_t = per_example_randint(self.summary_diffusion.num_timesteps, salted, device=self.device, salt=2)
+        else:
+            gen_device = generator.device if generator is not None else self.device
+            jitter = torch.randn(summary.shape, generator=generator, device=gen_device).to(self.device, x0.dtype)
+            prior_noise = prior_t = None
+        point_cond = {**(cond or {}), "summary": summary + self.config["shape_summary"]["condition_noise"] * jitter}
+        points_loss = self.diffusion.training_loss(self.denoiser, x0, cond=point_cond, t=t, noise=noise,
+                                                   generator=generator)
+        prior_loss = self.summary_diffusion.training_loss(self.summary_prior, summary, cond=cond, t=prior_t,
+                                                          noise=prior_noise, generator=generator)
+        return points_loss + prior_loss
 
     def _training_condition(self, batch) -> tuple[dict | None, torch.Tensor | None]:
         """The denoiser's ``cond`` and the normalised partial scan (B, M, 3) (None when unused)."""
@@ -215,8 +265,15 @@ class PointCloudDiffusion(ShapeModel):
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             part_cond = None if cond is None else {k: v[start : start + b] for k, v in cond.items()}
+            denoiser = self.denoiser
+            if self.summary is not None:
+                summary = self.summary_diffusion.sample(
+                    self.summary_prior, (b, self.summary.dim), sampler=settings.name,
+                    steps=self.config["shape_summary"]["steps"], generator=generator, device=self.device,
+                    cond=part_cond, guidance_scale=guidance_scale, **settings.options)
+                denoiser = _GivenSummary(self.denoiser, summary)
             x = self.diffusion.sample(
-                self.denoiser, (b, self.num_points, 3), sampler=settings.name, steps=settings.steps,
+                denoiser, (b, self.num_points, 3), sampler=settings.name, steps=settings.steps,
                 generator=generator, device=self.device, cond=part_cond, guidance_scale=guidance_scale,
                 progress=progress, clip_x0=clip_x0, callback=callback, **settings.options,
             )
@@ -250,6 +307,55 @@ class PointCloudDiffusion(ShapeModel):
         unbatched (M, 3) scan. ``options``: :func:`shapediff.models.completion.complete`'s (method, clip_x0, ...)."""
         out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
         return Samples(points=out if out.ndim == 4 else out[None])
+
+
+class _GivenSummary(nn.Module):
+    """The point denoiser with each call's ``cond["summary"]`` set to fixed summaries (B, D): classifier-free
+    guidance's unconditional call (cond None) keeps the summary and drops only the class."""
+
+    def __init__(self, denoiser: nn.Module, summary: torch.Tensor):
+        super().__init__()
+        self.denoiser, self.summary = denoiser, summary
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        return self.denoiser(x, t, {**(cond or {}), "summary": self.summary})
+
+
+def _summary_config(given: Any, config: dict, completion: str) -> dict:
+    """``shape_summary`` with defaults filled in, checked; sets the denoiser config's ``summary_dim``."""
+    if completion != "none":
+        raise ValueError(f"shape_summary: a generation option; completion={completion!r} takes shape_summary=None")
+    if not isinstance(given, Mapping):
+        raise ValueError(f"shape_summary: expected a mapping of options or None, got {type(given).__name__}")
+    defaults = {"num_fourier": 26, "fourier_scale": 1.5, "seed": 0, "steps": 50, "condition_noise": 0.1, "prior": None}
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"shape_summary: unknown keys {sorted(unknown)}; expected some of {sorted(defaults)}")
+    cfg = {**defaults, **given}
+    if isinstance(cfg["steps"], bool) or not isinstance(cfg["steps"], int) or cfg["steps"] < 1:
+        raise ValueError(f"shape_summary.steps: expected a positive int, got {cfg['steps']!r}")
+    noise = cfg["condition_noise"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"shape_summary.condition_noise: expected a finite number >= 0, got {noise!r}")
+    dim = 6 + cfg["num_fourier"] if isinstance(cfg["num_fourier"], int) else None  # ShapeSummary checks the type
+    num_classes = config["denoiser"].get("num_classes") if config["class_conditional"] else None
+    prior = {"_target_": "shapediff.denoisers.VectorMLPDenoiser", **dict(cfg["prior"] or {})}
+    prior.setdefault("dim", dim)
+    prior.setdefault("num_classes", num_classes)
+    prior.setdefault("cond_drop_prob", config["denoiser"].get("cond_drop_prob", 0.0))
+    if prior["dim"] != dim:
+        raise ValueError(f"shape_summary.prior.dim: expected the summary's size 6 + num_fourier = {dim}, got {prior['dim']!r}")
+    cfg["prior"] = prior
+    target = _resolve_target(config["denoiser"].get("_target_"), "model.denoiser")
+    if "summary_dim" not in inspect.signature(target).parameters:
+        raise ValueError(f"shape_summary: needs a denoiser that reads cond['summary'] (one with a summary_dim argument: "
+                         f"PointNetDenoiser, PVCNN2, PointTransformer), got {config['denoiser'].get('_target_')}; "
+                         "set pipeline.shape_summary=null for this denoiser")
+    given_dim = config["denoiser"].get("summary_dim")
+    if given_dim not in (None, 0, dim):
+        raise ValueError(f"model.denoiser.summary_dim: expected the summary's size 6 + num_fourier = {dim}, got {given_dim!r}")
+    config["denoiser"]["summary_dim"] = dim
+    return cfg
 
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:

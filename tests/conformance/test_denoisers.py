@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from shapediff.config import instantiate
-from shapediff.denoisers import PVCNN2, KnownIndicatorDenoiser, PointETransformer, PointNetDenoiser, PointTransformer, UNet3D
+from shapediff.denoisers import (PVCNN2, KnownIndicatorDenoiser, PointETransformer, PointNetDenoiser, PointTransformer, UNet3D,
+                                 VectorMLPDenoiser)
 from shapediff.diffusion import GaussianDiffusion
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -53,6 +54,23 @@ def _pvd_layout() -> nn.Module:
     return instantiate(cfg)
 
 
+def _vector(dim: int = 8) -> torch.Tensor:
+    """(dim,) a fixed vector: what VectorMLPDenoiser denoises (a shape summary)."""
+    return torch.linspace(-1.5, 1.5, dim) ** 3
+
+
+class _GivenSummary(nn.Module):
+    """A denoiser built with ``summary_dim`` called as ``net(x, t)``: each call gets a fixed (D,) summary per example."""
+
+    def __init__(self, net: nn.Module, dim: int = 4):
+        super().__init__()
+        self.net = net
+        self.register_buffer("summary", torch.linspace(-1, 1, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        return self.net(x, t, {**(cond or {}), "summary": self.summary.expand(x.shape[0], -1)})
+
+
 def _all_points(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
@@ -77,6 +95,9 @@ PVCNN_SMALL = dict(embed_dim=16, head_channels=32, dropout=0.0, head_dropout=0.0
 CASES = {
     "pointnet": Case(lambda: PointNetDenoiser(width=32, depth=2, time_embed_dim=16), _torus, _all_points),
     "pvcnn_small": Case(lambda: PVCNN2(**PVCNN_SMALL), _torus),  # FPS starts at the first point: not equivariant
+    "pointnet_summary": Case(lambda: _GivenSummary(PointNetDenoiser(width=32, depth=2, time_embed_dim=16, summary_dim=4)),
+                             _torus, _all_points),
+    "vector_mlp": Case(lambda: VectorMLPDenoiser(dim=8, width=32, depth=2, time_embed_dim=16), _vector, overfit_lr=1e-2),
     "pvcnn_pvd_layout": Case(_pvd_layout, _torus, slow_overfit=True),
     "pointe_transformer": Case(lambda: PointETransformer(in_channels=3, out_channels=3, width=32, layers=2, heads=4),
                                _torus, _all_points),

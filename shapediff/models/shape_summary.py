@@ -1,0 +1,83 @@
+"""A fixed, low-dimensional summary of a point cloud's overall shape, the global latent of a two-level generator.
+
+A point-set denoiser that sees its starting noise only through pooled features gets, from one noise cloud to the
+next, signals of size O(1 / sqrt(N)) to decide which shape to become; a small network does not amplify them and
+its samples regress to each category's mean proportions (docs/quickstart_quality.md, fourth round). LION (Zeng et
+al. 2022) separates the decision: a global latent is generated first and the points are generated given it. Here
+the global latent is not learned but computed, so there is no encoder and no KL term:
+
+    s(x) = standardise([mean_n x_n, std_n x_n, mean_n cos(W x_n + b)])      (B, 6 + F)
+
+for a normalised cloud x (B, N, 3): the per-axis centroid and spread (a box's or cylinder's proportions) and F
+random Fourier features (Rahimi & Recht 2007; W (F, 3) ~ N(0, scale^2), b ~ U[0, 2 pi)), the mean of which over
+the points is the cloud's characteristic function sampled at F frequencies: it tells shapes of equal moments apart.
+Standardisation uses the training split's per-feature mean and std (:meth:`ShapeSummary.fit`), so every entry is
+of unit scale, as a diffusion prior over it expects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["ShapeSummary"]
+
+
+class ShapeSummary(nn.Module):
+    """(B, N, 3) normalised clouds -> (B, D) standardised summaries, D = 6 + ``num_fourier``.
+
+    Args:
+        num_fourier: F, random Fourier features (0: centroid and spread only).
+        fourier_scale: std of the frequencies W, in cycles per normalised unit times 2 pi (1.5: features that vary
+            over a shape's extent, ~2 units, without aliasing the point sampling of 512 points).
+        seed: seed of W and b (kept in the state dict as well, so a checkpoint needs no seed to reproduce them).
+    """
+
+    def __init__(self, num_fourier: int = 26, fourier_scale: float = 1.5, seed: int = 0):
+        super().__init__()
+        if isinstance(num_fourier, bool) or not isinstance(num_fourier, int) or num_fourier < 0:
+            raise ValueError(f"num_fourier: expected an int >= 0, got {num_fourier!r}")
+        if isinstance(fourier_scale, bool) or not isinstance(fourier_scale, (int, float)) or not (
+                math.isfinite(fourier_scale) and fourier_scale > 0):
+            raise ValueError(f"fourier_scale: expected a positive finite number, got {fourier_scale!r}")
+        generator = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("frequencies", torch.randn(num_fourier, 3, generator=generator) * float(fourier_scale))
+        self.register_buffer("phases", torch.rand(num_fourier, generator=generator) * (2 * math.pi))
+        self.dim = 6 + num_fourier
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("std", torch.ones(self.dim))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) -> (B, D) unstandardised: [centroid (3), per-axis std (3), mean cos(W x + b) (F)]."""
+        if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] < 2:
+            raise ValueError(f"x: expected clouds (B, N, 3) with N >= 2, got shape {tuple(x.shape)}")
+        waves = torch.cos(x @ self.frequencies.to(x.dtype).T + self.phases.to(x.dtype)).mean(dim=1)  # (B, F)
+        return torch.cat([x.mean(dim=1), x.std(dim=1), waves], dim=-1)
+
+    @torch.no_grad()
+    def fit(self, clouds: Iterable[torch.Tensor]) -> "ShapeSummary":
+        """Set the standardisation from normalised training clouds, each (N, 3) or (B, N, 3)."""
+        rows = [self.features(torch.as_tensor(c, dtype=torch.float32).to(self.mean.device).reshape(-1, *c.shape[-2:]))
+                for c in clouds]
+        if not rows:
+            raise ValueError("clouds: expected at least one training cloud to fit the shape summary, got none")
+        feats = torch.cat(rows)
+        if feats.shape[0] < 2:
+            raise ValueError(f"clouds: the summary's per-feature std needs at least 2 training clouds, got {feats.shape[0]}")
+        self.mean.copy_(feats.mean(dim=0))
+        self.std.copy_(feats.std(dim=0).clamp(min=1e-6))
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) normalised clouds -> (B, D) standardised summaries (unit scale over the training split)."""
+        if not bool(self.fitted):
+            raise RuntimeError("ShapeSummary: not fitted; call fit() on the training clouds (the model's prepare does)")
+        return (self.features(x) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_fourier={self.frequencies.shape[0]}"
