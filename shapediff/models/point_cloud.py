@@ -304,7 +304,13 @@ class PointCloudDiffusion(ShapeModel):
     def complete(self, partial: Any, n: int = 1, *, steps: int | None = None, sampler: str | None = None,
                  seed: int | None = None, **options: Any) -> Samples:
         """Complete partial scans (data coordinates) -> :class:`Samples` with points (B, n, N, 3), B = 1 for one
-        unbatched (M, 3) scan. ``options``: :func:`shapediff.models.completion.complete`'s (method, clip_x0, ...)."""
+        unbatched (M, 3) scan. ``options``: :func:`shapediff.models.completion.complete`'s (method, clip_x0, ...).
+        A two-level model (``shape_summary``) does not complete: its points follow a summary of the whole shape,
+        which a partial scan does not give."""
+        if self.summary is not None:
+            raise ValueError("complete: this model generates its points given a summary of the whole shape "
+                             "(shape_summary), which a partial scan does not give; complete with a completion model "
+                             "(experiment=completion_quickstart) or a generator trained with pipeline.shape_summary=null")
         out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
         return Samples(points=out if out.ndim == 4 else out[None])
 

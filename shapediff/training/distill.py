@@ -55,7 +55,7 @@ __all__ = ["SegmentDistillation", "build_student", "DISTILL_DEFAULTS", "STUDENT_
 # None = the teacher objective's default (TEACHER_SAMPLERS / STUDENT_SAMPLERS' spacing)
 DISTILL_DEFAULTS = {"steps_per_sample": 4, "teacher_sampler": None, "teacher_steps": 8, "spacing": None,
                     "shift": 3.0, "guidance_scale": None, "pool_size": None}
-DEFAULT_POOL_SIZE = 2048  # pool_size None: this for unconditional teachers, 0 (online) for class-conditional ones
+DEFAULT_POOL_SIZE = 2048  # pool_size None: this for unconditional teachers, 0 (online) for class-conditional or two-level ones
 POOL_SEED, POOL_BATCH = 0, 64  # the pool's noise generator and how many trajectories the teacher solves at once
 TEACHER_SAMPLERS = {"flow": "heun", "gaussian": "dpmpp_2m"}
 # the student's one-step-per-call sampler and its default spacing, per objective
@@ -250,9 +250,12 @@ def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_
         raise ValueError(f"distill.guidance_scale: needs a class-conditional teacher (class_conditional=True), got "
                          f"guidance_scale={guidance_scale!r} for an unconditional {type(teacher_model).__name__}")
     conditional = bool(teacher_model.config.get("class_conditional"))
-    if pool_size is None:  # the pool holds unconditional trajectories; labelled batches solve online
-        pool_size = 0 if conditional else DEFAULT_POOL_SIZE
-        log.info("distillation: pool_size=%d (%s teacher)", pool_size, "class-conditional" if conditional else "unconditional")
+    # the pool holds unconditional trajectories; labelled batches, and a two-level teacher's points (given each
+    # shape's summary), solve online
+    conditioned = conditional or teacher_model.config.get("shape_summary") is not None
+    if pool_size is None:
+        pool_size = 0 if conditioned else DEFAULT_POOL_SIZE
+        log.info("distillation: pool_size=%d (%s teacher)", pool_size, "conditioned" if conditioned else "unconditional")
     frozen = copy.deepcopy(teacher_model.denoiser).eval().requires_grad_(False)
     student = copy.deepcopy(teacher_model).train()
     if conditional and float(getattr(student.denoiser, "cond_drop_prob", 0.0)) > 0:

@@ -200,3 +200,25 @@ def test_configuration_errors_name_the_key():
     with pytest.raises(ValueError, match="shape_summary: a generation option"):
         PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser"}, diffusion=FLOW,
                             num_points=64, completion="tokens", shape_summary={})
+
+
+def test_a_two_level_teacher_distils_online():
+    from shapediff.training.distill import build_student
+
+    teacher = _model()
+    teacher.prepare(_data())
+    student = build_student(teacher.eval(), steps_per_sample=2, teacher_steps=2, pool_size=None)
+    assert student.diffusion.pool_size == 0  # its points are conditioned on each shape's summary
+    batch = {"points": torch.stack([d["points"] for d in _data(4)]), "label": torch.tensor([0, 1, 2, 0]),
+             "seed": torch.arange(4)}
+    loss = student.training_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert student.eval().sample(3, seed=0).points.shape == (3, 64, 3)
+
+
+def test_a_two_level_model_refuses_completion_with_the_way_out():
+    model = _model()
+    model.prepare(_data())
+    with pytest.raises(ValueError, match="complete: this model generates its points given a summary .*shape_summary=null"):
+        model.complete(torch.randn(20, 3))
