@@ -157,6 +157,9 @@ def test_sampling_guidance_and_save_load(tmp_path):
     loaded = shapediff.load_model(model.save(tmp_path / "m.pt"), device="cpu")
     assert loaded.config["shape_summary"] == model.config["shape_summary"]
     torch.testing.assert_close(loaded.sample(5, seed=0).points, a)
+    folder = shapediff.load_model(model.save_pretrained(tmp_path / "pretrained"), device="cpu")  # safetensors
+    assert bool(folder.summary.fitted)
+    torch.testing.assert_close(folder.sample(5, seed=0).points, a)
 
 
 def test_the_summary_decides_the_shape():
