@@ -52,11 +52,14 @@ class ShapeSummary(nn.Module):
         self.register_buffer("fitted", torch.tensor(False))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, 3) -> (B, D) unstandardised: [centroid (3), per-axis std (3), mean cos(W x + b) (F)]."""
+        """(B, N, 3) -> (B, D) float32, unstandardised: [centroid (3), per-axis std (3), mean cos(W x + b) (F)]."""
         if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] < 2:
             raise ValueError(f"x: expected clouds (B, N, 3) with N >= 2, got shape {tuple(x.shape)}")
-        waves = torch.cos(x @ self.frequencies.to(x.dtype).T + self.phases.to(x.dtype)).mean(dim=1)  # (B, F)
-        return torch.cat([x.mean(dim=1), x.std(dim=1), waves], dim=-1)
+        # float32 even under bf16 autocast: phases of ~10 radians in bf16 would be off by ~0.05
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            waves = torch.cos(x @ self.frequencies.float().T + self.phases.float()).mean(dim=1)  # (B, F)
+            return torch.cat([x.mean(dim=1), x.std(dim=1), waves], dim=-1)
 
     @torch.no_grad()
     def fit(self, clouds: Iterable[torch.Tensor]) -> "ShapeSummary":
@@ -77,7 +80,7 @@ class ShapeSummary(nn.Module):
         """(B, N, 3) normalised clouds -> (B, D) standardised summaries (unit scale over the training split)."""
         if not bool(self.fitted):
             raise RuntimeError("ShapeSummary: not fitted; call fit() on the training clouds (the model's prepare does)")
-        return (self.features(x) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return (self.features(x) - self.mean) / self.std
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_fourier={self.frequencies.shape[0]}"

@@ -225,3 +225,14 @@ def test_a_two_level_model_refuses_completion_with_the_way_out():
     model.prepare(_data())
     with pytest.raises(ValueError, match="complete: this model generates its points given a summary .*shape_summary=null"):
         model.complete(torch.randn(20, 3))
+
+
+def test_summary_is_float32_under_bf16_autocast():
+    summary = ShapeSummary(num_fourier=26)
+    clouds = torch.stack([_box((1 + 0.3 * i, 1, 2), seed=i) for i in range(4)]) * 3  # phases of several radians
+    summary.fit(clouds)
+    plain = summary(clouds)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        low = summary(clouds)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, plain)  # the matmul inside did not run in bf16
