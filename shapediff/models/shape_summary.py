@@ -31,8 +31,8 @@ class ShapeSummary(nn.Module):
 
     Args:
         num_fourier: F, random Fourier features (0: centroid and spread only).
-        fourier_scale: std of the frequencies W, in cycles per normalised unit times 2 pi (1.5: features that vary
-            over a shape's extent, ~2 units, without aliasing the point sampling of 512 points).
+        fourier_scale: std of the frequencies W, in radians per normalised unit (1.5: wavelengths of ~4 units, about
+            a shape's extent, so each feature varies smoothly with the shape's proportions).
         seed: seed of W and b (kept in the state dict as well, so a checkpoint needs no seed to reproduce them).
     """
 
@@ -64,8 +64,10 @@ class ShapeSummary(nn.Module):
     @torch.no_grad()
     def fit(self, clouds: Iterable[torch.Tensor]) -> "ShapeSummary":
         """Set the standardisation from normalised training clouds, each (N, 3) or (B, N, 3)."""
-        rows = [self.features(torch.as_tensor(c, dtype=torch.float32).to(self.mean.device).reshape(-1, *c.shape[-2:]))
-                for c in clouds]
+        rows = []
+        for cloud in clouds:
+            cloud = torch.as_tensor(cloud, dtype=torch.float32).to(self.mean.device)
+            rows.append(self.features(cloud.reshape(-1, *cloud.shape[-2:])))
         if not rows:
             raise ValueError("clouds: expected at least one training cloud to fit the shape summary, got none")
         feats = torch.cat(rows)
