@@ -50,6 +50,11 @@ class ShapeSummary(nn.Module):
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("std", torch.ones(self.dim))
         self.register_buffer("fitted", torch.tensor(False))
+        self._known_fitted = False  # once seen fitted, forward stops reading the buffer (a device sync on a GPU)
+        self._register_load_state_dict_pre_hook(self._forget_fitted)
+
+    def _forget_fitted(self, *args) -> None:
+        self._known_fitted = False
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) -> (B, D) float32, unstandardised: [centroid (3), per-axis std (3), mean cos(W x + b) (F)]."""
@@ -80,8 +85,10 @@ class ShapeSummary(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) normalised clouds -> (B, D) standardised summaries (unit scale over the training split)."""
-        if not bool(self.fitted):
-            raise RuntimeError("ShapeSummary: not fitted; call fit() on the training clouds (the model's prepare does)")
+        if not self._known_fitted:
+            if not bool(self.fitted):
+                raise RuntimeError("ShapeSummary: not fitted; call fit() on the training clouds (the model's prepare does)")
+            self._known_fitted = True
         return (self.features(x) - self.mean) / self.std
 
     def extra_repr(self) -> str:

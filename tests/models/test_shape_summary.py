@@ -236,3 +236,11 @@ def test_summary_is_float32_under_bf16_autocast():
         low = summary(clouds)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, plain)  # the matmul inside did not run in bf16
+
+
+def test_loading_an_unfitted_state_is_noticed_again():
+    fitted = ShapeSummary(num_fourier=2).fit(torch.randn(3, 16, 3))
+    fitted(torch.randn(1, 16, 3))
+    fitted.load_state_dict(ShapeSummary(num_fourier=2).state_dict())
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fitted(torch.randn(1, 16, 3))
