@@ -79,8 +79,6 @@ class PointNetDenoiser(nn.Module):
         if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
         self.cond_drop_prob = float(cond_drop_prob)
-        if isinstance(summary_dim, bool) or not isinstance(summary_dim, int) or summary_dim < 0:
-            raise ValueError(f"summary_dim: expected an int >= 0, got {summary_dim!r}")
         self.summary_dim = summary_dim
         self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
         self.summary_embed = SummaryEmbedder(summary_dim, emb_dim) if summary_dim else None

@@ -343,7 +343,10 @@ def _summary_config(given: Any, config: dict, completion: str) -> dict:
     noise = cfg["condition_noise"]
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"shape_summary.condition_noise: expected a finite number >= 0, got {noise!r}")
-    dim = 6 + cfg["num_fourier"] if isinstance(cfg["num_fourier"], int) else None  # ShapeSummary checks the type
+    num_fourier = cfg["num_fourier"]
+    if isinstance(num_fourier, bool) or not isinstance(num_fourier, int) or num_fourier < 0:
+        raise ValueError(f"shape_summary.num_fourier: expected an int >= 0, got {num_fourier!r}")
+    dim = 6 + num_fourier
     num_classes = config["denoiser"].get("num_classes") if config["class_conditional"] else None
     prior = {"_target_": "shapediff.denoisers.VectorMLPDenoiser", **dict(cfg["prior"] or {})}
     prior.setdefault("dim", dim)
