@@ -27,7 +27,8 @@ import torch
 
 from shapediff.diffusion.couplings import COUPLINGS, couple_noise
 from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, FLOW_SPACINGS, FlowKnownValues, make_flow_schedule
-from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, _check_mask, _check_tensor, _with_denoised
+from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, _with_denoised
+from shapediff.diffusion.process import DiffusionProcess, check_mask, check_tensor, reduce_loss
 from shapediff.diffusion.guidance import classifier_free
 from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES
 from shapediff.diffusion.samplers import Prediction, check_sampler_options
@@ -38,7 +39,7 @@ TIMESTEP_DENSITIES = ("uniform", "logit_normal")
 _MIN_T = 1e-5  # x0 / eps from a velocity divide by t or 1 - t; times are kept inside [MIN_T, 1 - MIN_T] there
 
 
-class FlowMatching:
+class FlowMatching(DiffusionProcess):
     """Linear-path flow matching with a velocity-predicting model.
 
     Args:
@@ -52,6 +53,8 @@ class FlowMatching:
 
     objective = "flow"
     prediction = "velocity"
+    default_sampler = "euler"
+    student_sampler = {"name": "euler", "spacing": "uniform"}  # one call per step
 
     def __init__(self, timestep_density: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0,
                  time_scale: float = 1000.0, num_timesteps: int = 1000, coupling: str = "independent") -> None:
@@ -72,6 +75,22 @@ class FlowMatching:
             "_target_": "shapediff.diffusion.FlowMatching", "timestep_density": timestep_density,
             "logit_mean": self.logit_mean, "logit_std": self.logit_std, "time_scale": self.time_scale,
             "num_timesteps": num_timesteps, "coupling": coupling}
+        self._t_max = 1.0  # < 1 for a truncated process (not part of the config: a truncated process is not saved)
+
+    @property
+    def t_max(self) -> float:
+        """The time where sampling starts: 1 (pure noise), or ``k / num_timesteps`` for ``truncated(k)``."""
+        return self._t_max
+
+    def truncated(self, num_timesteps: int) -> "FlowMatching":
+        """The same path restricted to times t <= ``num_timesteps / self.num_timesteps`` (integer level i of the grid
+        is time (i + 1) / num_timesteps, so ``truncated(T)`` is the whole path): sampling it from its end (with
+        ``noise`` its x there) is SDEdit (Meng et al., ICLR 2022) from that time, as ``GaussianDiffusion.truncated``."""
+        if isinstance(num_timesteps, bool) or not (isinstance(num_timesteps, int) and 1 <= num_timesteps <= self.num_timesteps):
+            raise ValueError(f"num_timesteps: expected an int in [1, {self.num_timesteps}], got {num_timesteps!r}")
+        part = FlowMatching(**{k: v for k, v in self.config.items() if k != "_target_"})
+        part._t_max = self._t_max * num_timesteps / self.num_timesteps
+        return part
 
     def __repr__(self) -> str:
         return (f"FlowMatching(timestep_density={self.timestep_density!r}, logit_mean={self.logit_mean}, "
@@ -89,6 +108,28 @@ class FlowMatching:
         """x_t = (1 - t) x0 + t noise for t (B,) float; (B, ...)."""
         tt = t.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
         return (1.0 - tt) * x0 + tt * noise
+
+    def q_sample(self, x0: torch.Tensor, t: Any, noise: torch.Tensor | None = None, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_t = (1 - t) x0 + t noise for x0 (B, ...) and times t ((B,) float in [0, 1] or one float); ``noise``
+        (shaped like x0) is used when given, else drawn from ``generator``."""
+        x0 = check_tensor("x0", x0)
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = torch.full((x0.shape[0],), float(t), dtype=torch.float64, device=x0.device)
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != (x0.shape[0],) \
+                or not bool(((t >= 0) & (t <= 1)).all()):
+            raise ValueError(f"t: expected a float in [0, 1] or a ({x0.shape[0]},) float tensor of them, got {t!r}")
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device if generator is None
+                                else generator.device, dtype=x0.dtype).to(x0.device)
+        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise: expected a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+        return self.interpolate(x0, t, noise)
+
+    def training_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity eps - x0 (the same at every time t); (B, ...)."""
+        return eps - x0
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the denoiser sees for flow times t: ``time_scale * t``, float."""
@@ -127,15 +168,17 @@ class FlowMatching:
 
     def training_loss(self, model: Callable, x0: torch.Tensor, *, cond: Any = None, mask: torch.Tensor | None = None,
                       t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> torch.Tensor:
-        """Mean squared error between ``model(x_t, time_scale t, cond)`` and the velocity eps - x0; scalar.
+                      generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
+                      reduction: str = "mean") -> torch.Tensor:
+        """Mean squared error between ``model(x_t, time_scale t, cond)`` and the velocity eps - x0: a scalar, or (B,)
+        per example with ``reduction="none"`` (see :func:`~shapediff.diffusion.process.reduce_loss`).
 
         ``noise`` (as drawn, or given) is paired with x0 by the objective's ``coupling`` first.
         ``mask`` (True = known, broadcastable to x0): known entries stay clean in x_t and out of the loss (PVD
         completion), as in ``GaussianDiffusion.training_loss``. ``t``: see the module docstring. ``min_snr_gamma``
         is a Gaussian-diffusion weighting and must be None here.
         """
-        x0 = _check_tensor("x0", x0)
+        x0 = check_tensor("x0", x0)
         if min_snr_gamma is not None:
             raise ValueError(f"min_snr_gamma: a Gaussian-diffusion loss weight; flow matching takes None, got {min_snr_gamma!r}")
         batch, device = x0.shape[0], x0.device
@@ -149,19 +192,13 @@ class FlowMatching:
         noise = couple_noise(self.coupling, noise, x0, mask)
         x_t = self.interpolate(x0, times, noise)
         if mask is not None:
-            mask = _check_mask(mask, x0.shape, device)
+            mask = check_mask(mask, x0.shape, device)
             x_t = torch.where(mask, x0, x_t)
         out = model(x_t, self.model_time(times), cond)
         if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model: expected an output shaped like x_t {tuple(x0.shape)}, got {got}")
-        sq_err = (out - (noise - x0)) ** 2
-        if mask is None:
-            return sq_err.mean()
-        unknown = ~mask
-        if int(unknown.sum()) == 0:
-            raise ValueError("mask: every entry is known (True); the loss needs at least one unknown entry")
-        return (sq_err * unknown).sum() / unknown.sum()
+        return reduce_loss((out - (noise - x0)) ** 2, mask, reduction)
 
     # ------------------------------------------------------------------------------- sampling
     def sample(self, model: Callable, shape: Sequence[int], *, sampler: str = "euler", steps: int | None = None,
@@ -171,7 +208,7 @@ class FlowMatching:
                resample_jumps: int = 1, progress: bool = False, keep_known: str = "clean",
                spacing: str | None = None, shift: float = 3.0, dtype: torch.dtype | None = None,
                noise: torch.Tensor | None = None, clip_x0: float | None = None,
-               callback: Callable[[dict], None] | None = None, start: float = 1.0, end: float = 0.0,
+               callback: Callable[[dict], None] | None = None, start: float | None = None, end: float = 0.0,
                **sampler_options: Any) -> torch.Tensor:
         """Integrate the flow ODE from ``start`` (1: pure noise) to ``end`` (0: data); no gradients; (B, ...).
 
@@ -185,6 +222,7 @@ class FlowMatching:
         check_sampler_options(sampler, sampler_options, objective=self.objective)
         if steps is None:
             steps = FLOW_REGISTRY[sampler].default_steps
+        start = self.t_max if start is None else start
         schedule = make_flow_schedule(steps, spacing or FLOW_REGISTRY[sampler].default_spacing, shift, start, end)
         device, dtype, noise, known, mask = GaussianDiffusion._check_sampling_inputs(model, shape, noise, known, mask,
                                                                                      device, dtype, clip_x0)

@@ -17,6 +17,7 @@ import torch
 
 from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES, KnownValues
 from shapediff.diffusion.guidance import clamp_x0, classifier_free
+from shapediff.diffusion.process import DiffusionProcess, check_mask, check_tensor, reduce_loss
 from shapediff.diffusion.samplers import (REGISTRY, SPACINGS, Prediction, check_sampler_options, interval_levels,
                                          make_step_schedule)
 from shapediff.diffusion.schedules import make_beta_schedule, posterior_coefficients
@@ -43,27 +44,7 @@ def _split_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha, 
     return Prediction(alpha * x_t - sigma * out, sigma * x_t + alpha * out)  # v
 
 
-def _check_tensor(name: str, value: Any) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-    if value.ndim < 1 or value.shape[0] == 0 or value.numel() == 0:
-        raise ValueError(f"{name}: expected a non-empty (B, ...) tensor, got shape {tuple(value.shape)}")
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return value
-
-
-def _check_mask(mask: Any, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask: expected a bool tensor broadcastable to {tuple(shape)}, got {got}")
-    try:
-        return torch.broadcast_to(mask.to(device), tuple(shape))
-    except RuntimeError as err:
-        raise ValueError(f"mask: expected a shape broadcastable to {tuple(shape)}, got {tuple(mask.shape)}") from err
-
-
-class GaussianDiffusion:
+class GaussianDiffusion(DiffusionProcess):
     """Gaussian diffusion with T steps, a beta schedule and a model parameterisation.
 
     Args:
@@ -77,6 +58,8 @@ class GaussianDiffusion:
     """
 
     objective = "gaussian"  # its samplers: samplers.REGISTRIES["gaussian"]
+    default_sampler = "dpmpp_2m"
+    student_sampler = {"name": "ddim", "spacing": "trailing", "eta": 0.0}  # one call per step, no call at t = 0
 
     def __init__(self, schedule: str = "linear", num_timesteps: int = 1000, prediction: str = "eps",
                  posterior_variance: str = "fixedsmall", betas: Sequence[float] | torch.Tensor | None = None,
@@ -118,10 +101,15 @@ class GaussianDiffusion:
     def truncated(self, num_timesteps: int) -> "GaussianDiffusion":
         """The same process restricted to its first ``num_timesteps`` steps (t in [0, num_timesteps)): starting an
         SDEdit run (Meng et al., ICLR 2022) from level ``num_timesteps - 1`` is sampling this one from its end."""
-        if not (isinstance(num_timesteps, int) and 1 <= num_timesteps <= self.num_timesteps):
+        if isinstance(num_timesteps, bool) or not (isinstance(num_timesteps, int) and 1 <= num_timesteps <= self.num_timesteps):
             raise ValueError(f"num_timesteps: expected an int in [1, {self.num_timesteps}], got {num_timesteps!r}")
         return GaussianDiffusion(self.schedule, num_timesteps, self.prediction, self.posterior_variance_type,
                                  betas=self.betas[:num_timesteps].clone())
+
+    @property
+    def t_max(self) -> int:
+        """The noisiest level, T - 1, where sampling starts."""
+        return self.num_timesteps - 1
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, num_timesteps={self.num_timesteps}, "
@@ -162,7 +150,7 @@ class GaussianDiffusion:
 
         ``noise`` (shaped like x0) is used when given, else drawn from ``generator``.
         """
-        x0 = _check_tensor("x0", x0)
+        x0 = check_tensor("x0", x0)
         t = self._check_t(t, x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device if generator is None
@@ -250,8 +238,10 @@ class GaussianDiffusion:
 
     def training_loss(self, model: Callable, x0: torch.Tensor, *, cond: Any = None, mask: torch.Tensor | None = None,
                       t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> torch.Tensor:
-        """Mean squared error between ``model(x_t, t, cond)`` and its target (eps / x0 / v); scalar tensor.
+                      generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
+                      reduction: str = "mean") -> torch.Tensor:
+        """Mean squared error between ``model(x_t, t, cond)`` and its target (eps / x0 / v): a scalar, or (B,) per
+        example with ``reduction="none"`` (see :func:`~shapediff.diffusion.process.reduce_loss`).
 
         Args:
             model: called as ``model(x_t (B, ...), t (B,) long, cond)``.
@@ -262,7 +252,7 @@ class GaussianDiffusion:
             noise: eps shaped like x0; drawn with ``generator`` when None.
             min_snr_gamma: gamma of min-SNR-gamma weighting (5 in the paper); None = unweighted.
         """
-        x0 = _check_tensor("x0", x0)
+        x0 = check_tensor("x0", x0)
         batch, device = x0.shape[0], x0.device
         if min_snr_gamma is not None and not (isinstance(min_snr_gamma, (int, float)) and min_snr_gamma > 0):
             raise ValueError(f"min_snr_gamma: expected a positive number or None, got {min_snr_gamma!r}")
@@ -276,20 +266,13 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         weight = self.loss_weight(t, min_snr_gamma).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
         if mask is not None:
-            mask = _check_mask(mask, x0.shape, device)
+            mask = check_mask(mask, x0.shape, device)
             x_t = torch.where(mask, x0, x_t)
         out = model(x_t, t, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model: expected an output shaped like x_t {tuple(x0.shape)}, got {got}")
-        sq_err = weight * (out - self.training_target(x0, noise, t)) ** 2
-        if mask is None:
-            return sq_err.mean()
-        unknown = ~mask
-        count = unknown.sum()
-        if int(count) == 0:
-            raise ValueError("mask: every entry is known (True); the loss needs at least one unknown entry")
-        return (sq_err * unknown).sum() / count
+        return reduce_loss(weight * (out - self.training_target(x0, noise, t)) ** 2, mask, reduction)
 
     # ------------------------------------------------------------------------------- sampling
     def sample(self, model: Callable, shape: Sequence[int], *, sampler: str = "dpmpp_2m", steps: int | None = None,
@@ -427,7 +410,7 @@ class GaussianDiffusion:
         dtype = dtype or next((v.dtype for v in (noise, known) if isinstance(v, torch.Tensor) and v.is_floating_point()),
                               torch.float32)
         if noise is not None:
-            noise = _check_tensor("noise", noise)
+            noise = check_tensor("noise", noise)
             if tuple(noise.shape) != shape:
                 raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
         known, mask = GaussianDiffusion._check_known(known, mask, shape, device, dtype)
@@ -474,7 +457,7 @@ class GaussianDiffusion:
             known = torch.broadcast_to(known.to(device=device, dtype=dtype), shape)
         except RuntimeError as err:
             raise ValueError(f"known: expected a shape broadcastable to {shape}, got {tuple(known.shape)}") from err
-        mask = _check_mask(mask, shape, device)
+        mask = check_mask(mask, shape, device)
         if not bool(torch.isfinite(known[mask]).all()):
             raise ValueError("known: contains NaN or Inf at entries where mask is True")
         return known, mask

@@ -116,10 +116,9 @@ def complete_pvd(
     def run(chunk: torch.Tensor) -> torch.Tensor:
         known, mask = _held_points(chunk, big_n, m)
         start = None
-        if init_normalised is not None:  # x at level init_t - 1: q_sample of [partial, init]
-            abar = float(diffusion.alphas_cumprod[-1])
+        if init_normalised is not None:  # x at the truncated process's noisiest level: q_sample of [partial, init]
             eps = torch.randn(known.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
-            start = math.sqrt(abar) * chunk + math.sqrt(1.0 - abar) * eps
+            start = diffusion.q_sample(chunk, diffusion.t_max, eps)
         return diffusion.sample(
             model.denoiser, known.shape, sampler=sampler, steps=steps, generator=generator, device=chunk.device,
             known=known, mask=mask, keep_known="clean", progress=progress, noise=start,
