@@ -258,7 +258,12 @@ def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> 
         elif not has_split_dirs and split_of("/".join(parts), ratios) == split:
             keep.append((f, parts))
     if not keep:
-        raise ValueError(f"split: no files of split {split!r} under {str(path)!r}")
+        how = (f"its {split}/ folders are empty" if has_split_dirs else
+               f"split_ratios {list(ratios)} give none of its {len(files)} files to {split!r} (each file's split is drawn "
+               "from its name)")
+        raise ValueError(f"split: no files of split {split!r} under {str(path)!r}: {how}; add files, make train/ and "
+                         f"{split}/ subfolders, or for a few shapes evaluate on the training files "
+                         "(evaluation.split=train)")
     return [f for f, _ in keep], [_category(parts) for _, parts in keep], sorted({_category(p) for p in rel})
 
 

@@ -27,7 +27,8 @@ from shapediff.io_atomic import write_bytes_atomic, write_json_atomic, write_tex
 from shapediff.models.base import ShapeModel, _build
 from shapediff.models.checkpoint import load_checkpoint
 
-__all__ = ["PRETRAINED_FORMAT", "save_pretrained", "load_pretrained", "is_pretrained_dir", "export_checkpoint", "read_run_config"]
+__all__ = ["PRETRAINED_FORMAT", "save_pretrained", "load_pretrained", "is_pretrained_dir", "export_checkpoint", "read_run_config",
+           "read_pretrained_weights"]
 
 PRETRAINED_FORMAT, PRETRAINED_VERSION = "shapediff-pretrained", 1
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
@@ -112,12 +113,11 @@ def read_run_config(path: str | os.PathLike) -> dict | None:
     return load_checkpoint(path).get("run_config")
 
 
-def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "auto",
-                    expected_class: type[ShapeModel] = ShapeModel) -> ShapeModel:
-    """Load a directory written by :func:`save_pretrained` (eval mode, on ``device``).
+def read_pretrained_weights(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config.json, tensors)`` of a model directory, read without building the model (safetensors only).
 
-    Raises FileNotFoundError for a missing folder or file and ValueError for a config.json that is not
-    this format, a class outside shapediff or not a ``expected_class``, or weights that do not fit.
+    Raises FileNotFoundError for a missing folder or file and ValueError for a config.json that is not this
+    format or weights that safetensors cannot read.
     """
     from safetensors import SafetensorError  # noqa: PLC0415
     from safetensors.torch import load_file  # noqa: PLC0415
@@ -126,6 +126,22 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     meta = _read_meta(directory)
     if not (directory / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"model directory {str(directory)!r}: no {WEIGHTS_NAME} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{str(directory / WEIGHTS_NAME)!r}: not a readable safetensors file ({err})") from err
+    return meta, state
+
+
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "auto",
+                    expected_class: type[ShapeModel] = ShapeModel) -> ShapeModel:
+    """Load a directory written by :func:`save_pretrained` (eval mode, on ``device``).
+
+    Raises FileNotFoundError for a missing folder or file and ValueError for a config.json that is not this
+    format, a class outside shapediff or not a ``expected_class``, or weights that do not fit.
+    """
+    directory = Path(directory)
+    meta, state = read_pretrained_weights(directory)
     target = _resolve_target(meta.get("class"), f"{str(directory / CONFIG_NAME)!r} class")
     if not (isinstance(target, type) and issubclass(target, expected_class)):
         raise ValueError(f"{str(directory / CONFIG_NAME)!r}: holds a {meta.get('class')!r}, expected a {expected_class.__name__}")
@@ -133,10 +149,6 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
         model = target.from_config(meta["config"])
     except (TypeError, KeyError) as err:
         raise ValueError(f"{str(directory / CONFIG_NAME)!r}: its config does not build a {meta['class']}: {err}") from err
-    try:
-        state = load_file(str(directory / WEIGHTS_NAME))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{str(directory / WEIGHTS_NAME)!r}: not a readable safetensors file ({err})") from err
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{str(directory / WEIGHTS_NAME)!r}: weights do not match the {meta['class']} of config.json "
@@ -177,6 +189,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
     if "step" in payload:
         facts["steps"] = int(payload["step"])
         facts["weights"] = "EMA" if prefer_ema and payload.get("ema_state_dict") else "raw"
+    if isinstance(payload.get("init_from"), Mapping):  # a fine-tuned run: where its starting weights came from
+        facts["init_from"] = payload["init_from"]
     run = payload.get("run_config") or {}
     if isinstance(run, Mapping) and run.get("data") is not None:
         facts["data"] = run["data"]
@@ -194,7 +208,8 @@ def model_card(meta: Mapping[str, Any], num_parameters: int) -> str:
              "`config.json` holds the class, the resolved config and every fact below; `model.safetensors` holds only",
              "tensors: loading executes nothing from these files.", ""]
     facts = [("Source", card.get("source")), ("Data", card.get("data")), ("Training steps", card.get("steps")),
-             ("Weights", card.get("weights")), ("Protocol", card.get("protocol"))]
+             ("Weights", card.get("weights")), ("Protocol", card.get("protocol")),
+             ("Initialised from", _origin_text(card.get("init_from")))]
     lines += [f"- **{k}**: {_plain_text(v)}" for k, v in facts if v is not None]
     denoiser = config.get("denoiser", {}) if isinstance(config, Mapping) else {}
     if denoiser:
@@ -214,6 +229,14 @@ def model_card(meta: Mapping[str, Any], num_parameters: int) -> str:
     for note in card.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _origin_text(origin: Any) -> str | None:
+    """One line for a fine-tuned model's starting weights (``trainer.init_from``'s facts)."""
+    if not isinstance(origin, Mapping):
+        return None
+    extra = ", ".join(f"{k} {origin[k]}" for k in ("weights", "steps", "normalization") if origin.get(k) is not None)
+    return f"{origin.get('kind', 'weights')} {origin.get('path')} ({origin.get('class')}{', ' + extra if extra else ''})"
 
 
 def _plain_text(value: Any) -> str:

@@ -16,6 +16,7 @@ from shapediff.metrics.registry import is_generation_key
 from shapediff.models.base import ShapeModel
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
+from shapediff.training.finetune import start_from
 from shapediff.training.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger("shapediff.training")
@@ -196,14 +197,13 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     model = build_student_from_config(cfg) if distilling else build_model(cfg)
     if not isinstance(model, ShapeModel):
         raise ValueError(f"pipeline: expected a shapediff.models.ShapeModel, got {type(model).__name__}")
-    if not distilling:  # a student keeps its teacher's normalisation / latent scale exactly
-        model.prepare(train_set)                   # e.g. fit normalisation / latent scale from the training split
+    origin = _initialise(model, train_set, trainer_cfg, run_dir, distilling)
     train_set = model.training_dataset(train_set)  # e.g. the split pre-encoded by a frozen autoencoder
     eval_fn = None
     if trainer_cfg.eval_every and model.can_sample:
         eval_fn = periodic_evaluation(build_dataset(cfg, cfg["evaluation"]["split"]), run_dir, to_plain(cfg["evaluation"]))
     trainer = Trainer(model, train_set, trainer_cfg, run_dir, dist=dist, eval_fn=eval_fn,
-                      extra_payload={"run_config": to_plain(cfg)})
+                      extra_payload={"run_config": to_plain(cfg), **({"init_from": origin} if origin else {})})
     start = time.perf_counter()
     result = trainer.fit()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.step,
@@ -217,6 +217,47 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
             eval_split = cfg["evaluation"]["split"]
             summary["metrics"] = write_run_outputs(ema_model, build_dataset(cfg, eval_split), run_dir,
                                                    to_plain(cfg["evaluation"]), train_dataset=train_split)
+        if origin:
+            summary["init_from"] = summary["metrics"]["init_from"] = origin
+            record_origin(run_dir / "metrics.json", origin)
         if summary["metrics"].get("output_errors"):  # the training is kept; the caller exits non-zero
             summary["output_errors"] = summary["metrics"]["output_errors"]
     return summary
+
+
+def _initialise(model: ShapeModel, train_set, trainer_cfg: TrainerConfig, run_dir: Path, distilling: bool) -> dict | None:
+    """Fit the model's data statistics, or start it from ``trainer.init_from`` (shapediff.training.finetune).
+
+    Returns the facts of where the weights came from (None for a fresh start). A run that resumes its own
+    checkpoint ignores ``init_from`` (with a warning) and carries the facts its checkpoint recorded.
+    """
+    if distilling:  # a student keeps its teacher's normalisation / latent scale exactly
+        if trainer_cfg.init_from:
+            raise ValueError("trainer.init_from: not with a teacher (experiment=distill): the student starts as a copy "
+                             "of its teacher")
+        return None
+    found = CheckpointManager(run_dir / "checkpoints").latest_loaded() if trainer_cfg.resume else None
+    if found is not None:
+        if trainer_cfg.init_from:
+            log.warning("trainer.init_from=%s ignored: the run resumes its own checkpoint %s (the run's checkpoint "
+                        "wins)", trainer_cfg.init_from, found[0])
+        model.prepare(train_set)
+        return found[1].get("init_from")
+    if not trainer_cfg.init_from:
+        model.prepare(train_set)  # e.g. fit normalisation / latent scale from the training split
+        return None
+    return start_from(model, trainer_cfg.init_from, train_set, refit_normalization=trainer_cfg.refit_normalization,
+                      init_classes=trainer_cfg.init_classes, keep=trainer_cfg.init_keep)
+
+
+def record_origin(metrics_path: Path, origin: dict) -> None:
+    """Add ``init_from`` (where the starting weights came from) to a run's metrics.json, if it was written."""
+    import json  # noqa: PLC0415
+
+    from shapediff.io_atomic import write_json_atomic  # noqa: PLC0415
+
+    if not metrics_path.is_file():
+        return
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics["init_from"] = origin
+    write_json_atomic(metrics, metrics_path)

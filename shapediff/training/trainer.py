@@ -29,6 +29,7 @@ from shapediff.threads import check_num_threads, configure_threads
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, all_reduce_mean
 from shapediff.training.ema import EMA
+from shapediff.training.finetune import freeze
 from shapediff.training.lr_schedules import SCHEDULES, lr_at
 from shapediff.training.run_lock import RunLock
 
@@ -65,6 +66,12 @@ class TrainerConfig:
     tensorboard: bool = True
     find_unused_parameters: bool = False
     num_threads: int | str = "auto"       # CPU threads of torch: auto | torch (its default) | N (shapediff.threads)
+    # fine-tuning (shapediff.training.finetune, docs/finetuning.md)
+    init_from: str | None = None          # model directory or checkpoint to start from (ignored when resuming)
+    init_classes: list | None = None      # class i starts from source class init_classes[i]; null = a new class
+    init_keep: list[str] = field(default_factory=list)  # module prefixes that keep the configured model's own weights
+    refit_normalization: bool = False     # fit the normalisation on the new data instead of keeping the source's
+    freeze: list[str] = field(default_factory=list)     # module-name prefixes not trained (e.g. [denoiser.layers.0])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainerConfig":
@@ -74,6 +81,7 @@ class TrainerConfig:
             raise ValueError(f"trainer: unknown key(s) {unknown}; accepted: {sorted(known)}")
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)
+        cfg.freeze, cfg.init_keep = list(cfg.freeze or []), list(cfg.init_keep or [])
         cfg.validate()
         return cfg
 
@@ -103,6 +111,11 @@ class TrainerConfig:
         check_num_threads(self.num_threads)
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"trainer.amp: expected 'auto', 'bf16' or 'off', got {self.amp!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"trainer.init_from: expected a path or null, got {self.init_from!r}")
+        if self.init_from is None and (self.init_classes is not None or self.init_keep or self.refit_normalization):
+            raise ValueError("trainer.init_classes / init_keep / refit_normalization: only mean something with "
+                             "trainer.init_from=PATH (the weights to start from); set it or leave them unset")
 
 
 @dataclass
@@ -156,6 +169,7 @@ class Trainer:
             raise ValueError(f"trainer.batch_size ({self.cfg.batch_size}) must be divisible by world_size x grad_accum "
                              f"({self.dist.world_size} x {self.cfg.grad_accum})")
         self.model = model.to(self.dist.device)
+        freeze(self.model, self.cfg.freeze)  # before the optimiser and DDP see the parameters
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         self.eval_fn = eval_fn
