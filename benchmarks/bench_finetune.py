@@ -1,0 +1,206 @@
+"""Fine-tuning on real shapes: from scratch against from a synthetic model, at the same number of steps.
+
+The real shapes are the chairs and tables of ``../shared/data/derived_pc15k_layout`` (PointFlow's layout, read
+in place): its train split (by shape) trains, its val + test splits are held out, never seen in training.
+
+- Generation: the quickstart's model (two levels, flow matching, class labels) with the two classes chair and
+  table, (a) from scratch and (b) from the synthetic quickstart checkpoint (``trainer.init_from``; its chair and
+  table class rows, ``init_classes=[0, 1]``; normalisation refit, the real clouds are in other units). Scored
+  against the held-out shapes: MMD-CD / COV-CD / 1-NNA-CD with as many samples as held-out shapes, for each
+  sampling seed; the 95 % interval of MMD-CD is over the held-out shapes (each one's distance to its nearest
+  sample, averaged over the seeds), and the paired difference (b) - (a) gets its own interval.
+- Completion: the completion quickstart's model (PVD layout, known-point channel) on virtual scans (hidden-point
+  removal, one view per held-out shape), (a) from scratch and (c) from a synthetic completion checkpoint. CD / EMD
+  / F-score@0.01 per held-out shape, 95 % intervals over shapes and of the paired difference.
+
+Each arm is run with two schedules: the preset's own (what a from-scratch run uses) and ``finetune=default``
+(short warm-up, 5x smaller learning rate); the report compares the best scratch arm with the fine-tuned one.
+
+    flock /work/team/heavy.lock env OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_finetune.py \\
+        --quickstart /work/baseline/quickstart/checkpoints/last --completion runs/cq_pre/checkpoints/last --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from shapediff.data import PartialScans, ShapeNetPC15k
+from shapediff.metrics import completion_metrics, pairwise_distance_matrix
+from shapediff.metrics.generation import mmd_cov, one_nn_accuracy
+from shapediff.models.pretrained import read_run_config
+from shapediff.training import Trainer
+from shapediff.training.experiment import build_model
+from shapediff.training.finetune import start_from
+
+ROOT = Path(__file__).resolve().parents[1]
+PC15K = ROOT / ".." / "shared" / "data" / "derived_pc15k_layout" / "ShapeNetCore.v2.PC15k"
+CATEGORIES = ["chair", "table"]
+HELD_OUT = ("val", "test")
+T95 = {n: q for n, q in [(5, 2.571), (10, 2.228), (15, 2.131), (20, 2.086), (25, 2.060), (30, 2.042)]}
+
+
+def t95(n: int) -> float:
+    """Two-sided 95 % Student-t quantile for n - 1 degrees of freedom (nearest tabulated n at or below)."""
+    return T95[max([k for k in T95 if k <= n] or [5])] if n <= 30 else 1.96
+
+
+def interval(values: torch.Tensor) -> dict[str, float]:
+    """Mean and 95 % half-width (Student t over the entries) of a (K,) tensor."""
+    v = values.double()
+    half = float(t95(len(v)) * v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(v.mean()), "ci95": half, "n": len(v)}
+
+
+def schedules(preset: str) -> dict[str, dict]:
+    """The preset's own trainer settings and the finetune preset's over them."""
+    own = yaml.safe_load((ROOT / "configs" / "experiment" / f"{preset}.yaml").read_text())["trainer"]
+    tuned = yaml.safe_load((ROOT / "configs" / "finetune" / "default.yaml").read_text())["trainer"]
+    return {"preset": own, "finetune": {**own, **tuned}}
+
+
+def train(model, data, settings: dict, steps: int, run_dir: Path, threads: int) -> tuple[torch.nn.Module, float]:
+    """``steps`` optimiser steps; returns the model with its EMA weights loaded and the training seconds."""
+    cfg = {**settings, "max_steps": steps, "checkpoint_every": steps, "progress": False, "tensorboard": False,
+           "device": "cpu", "num_threads": threads, "log_every": max(1, steps // 4)}
+    trainer = Trainer(model, data, cfg, run_dir)
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    model.load_state_dict(trainer.ema.weights())
+    return model.eval(), seconds
+
+
+def run_config(source: str, **overrides) -> dict:
+    """The source run's config with dotted ``overrides`` applied (plain dict)."""
+    cfg = OmegaConf.create(read_run_config(source))
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def held_out(num_points: int) -> list[dict]:
+    sets = [ShapeNetPC15k(PC15K, CATEGORIES, split=split, num_points=num_points, num_ref_points=num_points)
+            for split in HELD_OUT]
+    return [d[i] for d in sets for i in range(len(d))]
+
+
+# ------------------------------------------------------------------------------------------- generation
+def generation(args, out: Path) -> dict:
+    cfg = run_config(args.quickstart, **{"model.num_classes": len(CATEGORIES)})
+    n_points = int(cfg["pipeline"]["num_points"])
+    train_set = ShapeNetPC15k(PC15K, CATEGORIES, split="train", num_points=n_points)
+    refs = torch.stack([item["ref_points"] for item in held_out(n_points)])
+    arms = {}
+    for schedule, settings in schedules("quickstart").items():
+        for start in ("scratch", "quickstart"):
+            torch.manual_seed(0)
+            model = build_model(cfg)
+            if start == "scratch":
+                model.prepare(train_set)
+            else:
+                start_from(model, args.quickstart, train_set, refit_normalization=True, init_classes=[0, 1])
+            name = f"{start}/{schedule}"
+            model, seconds = train(model, train_set, settings, args.steps, out / "gen" / name.replace("/", "_"), args.threads)
+            arms[name] = score_generation(model, refs, args.seeds) | {"train_seconds": round(seconds, 1)}
+            print(name, {k: v for k, v in arms[name].items() if k != "per_ref"}, flush=True)
+    return summarise(arms, "MMD-CD", "per_ref", {"num_train_shapes": len(train_set), "num_held_out": len(refs)})
+
+
+def score_generation(model, refs: torch.Tensor, seeds: list[int]) -> dict:
+    """MMD / COV / 1-NNA (CD) per sampling seed, and each reference's nearest-sample CD averaged over the seeds."""
+    per_ref, rows, start = [], [], time.perf_counter()
+    m_rr = pairwise_distance_matrix(refs, None, "cd")
+    for seed in seeds:
+        samples = model.sample(len(refs), seed=seed).points.cpu()
+        m_rs, m_ss = pairwise_distance_matrix(refs, samples, "cd"), pairwise_distance_matrix(samples, None, "cd")
+        mmd, cov = mmd_cov(m_rs)
+        rows.append({"MMD-CD": mmd, "COV-CD": cov, "1-NNA-CD": one_nn_accuracy(m_rr, m_rs, m_ss)})
+        per_ref.append(m_rs.amin(dim=1))
+    out = {k: interval(torch.tensor([r[k] for r in rows])) for k in rows[0]}
+    return out | {"per_ref": torch.stack(per_ref).mean(0), "per_seed": rows, "eval_seconds": round(time.perf_counter() - start, 1)}
+
+
+# ------------------------------------------------------------------------------------------- completion
+def scans(split: str, n_points: int, m: int) -> PartialScans:
+    shapes = {"_target_": "shapediff.data.ShapeNetPC15k", "root": str(PC15K), "categories": CATEGORIES,
+              "num_points": n_points, "num_ref_points": n_points}
+    return PartialScans(shapes, num_partial_points=m, views_per_shape=4, method="hpr", split=split)
+
+
+def completion(args, out: Path) -> dict:
+    cfg = run_config(args.completion)
+    n_points, m = int(cfg["pipeline"]["num_points"]), int(cfg["pipeline"]["num_partial_points"])
+    train_set = scans("train", n_points, m)
+    tests = [scans(split, n_points, m) for split in HELD_OUT]
+    items = [d[i * d.views_per_shape + i % d.views_per_shape] for d in tests for i in range(len(d) // d.views_per_shape)]
+    partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
+    gt = torch.stack([torch.as_tensor(it["points"]).float() for it in items])
+    arms = {}
+    for schedule, settings in schedules("completion_quickstart").items():
+        for start in ("scratch", "synthetic"):
+            torch.manual_seed(0)
+            model = build_model(cfg)
+            if start == "scratch":
+                model.prepare(train_set)
+            else:
+                start_from(model, args.completion, train_set, refit_normalization=True)
+            name = f"{start}/{schedule}"
+            model, seconds = train(model, train_set, settings, args.steps, out / "cmp" / name.replace("/", "_"), args.threads)
+            begin = time.perf_counter()
+            pred = model.complete(partial, n=1, seed=args.seeds[0]).points[:, 0].cpu()
+            values = completion_metrics(pred, gt, metrics=("cd", "emd", "f_score"))
+            arms[name] = {k: interval(v) for k, v in values.items()} | {
+                "per_shape": values["CD"], "train_seconds": round(seconds, 1),
+                "eval_seconds": round(time.perf_counter() - begin, 1)}
+            print(name, {k: v for k, v in arms[name].items() if k != "per_shape"}, flush=True)
+    return summarise(arms, "CD", "per_shape", {"num_train_scans": len(train_set), "num_held_out": len(items)})
+
+
+def summarise(arms: dict, key: str, paired: str, facts: dict) -> dict:
+    """The arms, and fine-tuned minus the best from-scratch arm per held-out shape (a 95 % interval)."""
+    scratch = min((a for a in arms if a.startswith("scratch")), key=lambda a: arms[a][key]["mean"])
+    tuned = min((a for a in arms if not a.startswith("scratch")), key=lambda a: arms[a][key]["mean"])
+    diff = interval(arms[tuned][paired] - arms[scratch][paired])
+    for arm in arms.values():
+        arm.pop(paired)
+    return {**facts, "arms": arms, "best_scratch": scratch, "best_finetuned": tuned,
+            f"{key} finetuned - scratch (paired over held-out shapes)": diff,
+            "finetuned better beyond the interval": diff["mean"] + diff["ci95"] < 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quickstart", default="/work/baseline/quickstart/checkpoints/last")
+    parser.add_argument("--completion", default="runs/cq_pre/checkpoints/last", help="a synthetic completion checkpoint")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (generation)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="runs/bench_finetune")
+    parser.add_argument("--only", choices=("generation", "completion"), default=None)
+    args = parser.parse_args()
+    if not PC15K.is_dir():
+        raise SystemExit(f"error: the real shapes are not at {PC15K} (../shared/data/derived_pc15k_layout)")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    start = time.perf_counter()
+    report = {"steps": args.steps, "seeds": args.seeds, "threads": args.threads}
+    if args.only in (None, "generation"):
+        report["generation"] = generation(args, out)
+    if args.only in (None, "completion"):
+        report["completion"] = completion(args, out)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
