@@ -16,7 +16,7 @@ from shapediff.metrics.registry import is_generation_key
 from shapediff.models.base import ShapeModel
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
-from shapediff.training.finetune import start_from
+from shapediff.training.finetune import STAGE_OWN_KEYS, start_from
 from shapediff.training.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger("shapediff.training")
@@ -123,8 +123,8 @@ def stage_config(cfg: DictConfig | dict, name: str) -> DictConfig:
     """The config of ``cfg.stages[name]``, a stage trained before ``cfg`` itself (e.g. the VAE of a latent model).
 
     The stage's nodes replace the main config's (a node with a ``_target_``: model, pipeline, data, ...) or
-    are merged over them (plain nodes: trainer, evaluation); interpolations such as ``${model}`` then mean the
-    stage's own nodes. It runs in ``<run_dir>/<name>``; ``checkpoint_to`` is not part of it.
+    are merged over them (plain nodes: trainer, evaluation; the trainer's fine-tuning keys, ``STAGE_OWN_KEYS``,
+    are not inherited); interpolations such as ``${model}`` then mean the stage's own nodes. It runs in ``<run_dir>/<name>``; ``checkpoint_to`` is not part of it.
     """
     root = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False)
     stages = root.pop("stages", None) or {}
@@ -132,6 +132,9 @@ def stage_config(cfg: DictConfig | dict, name: str) -> DictConfig:
         raise ValueError(f"stages: no stage {name!r}; the config has {sorted(stages)}")
     stage = dict(stages[name])
     stage.pop("checkpoint_to", None)
+    if isinstance(root.get("trainer"), dict):  # the main model's starting weights and frozen modules are not the
+        defaults = vars(TrainerConfig())       # stage's: a stage sets its own (stages.NAME.trainer.init_from=...)
+        root["trainer"].update({k: defaults[k] for k in STAGE_OWN_KEYS if k in root["trainer"]})
     for key, node in stage.items():
         plain = isinstance(node, dict) and "_target_" not in node and isinstance(root.get(key), dict)
         root[key] = OmegaConf.to_container(OmegaConf.merge(root[key], node)) if plain else node

@@ -39,6 +39,8 @@ from torch import nn
 log = logging.getLogger("shapediff.training")
 
 LABEL_STATISTICS = ("class_prior",)  # buffers prepare() fits from labels: always the fine-tuning data's
+STAGE_OWN_KEYS = ("init_from", "init_classes", "init_keep", "refit_normalization", "freeze")  # trainer keys a stage
+                                                                                            # does not inherit
 DATA_MEANING_KEYS = ("normalization", "frame")  # config keys that must agree (they change what the weights mean)
 _WRAPPER = "KnownIndicatorDenoiser"
 _SHOWN = 8  # keys named per kind in a mismatch message

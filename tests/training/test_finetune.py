@@ -243,3 +243,19 @@ def test_init_classes_maps_source_rows_and_starts_new_classes_from_the_null_row(
     rows, src = model.denoiser.class_embed.weight, source.denoiser.class_embed.weight
     assert torch.equal(rows[0], src[2]) and torch.equal(rows[1], src[3]) and torch.equal(rows[2], src[3])
     torch.testing.assert_close(model.class_prior, torch.tensor([0.5, 0.5]))  # the fine-tuning data's labels
+
+
+def test_a_stage_does_not_inherit_the_main_models_starting_weights():
+    """experiment=lvd_quickstart trainer.init_from=X starts the latent diffusion stage, not its VAE stage."""
+    from hydra import compose, initialize_config_dir
+
+    from shapediff.training.experiment import stage_config
+
+    with initialize_config_dir(config_dir=f"{_ROOT}/configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=lvd_quickstart", "trainer.init_from=old.pt",
+                                                      "trainer.freeze=[denoiser]", "+stages.vae.trainer.init_from=vae.pt"])
+    vae = stage_config(cfg, "vae")
+    assert vae.trainer.init_from == "vae.pt" and list(vae.trainer.freeze) == [] and cfg.trainer.init_from == "old.pt"
+    with initialize_config_dir(config_dir=f"{_ROOT}/configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=lvd_quickstart", "trainer.init_from=old.pt"])
+    assert stage_config(cfg, "vae").trainer.init_from is None
