@@ -229,7 +229,7 @@ def _fit_statistics(model: nn.Module, train_set, refit: bool, fresh: dict[str, t
         return "kept (the source's)"
     changed = [f"{k} {_short(source_state[k])} -> {_short(v)}" for k, v in now.items()
                if k not in labels and k in source_state and source_state[k].shape == v.shape
-               and not torch.equal(source_state[k].to(v.device), v)]
+               and not torch.allclose(source_state[k].to(v.device, v.dtype), v, rtol=1e-5, atol=1e-7)]
     message = "refit on the fine-tuning data: " + ("; ".join(changed) if changed else "nothing changed")
     log.warning("pipeline normalisation %s", message)
     return message
@@ -296,7 +296,8 @@ def _remap_classes(state: dict[str, torch.Tensor], target: Mapping[str, torch.Te
         rows = [src[m] if m is not None else src[k_src] for m in mapping] + [src[k_src]]
         state[key] = torch.stack(rows)
     new = [i for i, m in enumerate(mapping) if m is None]
-    return state, f"class rows from source classes {mapping} (new classes {new} start from the null class)"
+    fresh = f" (new classes {new} start from the null class)" if new else ""
+    return state, f"class rows from source classes {mapping}{fresh}"
 
 
 def _listing(items: Sequence[str]) -> str:
