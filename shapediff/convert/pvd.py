@@ -188,9 +188,7 @@ def convert_pvd_checkpoint(
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(checkpoint)!r}: expected PVD's {variant} network (width {width:g}); "
                          f"found missing keys {missing[:4]} and unexpected keys {unexpected[:4]}")
-    model.normalizer.mean.copy_(torch.tensor(mean))
-    model.normalizer.scale.fill_(std)
-    model.normalizer.fitted.fill_(True)
+    model.normalizer.set_statistics(mean, std)
     card = {
         "title": f"PVD {variant} ({category})", "source": f"PVD checkpoint {Path(checkpoint).name} (alexzhou907/PVD), "
         f"converted by shapediff.convert.pvd", "data": f"ShapeNet PC15k {category}, 2048 points",

@@ -153,8 +153,9 @@ class SetAbstraction(nn.Module):
         self.out_channels = self.mlps[0].out_channels
         self.point_ops = point_ops
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, C, N), coords (B, N, 3) -> (features (B, C_out, S), centres (B, S, 3))."""
+    def group(self, features: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, C, N), coords (B, N, 3) -> (groups (B, 3 + C, S, K): [xyz - centre, features] of each
+        centre's ball-query neighbours, centres (B, S, 3))."""
         # "plain" caps S at N; PVD samples S centres anyway (all points, then point 0 repeated).
         num = self.num_centers if self.point_ops == "pvd" else min(self.num_centers, coords.shape[1])
         idx = _sample_centres(coords, num, self.fps_start, self.point_ops)
@@ -164,7 +165,12 @@ class SetAbstraction(nn.Module):
         grouped = torch.cat([grouped[..., :3] - centres[:, :, None], grouped[..., 3:]], dim=-1)
         # Channels-first memory: a permuted (channels-last) input makes conv emit channels-last, and
         # GroupNorm's channels-last CPU kernel is ~100x less accurate in float32.
-        return self.mlps[0](grouped.permute(0, 3, 1, 2).contiguous()).amax(dim=-1), centres
+        return grouped.permute(0, 3, 1, 2).contiguous(), centres
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, C, N), coords (B, N, 3) -> (features (B, C_out, S), centres (B, S, 3))."""
+        grouped, centres = self.group(features, coords)
+        return self.mlps[0](grouped).amax(dim=-1), centres
 
 
 class FeaturePropagation(nn.Module):

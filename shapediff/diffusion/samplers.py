@@ -88,6 +88,16 @@ def _uniform_t(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.linspace(num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
 
 
+def _uniform_floor(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+    """floor(i (T-1) / (S-1)), i < S, descending: DDIM's "uniform" skip as ermongroup/ddim and LION round it
+    (``_uniform_t`` rounds to nearest; the two differ where i (T-1) / (S-1) has a fractional part >= 0.5)."""
+    num_timesteps = alphas_cumprod.shape[0]
+    if steps == 1:
+        return torch.tensor([num_timesteps - 1])
+    c = (num_timesteps - 1.0) / (steps - 1.0)
+    return torch.tensor([math.floor(i * c) for i in range(steps)], dtype=torch.long).flip(0)
+
+
 def _uniform_logsnr(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
     """Evenly spaced in log-SNR lambda between lambda(T-1) and lambda(0) (DPM-Solver's "logSNR")."""
     lam = _log_snr(alphas_cumprod)
@@ -114,6 +124,7 @@ def _trailing(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
 
 SPACINGS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "uniform": _uniform_t,
+    "uniform_floor": _uniform_floor,
     "logsnr": _uniform_logsnr,
     "karras": _karras,
     "trailing": _trailing,

@@ -56,6 +56,14 @@ class PointNormalizer(nn.Module):
         self.fitted.fill_(True)
         return self
 
+    @torch.no_grad()
+    def set_statistics(self, mean, scale: float) -> "PointNormalizer":
+        """Use given statistics (a per-axis mean (3,) and a scalar scale), e.g. a converted model's training set's."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
+        self.scale.fill_(float(scale))
+        self.fitted.fill_(True)
+        return self
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) data coordinates -> normalised coordinates."""
         return (x - self.mean.to(x.dtype)) / self.scale.to(x.dtype)
