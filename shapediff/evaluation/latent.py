@@ -43,7 +43,7 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
     """Stage 2 (``LatentVoxelDiffusion``): sample meshes, points on them, MMD / COV / 1-NNA against
     ``ref_dataset``'s points; writes samples.pt ({"tsdf", "points"}), meshes/sample_XXX.obj, metrics.json and
     preview.png (``train_dataset`` is not used)."""
-    from shapediff.geometry import save_mesh  # noqa: PLC0415
+    from shapediff.geometry import mesh_components, save_mesh  # noqa: PLC0415
     from shapediff.metrics import generation_metrics  # noqa: PLC0415
 
     log = log if log is not None else OutputLog()
@@ -58,18 +58,27 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
     metrics.update(num_samples=n, num_references=len(refs), num_points=refs.shape[1], empty_meshes=empty,
                    watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
                    sample_seconds=round(sample_seconds, 2))
+    pieces = [mesh_components(m) for m in out.meshes]
+    metrics.update(fragmented_meshes=sum(p > 1 for p in pieces), preview_fragmented_meshes=sum(p > 1 for p in pieces[:8]))
     samples = {"tsdf": out.grids.cpu(), "points": points}
     log.attempt("samples.pt", write_path_atomic, run_dir / "samples.pt", lambda tmp: torch.save(samples, tmp))
     for i, mesh in enumerate(out.meshes[: int(eval_cfg.get("num_meshes", 4))]):
         if len(mesh.faces):
             log.attempt(f"meshes/sample_{i:03d}.obj", save_mesh, run_dir / "meshes" / f"sample_{i:03d}.obj", mesh)
-    shown = [m for m in out.meshes if len(m.faces)][:8]
-    if eval_cfg.get("preview", True) and shown:
-        log.attempt("preview.png", _render_meshes, shown, run_dir / "preview.png")
+    if eval_cfg.get("preview", True) and any(len(m.faces) for m in out.meshes[:8]):
+        log.attempt("preview.png", render_mesh_preview, out.meshes[:8], pieces[:8], ref_dataset, model.grid["bounds"],
+                    run_dir / "preview.png")
     return log.write_metrics(metrics, run_dir / "metrics.json")
 
 
-def _render_meshes(meshes: list, path: Path) -> None:
-    from shapediff.viz import render_grid  # noqa: PLC0415
+def render_mesh_preview(meshes: list, pieces: list[int], ref_dataset, bounds, path: Path, num_real: int = 4) -> None:
+    """The first samples' meshes (non-empty ones; each labelled with its number of pieces when it has more than
+    one) under a row of ``num_real`` real held-out shapes (their TSDF grids meshed the same way), all in one frame
+    (``shapediff.viz.render_samples``), as a PNG at ``path``."""
+    from shapediff.geometry import sdf_to_mesh  # noqa: PLC0415
+    from shapediff.viz import render_samples  # noqa: PLC0415
 
-    render_grid(meshes, path, ncols=4)
+    real = [sdf_to_mesh(ref_dataset[i]["tsdf"][0], level=0.0, bounds=bounds) for i in range(min(num_real, len(ref_dataset)))]
+    shown = [(m, p) for m, p in zip(meshes, pieces) if len(m.faces)]
+    render_samples([m for m, _ in shown], path, references=[m for m in real if len(m.faces)] or None, ncols=4,
+                   notes=[f"{p} pieces" if p > 1 else "" for _, p in shown])

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import trimesh
 
-__all__ = ["keep_components", "sdf_to_mesh"]
+__all__ = ["keep_components", "mesh_components", "sdf_to_mesh"]
 
 
 def _as_grid(grid: Any) -> np.ndarray:
@@ -31,12 +31,23 @@ def _as_bounds(bounds: Any) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def _component_labels(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(F,) int label of each face's face-connected piece (faces sharing an edge are connected)."""
+    return trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+
+
+def mesh_components(mesh: trimesh.Trimesh) -> int:
+    """Number of face-connected pieces of ``mesh`` (0 for an empty mesh): a generated shape in more than one
+    piece is fragmented (floating bits), which keeping the largest piece would hide."""
+    return 0 if len(mesh.faces) == 0 else int(_component_labels(mesh).max()) + 1
+
+
 def keep_components(mesh: trimesh.Trimesh, *, largest: bool = False, min_fraction: float = 0.0) -> trimesh.Trimesh:
     """Keep the face-connected pieces of ``mesh`` with at least ``min_fraction`` of its faces
     (or only the one with most faces when ``largest``); returns a new mesh, or ``mesh`` if unchanged."""
     if len(mesh.faces) == 0 or (not largest and min_fraction <= 0):
         return mesh
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    labels = _component_labels(mesh)
     counts = np.bincount(labels)
     keep = labels == np.argmax(counts) if largest else counts[labels] >= min_fraction * len(mesh.faces)
     if keep.all():

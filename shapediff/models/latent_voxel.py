@@ -45,7 +45,8 @@ from shapediff.config import instantiate
 from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
-from shapediff.models.point_cloud import _plain
+from shapediff.models.point_cloud import _plain, class_frequencies, prior_labels
+from shapediff.nn.embeddings import class_labels
 from shapediff.randomness import make_generator, per_example_randint, per_example_randn
 
 __all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder"]
@@ -57,16 +58,20 @@ DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.
 
 class EncodedLatents(torch.utils.data.Dataset):
     """A TSDF dataset encoded once by a frozen VAE: items ``{"latent": (C, r, r, r) posterior mean (unscaled),
-    "index": int64}``, so that stage-2 training steps skip the encoder (the costly full-resolution part)."""
+    "index": int64}`` (and ``"label"`` when ``labels`` (n,) are given), so that stage-2 training steps skip the
+    encoder (the costly full-resolution part)."""
 
-    def __init__(self, latents: torch.Tensor):
-        self.latents = latents
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor | None = None):
+        self.latents, self.labels = latents, labels
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"latent": self.latents[index], "index": torch.tensor(int(index), dtype=torch.int64)}
+        item = {"latent": self.latents[index], "index": torch.tensor(int(index), dtype=torch.int64)}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
 
 
 def _grid(grid: Mapping[str, Any] | None, resolution: int) -> dict[str, Any]:
@@ -181,6 +186,10 @@ class LatentVoxelDiffusion(ShapeModel):
         clip_latent: clamp the x0 implied at every sampling step to [-clip, clip] (None = off).
         pre_encode: train on the training split encoded once (:meth:`training_dataset`) instead of encoding
             every batch; the VAE is frozen, so the latents are the same.
+        class_conditional: train with ``cond={"class_label": batch["label"]}`` (the denoiser needs ``num_classes``),
+            each label replaced by the null class with probability ``cond_drop_prob``; :meth:`prepare` fits the
+            training split's class frequencies, from which :meth:`sample` draws labels when given none.
+            :meth:`complete` uses the null class.
     """
 
     can_sample = True
@@ -190,7 +199,7 @@ class LatentVoxelDiffusion(ShapeModel):
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
                  latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
                  sampler: Mapping[str, Any] | None = None, num_points: int = 2048, clip_latent: float | None = 4.0,
-                 pre_encode: bool = True):
+                 pre_encode: bool = True, class_conditional: bool = False, cond_drop_prob: float = 0.1):
         super().__init__()
         weights = None
         if vae_checkpoint is not None:
@@ -206,6 +215,14 @@ class LatentVoxelDiffusion(ShapeModel):
         self.denoiser: nn.Module = instantiate(_plain(dict(denoiser)), where="model.denoiser")
         self.diffusion = instantiate(_plain(dict(diffusion)), where="model.diffusion")
         self._check_denoiser()
+        self.class_conditional, self.cond_drop_prob = bool(class_conditional), float(cond_drop_prob)
+        if self.class_conditional:
+            num_classes = getattr(self.denoiser, "num_classes", 0)
+            if not isinstance(num_classes, int) or num_classes < 1:
+                raise ValueError(f"class_conditional: needs the denoiser's num_classes (a positive int), got {num_classes!r}")
+            if not 0.0 <= self.cond_drop_prob < 1.0:
+                raise ValueError(f"cond_drop_prob: expected a probability in [0, 1), got {cond_drop_prob!r}")
+            self.register_buffer("class_prior", torch.zeros(num_classes))
         self.register_buffer("latent_scale", torch.tensor(float(latent_scale or 0.0)))
         self.register_buffer("latent_shift", torch.tensor(float(latent_shift or 0.0)))
         self.scale_num_shapes, self.num_points = int(scale_num_shapes), int(num_points)
@@ -215,7 +232,8 @@ class LatentVoxelDiffusion(ShapeModel):
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
             "scale_num_shapes": scale_num_shapes,
             "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}, self.objective),
-            "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode)}))
+            "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode),
+            "class_conditional": self.class_conditional, "cond_drop_prob": self.cond_drop_prob}))
 
     def _check_denoiser(self) -> None:
         c, r = self.vae.latent_channels, self.vae.latent_resolution
@@ -289,9 +307,12 @@ class LatentVoxelDiffusion(ShapeModel):
         return float(self.latent_scale)
 
     def prepare(self, train_set) -> None:
-        """Trainer hook: fit the latent scale on the training split unless it is set already."""
+        """Trainer hook: fit the latent scale on the training split unless it is set already (and a
+        class-conditional model's class frequencies)."""
         if float(self.latent_scale) <= 0:
             self.fit_latent_scale(train_set, self.scale_num_shapes)
+        if self.class_conditional:
+            self.class_prior.copy_(class_frequencies(train_set, self.class_prior.numel()))
 
     def training_dataset(self, train_set):
         """Trainer hook: ``train_set`` encoded once (:class:`EncodedLatents`) when ``pre_encode``, else itself."""
@@ -300,7 +321,8 @@ class LatentVoxelDiffusion(ShapeModel):
         start = time.perf_counter()
         latents = self._posterior_means(train_set, len(train_set)).cpu()
         log.info("encoded %d training shapes in %.1f s", len(train_set), time.perf_counter() - start)
-        return EncodedLatents(latents)
+        labels = torch.as_tensor([int(train_set[i]["label"]) for i in range(len(train_set))]) if self.class_conditional else None
+        return EncodedLatents(latents, labels)
 
     # ------------------------------------------------------------------------- training
     def training_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -312,11 +334,17 @@ class LatentVoxelDiffusion(ShapeModel):
             z = (batch["latent"].to(self.device) - self.latent_shift) * self.latent_scale
         else:
             z = self.encode(batch["tsdf"])
-        t = noise = None
+        t = noise = cond = None
         if "seed" in batch:
             t = per_example_randint(self.diffusion.num_timesteps, batch["seed"], device=self.device)
             noise = per_example_randn(tuple(z.shape[1:]), batch["seed"], device=self.device)
-        return self.diffusion.training_loss(self.denoiser, z, t=t, noise=noise, generator=generator)
+        if self.class_conditional:
+            if "label" not in batch:
+                raise ValueError("batch: class_conditional=True needs a 'label' entry")
+            labels = batch["label"].to(self.device).long().reshape(-1)
+            cond = {"class_label": class_labels({"class_label": labels}, z.shape[0], self.class_prior.numel(),
+                                                self.cond_drop_prob, self.training, self.device)}
+        return self.diffusion.training_loss(self.denoiser, z, t=t, noise=noise, cond=cond, generator=generator)
 
     # ------------------------------------------------------------------------- sampling
     def _sampling_model(self) -> nn.Module:
@@ -325,25 +353,43 @@ class LatentVoxelDiffusion(ShapeModel):
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
                batch_size: int | None = None, meshes: bool = True, progress: bool = False, callback: Any = None,
-               **sampler_options: Any) -> Samples:
+               class_label: int | torch.Tensor | None = None, **sampler_options: Any) -> Samples:
         """Generate ``n`` shapes -> :class:`Samples` with grids: TSDF (n, R, R, R) decoded from sampled latents, and
         meshes: their level-0 meshes (marching cubes; an empty or sign-free volume gives an empty mesh;
         ``meshes=False`` skips meshing). Points are drawn on the meshes on demand (``Samples.points_on_surface``).
-        Sampler settings: :meth:`sampler_settings`; ``callback``: see ``GaussianDiffusion.sample``."""
+        ``class_label`` (int or (n,), class-conditional models): None draws labels from the training split's
+        class frequencies. Sampler settings: :meth:`sampler_settings`; ``callback``: see ``GaussianDiffusion.sample``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         self._check_fitted()
         sampler, steps, options = self.sampler_settings(sampler, steps, **sampler_options)
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        labels = self._labels(class_label, n, generator)
         out = []
         for start in range(0, n, batch_size or n):
             b = min(batch_size or n, n - start)
+            cond = None if labels is None else {"class_label": labels[start:start + b]}
             z = self.diffusion.sample(self._sampling_model(), (b, *self.latent_shape), sampler=sampler, steps=steps,
                                       generator=generator, device=self.device, progress=progress, callback=callback,
-                                      **options)
+                                      cond=cond, **options)
             out.append(self.decode(z))
         tsdf = torch.cat(out)
         return Samples(grids=tsdf, meshes=_to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+
+    def _labels(self, class_label: Any, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """(n,) labels for sampling (None: unconditional): ``class_label`` as given, else drawn from the prior."""
+        if not self.class_conditional:
+            if class_label is not None:
+                raise ValueError("class_label: this model is not class-conditional (class_conditional=False)")
+            return None
+        if class_label is None:
+            return prior_labels(self.class_prior, n, generator)
+        labels = torch.as_tensor(class_label, device=self.device).long().reshape(-1)
+        labels = labels.expand(n) if labels.numel() == 1 else labels
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.class_prior.numel():
+            raise ValueError(f"class_label: expected an int or {n} labels in [0, {self.class_prior.numel()}), "
+                             f"got {torch.as_tensor(class_label).tolist()}")
+        return labels
 
     def latent_mask(self, mask: torch.Tensor, erode: int = 0) -> torch.Tensor:
         """Voxel mask (B, 1, R, R, R) bool (True = observed) -> latent mask (B, 1, r, r, r): a latent cell is

@@ -140,15 +140,7 @@ class PointCloudDiffusion(ShapeModel):
 
     def fit_class_prior(self, dataset) -> "PointCloudDiffusion":
         """Set ``class_prior`` (num_classes,) to the frequencies of the items' ``label`` in ``dataset``."""
-        if len(dataset) and "label" not in dataset[0]:
-            raise ValueError("data: class_conditional=True needs items with a 'label' entry")
-        labels = torch.as_tensor([int(dataset[i]["label"]) for i in range(len(dataset))]).long()
-        k = self.class_prior.numel()
-        if labels.numel() == 0 or labels.min() < 0 or labels.max() >= k:
-            found = "none" if labels.numel() == 0 else f"{int(labels.min())}..{int(labels.max())}"
-            raise ValueError(f"data: class labels must lie in 0..{k - 1} (model.num_classes={k}), got {found}")
-        counts = torch.bincount(labels, minlength=k).to(self.class_prior)
-        self.class_prior.copy_(counts / counts.sum())
+        self.class_prior.copy_(class_frequencies(dataset, self.class_prior.numel()))
         return self
 
     def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
@@ -390,6 +382,19 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+def class_frequencies(dataset, num_classes: int) -> torch.Tensor:
+    """(num_classes,) float frequencies of the items' ``label`` in ``dataset`` (a class-conditional model's prior)."""
+    if len(dataset) and "label" not in dataset[0]:
+        raise ValueError("data: class_conditional=True needs items with a 'label' entry")
+    labels = torch.as_tensor([int(dataset[i]["label"]) for i in range(len(dataset))]).long()
+    k = num_classes
+    if labels.numel() == 0 or labels.min() < 0 or labels.max() >= k:
+        found = "none" if labels.numel() == 0 else f"{int(labels.min())}..{int(labels.max())}"
+        raise ValueError(f"data: class labels must lie in 0..{k - 1} (model.num_classes={k}), got {found}")
+    counts = torch.bincount(labels, minlength=k).double()
+    return (counts / counts.sum()).float()
 
 
 def prior_labels(prior: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

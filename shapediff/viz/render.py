@@ -180,19 +180,22 @@ def _samples_frame(refs: list[VizItem], samples: list[VizItem]) -> tuple[np.ndar
 
 def render_samples(samples: Any, path: str | os.PathLike, *, references: Any = None, ncols: int = 4,
                    tile_size: int = 256, camera: Camera | dict | None = None,
-                   point_size: float | None = None) -> Path:
+                   point_size: float | None = None, notes: Sequence[str] | None = None) -> Path:
     """A preview a person can compare: a first row of real shapes (green, labelled "real"), then the
     samples (blue), every tile in ONE frame, so sizes and positions compare across tiles: the
     references' bounding sphere, widened (up to 2x) to hold 98 % of the points of every sample.
 
     samples / references: (B, N, 3) arrays or tensors, lists of clouds or meshes; up to ``ncols``
     references are shown. Sample points that fall outside the real shapes' frame are cut at the
-    tile's edge and counted in the tile's label: they are what a reader should notice.
+    tile's edge and counted in the tile's label: they are what a reader should notice. ``notes``: one short
+    text per sample added to its label (e.g. a mesh's number of pieces).
     """
     ncols = _check_ncols(ncols)
     its = as_items(samples)
+    if notes is not None and len(notes) != len(its):
+        raise ValueError(f"notes: expected {len(its)} texts (one per sample), got {len(notes)}")
     for k, it in enumerate(its):
-        it.color, it.label = _SAMPLE_COLOR, f"sample {k}"
+        it.color, it.label = _SAMPLE_COLOR, f"sample {k}" + (f" ({notes[k]})" if notes is not None and notes[k] else "")
     refs: list[VizItem] = []
     if references is not None:
         refs = as_items(references)[:ncols]
