@@ -100,7 +100,7 @@ def main() -> None:
                      "stats": matched(given) if how == "stats" else None}[how]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the old-behaviour row warns by design
-                out = models[model_frame].complete(given, seed=shape, frame=frame).points[0, 0]
+                out = models[model_frame].complete(given, seed=shape, frame=frame, keep_scan=False).points[0, 0]
             back = (lambda x: (x - SENSOR_OFFSET) / SENSOR_SCALE) if sensor else (lambda x: x)
             cd, f = _score(out, cloud, back)
             cds.append(cd)

@@ -1,19 +1,28 @@
-"""Completion on real data made by others (``../shared/data``, read in place, never copied).
+"""Completion on real shapes made by others (``../shared/data``, read in place, never copied): one command.
 
-1. Trains a small scan-frame PVD completion model (``PointCloudDiffusion(frame="scan")``) on the CPU
-   on virtual scans of real meshes and clouds: the fine-grained chairs and tables (meshes, ray-cast
-   scans) and the airplanes, chairs and tables of ``derived_pc15k_layout`` (clouds, hidden-point
-   removal), both bbox-normalised. Held-out shapes (a hash split of the meshes; the clouds' own test
-   split) are scored against the scan, mirror and retrieval baselines (CD, EMD, F-score, UHD).
-2. Completes the real sensor scans (``pcn_demo``, ``pointr_demo``, ``pcl_test_scans``: bunny, car,
-   milk carton) in their own frame and unit, where no ground truth exists: fidelity (UHD from the
-   scan to the completion, and the median, both / the scan's bounding-box diagonal) and the extent
-   ratio completion / scan; writes a preview grid (scan | completion) that a person can judge.
+1. Trains a scan-frame PVD completion model (``PointCloudDiffusion(frame="scan")``, the default preset's frame) on
+   the CPU on virtual scans of real shapes: the airplanes, chairs and tables of ``derived_pc15k_layout`` (15,000
+   points sampled on real meshes: the fine-grained chairs and tables, ModelNet, ShapeNet singletons),
+   bbox-normalised into [-1, 1]^3, its train split. ``--model PATH`` reuses a model this script trained before
+   (it is saved there after training). ``--split val`` scores the validation shapes (for choosing settings).
+2. Held-out shapes (the test split), each scanned four ways: one view, two
+   views, a planar cut, and a sensor-like view (depth noise, dropout, holes). Every scan is drawn from one half of
+   the shape's 15,000 surface points and the truth is the other half, so a scan point is never a truth point.
+   Per scan: CD (squared, to the truth), EMD (1024-point random resamples of both), F-score at 0.01 and 0.02;
+   means with 95 % intervals over the scans (t-interval), and paired differences against each baseline.
+   Methods: ``complete(scan)`` with its defaults (the scan kept, generated points where it has no coverage), the
+   model's raw N points, and the baselines: the scan, scan + mirror (x = 0), retrieval (nearest training shape by
+   one-sided CD; training shapes are in the same canonical frame, so aligned) and retrieval + scan (the same
+   merging as the completion, with the retrieved shape as the generated part).
+3. The real sensor scans (``pcn_demo``, ``pointr_demo``, ``pcl_test_scans``; no truth), completed in their own
+   frame and unit with n completions: fidelity (largest scan-to-output distance over the output's own point
+   spacing), plausibility (one-sided CD from the completion, bbox-normalised, to the nearest training shape), the
+   mean per-point spread, and a preview (scan orange, completed part blue).
 
-    LD_LIBRARY_PATH=... PYTHONPATH=. python benchmarks/bench_real_scans.py --steps 2000 --preview docs/real_scans_preview.png
+    LD_LIBRARY_PATH=... PYTHONPATH=. OMP_NUM_THREADS=2 flock /work/team/heavy.lock \\
+        python benchmarks/bench_real_scans.py --model /tmp/real_scans_model.pt --preview docs/real_scans_preview.png
 
-Needs Open3D (ray casting, hidden-point removal, compressed PCD files). The preview is drawn by
-``shapediff.viz`` (the CPU renderer; no GPU, EGL or display needed).
+Needs Open3D (hidden-point removal, compressed PCD files).
 """
 
 from __future__ import annotations
@@ -28,52 +37,116 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shapediff.data import MeshFolder, PartialScans, ShapeNetPC15k
+from shapediff.data import ShapeNetPC15k
+from shapediff.geometry import emd
+from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.large_scans import load_scan
-from shapediff.models import PointCloudDiffusion
-from shapediff.evaluation import completion_table, evaluate_completion
+from shapediff.geometry.partial_scan import hidden_point_removal, random_viewpoint
 from shapediff.io_atomic import write_path_atomic
-from shapediff.viz import render_array
+from shapediff.metrics.completion import f_score
+from shapediff.models import PointCloudDiffusion, load_model
+from shapediff.models.completion import retrieve_nearest
+from shapediff.models.scan_keeping import covering_subset, keep_scan, point_spacing, point_spread
+from shapediff.viz import render_overlay
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 REAL_SCANS = ["pcn_demo/airplane.pcd", "pcn_demo/car.pcd", "pcn_demo/chair.pcd", "pcn_demo/lamp.pcd",
               "pointr_demo/airplane.pcd", "pointr_demo/sofa.pcd", "pointr_demo/input.ply",
               "pcl_test_scans/bun0.pcd", "pcl_test_scans/car6.pcd", "pcl_test_scans/milk.pcd"]
+KINDS = ("one view", "two views", "cut", "sensor")
+POOL = 15000  # surface points per shape: half the scans' source, half the truth
+SCAN_POINTS = 1536  # at most this many points per virtual scan (a PCN-like density)
+ORANGE, BLUE = (0.90, 0.45, 0.00), (0.00, 0.45, 0.70)
 
 
-def _datasets(n: int, m: int, views: int, split: str) -> list[PartialScans]:
-    meshes = MeshFolder(SHARED / "finegrained_chairs_tables", split=split, num_points=n, pool_size=6000,
-                        normalization="bbox", split_ratios=(0.8, 0.0, 0.2))
+# ------------------------------------------------------------------------------------------ data
+def _shapes(split: str) -> list[torch.Tensor]:
+    """Dense (POOL, 3) clouds in [-1, 1]^3 (bbox) of the airplanes, chairs and tables of ``derived_pc15k_layout``.
+    Only its own split: the fine-grained meshes are among its sources, so a second split of them would leak."""
     clouds = ShapeNetPC15k(SHARED / "derived_pc15k_layout", categories=["airplane", "chair", "table"], split=split,
-                           num_points=n, num_ref_points=n, normalization="bbox")
-    common = dict(num_partial_points=m, views_per_shape=views, width=48, height=48, seed=0 if split == "train" else 1)
-    return [PartialScans(meshes, method="raycast", **common), PartialScans(clouds, method="hpr", **common)]
+                           num_points=10000, num_ref_points=5000, normalization="bbox")
+    return [torch.cat([c["points"], c["ref_points"]]) for c in (clouds[i] for i in range(len(clouds)))]
 
 
-def _pairs(datasets: list[PartialScans]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(points (P, N, 3), partial (P, M, 3)) of every item (the clouds' points drawn once, fixed)."""
-    items = [ds[i] for ds in datasets for i in range(len(ds))]
-    return torch.stack([it["points"] for it in items]), torch.stack([it["partial"] for it in items])
+def _halves(dense: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scan source, truth): a random split of the dense points into two disjoint halves."""
+    perm = np.random.default_rng(seed).permutation(len(dense))
+    pts = dense.numpy().astype(np.float64)
+    return pts[perm[: len(perm) // 2]], pts[perm[len(perm) // 2:]]
 
 
-def _model(n: int, m: int, width: int) -> PointCloudDiffusion:
+def _view(source: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    eye = random_viewpoint(np.zeros(3), 2.5 * math.sqrt(3.0), generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+    idx = hidden_point_removal(source, eye).numpy()
+    return source[idx], np.asarray(eye, dtype=np.float64)
+
+
+def virtual_scan_of(source: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """A scan (K, 3) of one kind (``KINDS``) of the surface points ``source``, at most SCAN_POINTS points."""
+    rng = np.random.default_rng(seed)
+    if kind == "one view":
+        pts = _view(source, rng)[0]
+    elif kind == "two views":
+        pts = np.unique(np.concatenate([_view(source, rng)[0], _view(source, rng)[0]]), axis=0)
+    elif kind == "cut":
+        d = rng.normal(size=3)
+        h = source @ (d / np.linalg.norm(d))
+        pts = source[h < np.quantile(h, 0.55)]
+    elif kind == "sensor":
+        pts, eye = _view(source, rng)
+        pts = pts[rng.random(len(pts)) > 0.2]  # dropout
+        for _ in range(3):  # holes
+            c = pts[rng.integers(len(pts))]
+            pts = pts[np.linalg.norm(pts - c, axis=1) > 0.12]
+        ray = (pts - eye) / np.linalg.norm(pts - eye, axis=1, keepdims=True)
+        pts = pts + ray * rng.normal(scale=0.006, size=(len(pts), 1))  # depth noise along the ray
+    else:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    if len(pts) > SCAN_POINTS:
+        pts = pts[rng.choice(len(pts), SCAN_POINTS, replace=False)]
+    return pts.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- model
+def _model(n: int, m: int, width: int, depth: int) -> PointCloudDiffusion:
     return PointCloudDiffusion(
         denoiser={"_target_": "shapediff.models.completion.KnownIndicatorDenoiser", "num_known": m,
-                  "denoiser": {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": width, "depth": 2}},
+                  "denoiser": {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": width,
+                               "depth": depth}},
         diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 200, "prediction": "v"},
         num_points=n, completion="pvd", num_partial_points=m, sampler={"name": "ddpm", "steps": 50}, frame="scan")
 
 
-def _train(model, points, partial, steps: int, batch: int, seed: int = 0) -> float:
+def _training_pairs(shapes: list[torch.Tensor], views: int, m: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
+    """(dense clouds, partial (P, M, 3) covering subsets of scans of every kind, shape index (P,))."""
+    dense, partial, owner = [], [], []
+    for s, cloud in enumerate(shapes):
+        source, _ = _halves(cloud, seed=s)
+        dense.append(cloud.numpy())
+        for v in range(views):
+            scan = torch.from_numpy(virtual_scan_of(source, KINDS[v % len(KINDS)], seed=1000 * s + v))
+            partial.append(covering_subset(scan, m, torch.Generator().manual_seed(v)))
+            owner.append(s)
+    return dense, torch.stack(partial), torch.tensor(owner)
+
+
+def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0) -> float:
     torch.manual_seed(seed)
-    model.fit_normalization([{"points": p, "partial": q} for p, q in zip(points, partial)])
+    gen = torch.Generator().manual_seed(seed)
+    n = model.num_points
+
+    def points_of(idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(dense[int(owner[i])][torch.randint(POOL, (n,), generator=gen).numpy()])
+                            for i in idx])
+
+    fit = torch.arange(0, len(partial), max(1, len(partial) // 256))
+    model.fit_normalization([{"points": p, "partial": q} for p, q in zip(points_of(fit), partial[fit])])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(steps):
-        idx = torch.randint(len(points), (batch,), generator=gen)
-        loss = model.training_loss({"points": points[idx], "partial": partial[idx]})
+        idx = torch.randint(len(partial), (batch,), generator=gen)
+        loss = model.training_loss({"points": points_of(idx), "partial": partial[idx]})
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -81,84 +154,198 @@ def _train(model, points, partial, steps: int, batch: int, seed: int = 0) -> flo
     return time.perf_counter() - start
 
 
-def _fidelity(scan: np.ndarray, completion: np.ndarray) -> dict[str, float]:
+# --------------------------------------------------------------------------------------- metrics
+def _metrics(pred: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, float]:
+    p, t = torch.from_numpy(np.asarray(pred, np.float32))[None], torch.from_numpy(np.asarray(truth, np.float32))[None]
+    rng = np.random.default_rng(seed)
+    pe = p[:, rng.choice(p.shape[1], 1024, replace=p.shape[1] < 1024)]
+    te = t[:, rng.choice(t.shape[1], 1024, replace=False)]
+    return {"CD": float(chamfer_distance(p, t)), "EMD": float(emd(pe, te)),
+            "F@0.01": float(f_score(p, t, 0.01)), "F@0.02": float(f_score(p, t, 0.02)), "points": p.shape[1]}
+
+
+def _interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95 % t-interval of the mean."""
+    from scipy import stats  # noqa: PLC0415
+
+    v = np.asarray(values, dtype=np.float64)
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def _table(scores: dict[str, list[dict[str, float]]], ours: str) -> str:
+    keys = ("CD", "EMD", "F@0.01", "F@0.02")
+    lines = ["| method | " + " | ".join(f"{k} [95 % interval]" for k in keys) + " | points |",
+             "| --- |" + " ---: |" * (len(keys) + 1)]
+    for name, rows in scores.items():
+        cells = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in (_interval([r[k] for r in rows]) for k in keys)]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean([r['points'] for r in rows]):.0f} |")
+    lines += ["", f"Paired differences, {ours} minus each baseline (negative CD/EMD, positive F = {ours} better):", "",
+              "| baseline | " + " | ".join(f"d{k} [95 %]" for k in keys) + " |", "| --- |" + " ---: |" * len(keys)]
+    for name, rows in scores.items():
+        if name == ours:
+            continue
+        cells = []
+        for k in keys:
+            m, lo, hi = _interval([a[k] - b[k] for a, b in zip(scores[ours], rows)])
+            cells.append(f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mirror(scan: np.ndarray) -> np.ndarray:
+    flipped = scan.copy()
+    flipped[:, 0] = -flipped[:, 0]
+    return np.concatenate([scan, flipped])
+
+
+def evaluate_virtual(model, test: list[torch.Tensor], bank: torch.Tensor, n_completions: int, seed: int,
+                     kinds=KINDS) -> tuple[dict[str, list[dict[str, float]]], list]:
+    """Scores of every method on every (held-out shape, scan kind); and a few (scan, completion, truth) triples."""
+    scans, truths = [], []
+    for s, cloud in enumerate(test):
+        source, truth = _halves(cloud, seed=10_000 + s)
+        for k, kind in enumerate(kinds):
+            scans.append(torch.from_numpy(virtual_scan_of(source, kind, seed=7919 * s + k)))
+            truths.append(truth)
+    start = time.perf_counter()
+    done = [model.complete(sc, n=n_completions, seed=seed).points[0, 0] for sc in scans]
+    seconds = time.perf_counter() - start
+    raw = [model.complete(sc, seed=seed, keep_scan=False).points[0, 0] for sc in scans]
+    retrieved = [retrieve_nearest(sc[None], bank)[0][0] for sc in scans]
+    methods = {
+        "completion (default: scan kept)": lambda i: done[i].numpy(),
+        "model's N points (keep_scan=False)": lambda i: raw[i].numpy(),
+        "baseline: scan": lambda i: scans[i].numpy(),
+        "baseline: scan + mirror": lambda i: _mirror(scans[i].numpy()),
+        "baseline: retrieval": lambda i: retrieved[i].numpy(),
+        "baseline: retrieval + scan": lambda i: keep_scan(scans[i], retrieved[i][None]).points[0].numpy(),
+    }
+    scores = {name: [_metrics(fn(i), truths[i], seed=i) for i in range(len(scans))] for name, fn in methods.items()}
+    examples = [(scans[i].numpy(), done[i].numpy(), truths[i]) for i in range(0, len(scans), max(1, len(scans) // 4))][:4]
+    return scores, examples, seconds / len(scans)
+
+
+# ------------------------------------------------------------------------------------ real scans
+def _bbox_normalise(points: np.ndarray) -> np.ndarray:
+    lo, hi = points.min(0), points.max(0)
+    return (points - (lo + hi) / 2) / max(float((hi - lo).max()) / 2, 1e-12)
+
+
+def _plausibility(cloud: np.ndarray, bank: torch.Tensor) -> float:
+    """One-sided CD (mean squared distance) from the bbox-normalised cloud (2048 random points) to its nearest
+    training shape."""
+    from shapediff.geometry import knn_points  # noqa: PLC0415
+
+    q = torch.from_numpy(_bbox_normalise(cloud).astype(np.float32))
+    sub = q[torch.randperm(len(q), generator=torch.Generator().manual_seed(0))[:2048]]
+    d2 = knn_points(sub[None].expand(len(bank), -1, -1).contiguous(), bank, 1).dists[..., 0]
+    return float(d2.mean(1).min())
+
+
+def evaluate_real(model, bank: torch.Tensor, n_completions: int, seed: int, max_points: int) -> tuple[dict, list]:
     from scipy.spatial import cKDTree  # noqa: PLC0415
 
-    diag = float(np.linalg.norm(scan.max(0) - scan.min(0)))
-    d = cKDTree(completion).query(scan)[0]
-    ext = float(np.linalg.norm(completion.max(0) - completion.min(0)))
-    return {"points": len(scan), "scan diagonal": diag, "UHD / diagonal": float(d.max()) / diag,
-            "median scan->completion / diagonal": float(np.median(d)) / diag, "extent ratio": ext / diag}
+    real, preview = {}, []
+    for rel in REAL_SCANS:
+        path = SHARED / rel
+        if not path.is_file():
+            continue
+        scan = torch.from_numpy(np.asarray(load_scan(path, max_points=max_points, method="voxel", seed=0), dtype=np.float32))
+        start = time.perf_counter()
+        outs = model.complete(scan, n=n_completions, seed=seed).points[0]
+        seconds = time.perf_counter() - start
+        spread = point_spread(outs)
+        best = int(spread.mean(1).argmin())
+        out = outs[best].numpy()
+        gap = float(cKDTree(out).query(scan.numpy())[0].max())
+        spacing = point_spacing(out)
+        raw = model.complete(scan, seed=seed, keep_scan=False).points[0, 0].numpy()
+        real[rel] = {"scan points": len(scan), "output points": len(out), "max scan->output / output spacing": gap / spacing,
+                     "extent ratio": float(np.linalg.norm(np.ptp(out, 0)) / np.linalg.norm(np.ptp(scan.numpy(), 0))),
+                     "plausibility (completion)": _plausibility(out, bank), "plausibility (scan)": _plausibility(scan.numpy(), bank),
+                     "plausibility (model's N points)": _plausibility(raw, bank),
+                     "mean spread / diagonal": float(spread[best].mean()) / float(np.linalg.norm(np.ptp(scan.numpy(), 0))),
+                     "seconds": seconds}
+        generated = out[len(scan):] if len(out) > len(scan) else out[:0]
+        preview.append((rel, scan.numpy(), generated))
+    return real, preview
 
 
-def _grid(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> None:
-    """One row per scan, one frame per row: scan | completion [| ground truth], labelled."""
-    size = 220
-    images = []
-    for name, clouds in rows:
-        labels = [f"{name}: scan", "completion", "truth"][: len(clouds)]
-        images.append(render_array(clouds, width=size * len(clouds), height=size, labels=labels, fit="shared"))
-    ncols = max(im.shape[1] for im in images)
-    image = np.full((size * len(images), ncols, 3), 255, dtype=np.uint8)
-    for r, im in enumerate(images):
-        image[r * size:(r + 1) * size, : im.shape[1]] = im
+def _preview(rows: list[tuple[str, np.ndarray, np.ndarray]], examples: list, path: Path, size: int = 240) -> None:
+    """Real scans two to a row (scan | scan orange + completed part blue); then held-out virtual scans
+    (scan | scan + completed part | truth)."""
+    def pair(name, scan, generated):
+        return [render_overlay([scan], [ORANGE], label=name, size=size),
+                render_overlay([scan, generated], [ORANGE, BLUE], label="completion", size=size)]
+
+    tiles = [t for row in rows for t in pair(*row)]
+    lines = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles), 4)]
+    for scan, done, truth in examples:
+        lines.append(np.concatenate(pair("held-out virtual scan", scan, done[len(scan):])
+                                    + [render_overlay([truth], [(0.3, 0.3, 0.3)], label="truth", size=size)], axis=1))
+    width = max(line.shape[1] for line in lines)
+    image = np.full((size * len(lines), width, 3), 255, dtype=np.uint8)
+    for r, line in enumerate(lines):
+        image[r * size:(r + 1) * size, : line.shape[1]] = line
     write_path_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--points", type=int, default=256, help="N")
-    parser.add_argument("--partial", type=int, default=64, help="M")
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--views", type=int, default=8, help="virtual scans per training shape")
+    parser.add_argument("--points", type=int, default=512, help="N")
+    parser.add_argument("--partial", type=int, default=128, help="M")
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
+    parser.add_argument("--n", type=int, default=3, help="completions per real scan (spread)")
+    parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
     parser.add_argument("--preview", type=Path, default=Path("docs/real_scans_preview.png"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-test", type=int, default=None, help="score only this many held-out shapes (smoke runs)")
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="the held-out shapes scored")
+    parser.add_argument("--real-max-points", type=int, default=4096, help="real scans are reduced to this many points")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     if not SHARED.is_dir():
         raise SystemExit(f"needs the shared real data at {SHARED}")
-    n, m = args.points, args.partial
     start = time.perf_counter()
-    train_points, train_partial = _pairs(_datasets(n, m, args.views, "train"))
-    test_points, test_partial = _pairs(_datasets(n, m, 1, "test"))
-    prep = time.perf_counter() - start
-    model = _model(n, m, args.width)
-    seconds = _train(model, train_points, train_partial, args.steps, args.batch)
+    train, test = _shapes("train"), _shapes(args.split)[: args.max_test]
+    bank = torch.stack([t[torch.randperm(POOL, generator=torch.Generator().manual_seed(i))[:2048]] for i, t in enumerate(train)])
+    if args.model is not None and args.model.is_file():
+        model, seconds = load_model(args.model, device="cpu"), float("nan")
+        note = f"loaded {args.model}"
+    else:
+        dense, partial, owner = _training_pairs(train, args.views, args.partial)
+        prep = time.perf_counter() - start
+        model = _model(args.points, args.partial, args.width, args.depth)
+        seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed)
+        if args.model is not None:
+            model.save(args.model)
+        note = (f"{args.steps} steps of batch {args.batch} in {seconds:.0f} s ({torch.get_num_threads()} threads), "
+                f"{len(partial)} training scans of {len(train)} shapes, data preparation {prep:.0f} s")
     model.eval()
-    bank = train_points[:: args.views]  # one cloud per training shape (views of a shape are adjacent)
-    outputs: dict[str, torch.Tensor] = {}
-    results = evaluate_completion(model, test_partial, test_points, train_clouds=bank, n=1, seed=0,
-                                  metrics=("cd", "emd", "f_score"), outputs=outputs)
-    print(f"## Held-out virtual scans of real shapes ({len(test_points)} shapes; {len(train_points)} training scans of "
-          f"{len(bank)} shapes; N={n}, M={m}; {args.steps} steps of batch {args.batch} in {seconds:.0f} s on 1 CPU thread, "
-          f"data preparation {prep:.0f} s)\n")
-    print(completion_table(results))
-    real = {}
-    preview = []
-    for rel in REAL_SCANS:
-        path = SHARED / rel
-        if not path.is_file():
-            continue
-        scan = load_scan(path, seed=0)
-        out = model.complete(scan, seed=0).points[0, 0].numpy()
-        real[rel] = _fidelity(scan, out)
-        preview.append((rel, [scan, out]))
-    print("\n## Real sensor scans (no ground truth), completed in their own frame and unit\n")
-    print("| scan | points | scan diagonal | UHD / diagonal | median scan->completion / diagonal | extent completion / scan |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    scores, examples, per_scan = evaluate_virtual(model, test, bank, 1, args.seed)
+    ours = "completion (default: scan kept)"
+    print(f"## Held-out real shapes: {len(test)} shapes x {len(KINDS)} scan kinds ({', '.join(KINDS)}); N={model.num_points}, "
+          f"M={model.num_partial_points}; {note}; completion {per_scan:.1f} s per scan\n")
+    print(_table(scores, ours))
+    for kind_index, kind in enumerate(KINDS):
+        sub = {name: rows[kind_index:: len(KINDS)] for name, rows in scores.items()}
+        print(f"\n### {kind} ({len(sub[ours])} scans)\n")
+        print(_table(sub, ours).split("\n\nPaired")[0])
+    real, rows = evaluate_real(model, bank, args.n, args.seed, args.real_max_points)
+    print(f"\n## Real sensor scans (no truth), n={args.n} completions each, in their own frame and unit\n")
+    keys = list(next(iter(real.values())).keys()) if real else []
+    print("| scan | " + " | ".join(keys) + " |\n| --- |" + " ---: |" * len(keys))
     for rel, row in real.items():
-        print(f"| {rel} | {row['points']} | {row['scan diagonal']:.4g} | {row['UHD / diagonal']:.3f} | "
-              f"{row['median scan->completion / diagonal']:.3f} | {row['extent ratio']:.2f} |")
-    out = outputs["pvd"][:, 0]
-    for i in range(min(4, len(test_points))):
-        preview.append((f"held-out virtual scan {i} | completion | ground truth",
-                        [test_partial[i].numpy(), out[i].numpy(), test_points[i].numpy()]))
-    _grid(preview, args.preview)
+        print(f"| {rel} | " + " | ".join(f"{row[k]:.4g}" for k in keys) + " |")
+    _preview(rows, examples, args.preview)
     print(f"\npreview: {args.preview}")
     if args.json:
-        args.json.write_text(json.dumps({"virtual": results, "real": real}, indent=2))
+        args.json.write_text(json.dumps({"virtual": scores, "real": real}, indent=2))
 
 
 if __name__ == "__main__":

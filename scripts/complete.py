@@ -12,8 +12,12 @@ a scan-frame model takes any position and unit, a data-frame model needs the sca
 coordinates or ``--scale``/``--center`` saying how the scan's unit and origin map to them). Scans
 of more than --max-points points are reduced on reading (a seeded random subset, or voxel
 centroids with --downsample voxel; a .npy is streamed through a memory map, so a 10^7-point scan
-needs about 120 MB). Writes OUT/<scan name>/: partial.ply, completion_K.ply and completion_K.obj (a
-mesh per completion), ground_truth.ply (with --gt) and preview.png (partial | completions | gt).
+needs about 120 MB). A scan-frame model keeps the scan (``--keep-scan auto``): each completion is the scan's
+points plus generated points only where the scan has none, ``--n-points`` points in all (default: the scan's own
+density over the completed shape). Writes OUT/<scan name>/: partial.ply, completion_K.ply, spread.npy (each
+point's spread over the --n completions), completion_best.obj (a mesh of the completion nearest the others; all
+of them with --mesh-all), ground_truth.ply (with --gt) and preview.png (scan | completions with the scan orange
+and the completed part blue | gt).
 --retrieval-init-t T starts PVD from the training shape nearest to each scan (one-sided Chamfer),
 noised to timestep T; the shapes come from --bank (an (S, K, 3) .npy/.pt) or else from the
 training split of the data config saved in a training checkpoint.
@@ -61,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS, help="scan points kept on reading")
     p.add_argument("--downsample", choices=DOWNSAMPLE_METHODS, default="random",
                    help="how larger scans are reduced: random (seeded by --seed) or voxel centroids")
+    p.add_argument("--keep-scan", choices=("auto", "yes", "no"), default="auto",
+                   help="return the scan plus generated points where it has none (auto: scan-frame models)")
+    p.add_argument("--n-points", type=int, default=None,
+                   help="points per completion with the scan kept (default: the scan's density over the completed shape)")
+    p.add_argument("--mesh-all", action="store_true", help="mesh every completion, not only the best")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth cloud for the preview (single scan only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -124,7 +133,8 @@ def main(argv=None) -> int:
             retrieval = dict(retrieval_bank=_bank(args.bank, args.checkpoint), init_t=args.retrieval_init_t)
         out = model.complete(scans, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, method=args.method,
                              num_known=args.num_known, resample_jumps=args.resample_jumps, progress=True,
-                             clip_x0=args.clip_x0, frame=frame, **retrieval).points.cpu()
+                             clip_x0=args.clip_x0, frame=frame, keep_scan={"yes": True, "no": False}.get(args.keep_scan, "auto"),
+                             n_points=args.n_points, **retrieval).points.cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
@@ -134,8 +144,9 @@ def main(argv=None) -> int:
         name = path.stem if path.stem not in used else f"{path.stem}_{i}"
         used.add(name)
         folder = args.out / name
-        summary[str(path)] = save_completions(folder, scan, completions, ground_truth=gt,
-                                              meshes=not args.no_mesh, preview=not args.no_preview)
+        meshes = False if args.no_mesh else (True if args.mesh_all else "best")
+        summary[str(path)] = save_completions(folder, scan, completions, ground_truth=gt, meshes=meshes,
+                                              preview=not args.no_preview)
     print(json.dumps({"seconds": round(seconds, 2), "num_points": out.shape[-2], "outputs": summary,
                       **({"fallbacks": fallbacks_used()} if fallbacks_used() else {})}, indent=2))
     return 0

@@ -13,6 +13,7 @@ import torch
 from shapediff.evaluation.baselines import baseline_mirror, baseline_partial, baseline_retrieval
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.evaluation.tables import completion_table
+from shapediff.io_atomic import write_path_atomic
 from shapediff.metrics.registry import SECONDS
 from shapediff.models.completion import complete, default_method
 from shapediff.models.partial_input import prepare_partial
@@ -28,48 +29,78 @@ def save_completions(
     completions: Any,
     *,
     ground_truth: Any = None,
-    meshes: bool = True,
+    meshes: bool | str = True,
     preview: bool = True,
 ) -> dict[str, Any]:
-    """Write one scan's completions: ``partial.ply``, ``completion_K.ply``, ``completion_K.obj``
-    (a mesh each, when ``meshes``), ``ground_truth.ply`` and ``preview.png`` (partial |
-    completions | ground truth). partial: (M, 3); completions: (n, N, 3); ground_truth: (G, 3).
+    """Write one scan's completions: ``partial.ply``, ``completion_K.ply``, ``spread.npy`` (n >= 2: (n, N) float32,
+    each point's RMS distance to the other completions, :func:`~shapediff.models.scan_keeping.point_spread`),
+    meshes (``meshes=True``: ``completion_K.obj`` each; ``"best"``: ``completion_best.obj`` of the completion
+    nearest the others only), ``ground_truth.ply`` and ``preview.png`` (the scan | each completion with its scan
+    points orange and its completed part blue | ground truth). partial: (M, 3); completions: (n, N, 3);
+    ground_truth: (G, 3).
 
-    Returns ``{"files": [paths], "errors": {name: message}}``: a mesh or preview that cannot be
-    made is recorded and logged, and the other files are still written.
+    Returns ``{"files": [paths], "errors": {name: message}, "best": k}``: a mesh or preview that cannot be made
+    is recorded and logged, and the other files are still written.
     """
     from pathlib import Path  # noqa: PLC0415
 
     from shapediff.geometry import points_to_mesh, save_mesh, save_points  # noqa: PLC0415
+    from shapediff.models.scan_keeping import point_spread  # noqa: PLC0415
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clouds = [np.asarray(torch.as_tensor(c).detach().cpu(), dtype=np.float32) for c in completions]
-    files = [save_points(out / "partial.ply", np.asarray(torch.as_tensor(partial).detach().cpu()))]
+    scan = np.asarray(torch.as_tensor(partial).detach().cpu())
+    files = [save_points(out / "partial.ply", scan)]
     errors: dict[str, str] = {}
+    spread = point_spread(clouds) if len(clouds) >= 2 else None
+    best = int(spread.mean(dim=1).argmin()) if spread is not None else 0
+    if spread is not None:
+        files.append(out / "spread.npy")
+        write_path_atomic(files[-1], lambda tmp: np.save(tmp, spread.numpy()))
     for k, cloud in enumerate(clouds):
         files.append(save_points(out / f"completion_{k}.ply", cloud))
-        if meshes:
-            try:
-                files.append(save_mesh(out / f"completion_{k}.obj", points_to_mesh(cloud)))
-            except (ValueError, RuntimeError, ImportError) as err:
-                errors[f"completion_{k}.obj"] = str(err)
-                logger.warning("completion %d: no mesh (%s)", k, err)
-    items = [np.asarray(torch.as_tensor(partial).detach().cpu())] + clouds
+    for k in ([best] if meshes == "best" else range(len(clouds)) if meshes else []):
+        name = "completion_best.obj" if meshes == "best" else f"completion_{k}.obj"
+        try:
+            files.append(save_mesh(out / name, points_to_mesh(clouds[k])))
+        except (ValueError, RuntimeError, ImportError) as err:
+            errors[name] = str(err)
+            logger.warning("completion %d: no mesh (%s)", k, err)
+    gt = None
     if ground_truth is not None:
         gt = np.asarray(torch.as_tensor(ground_truth).detach().cpu(), dtype=np.float32)
         files.append(save_points(out / "ground_truth.ply", gt))
-        items.append(gt)
     if preview:
         try:
-            from shapediff.viz import render_grid  # noqa: PLC0415
-
-            render_grid(items, out / "preview.png", ncols=len(items), fit="shared")  # one scale: partial | completions | gt
+            _preview_scan_kept(scan, clouds, gt, out / "preview.png")
             files.append(out / "preview.png")
         except (ImportError, RuntimeError, ValueError) as err:
             errors["preview.png"] = str(err)
             logger.warning("preview.png not written: %s", err)
-    return {"files": [str(f) for f in files], "errors": errors}
+    return {"files": [str(f) for f in files], "errors": errors, "best": best}
+
+
+SCAN_COLOR, COMPLETED_COLOR, TRUTH_COLOR = (0.90, 0.45, 0.00), (0.00, 0.45, 0.70), (0.30, 0.30, 0.30)
+
+
+def _preview_scan_kept(scan: np.ndarray, clouds: list[np.ndarray], gt: np.ndarray | None, path, size: int = 320) -> None:
+    """preview.png: the scan | each completion, its scan points orange and its completed part blue | the truth."""
+    from PIL import Image  # noqa: PLC0415
+
+    from shapediff.models.scan_keeping import observed_mask  # noqa: PLC0415
+    from shapediff.viz import render_overlay  # noqa: PLC0415
+
+    frame = [scan, *clouds, *([gt] if gt is not None else [])]  # one scale and position for every tile
+    tiles = [render_overlay([scan], [SCAN_COLOR], label="scan", size=size, frame_of=frame)]
+    for k, cloud in enumerate(clouds):
+        seen = observed_mask(cloud, scan).numpy()
+        tiles.append(render_overlay([cloud[seen], cloud[~seen]], [SCAN_COLOR, COMPLETED_COLOR], label=f"completion {k}",
+                                    size=size, frame_of=frame))
+    if gt is not None:
+        tiles.append(render_overlay([gt], [TRUTH_COLOR], label="ground truth", size=size, frame_of=frame))
+    image = np.concatenate(tiles, axis=1)
+    write_path_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def _summarise(values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -114,7 +145,9 @@ def evaluate_completion(
     partial = prepare_partial(partial, partial.shape[-2])
     gt = prepare_partial(ground_truth, ground_truth.shape[-2], name="ground_truth")
     big_n, results = gt.shape[1], {}
-    common = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, clip_x0=clip_x0)
+    # keep_scan=False: the model's own N points against N-point truths (the protocol's fixed size; EMD needs it);
+    # the scan-keeping default is scored in benchmarks/bench_real_scans.py
+    common = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, clip_x0=clip_x0, keep_scan=False)
     runs = {method: dict(method=method, resample_jumps=resample_jumps, num_known=num_known) for method in methods}
     if train_clouds is not None:
         runs |= {f"pvd+retrieval_init@{t0}": dict(method="pvd", retrieval_bank=train_clouds, init_t=int(t0))

@@ -169,6 +169,24 @@ def render_grid(items: Any, path: str | os.PathLike, *, ncols: int = 4, tile_siz
     return _save_image(_compose(tiles, ncols), path, (".png", ".jpg", ".jpeg"))
 
 
+def render_overlay(clouds: Sequence[Any], colors: Sequence[Sequence[float]], *, label: str = "", size: int = 256,
+                   camera: Camera | dict | None = None, point_size: float | None = None,
+                   frame_of: Sequence[Any] | None = None) -> np.ndarray:
+    """Several clouds drawn together in one square tile, each in its own colour, depth-tested against one another
+    (e.g. a scan orange and the completed part blue): an (size, size, 3) uint8 image; ``label`` in the first
+    colour. frame_of: clouds whose bounding sphere frames the tile (to share one scale between tiles); default
+    the drawn ones."""
+    its = as_items(list(clouds), None, colors)
+    points = np.concatenate([it.points for it in its]) if its else np.zeros((0, 3))
+    per_point = np.concatenate([np.broadcast_to(np.asarray(it.color), (len(it.points), 3)) for it in its]) if its else points
+    item = VizItem(points, None, "", per_point)  # _render_tile broadcasts ``color``: (P, 3) colours one per point
+    size = _check_size("size", size)
+    frame = bounding_sphere(as_items(list(frame_of))) if frame_of is not None else None
+    tile = _render_tile(item, as_camera(camera), frame, size, size, point_size)
+    _label(tile, label, its[0].color if its else (0.0, 0.0, 0.0))
+    return np.asarray(tile)
+
+
 def _samples_frame(refs: list[VizItem], samples: list[VizItem]) -> tuple[np.ndarray, float]:
     """(centre, radius): see ``render_samples``; stray points do not shrink the picture."""
     if not refs:

@@ -37,8 +37,11 @@ def test_completion_quickstart_builds_and_trains_one_step():
     loss = model.training_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and model.denoiser.denoiser.inp.weight.grad is not None
-    out = model.complete(batch["partial"][:1], n=2, steps=2).points
+    assert model.frame == "scan"  # the preset takes raw scans in any unit and pose
+    out = model.complete(batch["partial"][:1], n=2, steps=2, keep_scan=False).points
     assert out.shape == (1, 2, 64, 3) and torch.equal(out[0, :, :16], batch["partial"][:1].expand(2, 16, 3))
+    kept = model.complete(batch["partial"][:1], n=2, steps=2).points  # default: the scan kept, plus generated points
+    assert kept.shape[:2] == (1, 2) and kept.shape[2] >= 16 and torch.equal(kept[0, :, :16], out[0, :, :16])
 
 
 @pytest.mark.parametrize("category, beta_end", [("airplane", 0.008), ("chair", 0.02), ("car", 0.02)])

@@ -63,9 +63,10 @@ def test_complete_script_on_real_pcn_scans(shared_data, tmp_path, capsys):
             # the first M points are input points, exactly (PVD keeps them)
             d = np.abs(cloud[:M, None, :] - raw[None]).sum(-1).min(1)
             assert d.max() == 0
-            # a mesh per completion, or the reason it could not be made (an untrained model's cloud)
-            written = (folder / f"completion_{k}.obj").exists()
-            assert written != (f"completion_{k}.obj" in report["outputs"][str(scan)]["errors"])
+        # a mesh of the best completion, or the reason it could not be made (an untrained model's cloud); the spread
+        written = (folder / "completion_best.obj").exists()
+        assert written != ("completion_best.obj" in report["outputs"][str(scan)]["errors"])
+        assert np.load(folder / "spread.npy").shape == (2, N) and report["outputs"][str(scan)]["best"] in (0, 1)
 
 
 def test_complete_script_reports_bad_input(tmp_path, capsys):

@@ -1,0 +1,253 @@
+"""Completions that keep the scan: the observed points, plus generated points only where the scan has none.
+
+What a model generates is a whole shape; where the scan saw the surface, the scan is more accurate than any
+generated point. :func:`keep_scan` therefore merges, per completion:
+
+- **the scan**: every observed point (or, when fewer output points are asked for than the scan has, a farthest
+  point subset: every dropped scan point then lies within the output's own point spacing of a kept one);
+- **generated points where the scan has no coverage**: a generated point counts as covered when a scan point
+  lies within ``coverage x`` :func:`coverage_scale` (the finer of the scan's and the model's spacings, or the
+  model's median offset from the scan when larger: its scatter around the observed surface is not a hole);
+- **at the requested density**: ``n_points`` in all (default: the scan's own point spacing carried over the
+  completed extent, i.e. the uncovered generated points thinned by farthest point sampling to the scan's
+  spacing); generated points are chosen by farthest point sampling, so they spread evenly.
+
+The model's known points are chosen to cover the scan (:func:`covering_subset`: farthest point sampling, not the
+first or a random M), and the generated candidates come from sampling the N-agnostic denoiser at more points
+than it was trained with (:func:`sampling_points`) when the scan is denser than the model's N.
+
+:func:`point_spread` is the per-point uncertainty over n completions: for each point, the RMS distance to the
+other completions (0 on the scan: every completion holds it). :func:`observed_mask` tells which output points
+are the scan's. All functions take one scan; ``shapediff.models.completion.complete`` calls them per scan.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from shapediff.geometry.kdtree import nearest_indices
+from shapediff.geometry.partial_scan import resample_points
+
+__all__ = [
+    "COVERAGE",
+    "MAX_SAMPLING_POINTS",
+    "KeptScan",
+    "best_completion",
+    "coverage_scale",
+    "covering_subset",
+    "farthest_subset",
+    "keep_scan",
+    "observed_mask",
+    "point_spacing",
+    "point_spread",
+    "sampling_points",
+]
+
+COVERAGE = 3.0  # covered = within 3 x coverage_scale of a scan point (a random scan's widest gaps: ~3 spacings)
+MAX_SAMPLING_POINTS = 16384  # the most points one completion is sampled at (memory and time bound on a CPU)
+
+
+def _np(points) -> np.ndarray:
+    return np.asarray(torch.as_tensor(points).detach().cpu(), dtype=np.float64)
+
+
+def _nearest_distance(targets: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(Q,) distance from each query (Q, 3) to its nearest target (T, 3) (KD-tree)."""
+    idx = nearest_indices(targets, queries, 1)[:, 0]
+    return np.linalg.norm(queries - targets[idx], axis=1)
+
+
+def point_spacing(points) -> float:
+    """Median distance from each point of (K, 3) to its nearest other point (0 for K < 2). Duplicate points
+    are counted once."""
+    pts = np.unique(_np(points), axis=0)
+    if len(pts) < 2:
+        return 0.0
+    idx = nearest_indices(pts, pts, 2)[:, 1]
+    return float(np.median(np.linalg.norm(pts - pts[idx], axis=1)))
+
+
+def farthest_subset(points, count: int | None = None, radius: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Farthest point sampling of one cloud (K, 3) with a stopping rule: indices (S,) long, in picking order.
+
+    Picks until ``count`` points are chosen (None: all K) or until every point lies within ``radius`` of a picked
+    one, whichever comes first. The picked points are then at least that far apart from one another and cover
+    the cloud within it (Gonzalez's 2-approximation of the k-centre problem). The first index is drawn from
+    ``generator`` (None: index 0).
+    """
+    pts = torch.as_tensor(points).detach().cpu()
+    pts = (pts - pts.mean(0)).float() if len(pts) else pts.float()  # centred: float32 differences stay exact enough
+    k = pts.shape[0]
+    count = k if count is None else min(int(count), k)
+    if count <= 0 or k == 0:
+        return torch.empty(0, dtype=torch.long)
+    first = 0 if generator is None else int(torch.randint(k, (1,), generator=generator))
+    idx = torch.empty(count, dtype=torch.long)
+    idx[0] = first
+    min_d = ((pts - pts[first]) ** 2).sum(1)
+    r2 = float(radius) ** 2
+    for s in range(1, count):
+        best = int(min_d.argmax())
+        if float(min_d[best]) <= r2:
+            return idx[:s]
+        idx[s] = best
+        min_d = torch.minimum(min_d, ((pts - pts[best]) ** 2).sum(1))
+    return idx
+
+
+def covering_subset(scan: torch.Tensor, m: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The M known points a model is given: (K, 3) -> (M, 3), a farthest point subset covering the whole scan
+    (K >= M), or all K points plus random repeats (K < M)."""
+    if scan.shape[0] <= m:
+        return resample_points(scan, m, generator)
+    return scan[farthest_subset(scan, m, generator=generator)]
+
+
+def sampling_points(scan, model_points: int, model_known: int, limit: int = MAX_SAMPLING_POINTS) -> int:
+    """How many points to sample one completion at so that its generated points are at least as dense as the
+    scan: the model's N when its generated N - M points already outnumber the scan's K, else about 3 K (the
+    completed surface is seldom over 3x what one scan sees), capped at ``limit``."""
+    k = int(torch.as_tensor(scan).shape[0]) if not isinstance(scan, int) else int(scan)
+    if model_points - model_known >= k:
+        return model_points
+    return max(model_points, min(int(limit), model_known + 3 * k))
+
+
+def coverage_scale(scan: np.ndarray, generated: list[np.ndarray]) -> float:
+    """The distance below which a generated point counts as lying on the scan, before the ``coverage`` factor:
+    the finer of the scan's and the generated clouds' spacings (a sparse scan's gaps are filled in at the
+    model's density), or the median distance from a scan point to the nearest generated point when larger
+    (how far the model's surface sits from the observed one: its points scattered around the scan are not new
+    surface)."""
+    gens = [g for g in generated if len(g) > 1]
+    if not gens:
+        return point_spacing(scan)
+    h_gen = float(np.median([point_spacing(g) for g in gens]))
+    offset = float(np.median([np.median(_nearest_distance(g, scan)) for g in gens]))
+    return max(min(point_spacing(scan), h_gen), offset)
+
+
+class KeptScan(NamedTuple):
+    """Completions that keep the scan: points (n, P, 3), the first ``num_observed`` of each the kept scan points
+    (identical in every completion), the rest generated."""
+
+    points: torch.Tensor
+    num_observed: int
+
+
+def keep_scan(
+    scan: torch.Tensor,
+    generated: torch.Tensor,
+    n_points: int | None = None,
+    *,
+    coverage: float = COVERAGE,
+    generator: torch.Generator | None = None,
+) -> KeptScan:
+    """Merge one scan with n generated clouds: the scan, plus generated points where it has no coverage.
+
+    scan: (K, 3) observed points (as given: the output holds them bit for bit). generated: (n, G, 3) candidate
+    points of n completions in the scan's coordinates (the model's own points, its known ones left out).
+    n_points: P, points per completion. None: all K scan points plus the uncovered generated points thinned to the
+    scan's spacing (the average count over the n completions). P >= K keeps every scan point and adds P - K
+    generated ones; P < K keeps a farthest point subset of the scan in proportion to its share at the default.
+    coverage: a generated point is covered when within ``coverage x`` :func:`coverage_scale` of a scan point. Returns :class:`KeptScan` with points (n, P, 3) in the scan's dtype.
+    """
+    if not (isinstance(coverage, (int, float)) and coverage > 0):
+        raise ValueError(f"coverage: expected a number > 0, got {coverage!r}")
+    if n_points is not None and not (isinstance(n_points, int) and n_points >= 1):
+        raise ValueError(f"n_points: expected a positive int or None, got {n_points!r}")
+    s = _np(scan)
+    gens = [_np(g) for g in generated]
+    h_scan = point_spacing(s)
+    radius = coverage * coverage_scale(s, gens)
+    far = [_nearest_distance(s, g) > radius if len(g) else np.zeros(0, bool) for g in gens]
+    thin = [len(farthest_subset(g[f], radius=h_scan)) if h_scan > 0 else int(f.sum()) for g, f in zip(gens, far)]
+    default_fill = int(round(float(np.mean(thin)))) if thin else 0
+    k = len(s)
+    if n_points is None:
+        n_points = k + default_fill
+    if n_points >= k:
+        kept = torch.arange(k)
+    else:  # fewer than the scan: the scan keeps its share at the default density
+        share = max(1, min(n_points, round(n_points * k / (k + default_fill))))
+        kept = farthest_subset(s, share, generator=generator)
+    fill = n_points - len(kept)
+    scan_t = torch.as_tensor(scan).detach().cpu()
+    out = []
+    for g, f in zip(gens, far):
+        chosen = _spread_pick(g[f], fill, generator)
+        if len(chosen) < fill:  # fewer uncovered candidates than asked for: the covered ones next, then repeats
+            chosen = np.concatenate([chosen, _spread_pick(g[~f], fill - len(chosen), generator)])
+            chosen = chosen[np.resize(np.arange(len(chosen)), fill)] if len(chosen) else s[np.resize(np.arange(k), fill)]
+        out.append(torch.cat([scan_t[kept], torch.as_tensor(chosen, dtype=scan_t.dtype)]))
+    return KeptScan(torch.stack(out), len(kept))
+
+
+def _spread_pick(points: np.ndarray, count: int, generator: torch.Generator | None) -> np.ndarray:
+    """Up to ``count`` rows of (G, 3) spread evenly (farthest point sampling)."""
+    return points[farthest_subset(points, count, generator=generator).numpy()] if count > 0 and len(points) else points[:0]
+
+
+def observed_mask(points, scan) -> torch.Tensor:
+    """(P,) bool: which points of (P, 3) are scan points (exact copies of a row of ``scan`` (K, 3))."""
+    p, s = _np(points), _np(scan)
+    return torch.from_numpy(_nearest_distance(s, p) == 0.0)
+
+
+def point_spread(completions) -> torch.Tensor:
+    """Per-point spread of n completions (n, P, 3): (n, P), for each point the RMS over the other completions of
+    its distance to that completion's nearest point (where they disagree); zeros for n = 1."""
+    clouds = [_np(c) for c in completions]
+    n = len(clouds)
+    spread = np.zeros((n, clouds[0].shape[0]) if n else (0, 0))
+    for i in range(n):
+        others = [_nearest_distance(clouds[j], clouds[i]) ** 2 for j in range(n) if j != i]
+        if others:
+            spread[i] = np.sqrt(np.mean(others, axis=0))
+    return torch.from_numpy(spread).float()
+
+
+def best_completion(completions) -> int:
+    """Index of the completion nearest the others (lowest mean spread): the one to mesh and show."""
+    spread = point_spread(completions)
+    return int(spread.mean(dim=1).argmin()) if math.prod(spread.shape) else 0
+
+
+# ----------------------------------------------------------------------------------- what complete() calls
+KEEP_SCAN_CHOICES = ("auto", True, False)
+
+
+def keeps_scan(model, keep_scan) -> bool:
+    """Whether ``complete`` keeps the scan: ``keep_scan`` True / False, or "auto": models trained in the scan
+    frame (``frame="scan"``, made for raw scans) keep it; data-frame models return their N points."""
+    if keep_scan not in KEEP_SCAN_CHOICES or not isinstance(keep_scan, (bool, str)):
+        raise ValueError(f"keep_scan: expected 'auto', True or False, got {keep_scan!r}")
+    return getattr(model, "frame", "data") == "scan" if keep_scan == "auto" else bool(keep_scan)
+
+
+def scans_as_given(partial) -> list[torch.Tensor]:
+    """Validated scans, each (K_b, 3) float32 with all its points: (K, 3), (B, K, 3) or a list of clouds."""
+    from shapediff.models.partial_input import prepare_partial  # noqa: PLC0415 - partial_input imports nothing of ours
+
+    if isinstance(partial, (list, tuple)):
+        return [prepare_partial(p, int(getattr(p, "shape", [1])[0]) or 1, name=f"partial[{i}]")[0] for i, p in enumerate(partial)]
+    shape = getattr(partial, "shape", None)
+    k = int(shape[-2]) if shape is not None and len(shape) >= 2 and shape[-2] > 0 else 1
+    return list(prepare_partial(partial, k))
+
+
+def keep_scans(scans: list[torch.Tensor], completions: torch.Tensor, held: int, n_points: int | None,
+               coverage: float, generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`keep_scan` for a batch: scans B x (K_b, 3), completions (B, n, N, 3) in the scans' coordinates whose
+    first ``held`` points are the model's known points. Returns (B, n, P, 3); with ``n_points`` None and B > 1, P
+    is the largest of the scans' default counts (the others get denser generated parts)."""
+    gens = [c[:, held:] for c in completions]
+    kept = [keep_scan(s, g, n_points, coverage=coverage, generator=generator) for s, g in zip(scans, gens)]
+    size = max(k.points.shape[1] for k in kept)
+    kept = [k if k.points.shape[1] == size else keep_scan(s, g, size, coverage=coverage, generator=generator)
+            for k, s, g in zip(kept, scans, gens)]
+    return torch.stack([k.points for k in kept]).to(completions.device)
