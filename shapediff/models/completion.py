@@ -334,7 +334,7 @@ def complete(
     if spec.holds_partial:  # bit-exact input points, free of normalise/denormalise rounding
         out[:, :, :m] = pts.to(device)[:, None]
     if keep:
-        out = keep_scans(scans, out, m if spec.holds_partial else 0, n_points, coverage, make_generator(mix_seed(seed, 0xC0DE)))
+        out = keep_scans(scans, out, m if spec.holds_partial else 0, n_points, coverage)
     return out[0] if unbatched else out
 
 

@@ -76,8 +76,8 @@ def farthest_subset(points, count: int | None = None, radius: float = 0.0, gener
 
     Picks until ``count`` points are chosen (None: all K) or until every point lies within ``radius`` of a picked
     one, whichever comes first. The picked points are then at least that far apart from one another and cover
-    the cloud within it (Gonzalez's 2-approximation of the k-centre problem). The first index is drawn from
-    ``generator`` (None: index 0).
+    the cloud within it (Gonzalez's 2-approximation of the k-centre problem); every prefix of the order is the
+    farthest point subset of its size. The first index is drawn from ``generator`` (None: index 0).
     """
     pts = torch.as_tensor(points).detach().cpu()
     pts = (pts - pts.mean(0)).float() if len(pts) else pts.float()  # centred: float32 differences stay exact enough
@@ -145,7 +145,6 @@ def keep_scan(
     n_points: int | None = None,
     *,
     coverage: float = COVERAGE,
-    generator: torch.Generator | None = None,
 ) -> KeptScan:
     """Merge one scan with n generated clouds: the scan, plus generated points where it has no coverage.
 
@@ -164,9 +163,11 @@ def keep_scan(
     gens = [_np(g) for g in generated]
     h_scan = point_spacing(s)
     radius = coverage * coverage_scale(s, gens)
-    far = [_nearest_distance(s, g) > radius if len(g) else np.zeros(0, bool) for g in gens]
-    thin = [len(farthest_subset(g[f], radius=h_scan)) if h_scan > 0 else int(f.sum()) for g, f in zip(gens, far)]
-    default_fill = int(round(float(np.mean(thin)))) if thin else 0
+    free = [g[_nearest_distance(s, g) > radius] if len(g) else g for g in gens]
+    # farthest point order of each completion's free points down to the scan's spacing: its length is the
+    # default count, its prefixes the evenly spread picks of any smaller count
+    orders = [farthest_subset(f, radius=h_scan).numpy() for f in free]
+    default_fill = int(round(float(np.mean([len(o) for o in orders])))) if orders else 0
     k = len(s)
     if n_points is None:
         n_points = k + default_fill
@@ -174,22 +175,18 @@ def keep_scan(
         kept = torch.arange(k)
     else:  # fewer than the scan: the scan keeps its share at the default density
         share = max(1, min(n_points, round(n_points * k / (k + default_fill))))
-        kept = farthest_subset(s, share, generator=generator)
+        kept = farthest_subset(s, share)
     fill = n_points - len(kept)
     scan_t = torch.as_tensor(scan).detach().cpu()
     out = []
-    for g, f in zip(gens, far):
-        chosen = _spread_pick(g[f], fill, generator)
-        if len(chosen) < fill:  # fewer uncovered candidates than asked for: the covered ones next, then repeats
-            chosen = np.concatenate([chosen, _spread_pick(g[~f], fill - len(chosen), generator)])
+    for g, f, order in zip(gens, free, orders):
+        chosen = f[order[:fill]] if fill <= len(order) else f[farthest_subset(f, fill).numpy()]
+        if len(chosen) < fill:  # fewer free candidates than asked for: the covered ones next, then repeats
+            rest = g[_nearest_distance(s, g) <= radius] if len(g) else g
+            chosen = np.concatenate([chosen, rest[farthest_subset(rest, fill - len(chosen)).numpy()]])
             chosen = chosen[np.resize(np.arange(len(chosen)), fill)] if len(chosen) else s[np.resize(np.arange(k), fill)]
         out.append(torch.cat([scan_t[kept], torch.as_tensor(chosen, dtype=scan_t.dtype)]))
     return KeptScan(torch.stack(out), len(kept))
-
-
-def _spread_pick(points: np.ndarray, count: int, generator: torch.Generator | None) -> np.ndarray:
-    """Up to ``count`` rows of (G, 3) spread evenly (farthest point sampling)."""
-    return points[farthest_subset(points, count, generator=generator).numpy()] if count > 0 and len(points) else points[:0]
 
 
 def observed_mask(points, scan) -> torch.Tensor:
@@ -241,13 +238,13 @@ def scans_as_given(partial) -> list[torch.Tensor]:
 
 
 def keep_scans(scans: list[torch.Tensor], completions: torch.Tensor, held: int, n_points: int | None,
-               coverage: float, generator: torch.Generator | None) -> torch.Tensor:
+               coverage: float = COVERAGE) -> torch.Tensor:
     """:func:`keep_scan` for a batch: scans B x (K_b, 3), completions (B, n, N, 3) in the scans' coordinates whose
     first ``held`` points are the model's known points. Returns (B, n, P, 3); with ``n_points`` None and B > 1, P
     is the largest of the scans' default counts (the others get denser generated parts)."""
     gens = [c[:, held:] for c in completions]
-    kept = [keep_scan(s, g, n_points, coverage=coverage, generator=generator) for s, g in zip(scans, gens)]
+    kept = [keep_scan(s, g, n_points, coverage=coverage) for s, g in zip(scans, gens)]
     size = max(k.points.shape[1] for k in kept)
-    kept = [k if k.points.shape[1] == size else keep_scan(s, g, size, coverage=coverage, generator=generator)
+    kept = [k if k.points.shape[1] == size else keep_scan(s, g, size, coverage=coverage)
             for k, s, g in zip(kept, scans, gens)]
     return torch.stack([k.points for k in kept]).to(completions.device)
