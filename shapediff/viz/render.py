@@ -176,14 +176,17 @@ def render_overlay(clouds: Sequence[Any], colors: Sequence[Sequence[float]], *, 
     (e.g. a scan orange and the completed part blue): an (size, size, 3) uint8 image; ``label`` in the first
     colour. frame_of: clouds whose bounding sphere frames the tile (to share one scale between tiles); default
     the drawn ones."""
-    its = as_items(list(clouds), None, colors)
+    if len(clouds) != len(colors):
+        raise ValueError(f"colors: expected {len(clouds)} RGB triples (one per cloud), got {len(colors)}")
+    drawn = [(c, col) for c, col in zip(clouds, colors) if len(c)]  # an empty part (nothing generated) draws nothing
+    its = as_items([c for c, _ in drawn], None, [col for _, col in drawn]) if drawn else []
     points = np.concatenate([it.points for it in its]) if its else np.zeros((0, 3))
     per_point = np.concatenate([np.broadcast_to(np.asarray(it.color), (len(it.points), 3)) for it in its]) if its else points
     item = VizItem(points, None, "", per_point)  # _render_tile broadcasts ``color``: (P, 3) colours one per point
     size = _check_size("size", size)
     frame = bounding_sphere(as_items(list(frame_of))) if frame_of is not None else None
     tile = _render_tile(item, as_camera(camera), frame, size, size, point_size)
-    _label(tile, label, its[0].color if its else (0.0, 0.0, 0.0))
+    _label(tile, label, tuple(colors[0]) if len(colors) else (0.0, 0.0, 0.0))
     return np.asarray(tile)
 
 

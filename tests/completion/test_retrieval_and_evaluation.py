@@ -133,16 +133,21 @@ def test_summarise_seeds_and_table():
 def test_completion_previews_share_one_frame(monkeypatch, tmp_path):
     import shapediff.viz
 
-    calls = []
+    calls, tiles = [], []
     monkeypatch.setattr(shapediff.viz, "render_grid", lambda items, path, **kw: calls.append((len(items), kw)))
+    real_overlay = shapediff.viz.render_overlay
+    monkeypatch.setattr(shapediff.viz, "render_overlay",
+                        lambda clouds, colors, **kw: tiles.append(kw["frame_of"]) or real_overlay(clouds, colors, **kw))
     from shapediff.evaluation.completion import _preview_rows, save_completions
 
     gen = torch.Generator().manual_seed(0)
     partial, completions, gt = torch.randn(M, 3, generator=gen), torch.randn(2, N, 3, generator=gen), torch.randn(N, 3)
+    completions[0, :M] = partial  # the first completion holds the scan (orange), the second does not
     save_completions(tmp_path, partial, completions, ground_truth=gt, meshes=False)
+    # partial | 2 completions | ground truth, each tile framed by all four: one scale
+    assert len(tiles) == 4 and all(len(frame) == 4 for frame in tiles) and (tmp_path / "preview.png").is_file()
     _preview_rows(partial[None], completions[:1], gt[None], tmp_path / "rows.png")
-    # partial | 2 completions | ground truth, then one row of partial | completion | ground truth: one scale each
-    assert calls == [(4, {"ncols": 4, "fit": "shared"}), (3, {"ncols": 3, "fit": "shared"})]
+    assert calls == [(3, {"ncols": 3, "fit": "shared"})]  # one row of partial | completion | ground truth
 
 
 def test_shape_bank_of_a_random_sampling_split_is_reproducible_and_leaves_the_global_rng_alone():

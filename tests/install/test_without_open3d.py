@@ -79,7 +79,7 @@ def test_complete_writes_every_output_without_open3d(no_open3d_env, tmp_path):
     summary = _summary(out.stdout)
     assert "closing_mesh" in summary["fallbacks"]["meshes"]
     folder = out_dir / "scan"
-    for name in ("partial.ply", "completion_0.ply", "completion_1.ply", "completion_0.obj", "completion_1.obj"):
+    for name in ("partial.ply", "completion_0.ply", "completion_1.ply", "spread.npy", "completion_best.obj"):
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, (name, summary)
     if not (folder / "preview.png").is_file():
         skip_unless_previews_render(no_open3d_env, tmp_path)
