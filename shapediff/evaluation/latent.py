@@ -1,4 +1,5 @@
-"""What finished latent-voxel runs write: the VAE stage (reconstruction IoU, meshes) and the diffusion stage
+"""What finished latent-model runs write: the VAE stage (TSDF: reconstruction IoU, meshes; points: reconstruction
+Chamfer distance) and the latent-voxel diffusion stage
 (generation metrics on points drawn from the sampled meshes, meshes, samples, preview)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from shapediff.data.references import reference_clouds
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.io_atomic import write_path_atomic
 
-__all__ = ["write_autoencoder_outputs", "write_latent_outputs"]
+__all__ = ["write_autoencoder_outputs", "write_latent_outputs", "write_point_autoencoder_outputs"]
 
 
 def write_autoencoder_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any], train_dataset=None,
@@ -35,6 +36,24 @@ def write_autoencoder_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg:
         for i, mesh in enumerate(meshes):
             if len(mesh.faces):
                 log.attempt(f"meshes/recon_{i:03d}.obj", save_mesh, run_dir / "meshes" / f"recon_{i:03d}.obj", mesh)
+    return log.write_metrics(metrics, run_dir / "metrics.json")
+
+
+def write_point_autoencoder_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapping[str, Any],
+                                    train_dataset=None, log: OutputLog | None = None) -> dict[str, Any]:
+    """Stage 1 of a point-latent model (LION's VAE): reconstruction Chamfer distance (squared, both ways, in the data
+    frame) of ``num_samples`` evaluation clouds -> metrics.json (``train_dataset`` is not used)."""
+    from shapediff.geometry.chamfer import chamfer_distance  # noqa: PLC0415
+
+    log = log if log is not None else OutputLog()
+    run_dir, n, seed = Path(run_dir), int(eval_cfg.get("num_samples", 32)), int(eval_cfg.get("seed", 0))
+    start = time.perf_counter()
+    refs = reference_clouds(ref_dataset, n, seed)
+    batch = int(eval_cfg.get("batch_size") or len(refs))
+    recon = torch.cat([model.reconstruct(refs[i : i + batch]).cpu() for i in range(0, len(refs), batch)])
+    cd = chamfer_distance(recon.float(), refs.float())  # (R,)
+    metrics: dict[str, Any] = {"reconstruction_cd": float(cd.mean()), "num_shapes": len(refs),
+                               "eval_seconds": round(time.perf_counter() - start, 2)}
     return log.write_metrics(metrics, run_dir / "metrics.json")
 
 

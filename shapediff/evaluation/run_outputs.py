@@ -9,7 +9,7 @@ from typing import Any
 
 from shapediff.evaluation.completion import write_completion_outputs
 from shapediff.evaluation.generation import write_generation_outputs
-from shapediff.evaluation.latent import write_autoencoder_outputs, write_latent_outputs
+from shapediff.evaluation.latent import write_autoencoder_outputs, write_latent_outputs, write_point_autoencoder_outputs
 from shapediff.evaluation.reporting import OutputLog
 
 __all__ = ["RUN_OUTPUTS", "write_run_outputs"]
@@ -21,6 +21,7 @@ RUN_OUTPUTS: dict[str, Callable[..., dict[str, Any]]] = {
     "completion": write_completion_outputs,
     "latent_generation": write_latent_outputs,
     "autoencoder": write_autoencoder_outputs,
+    "point_autoencoder": write_point_autoencoder_outputs,
 }
 
 

@@ -62,7 +62,8 @@ class LionModel(ShapeModel):
         vae: :class:`LionVAE` keyword arguments (defaults: LION's released models, :data:`LION_VAE_DEFAULTS`).
         global_prior: :class:`LionGlobalPrior` keyword arguments beside ``latent_dim`` (:data:`LION_GLOBAL_PRIOR_DEFAULTS`).
         local_prior: the latent-point prior's ``width``, ``embed_dim``, ``dropout``, ``time_scale``
-            (:data:`LION_LOCAL_PRIOR_DEFAULTS`); its stages are LION's, scaled by ``width``.
+            (:data:`LION_LOCAL_PRIOR_DEFAULTS`), ``head_channels`` (128) and ``sa_blocks`` / ``fp_blocks`` (LION's
+            layouts by default), scaled by ``width``.
         diffusion: :class:`GaussianDiffusion` keyword arguments (LION's: :data:`LION_DIFFUSION`), for both priors.
         sampler: default sampler settings (LION's evaluation: ``{"name": "ddpm", "steps": 1000}``).
         normalization: "global" (LION's released configs: per-axis mean and one std of the training set) or "none".
@@ -85,15 +86,20 @@ class LionModel(ShapeModel):
         vae_cfg = {**LION_VAE_DEFAULTS, **_plain(dict(vae or {}))}
         global_cfg = {**LION_GLOBAL_PRIOR_DEFAULTS, **_plain(dict(global_prior or {}))}
         local_cfg = {**LION_LOCAL_PRIOR_DEFAULTS, **_plain(dict(local_prior or {}))}
+        local_cfg.setdefault("sa_blocks", _plain(LION_PRIOR_SA_BLOCKS))
+        local_cfg.setdefault("fp_blocks", _plain(LION_ENCODER_FP_BLOCKS))
         diffusion_cfg = {**LION_DIFFUSION, **_plain(dict(diffusion or {}))}
+        target = diffusion_cfg.pop("_target_", "shapediff.diffusion.GaussianDiffusion")  # a Hydra diffusion node
+        if target not in ("shapediff.diffusion.GaussianDiffusion", "shapediff.diffusion.gaussian_diffusion.GaussianDiffusion"):
+            raise ValueError(f"diffusion: LION's priors run a Gaussian diffusion, got _target_ {target!r}")
         kl_cfg = {**_KL_DEFAULTS, **_plain(dict(kl or {}))}
         self.vae = LionVAE(**vae_cfg)
         d, c = self.vae.style_dim, self.vae.latent_point_channels
         self.priors = nn.ModuleList([
             LionGlobalPrior(d, **global_cfg),
-            LionPVCNN(c, c, d, local_cfg["embed_dim"], scale_blocks(LION_PRIOR_SA_BLOCKS, local_cfg["width"]),
-                      scale_blocks(LION_ENCODER_FP_BLOCKS, local_cfg["width"]), local_cfg["dropout"],
-                      time_scale=local_cfg["time_scale"]),
+            LionPVCNN(c, c, d, local_cfg["embed_dim"], scale_blocks(local_cfg["sa_blocks"], local_cfg["width"]),
+                      scale_blocks(local_cfg["fp_blocks"], local_cfg["width"]), local_cfg["dropout"],
+                      local_cfg.get("head_channels", 128), time_scale=local_cfg["time_scale"]),
         ])
         self.diffusion = GaussianDiffusion(**diffusion_cfg)
         self.normalizer = PointNormalizer(normalization)
@@ -115,6 +121,18 @@ class LionModel(ShapeModel):
         state = payload.get("ema_state_dict") or payload["state_dict"]
         for prefix, module in (("vae.", self.vae), ("normalizer.", self.normalizer)):
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    @property
+    def family(self) -> str:
+        """Stage "vae" ends with reconstruction scores ("point_autoencoder"); stage "priors" with generation ones."""
+        return "point_autoencoder" if self.stage == "vae" else "generation"
+
+    @torch.no_grad()
+    def reconstruct(self, points: torch.Tensor) -> torch.Tensor:
+        """Clouds (B, N, 3) in data coordinates -> the VAE's reconstructions through its posterior means (B, N, 3)."""
+        x = self.normalizer.normalize(points.to(self.device).float())
+        z = self.vae.encode_global(x).mu
+        return self.normalizer.denormalize(self.vae.decode(z, self.vae.encode_local(x, z).mu))
 
     # ---------------------------------------------------------------------------------------- the priors
     def prior_eps(self, level: int, x: torch.Tensor, t: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:

@@ -94,3 +94,41 @@ def test_training_stages(tmp_path):
     assert stage2.priors[0].output_layer.weight.grad is not None and stage2.priors[1].classifier[2].weight.grad is not None
     with pytest.raises(ValueError, match="stage"):
         LionModel(**SMALL, stage="both")
+
+
+def test_stage_one_writes_reconstruction_scores(tmp_path):
+    """A stage-1 model's run ends with the point-autoencoder outputs: reconstruction Chamfer of held-out clouds,
+    which for LION's near-identity latent points starts small (skip weight 0.01, log sigma offset 6)."""
+    import json
+
+    from shapediff.evaluation.run_outputs import write_run_outputs
+    from shapediff.geometry.chamfer import chamfer_distance
+
+    torch.manual_seed(0)
+    model = LionModel(**SMALL, stage="vae").eval()
+    assert model.family == "point_autoencoder" and LionModel(**SMALL).family == "generation"
+    clouds = [{"points": torch.randn(128, 3)} for _ in range(3)]
+    metrics = write_run_outputs(model, clouds, tmp_path, {"num_samples": 3, "seed": 0})
+    refs = torch.stack([c["points"] for c in clouds])
+    expected = float(chamfer_distance(model.reconstruct(refs), refs).mean())
+    assert metrics["reconstruction_cd"] == pytest.approx(expected, rel=1e-5) and metrics["num_shapes"] == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["reconstruction_cd"] == metrics["reconstruction_cd"]
+    assert expected < 1e-2 * float(refs.var())
+
+
+def test_quickstart_configs_build():
+    """experiment=lion_quickstart: stage 1 (the VAE) and stage 2 (the priors) build from the same sizes."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from shapediff.training.experiment import build_model, stage_config
+
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
+    with initialize_config_dir(config_dir=os.path.abspath(configs), version_base=None):
+        cfg = compose(config_name="train", overrides=["experiment=lion_quickstart"])
+    main, vae = build_model(cfg), build_model(stage_config(cfg, "vae"))
+    assert (main.stage, vae.stage) == ("priors", "vae")
+    assert {k: v.shape for k, v in main.state_dict().items()} == {k: v.shape for k, v in vae.state_dict().items()}
+    assert main.config["diffusion"]["posterior_variance"] == "fixedlarge" and main.config["sampler"]["steps"] == 25
+    assert cfg.stages.vae.checkpoint_to == "pipeline.vae_checkpoint"
