@@ -178,8 +178,8 @@ class LionModel(ShapeModel):
 
     # ------------------------------------------------------------------------------------------ training
     def prepare(self, train_set) -> None:
-        """Stage 1: fit the normalisation on the training clouds (stage 2 takes stage 1's)."""
-        if self.stage == "vae" and not bool(self.normalizer.fitted):
+        """Fit the normalisation on the training clouds unless it is set (stage 2 takes stage 1's)."""
+        if not bool(self.normalizer.fitted):
             self.normalizer.fit(train_set[i]["points"] for i in range(len(train_set)))
 
     def _kl_weight(self) -> float:
@@ -190,7 +190,8 @@ class LionModel(ShapeModel):
         return float(self.kl["weight_start"]) + frac * (float(self.kl["weight_end"]) - float(self.kl["weight_start"]))
 
     def training_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Stage "vae": LION's ELBO (L1 reconstruction summed over points + weighted KL of z and h); stage "priors":
+        """Stage "vae": LION's loss (L1 reconstruction summed over the batch's points + the KL of z and h, per example
+        averaged over the batch, times the annealed weight: ``hvae_trainer``'s ``get_loss(...)['loss'].mean()``); stage "priors":
         the eps MSE of both priors on the frozen VAE's posterior samples, summed. Per-example noise from
         ``batch["seed"]``."""
         x = self.normalizer.normalize(batch["points"].to(self.device).float())
@@ -204,7 +205,7 @@ class LionModel(ShapeModel):
             kl = out["q_z"].kl().flatten(1).sum(1) + out["q_h"].kl().flatten(1).sum(1)
             if self.training:
                 self.vae_steps += 1
-            return (rec + self._kl_weight() * kl).mean()
+            return rec.sum() + self._kl_weight() * kl.mean()  # LION: L1 summed over the batch, KL averaged
         with torch.no_grad():
             self.vae.eval()
             z = self.vae.encode_global(x).sample(eps_z)
