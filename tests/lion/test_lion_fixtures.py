@@ -264,3 +264,21 @@ def test_sampler_steps_float64(vae_fx, priors_fx, sampler_fx, name, monkeypatch)
         worst = max(worst, rel_l2(ours, target))
         assert worst < 1e-6, (i, "LION's float32 coefficients")
     print(f"{name}: worst float64 step rel L2 vs LION's float64 run {worst:.2e}")
+
+
+@pytest.mark.parametrize("name", ["ddpm_T20_full", "ddim_T1000_S10"])
+def test_global_loop_free_running(vae_fx, priors_fx, sampler_fx, name, monkeypatch):
+    """The global prior's whole loop, free running through ``GaussianDiffusion.sample`` from LION's x_T with LION's
+    step noise served in order, lands on LION's result (no FPS in this network, so the float32 runs do not part)."""
+    run = _run(sampler_fx, name)
+    ddim = run["ddim_step"] > 0
+    model = fixture_model(vae_fx, priors_fx, diffusion={"num_timesteps": run["num_steps_T"]})
+    draws = iter(run["step_noise_global"])
+    monkeypatch.setattr(samplers, "randn_like", lambda like, generator: next(draws).reshape(like.shape).to(like.dtype))
+    options = {"eta": 1.0, "spacing": "uniform_floor"} if ddim else {}
+    with torch.no_grad():
+        z = model.diffusion.sample(lambda x, t, c: model.prior_eps(0, x, t), (2, 32), sampler="ddim" if ddim else "ddpm",
+                                   steps=len(run["stored_steps"]), noise=run["x_T_global"][:, :, 0, 0], seed=0, **options)
+    err = rel_l2(z, run["style_condition_float32"][:, :, 0, 0])
+    print(f"{name}: global loop free running, rel L2 {err:.2e}")
+    assert err < F32_BOUND
