@@ -41,11 +41,11 @@ def test_unknown_keys_are_errors():
 
 def test_a_moved_target_still_builds_the_class_from_its_new_home():
     """Checkpoints saved before KnownIndicatorDenoiser moved to denoisers/ name its old path."""
-    from shapediff.config import MOVED_TARGETS, instantiate
+    from shapediff.config import instantiate, lookup
     from shapediff.denoisers import KnownIndicatorDenoiser
 
     old = "shapediff.models.completion.KnownIndicatorDenoiser"
-    assert MOVED_TARGETS[old] == "shapediff.denoisers.KnownIndicatorDenoiser"
+    assert lookup(old, "test").name == "shapediff.denoisers.KnownIndicatorDenoiser"
     inner = {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": 8, "depth": 1, "time_embed_dim": 8}
     assert isinstance(instantiate({"_target_": old, "num_known": 2, "denoiser": inner}), KnownIndicatorDenoiser)
 

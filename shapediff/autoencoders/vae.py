@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from shapediff.config import register
 from shapediff.nn.blocks3d import AttentionBlock3d, Downsample3d, ResBlock3d, Upsample3d, group_norm
 
 __all__ = ["DiagonalGaussian", "TSDFVAE", "occupancy_iou"]
@@ -51,6 +52,7 @@ def _per_level(num_res_blocks: int | Sequence[int], levels: int) -> list[int]:
     return counts
 
 
+@register("autoencoder")
 class TSDFVAE(nn.Module):
     """3D KL-VAE for TSDF grids.
 

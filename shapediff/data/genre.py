@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shapediff.config import register
 from shapediff.data._common import check_index, check_positive_int
 from shapediff.data.shapenet import ShapeNetPC15k
 from shapediff.geometry.partial_scan import resample_points
@@ -55,6 +56,7 @@ def _views(folder: Path) -> list[str]:
     return [v for v in prefixes if (folder / f"{v}_depth.png").is_file() and (folder / f"{v}.npy").is_file()]
 
 
+@register("data")
 class GenReScans(Dataset):
     """PC15k clouds paired with their GenRe partial scans (PVD's completion data).
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shapediff.config import register
 from shapediff.data._common import (BadFiles, check_choice, check_index, check_positive_int, check_ratios,
                                     check_seed, check_split, default_sampling, shape_stats, split_of,
                                     stable_fraction, subset_indices, to_y_up)
@@ -173,6 +174,7 @@ class _MeshSurfaceDataset(_SurfaceDataset):
         return mesh
 
 
+@register("data")
 class ShapeNetCoreMeshes(_MeshSurfaceDataset):
     """Raw ShapeNetCore.v2 meshes; items are N points sampled uniformly over each mesh's surface.
 
@@ -304,6 +306,7 @@ class _FolderDataset(_SurfaceDataset):
         self._bad = BadFiles(on_bad_file, type(self).__name__)
 
 
+@register("data")
 class MeshFolder(_FolderDataset, _MeshSurfaceDataset):
     """Any folder of meshes (.obj .ply .off .stl .glb .gltf), one shape per file.
 
@@ -337,6 +340,7 @@ class MeshFolder(_FolderDataset, _MeshSurfaceDataset):
         return sample_surface(self.source_mesh(index), self.pool_size, seed=self.seed * 1_000_003 + index)
 
 
+@register("data")
 class PointCloudFolder(_FolderDataset):
     """Any folder of point clouds (.npy .ply .pcd .xyz), one shape per file; splits, categories and
     axes as :class:`MeshFolder`. Rows with NaN/Inf are dropped on reading; a file with fewer points

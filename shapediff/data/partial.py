@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from shapediff.config import instantiate
+from shapediff.config import instantiate, register
 from shapediff.data.disk_cache import keyed_cache_dir
 from shapediff.io_atomic import write_path_atomic
 from shapediff.geometry.partial_scan import resample_points, virtual_scan, visible_subset
@@ -40,6 +40,7 @@ METHODS = ("auto", "raycast", "hpr")
 CACHE_VERSION = 2  # 2: scans of normalised mesh datasets are taken in the items' frame
 
 
+@register("data")
 class PartialScans(Dataset):
     """A dataset of (complete, partial) pairs built from a dataset of complete shapes.
 

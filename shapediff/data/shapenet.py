@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shapediff.config import register
 from shapediff.data._common import (BadFiles, check_choice, check_index, check_positive_int,
                                     check_split, default_sampling, shape_stats, subset_indices)
 from shapediff.data.synsets import category_name, resolve_categories
@@ -108,6 +109,7 @@ def global_stats(clouds: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": flat.mean(0).astype(np.float32), "std": np.float32(flat.ravel().std())}
 
 
+@register("data")
 class ShapeNetPC15k(Dataset):
     """PointFlow's ShapeNetCore.v2.PC15k point clouds.
 

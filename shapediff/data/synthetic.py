@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shapediff.config import register
 from shapediff.data._common import (SPLITS, check_choice, check_index, check_positive_int, check_seed,
                                     default_sampling, subset_indices)
 
@@ -35,6 +36,7 @@ def _check_categories(categories) -> list[str]:
     return categories
 
 
+@register("data")
 class SyntheticShapes(Dataset):
     """Procedural shapes (chairs, tables, lamps, vases, mugs, airplanes, cars and simple solids).
 

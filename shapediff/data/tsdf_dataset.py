@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from shapediff.config import instantiate, register
 from shapediff.data.disk_cache import keyed_cache_dir
 from shapediff.io_atomic import write_path_atomic
 from shapediff.geometry.tsdf import DEFAULT_BOUNDS, _check_grid_args, tsdf_from_mesh, tsdf_from_sdf
@@ -17,6 +18,7 @@ CACHE_VERSION = 1
 SOURCES = ("auto", "sdf", "mesh")
 
 
+@register("data")
 class TSDFDataset(Dataset):
     """Wraps a shape dataset and adds each shape's TSDF grid (see :mod:`shapediff.geometry.tsdf`).
 
@@ -45,8 +47,6 @@ class TSDFDataset(Dataset):
         if source not in SOURCES:
             raise ValueError(f"source: expected one of {SOURCES}, got {source!r}")
         if isinstance(base, Mapping):
-            from shapediff.config import instantiate  # noqa: PLC0415  (config sits beside data)
-
             ident: Any = {k: base[k] for k in sorted(base)}
             base = instantiate(dict(base), where="data.base", split=split)
         else:

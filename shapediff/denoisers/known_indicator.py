@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapediff.config import instantiate
+from shapediff.config import instantiate, register
 from shapediff.diffusion.inpainting import leading_mask
 
 __all__ = ["KnownIndicatorDenoiser"]
 
 
+@register("denoiser", aliases=("shapediff.models.completion.KnownIndicatorDenoiser",))
 class KnownIndicatorDenoiser(nn.Module):
     """Wraps a denoiser built with ``in_channels=4`` so that it sees which points are known.
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shapediff.config import register
 from shapediff.nn.embeddings import timestep_embedding
 
 __all__ = ["PointETransformer"]
@@ -89,6 +90,7 @@ class _Backbone(nn.Module):
         return x
 
 
+@register("denoiser")
 class PointETransformer(nn.Module):
     """Point-E's denoiser: ``forward(x (B, N, C_in), t (B,), cond=None) -> (B, N, C_out)``.
 

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from shapediff.config import register
 from shapediff.geometry import knn_points
 from shapediff.nn import TimestepEmbedder
 from shapediff.nn.embeddings import SummaryEmbedder, class_labels
@@ -32,6 +33,7 @@ class _SetBlock(nn.Module):
         return h + self.out(z * (1 + scale) + shift)
 
 
+@register("denoiser")
 class PointNetDenoiser(nn.Module):
     """eps/x0/v = f(x_t, t[, class]) for point sets; permutation equivariant.
 

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from shapediff.config import register
 from shapediff import geometry as _geo
 from shapediff.denoisers.voxel_ops import _avg_voxelize, _normalize_coords, _trilinear_devoxelize
 from shapediff.geometry.point_ops import POINT_OP_CONVENTIONS
@@ -260,6 +261,7 @@ def _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, fp_attention, point_op
     return stages, c
 
 
+@register("denoiser")
 class PVCNN2(nn.Module):
     """PVD's point-voxel U-Net denoiser: ``forward(x_t (B, N, C_in), t (B,), cond=None) -> (B, N, C_out)``.
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from shapediff.config import register
 from shapediff.nn import TimestepEmbedder
 from shapediff.nn.embeddings import SummaryEmbedder
 from shapediff.nn.transformer_blocks import FinalLayer, TransformerBlock, dit_init_
@@ -37,6 +38,7 @@ _PARTIAL_MODES = (None, "tokens", "cross_attention")
 _COND_KEYS = ("class_label", "partial")
 
 
+@register("denoiser")
 class PointTransformer(nn.Module):
     """Transformer denoiser on point sets: ``forward(x (B, N, C_in), t (B,), cond) -> (B, N, C_out)``.
 

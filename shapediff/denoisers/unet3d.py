@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from shapediff.config import register
 from shapediff.nn import TimestepEmbedder
 from shapediff.nn.blocks3d import AttentionBlock3d, Downsample3d, ResBlock3d, Upsample3d, group_norm
 
 __all__ = ["UNet3D"]
 
 
+@register("denoiser")
 class UNet3D(nn.Module):
     """eps/x0/v = UNet3D(x_t (B, C_in, r, r, r), t (B,), cond) -> (B, C_out, r, r, r).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shapediff.config import register
 from shapediff.nn import TimestepEmbedder
 from shapediff.nn.embeddings import class_labels
 
@@ -23,6 +24,7 @@ class _VectorBlock(nn.Module):
         return h + self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
+@register("denoiser")
 class VectorMLPDenoiser(nn.Module):
     """eps/x0/v = f(x_t (B, D), t (B,)[, class]) -> (B, D).
 

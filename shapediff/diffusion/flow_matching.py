@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from shapediff.config import register
 from shapediff.diffusion.couplings import COUPLINGS, couple_noise
 from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, FLOW_SPACINGS, FlowKnownValues, make_flow_schedule
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, _with_denoised
@@ -39,6 +40,7 @@ TIMESTEP_DENSITIES = ("uniform", "logit_normal")
 _MIN_T = 1e-5  # x0 / eps from a velocity divide by t or 1 - t; times are kept inside [MIN_T, 1 - MIN_T] there
 
 
+@register("process", bounds={"num_timesteps": (1, 100_000)})
 class FlowMatching(DiffusionProcess):
     """Linear-path flow matching with a velocity-predicting model.
 

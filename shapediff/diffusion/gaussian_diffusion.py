@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from shapediff.config import register
 from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES, KnownValues
 from shapediff.diffusion.guidance import clamp_x0, classifier_free
 from shapediff.diffusion.process import DiffusionProcess, check_mask, check_tensor, reduce_loss
@@ -44,6 +45,7 @@ def _split_output(prediction: str, out: torch.Tensor, x_t: torch.Tensor, alpha, 
     return Prediction(alpha * x_t - sigma * out, sigma * x_t + alpha * out)  # v
 
 
+@register("process", bounds={"num_timesteps": (1, 100_000)})
 class GaussianDiffusion(DiffusionProcess):
     """Gaussian diffusion with T steps, a beta schedule and a model parameterisation.
 

@@ -8,6 +8,7 @@ per-pair value where there is one. Evaluation tables and protocol presets read i
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from typing import Literal, NamedTuple
@@ -110,10 +111,10 @@ def completion_keys(keys) -> list[str]:
 
 
 def resolve_fn(key: str) -> Callable:
-    """The per-pair function of ``key`` (imported on use, so the registry costs no import)."""
-    from shapediff.config import _resolve_target  # noqa: PLC0415
-
+    """The per-pair function of ``key`` (imported on use, so the registry costs no import; ``spec.fn`` is this
+    file's own constant, never read from a config)."""
     spec = metric_spec(key)
     if spec.fn is None:
         raise ValueError(f"metric {key!r}: is a statistic over sets, with no per-pair function")
-    return _resolve_target(spec.fn, f"metric {key!r}")
+    module, _, name = spec.fn.rpartition(".")
+    return getattr(importlib.import_module(module), name)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from shapediff.config import _resolve_target
+from shapediff.config import check_arguments, lookup
 from shapediff.data.meshes import meshes_to_points
 from shapediff.devices import resolve_device
 from shapediff.diffusion.samplers import REGISTRIES, check_sampler_options, default_sampler
@@ -197,11 +197,7 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto", prefer_ema: bool = True) -> "ShapeModel":
         """Load a checkpoint of this class; a checkpoint of another model class is a ValueError."""
-        payload = load_checkpoint(path)
-        target = _resolve_target(payload["class"], f"checkpoint {str(path)!r} class")
-        if not (isinstance(target, type) and issubclass(target, cls)):
-            raise ValueError(f"checkpoint {str(path)!r}: holds a {payload['class']}, expected a {cls.class_path()}")
-        return _build(target, payload, path, device, prefer_ema)
+        return _build(load_checkpoint(path), path, device, prefer_ema, expected=cls)
 
 
     def save_pretrained(self, directory: str | os.PathLike, card: Mapping[str, Any] | None = None,
@@ -220,19 +216,41 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
         return load_pretrained(directory, device=device, expected_class=cls)
 
 
-def _build(target: type[ShapeModel], payload: dict, path, device, prefer_ema: bool) -> ShapeModel:
+def build_model(name: Any, config: Any, where: str, expected: type[ShapeModel] | None = None) -> ShapeModel:
+    """The model a file describes: ``name`` must be a registered model (a ``expected`` when given) and ``config``
+    its checked arguments (:func:`shapediff.config.check_arguments`); ValueError naming ``where`` otherwise."""
+    block = lookup(name, f"{where} class", kind="model")
+    if expected is not None and not issubclass(block.cls, expected):
+        raise ValueError(f"{where}: holds a {name}, expected a {expected.__name__}")
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where} config: expected a mapping of constructor arguments, got {type(config).__name__}")
     try:
-        model = target.from_config(payload["config"])
-    except TypeError as err:  # config keys of another class or version
-        raise ValueError(f"checkpoint {str(path)!r}: its config does not build a {payload['class']}: {err}") from err
-    state = payload.get("ema_state_dict") if prefer_ema and payload.get("ema_state_dict") else payload["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        check_arguments(block, config, "config")
+        return block.cls.from_config(dict(config))
+    except (TypeError, ValueError) as err:  # config values of another class or version, or refused by the registry
+        raise ValueError(f"{where}: its config does not build a {name}: {err}") from err
+
+
+def load_weights(model: ShapeModel, state: Mapping[str, torch.Tensor], where: str, device) -> ShapeModel:
+    """``model`` with ``state`` loaded (every key present, every shape the config's), in eval mode on ``device``."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ from the config's
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:300])
+        raise ValueError(f"{where}: weights do not fit the model its config describes ({first})") from None
     if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {str(path)!r}: weights do not match the {payload['class']} its config describes "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+        raise ValueError(f"{where}: weights do not match the model its config describes "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(resolve_device(device)).eval()
+
+
+def _build(payload: dict, path, device, prefer_ema: bool, expected: type[ShapeModel] = None) -> ShapeModel:
+    where = f"checkpoint {str(path)!r}"
+    model = build_model(payload["class"], payload["config"], where, expected or ShapeModel)
+    state = payload.get("ema_state_dict") if prefer_ema and payload.get("ema_state_dict") else payload["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where}: expected a state_dict mapping names to tensors, got {type(state).__name__}")
+    return load_weights(model, state, where, device)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto", map_location: Any = None, prefer_ema: bool = True) -> ShapeModel:
@@ -243,7 +261,4 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto", map
 
         return load_pretrained(path, device=device)
     payload = load_checkpoint(path, map_location=map_location or "cpu")
-    target = _resolve_target(payload["class"], f"checkpoint {str(path)!r} class")
-    if not (isinstance(target, type) and issubclass(target, ShapeModel)):
-        raise ValueError(f"checkpoint {str(path)!r}: class {payload['class']!r} is not a shapediff model")
-    return _build(target, payload, path, device, prefer_ema)
+    return _build(payload, path, device, prefer_ema)

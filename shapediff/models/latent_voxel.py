@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shapediff.autoencoders import TSDFVAE, occupancy_iou
-from shapediff.config import instantiate
+from shapediff.config import instantiate, register
 from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
@@ -102,6 +102,7 @@ def _to_meshes(tsdf: torch.Tensor, bounds: Sequence) -> list:
     return [sdf_to_mesh(g, level=0.0, bounds=bounds) for g in tsdf.detach().float().cpu()]
 
 
+@register("model")
 class TSDFAutoencoder(ShapeModel):
     """Stage 1: a :class:`shapediff.autoencoders.TSDFVAE` as a trainable, saveable shapediff model.
 
@@ -167,6 +168,7 @@ def _vae_from_checkpoint(path: str) -> tuple[dict, dict, dict[str, torch.Tensor]
     return payload["config"]["vae"], payload["config"]["grid"], weights
 
 
+@register("model")
 class LatentVoxelDiffusion(ShapeModel):
     """Stage 2: diffusion on the frozen VAE's scaled latent grids; samples and completes TSDFs and meshes.
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from shapediff.autoencoders.lion_vae import LionVAE
+from shapediff.config import check_size, register
 from shapediff.denoisers.lion import (LION_ENCODER_FP_BLOCKS, LION_PRIOR_SA_BLOCKS, LionGlobalPrior, LionPVCNN,
                                       scale_blocks)
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion
@@ -55,6 +56,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@register("model")
 class LionModel(ShapeModel):
     """LION: generate point clouds through a global latent, latent points, and a decoder.
 
@@ -93,14 +95,8 @@ class LionModel(ShapeModel):
         if target not in ("shapediff.diffusion.GaussianDiffusion", "shapediff.diffusion.gaussian_diffusion.GaussianDiffusion"):
             raise ValueError(f"diffusion: LION's priors run a Gaussian diffusion, got _target_ {target!r}")
         kl_cfg = {**_KL_DEFAULTS, **_plain(dict(kl or {}))}
-        self.vae = LionVAE(**vae_cfg)
-        d, c = self.vae.style_dim, self.vae.latent_point_channels
-        self.priors = nn.ModuleList([
-            LionGlobalPrior(d, **global_cfg),
-            LionPVCNN(c, c, d, local_cfg["embed_dim"], scale_blocks(local_cfg["sa_blocks"], local_cfg["width"]),
-                      scale_blocks(local_cfg["fp_blocks"], local_cfg["width"]), local_cfg["dropout"],
-                      local_cfg.get("head_channels", 128), time_scale=local_cfg["time_scale"]),
-        ])
+        check_size(lambda: _networks(vae_cfg, global_cfg, local_cfg), "model", "LionModel's VAE and priors")
+        self.vae, self.priors = _networks(vae_cfg, global_cfg, local_cfg)
         self.diffusion = GaussianDiffusion(**diffusion_cfg)
         self.normalizer = PointNormalizer(normalization)
         self.stage, self.kl = stage, kl_cfg
@@ -219,3 +215,15 @@ class LionModel(ShapeModel):
             x_t = self.diffusion.q_sample(latent, t, noise)
             loss = loss + (self.prior_eps(level, x_t, t, z) - noise).square().mean()
         return loss
+
+
+def _networks(vae_cfg: dict, global_cfg: dict, local_cfg: dict) -> tuple[LionVAE, nn.ModuleList]:
+    """LION's VAE and its two priors (global, latent points) from their plain keyword arguments."""
+    vae = LionVAE(**vae_cfg)
+    d, c = vae.style_dim, vae.latent_point_channels
+    return vae, nn.ModuleList([
+        LionGlobalPrior(d, **global_cfg),
+        LionPVCNN(c, c, d, local_cfg["embed_dim"], scale_blocks(local_cfg["sa_blocks"], local_cfg["width"]),
+                  scale_blocks(local_cfg["fp_blocks"], local_cfg["width"]), local_cfg["dropout"],
+                  local_cfg.get("head_channels", 128), time_scale=local_cfg["time_scale"]),
+    ])

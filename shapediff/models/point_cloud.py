@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapediff.config import _resolve_target, instantiate
+from shapediff.config import instantiate, lookup, register
 from shapediff.diffusion.inpainting import known_first
 from shapediff.geometry.frames import scan_centric_batch
 from shapediff.geometry.validation import check_coordinates
@@ -24,6 +24,7 @@ from shapediff.randomness import make_generator, mix_seed, per_example_randint, 
 TRAINING_FRAMES = ("data", "scan")
 
 
+@register("model")
 class PointCloudDiffusion(ShapeModel):
     """Generate (and complete) point clouds of ``num_points`` points.
 
@@ -347,7 +348,7 @@ def _summary_config(given: Any, config: dict, completion: str) -> dict:
     if prior["dim"] != dim:
         raise ValueError(f"shape_summary.prior.dim: expected the summary's size 6 + num_fourier = {dim}, got {prior['dim']!r}")
     cfg["prior"] = prior
-    target = _resolve_target(config["denoiser"].get("_target_"), "model.denoiser")
+    target = lookup(config["denoiser"].get("_target_"), "model.denoiser").cls
     if "summary_dim" not in inspect.signature(target).parameters:
         raise ValueError(f"shape_summary: needs a denoiser that reads cond['summary'] (one with a summary_dim argument: "
                          f"PointNetDenoiser, PVCNN2, PointTransformer), got {config['denoiser'].get('_target_')}; "

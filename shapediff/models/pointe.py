@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from shapediff.config import instantiate
+from shapediff.config import instantiate, register
 from shapediff.diffusion.karras_heun import gaussian_to_karras_denoiser, karras_sigmas, sample_karras_heun
 from shapediff.diffusion.samplers import check_sampler_options
 from shapediff.models.base import Samples, ShapeModel
@@ -43,6 +43,7 @@ def pointe_diffusion_config(schedule: str = "cosine") -> dict[str, Any]:
     return cfg
 
 
+@register("model")
 class PointEDiffusion(ShapeModel):
     """Generate coloured clouds with a Point-E network.
 

@@ -21,10 +21,8 @@ from typing import Any
 
 import torch
 
-from shapediff.config import _resolve_target
-from shapediff.devices import resolve_device
 from shapediff.io_atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from shapediff.models.base import ShapeModel, _build
+from shapediff.models.base import ShapeModel, _build, build_model, load_weights
 from shapediff.models.checkpoint import load_checkpoint
 
 __all__ = ["PRETRAINED_FORMAT", "save_pretrained", "load_pretrained", "is_pretrained_dir", "export_checkpoint", "read_run_config",
@@ -142,18 +140,8 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     """
     directory = Path(directory)
     meta, state = read_pretrained_weights(directory)
-    target = _resolve_target(meta.get("class"), f"{str(directory / CONFIG_NAME)!r} class")
-    if not (isinstance(target, type) and issubclass(target, expected_class)):
-        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: holds a {meta.get('class')!r}, expected a {expected_class.__name__}")
-    try:
-        model = target.from_config(meta["config"])
-    except (TypeError, KeyError) as err:
-        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: its config does not build a {meta['class']}: {err}") from err
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{str(directory / WEIGHTS_NAME)!r}: weights do not match the {meta['class']} of config.json "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return model.to(resolve_device(device)).eval()
+    model = build_model(meta.get("class"), meta.get("config"), repr(str(directory / CONFIG_NAME)), expected_class)
+    return load_weights(model, state, repr(str(directory / WEIGHTS_NAME)), device)
 
 
 def _run_metrics(checkpoint: Path) -> dict[str, Any]:
@@ -181,10 +169,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
     run's ``checkpoints/`` folder, the run's ``metrics.json`` numbers and protocol (note: those were
     measured on the run's last checkpoint)."""
     payload = load_checkpoint(checkpoint)
-    target = _resolve_target(payload["class"], f"checkpoint {str(checkpoint)!r} class")
-    if not (isinstance(target, type) and issubclass(target, ShapeModel)):
-        raise ValueError(f"checkpoint {str(checkpoint)!r}: class {payload['class']!r} is not a shapediff model")
-    model = _build(target, payload, checkpoint, "cpu", prefer_ema)
+    model = _build(payload, checkpoint, "cpu", prefer_ema)
     facts: dict[str, Any] = {"source": f"shapediff checkpoint {Path(checkpoint).name}"}
     if "step" in payload:
         facts["steps"] = int(payload["step"])

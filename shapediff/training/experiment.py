@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shapediff.config import _resolve_target, instantiate
+from shapediff.config import instantiate, lookup
 from shapediff.metrics.registry import is_generation_key
 from shapediff.models.base import ShapeModel
 from shapediff.training.checkpoints import CheckpointManager
@@ -65,7 +65,7 @@ def build_dataset(cfg: DictConfig | dict, split: str):
 def build_model(cfg: DictConfig | dict):
     """Instantiate the ``pipeline`` node, handing it the ``model``/``diffusion``/``sampler`` nodes it accepts."""
     pipeline = to_plain(cfg["pipeline"])
-    target = _resolve_target(pipeline.get("_target_"), "pipeline")
+    target = lookup(pipeline.get("_target_"), "pipeline").cls
     accepted = inspect.signature(target).parameters
     parts = {"denoiser": "model", "diffusion": "diffusion", "sampler": "sampler"}
     extra = {arg: to_plain(cfg[node]) for arg, node in parts.items() if arg in accepted and node in cfg and arg not in pipeline}
@@ -90,7 +90,7 @@ def _sampler_for_objective(sampler: dict, diffusion: dict) -> dict:
     (``experiment=quickstart diffusion=flow_matching``: the preset's Gaussian DPM-Solver++ cannot run a flow model)."""
     from shapediff.diffusion.samplers import REGISTRIES, default_sampler  # noqa: PLC0415
 
-    objective = getattr(_resolve_target(diffusion.get("_target_"), "diffusion"), "objective", "gaussian")
+    objective = getattr(lookup(diffusion.get("_target_"), "diffusion").cls, "objective", "gaussian")
     name = sampler.get("name")
     if name in REGISTRIES[objective] or not any(name in reg for reg in REGISTRIES.values()):
         return sampler  # its own objective's sampler, or an unknown name that the model reports

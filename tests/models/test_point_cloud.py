@@ -94,9 +94,9 @@ def test_loading_errors_name_the_file(tmp_path):
 def test_checkpoint_of_another_family_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     payload = _model().checkpoint_payload()
-    payload["class"] = "shapediff.models.ShapeModel"
+    payload["class"] = "shapediff.models.TSDFAutoencoder"
     atomic_torch_save(payload, path)
-    with pytest.raises(ValueError, match="expected a shapediff.models.PointCloudDiffusion"):
+    with pytest.raises(ValueError, match="holds a shapediff.models.TSDFAutoencoder, expected a PointCloudDiffusion"):
         PointCloudDiffusion.load(path)
 
 

@@ -60,7 +60,7 @@ def test_errors_name_the_file(tmp_path):
         load_pretrained(tmp_path / "m", device="cpu")
     save_pretrained(_fitted_model(), tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    for change, match in (({"format": "other"}, "expected format"), ({"class": "os.system"}, "inside 'shapediff.'"),
+    for change, match in (({"format": "other"}, "expected format"), ({"class": "os.system"}, "expected a registered model"),
                           ({"format_version": 99}, "not supported")):
         (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, **change}))
         with pytest.raises(ValueError, match=match):
