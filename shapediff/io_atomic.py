@@ -10,22 +10,34 @@ Temporary names are hidden, ``.<name>.<random>.tmp`` (writers that pick the form
 name, :func:`write_path_atomic`, get ``.<name>.<random>.tmp<suffix>``), and every folder reader in
 shapediff skips names starting with ``.``, so a leftover is never taken as data.
 
+A folder written as a set (a model directory, a script's ``--out``) goes through :func:`write_dir_atomic`:
+its files are written into a hidden sibling folder ``.<name>.<random>.tmp``, which then replaces the folder
+whole (the old one is renamed aside to ``.<name>.<random>.old``, the new one renamed in, the old one removed).
+A kill leaves the previous folder or the new one; a kill between the two renames leaves no folder and the
+complete previous one aside, which :func:`resolve_dir` finds (readers) and the next write puts back. An
+incomplete set is the hidden ``.tmp`` folder, never the folder itself; the next write removes it.
+
+Created files and folders get the permissions the process's umask allows (``tempfile`` alone gives 0600).
+
 Like ``shapediff._optional``, this module imports nothing else of shapediff: every layer may use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = ["write_atomic", "write_path_atomic", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
-           "remove_stale_temp_files", "file_kind"]
+           "write_dir_atomic", "resolve_dir", "remove_stale_temp_files", "file_kind"]
 
 # ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp[<suffix>]")``: 8 random characters from [a-z0-9_].
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -36,7 +48,15 @@ def _temp_file(path: Path, keep_suffix: bool) -> tuple[int, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     return fd, Path(name)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _commit(tmp: Path, path: Path, what: str, fill: Callable[[], None]) -> Path:
@@ -152,3 +172,112 @@ def file_kind(path: str | os.PathLike) -> str:
              (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
     kind = next((name for test, name in kinds if test(mode)), "not a regular file")
     return f"{kind} ({str(p)!r} is a link to {os.path.realpath(p)!r})" if p.is_symlink() else kind
+
+
+# ------------------------------------------------------------------------------------- folders as a set
+SET_MANIFEST = ".shapediff-folder.json"  # inside a folder written by write_dir_atomic: its files, so it may be replaced
+
+
+@contextlib.contextmanager
+def write_dir_atomic(path: str | os.PathLike, what: str = "folder", replaceable: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``path`` to write a set of files into; on normal exit it replaces
+    ``path`` whole (see the module docstring), on an exception it is removed and ``path`` is left as it was.
+
+    ``path`` may be absent, empty, or a folder this function wrote (its manifest lists its files) or that holds
+    only ``replaceable`` names; a folder holding anything else (another run's or the user's files) is refused
+    with a ValueError naming ``what``, before anything is written. OSErrors name ``what`` and ``path``.
+    """
+    path = Path(path)
+    path = path.resolve() if path.is_symlink() else path
+    _restore_interrupted(path)
+    replaceable = set(replaceable)
+    _check_replaceable(path, what, replaceable)
+    for stale in _siblings(path, (".tmp", ".old")):
+        shutil.rmtree(stale, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        names = sorted(p.name for p in tmp.iterdir())
+        if not set(names) <= replaceable:  # the manifest says which files a later write may replace
+            (tmp / SET_MANIFEST).write_text(json.dumps({"what": what, "files": names}, indent=1), encoding="utf-8")
+        _fsync_tree(tmp)
+        _swap(tmp, path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            message = f"could not write {what} {str(path)!r} (its previous content is kept): {err.strerror or err}"
+            raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
+        raise
+
+
+def resolve_dir(path: str | os.PathLike) -> Path:
+    """``path``, or where its previous content lies when a :func:`write_dir_atomic` was killed between its two
+    renames (``path`` absent, the complete previous folder aside as ``.<name>.<random>.old``)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return path
+    aside = _siblings(path, (".old",))
+    return aside[0] if len(aside) == 1 else path
+
+
+def _siblings(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The hidden folders ``.<name>.<random><suffix>`` that write_dir_atomic made beside ``path``."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}({'|'.join(map(re.escape, suffixes))})$")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def _restore_interrupted(path: Path) -> None:
+    """Put back the previous folder that a kill between the two renames left aside."""
+    aside = resolve_dir(path)
+    if aside != path:
+        os.rename(aside, path)
+
+
+def _check_replaceable(path: Path, what: str, replaceable: set[str]) -> None:
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r}: expected a folder, got {file_kind(path)}")
+    listed: set[str] = set()
+    manifest = path / SET_MANIFEST
+    if manifest.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            listed = set(json.loads(manifest.read_text(encoding="utf-8"))["files"])
+    foreign = sorted(p.name for p in path.iterdir()
+                     if p.name != SET_MANIFEST and p.name not in listed | replaceable and not _TEMP_NAME.match(p.name))
+    if foreign:
+        raise ValueError(f"{what} {str(path)!r}: holds files that shapediff did not write there as one set "
+                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); it replaces a folder whole, "
+                         "so give a new or empty folder (or remove these files)")
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (and give them the umask's permissions)."""
+    mask = _umask()
+    for p in [*folder.rglob("*"), folder]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _swap(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``, moving an existing ``path`` aside first and removing it after."""
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old"
+        os.rename(path, old)
+    os.rename(new, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -139,3 +139,70 @@ def test_no_other_module_renames_files_into_place():
         for pattern in (r"\bos\.replace\(", r"\bos\.rename\(", r"\bmkstemp\(", r"NamedTemporaryFile\(", r"\.replace\((tmp|stem|path)\b"):
             offenders += [f"{path.relative_to(ROOT)}: {pattern}" for _ in re.finditer(pattern, text)]
     assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------- folders written as a set
+def _write_set(path: Path, files: dict[str, str], **kwargs) -> None:
+    with io_atomic.write_dir_atomic(path, "output folder", **kwargs) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+
+
+def test_a_folder_is_replaced_whole(tmp_path):
+    out = tmp_path / "out"
+    _write_set(out, {"a.ply": "1", "b.ply": "2"})
+    _write_set(out, {"a.ply": "new"})  # the first run's b.ply does not survive beside the second run's files
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.ply"]
+    assert (out / "a.ply").read_text() == "new" and _files(tmp_path) == ["out"]
+
+
+def test_a_failed_set_keeps_the_previous_folder_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    _write_set(out, {"a.ply": "1"})
+    with pytest.raises(Boom):
+        with io_atomic.write_dir_atomic(out, "output folder") as tmp:
+            (tmp / "a.ply").write_text("half")
+            raise Boom()
+    assert (out / "a.ply").read_text() == "1" and _files(tmp_path) == ["out"]
+
+
+def test_a_folder_with_other_files_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / ".git").mkdir()
+    with pytest.raises(ValueError, match=r"output folder '.*out': holds files that shapediff did not write there "
+                                         r"as one set \(.git, notes.txt\)"):
+        _write_set(out, {"a.ply": "1"})
+    assert _files(out) == [".git", "notes.txt"] and _files(tmp_path) == ["out"]
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")  # a directory written before sets: its own names may be replaced
+    _write_set(model_dir, {"config.json": "{ }"}, replaceable=("config.json",))
+    assert _files(model_dir) == ["config.json"]  # no manifest needed when every name is replaceable
+
+
+def test_a_kill_between_the_two_renames_leaves_the_previous_folder_findable(tmp_path):
+    """The state a SIGKILL between ``rename(old aside)`` and ``rename(new in)`` leaves: no folder, the previous one
+    aside, the new one complete in its temporary folder. Readers find the previous one; the next write puts it
+    back before replacing it, and removes the rest."""
+    out = tmp_path / "out"
+    _write_set(out, {"a.ply": "old"})
+    os.rename(out, tmp_path / ".out.abcd1234.old")
+    (tmp_path / ".out.zyxw9876.tmp").mkdir()
+    (tmp_path / ".out.zyxw9876.tmp" / "a.ply").write_text("new")
+    assert io_atomic.resolve_dir(out) == tmp_path / ".out.abcd1234.old"
+    _write_set(out, {"c.ply": "third"})
+    assert _files(tmp_path) == ["out"] and (out / "c.ply").read_text() == "third"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "f.txt", "x")
+        _write_set(tmp_path / "set", {"a.txt": "x"})
+    finally:
+        os.umask(old)
+    for path, full in ((tmp_path / "f.txt", 0o666), (tmp_path / "set" / "a.txt", 0o666), (tmp_path / "set", 0o777)):
+        assert path.stat().st_mode & 0o777 == full & ~umask, (path, oct(path.stat().st_mode))

@@ -34,6 +34,7 @@ from shapediff.config import check_arguments, lookup
 from shapediff.data.meshes import meshes_to_points
 from shapediff.devices import resolve_device
 from shapediff.diffusion.samplers import REGISTRIES, check_sampler_options, default_sampler
+from shapediff.io_atomic import resolve_dir
 from shapediff.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint
 
 
@@ -256,7 +257,7 @@ def _build(payload: dict, path, device, prefer_ema: bool, expected: type[ShapeMo
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto", map_location: Any = None, prefer_ema: bool = True) -> ShapeModel:
     """Load any shapediff model: a checkpoint file (model.save or a training checkpoint; EMA weights
     preferred) or a model directory (``save_pretrained``, :mod:`shapediff.models.pretrained`)."""
-    if Path(path).is_dir():
+    if resolve_dir(path).is_dir():
         from shapediff.models.pretrained import load_pretrained  # noqa: PLC0415  (pretrained builds on this module)
 
         return load_pretrained(path, device=device)

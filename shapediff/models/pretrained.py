@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from shapediff.io_atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from shapediff.io_atomic import resolve_dir, write_dir_atomic
 from shapediff.models.base import ShapeModel, _build, build_model, load_weights
 from shapediff.models.checkpoint import load_checkpoint
 
@@ -34,7 +34,8 @@ CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "READ
 
 def is_pretrained_dir(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder holding a ``config.json``."""
-    return Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file()
+    path = resolve_dir(path)
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
 
 
 def _normalization_facts(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -75,15 +76,15 @@ def save_pretrained(model: ShapeModel, directory: str | os.PathLike, card: Mappi
     if norm is not None:
         meta["normalization"] = norm
     try:
-        json.dumps(meta)
+        config_text = json.dumps(meta, indent=2, sort_keys=True)
     except TypeError as err:
         raise ValueError(f"card/config: expected plain data (JSON-serialisable), got {err}") from err
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(directory / WEIGHTS_NAME, save(state, metadata={"format": PRETRAINED_FORMAT}), "model weights")
-    write_json_atomic(meta, directory / CONFIG_NAME)
-    write_text_atomic(directory / CARD_NAME, model_card(meta, sum(v.numel() for v in state.values())), "model card")
-    return directory
+    # One set: a kill at any instant leaves the previous directory or this one (io_atomic.write_dir_atomic).
+    with write_dir_atomic(directory, "model directory", replaceable=(CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)) as tmp:
+        (tmp / WEIGHTS_NAME).write_bytes(save(state, metadata={"format": PRETRAINED_FORMAT}))
+        (tmp / CONFIG_NAME).write_text(config_text, encoding="utf-8")
+        (tmp / CARD_NAME).write_text(model_card(meta, sum(v.numel() for v in state.values())), encoding="utf-8")
+    return Path(directory)
 
 
 def _read_meta(directory: Path) -> dict:
@@ -92,8 +93,10 @@ def _read_meta(directory: Path) -> dict:
         raise FileNotFoundError(f"model directory {str(directory)!r}: no {CONFIG_NAME} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
     try:
         meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise ValueError(f"{str(directory / CONFIG_NAME)!r}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise ValueError(f"{str(directory / CONFIG_NAME)!r}: JSON nested too deeply to read") from None
     if not isinstance(meta, dict) or meta.get("format") != PRETRAINED_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{str(directory / CONFIG_NAME)!r}: expected format {PRETRAINED_FORMAT!r}, got {got!r}")
@@ -105,7 +108,7 @@ def _read_meta(directory: Path) -> dict:
 
 def read_run_config(path: str | os.PathLike) -> dict | None:
     """The run config saved with a model: from a model directory's config.json or a checkpoint file (None if absent)."""
-    path = Path(path)
+    path = resolve_dir(path)
     if path.is_dir():
         return _read_meta(path).get("run_config")
     return load_checkpoint(path).get("run_config")
@@ -120,7 +123,7 @@ def read_pretrained_weights(directory: str | os.PathLike) -> tuple[dict, dict[st
     from safetensors import SafetensorError  # noqa: PLC0415
     from safetensors.torch import load_file  # noqa: PLC0415
 
-    directory = Path(directory)
+    directory = resolve_dir(directory)  # a save killed between its two renames: the previous model, set aside
     meta = _read_meta(directory)
     if not (directory / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"model directory {str(directory)!r}: no {WEIGHTS_NAME} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")

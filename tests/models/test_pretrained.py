@@ -92,3 +92,77 @@ def test_training_checkpoint_exports_with_its_step(tmp_path):
     loaded = load_pretrained(tmp_path / "out", device="cpu")
     key = next(k for k in ema if k.startswith("denoiser.") and ema[k].is_floating_point())
     assert torch.equal(loaded.state_dict()[key], ema[key])
+
+
+# ---------------------------------------------------------------- a killed save leaves one whole model
+_SAVER = r"""
+import sys, torch
+from shapediff.models import PointCloudDiffusion
+from shapediff.models.pretrained import save_pretrained
+diffusion = {"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 50}
+models = [PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 64, "depth": 3},
+                              diffusion=diffusion, num_points=64),
+          PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointTransformer", "width": 32, "depth": 1,
+                                        "heads": 2}, diffusion=diffusion, num_points=64)]
+for i, model in enumerate(models):
+    torch.manual_seed(i)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    torch.save(model.state_dict(), sys.argv[2] + f"/state_{i}.pt")
+print("ready", flush=True)
+i = 0
+while True:
+    save_pretrained(models[i % 2], sys.argv[1], card={"title": f"model {i % 2}"})
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_a_save_killed_at_any_instant_leaves_the_old_or_the_new_model(tmp_path):
+    """25 SIGKILLs at random instants of a loop saving two architectures alternately into one folder: each time the
+    folder loads as exactly one of the two models (weights, class of network and card agree) and the next save
+    leaves no temporary folder behind."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    rng, target, states = random.Random(0), tmp_path / "m", tmp_path
+    seen = set()
+    for kill in range(25):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(target), str(states)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.wait()
+        if not shapediff.models.pretrained.is_pretrained_dir(target):
+            assert kill == 0, "a folder that held a model no longer does"
+            continue
+        loaded = shapediff.load_model(target, device="cpu")
+        which = 0 if type(loaded.denoiser).__name__ == "PointNetDenoiser" else 1
+        expected = torch.load(states / f"state_{which}.pt", weights_only=True)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())
+        card = (shapediff.io_atomic.resolve_dir(target) / "README.md").read_text()
+        assert card.startswith(f"# model {which}\n") and f"{sum(v.numel() for v in expected.values()):,} parameters" in card
+        seen.add(which)
+    assert seen == {0, 1}
+    save_pretrained(_fitted_model(), target)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_load_finds_the_previous_model_after_a_kill_between_the_renames(tmp_path):
+    model = _fitted_model()
+    save_pretrained(model, tmp_path / "m")
+    (tmp_path / "m").rename(tmp_path / ".m.0a1b2c3d.old")  # what a kill between the two renames leaves
+    loaded = shapediff.load_model(tmp_path / "m", device="cpu")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    save_pretrained(model, tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_save_refuses_a_folder_holding_other_files(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"model directory '.*run': holds files .*\(metrics.json\)"):
+        save_pretrained(_fitted_model(), tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json"]
