@@ -14,7 +14,9 @@ generated point. :func:`keep_scan` therefore merges, per completion:
 
 The model's known points are chosen to cover the scan (:func:`covering_subset`: farthest point sampling, not the
 first or a random M), and the generated candidates come from sampling the N-agnostic denoiser at more points
-than it was trained with (:func:`sampling_points`) when the scan is denser than the model's N.
+than it was trained with (:func:`sampling_points`) when the scan is denser than the model's N; where even that
+(capped at ``MAX_SAMPLING_POINTS``) is sparser than the scan, :func:`densify` adds midpoints of neighbouring
+generated points (an upsampling stage).
 
 :func:`point_spread` is the per-point uncertainty over n completions: for each point, the RMS distance to the
 other completions (0 on the scan: every completion holds it). :func:`observed_mask` tells which output points
@@ -38,6 +40,7 @@ __all__ = [
     "KeptScan",
     "best_completion",
     "coverage_scale",
+    "densify",
     "covering_subset",
     "farthest_subset",
     "keep_scan",
@@ -117,6 +120,20 @@ def sampling_points(scan, model_points: int, model_known: int, limit: int = MAX_
     return max(model_points, min(int(limit), model_known + 3 * k))
 
 
+def densify(points: np.ndarray, spacing: float, rounds: int = 3, k: int = 6) -> np.ndarray:
+    """Upsampling stage: (G, 3) -> (G', 3), G' >= G, adding the midpoints of each point and its k nearest
+    neighbours (duplicates once) until the median spacing is at most ``spacing`` or ``rounds`` are done. The
+    midpoints lie on the chords of the generated surface: at the scan's spacing, within its scatter."""
+    pts = points
+    for _ in range(rounds):
+        if len(pts) <= k or spacing <= 0 or point_spacing(pts) <= spacing:
+            break
+        idx = nearest_indices(pts, pts, k + 1)[:, 1:]
+        mids = (pts[:, None, :] + pts[idx]) / 2.0
+        pts = np.unique(np.concatenate([pts, mids.reshape(-1, 3)]), axis=0)
+    return pts
+
+
 def coverage_scale(scan: np.ndarray, generated: list[np.ndarray]) -> float:
     """The distance below which a generated point counts as lying on the scan, before the ``coverage`` factor:
     the finer of the scan's and the generated clouds' spacings (a sparse scan's gaps are filled in at the
@@ -163,7 +180,7 @@ def keep_scan(
     gens = [_np(g) for g in generated]
     h_scan = point_spacing(s)
     radius = coverage * coverage_scale(s, gens)
-    free = [g[_nearest_distance(s, g) > radius] if len(g) else g for g in gens]
+    free = [densify(g[_nearest_distance(s, g) > radius], h_scan) if len(g) else g for g in gens]
     # farthest point order of each completion's free points down to the scan's spacing: its length is the
     # default count, its prefixes the evenly spread picks of any smaller count
     orders = [farthest_subset(f, radius=h_scan).numpy() for f in free]

@@ -19,6 +19,7 @@ from shapediff.models.scan_keeping import (
     COVERAGE,
     coverage_scale,
     covering_subset,
+    densify,
     farthest_subset,
     keep_scan,
     keeps_scan,
@@ -242,3 +243,12 @@ def test_complete_script_on_a_million_point_scan_writes_dense_completions_spread
         assert cloud.shape[0] == report["num_points"] > len(kept) and np.array_equal(cloud[: len(kept)], kept)
         assert (spread[k, : len(kept)] == 0).all() and (spread[k, len(kept):] > 0).mean() > 0.9  # zero on the scan
     assert (folder / "completion_best.obj").is_file() and (folder / "preview.png").is_file()
+
+
+def test_densify_reaches_the_spacing_on_the_surface():
+    gen = torch.Generator().manual_seed(3)
+    sphere = torch.nn.functional.normalize(torch.randn(500, 3, generator=gen, dtype=torch.float64), dim=1).numpy()
+    dense = densify(sphere, point_spacing(sphere) / 3)
+    assert len(dense) > 4 * len(sphere) and point_spacing(dense) <= point_spacing(sphere) / 2
+    assert (np.linalg.norm(dense, axis=1) > 0.95).all()  # midpoints of near neighbours stay by the unit sphere
+    assert (dense == sphere[:, None]).all(-1).any(0).sum() == len(sphere)  # the original points kept
