@@ -8,9 +8,9 @@ generated point. :func:`keep_scan` therefore merges, per completion:
 - **generated points where the scan has no coverage**: a generated point counts as covered when a scan point
   lies within ``coverage x`` :func:`coverage_scale` (the finer of the scan's and the model's spacings, or the
   model's median offset from the scan when larger: its scatter around the observed surface is not a hole);
-- **at the requested density**: ``n_points`` in all (default: the scan's own point spacing carried over the
-  completed extent, i.e. the uncovered generated points thinned by farthest point sampling to the scan's
-  spacing); generated points are chosen by farthest point sampling, so they spread evenly.
+- **at the requested density**: ``n_points`` in all (default: the scan's points per occupied cell of a grid of
+  two scan spacings, times the cells the uncovered generated points occupy: the scan's density carried over the
+  completed part); generated points are chosen evenly spread (:func:`spread_subset`).
 
 The model's known points are chosen to cover the scan (:func:`covering_subset`: farthest point sampling, not the
 first or a random M), and the generated candidates come from sampling the N-agnostic denoiser at more points
@@ -48,6 +48,7 @@ __all__ = [
     "point_spacing",
     "point_spread",
     "sampling_points",
+    "spread_subset",
 ]
 
 COVERAGE = 3.0  # covered = within 3 x coverage_scale of a scan point (a random scan's widest gaps: ~3 spacings)
@@ -64,14 +65,18 @@ def _nearest_distance(targets: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.linalg.norm(queries - targets[idx], axis=1)
 
 
-def point_spacing(points) -> float:
-    """Median distance from each point of (K, 3) to its nearest other point (0 for K < 2). Duplicate points
-    are counted once."""
+def point_spacing(points, k: int = 6) -> float:
+    """The side of the surface area per point of a sampled surface (K, 3): sqrt(pi r^2 / k) with r the median
+    distance to the k-th nearest other point (1.02 x the step of a square grid, 0.97 x sqrt(area per point) for
+    uniform random points; scanline-ordered sensor scans, dense along a line, are measured by area, not by their
+    nearest neighbour). Duplicate points are counted once; 0 for fewer than 2 distinct points."""
     pts = np.unique(_np(points), axis=0)
     if len(pts) < 2:
         return 0.0
-    idx = nearest_indices(pts, pts, 2)[:, 1]
-    return float(np.median(np.linalg.norm(pts - pts[idx], axis=1)))
+    k = min(k, len(pts) - 1)
+    idx = nearest_indices(pts, pts, k + 1)[:, k]
+    r = float(np.median(np.linalg.norm(pts - pts[idx], axis=1)))
+    return math.sqrt(math.pi * r * r / k)
 
 
 def farthest_subset(points, count: int | None = None, radius: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -102,6 +107,41 @@ def farthest_subset(points, count: int | None = None, radius: float = 0.0, gener
     return idx
 
 
+FPS_WORK = 2 * 10**7  # farthest point sampling up to picks x points = 2e7; voxel thinning beyond (CPU seconds)
+
+
+def spread_subset(points, count: int) -> np.ndarray:
+    """Indices (min(count, K),) of an evenly spread subset of (K, 3) points: farthest point sampling while it is
+    cheap (picks x points <= FPS_WORK), else one point per cell of the coarsest voxel grid with at least ``count``
+    occupied cells (the point nearest each cell's centre; a seeded choice drops the surplus)."""
+    pts = _np(points)
+    k = len(pts)
+    if count >= k:
+        return np.arange(k)
+    if count * k <= FPS_WORK:
+        return farthest_subset(pts, count).numpy()
+    lo, hi = pts.min(0), pts.max(0)
+    size_hi, size_lo = float(np.max(hi - lo)) + 1e-12, 0.0
+    best = None
+    for _ in range(30):  # bisection on the cell size
+        size = (size_hi + size_lo) / 2
+        cells = np.floor((pts - lo) / size).astype(np.int64)
+        _, first, inverse = np.unique(cells, axis=0, return_index=True, return_inverse=True)
+        if len(first) >= count:
+            best, size_lo = (cells, inverse.reshape(-1), size), size
+            if len(first) <= 1.1 * count:
+                break
+        else:
+            size_hi = size
+    cells, inverse, size = best if best is not None else (np.floor((pts - lo) / size).astype(np.int64), None, size)
+    if inverse is None:
+        return np.arange(count)
+    off = np.linalg.norm(pts - (lo + (cells + 0.5) * size), axis=1)
+    order = np.lexsort((off, inverse))  # by cell, nearest the centre first
+    firsts = order[np.r_[True, inverse[order][1:] != inverse[order][:-1]]]
+    return np.sort(np.random.default_rng(0).choice(firsts, count, replace=False))
+
+
 def covering_subset(scan: torch.Tensor, m: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The M known points a model is given: (K, 3) -> (M, 3), a farthest point subset covering the whole scan
     (K >= M), or all K points plus random repeats (K < M)."""
@@ -120,18 +160,20 @@ def sampling_points(scan, model_points: int, model_known: int, limit: int = MAX_
     return max(model_points, min(int(limit), model_known + 3 * k))
 
 
-def densify(points: np.ndarray, spacing: float, rounds: int = 3, k: int = 6) -> np.ndarray:
-    """Upsampling stage: (G, 3) -> (G', 3), G' >= G, adding the midpoints of each point and its k nearest
-    neighbours (duplicates once) until the median spacing is at most ``spacing`` or ``rounds`` are done. The
-    midpoints lie on the chords of the generated surface: at the scan's spacing, within its scatter."""
-    pts = points
-    for _ in range(rounds):
-        if len(pts) <= k or spacing <= 0 or point_spacing(pts) <= spacing:
+def densify(points: np.ndarray, spacing: float, limit: int = 4 * MAX_SAMPLING_POINTS) -> np.ndarray:
+    """Upsampling stage: (G, 3) -> (G', 3), G' >= G, about ``limit`` at most. While the median spacing h exceeds
+    ``spacing`` (three rounds at most), adds the midpoints of each point and its k nearest neighbours,
+    k = (h / spacing)^2 - 1 (the count at which the density matches, at most 8; duplicates once). The midpoints lie on the chords of the
+    generated surface: at the scan's spacing, within the model's scatter."""
+    for _ in range(3):
+        h = point_spacing(points)
+        if len(points) < 2 or spacing <= 0 or h <= spacing or len(points) >= limit:
             break
-        idx = nearest_indices(pts, pts, k + 1)[:, 1:]
-        mids = (pts[:, None, :] + pts[idx]) / 2.0
-        pts = np.unique(np.concatenate([pts, mids.reshape(-1, 3)]), axis=0)
-    return pts
+        k = int(min(8, len(points) - 1, max(1, limit // len(points) - 1), math.ceil((h / spacing) ** 2 - 1)))
+        idx = nearest_indices(points, points, k + 1)[:, 1:]
+        mids = (points[:, None, :] + points[idx]) / 2.0
+        points = np.unique(np.concatenate([points, mids.reshape(-1, 3)]), axis=0)
+    return points
 
 
 def coverage_scale(scan: np.ndarray, generated: list[np.ndarray]) -> float:
@@ -146,6 +188,11 @@ def coverage_scale(scan: np.ndarray, generated: list[np.ndarray]) -> float:
     h_gen = float(np.median([point_spacing(g) for g in gens]))
     offset = float(np.median([np.median(_nearest_distance(g, scan)) for g in gens]))
     return max(min(point_spacing(scan), h_gen), offset)
+
+
+def _occupied(points: np.ndarray, cell: float) -> int:
+    """How many cells of side ``cell`` (a grid through the origin) hold a point of (K, 3)."""
+    return len(np.unique(np.floor(points / cell).astype(np.int64), axis=0)) if len(points) else 0
 
 
 class KeptScan(NamedTuple):
@@ -167,8 +214,8 @@ def keep_scan(
 
     scan: (K, 3) observed points (as given: the output holds them bit for bit). generated: (n, G, 3) candidate
     points of n completions in the scan's coordinates (the model's own points, its known ones left out).
-    n_points: P, points per completion. None: all K scan points plus the uncovered generated points thinned to the
-    scan's spacing (the average count over the n completions). P >= K keeps every scan point and adds P - K
+    n_points: P, points per completion. None: all K scan points plus as many generated ones as the uncovered area
+    holds at the scan's area per point (the average over the n completions). P >= K keeps every scan point and adds P - K
     generated ones; P < K keeps a farthest point subset of the scan in proportion to its share at the default.
     coverage: a generated point is covered when within ``coverage x`` :func:`coverage_scale` of a scan point. Returns :class:`KeptScan` with points (n, P, 3) in the scan's dtype.
     """
@@ -177,14 +224,15 @@ def keep_scan(
     if n_points is not None and not (isinstance(n_points, int) and n_points >= 1):
         raise ValueError(f"n_points: expected a positive int or None, got {n_points!r}")
     s = _np(scan)
-    gens = [_np(g) for g in generated]
     h_scan = point_spacing(s)
+    gens = [densify(_np(g), 0.8 * h_scan) for g in generated]  # denser than the scan (upsampling where sparser)
     radius = coverage * coverage_scale(s, gens)
-    free = [densify(g[_nearest_distance(s, g) > radius], h_scan) if len(g) else g for g in gens]
-    # farthest point order of each completion's free points down to the scan's spacing: its length is the
-    # default count, its prefixes the evenly spread picks of any smaller count
-    orders = [farthest_subset(f, radius=h_scan).numpy() for f in free]
-    default_fill = int(round(float(np.mean([len(o) for o in orders])))) if orders else 0
+    free = [g[_nearest_distance(s, g) > radius] if len(g) else g for g in gens]
+    # the uncovered surface at the scan's density: the scan's K points per cell it occupies, times the cells the
+    # free points occupy (cells of 2 scan spacings: both surfaces fill every cell they cross)
+    cells = [_occupied(f, 2 * h_scan) for f in free]
+    default_fill = int(round(len(s) * float(np.mean(cells)) / _occupied(s, 2 * h_scan))) if cells and h_scan > 0 else 0
+    default_fill = min(default_fill, 3 * len(s), max((len(f) for f in free), default=0))  # at most 3x the scan (as sampled)
     k = len(s)
     if n_points is None:
         n_points = k + default_fill
@@ -192,15 +240,15 @@ def keep_scan(
         kept = torch.arange(k)
     else:  # fewer than the scan: the scan keeps its share at the default density
         share = max(1, min(n_points, round(n_points * k / (k + default_fill))))
-        kept = farthest_subset(s, share)
+        kept = torch.from_numpy(spread_subset(s, share))
     fill = n_points - len(kept)
     scan_t = torch.as_tensor(scan).detach().cpu()
     out = []
-    for g, f, order in zip(gens, free, orders):
-        chosen = f[order[:fill]] if fill <= len(order) else f[farthest_subset(f, fill).numpy()]
+    for g, f in zip(gens, free):
+        chosen = f[spread_subset(f, fill)]  # evenly spread
         if len(chosen) < fill:  # fewer free candidates than asked for: the covered ones next, then repeats
             rest = g[_nearest_distance(s, g) <= radius] if len(g) else g
-            chosen = np.concatenate([chosen, rest[farthest_subset(rest, fill - len(chosen)).numpy()]])
+            chosen = np.concatenate([chosen, rest[spread_subset(rest, fill - len(chosen))]])
             chosen = chosen[np.resize(np.arange(len(chosen)), fill)] if len(chosen) else s[np.resize(np.arange(k), fill)]
         out.append(torch.cat([scan_t[kept], torch.as_tensor(chosen, dtype=scan_t.dtype)]))
     return KeptScan(torch.stack(out), len(kept))

@@ -65,10 +65,14 @@ def test_farthest_subset_covers_within_its_radius_and_keeps_its_points_apart():
     assert len(farthest_subset(pts, 7)) == 7 and len(farthest_subset(pts, 1000)) == 400
 
 
-def test_point_spacing_is_the_median_nearest_neighbour_distance():
-    grid = np.stack(np.meshgrid(*[np.arange(5) * 0.1] * 3, indexing="ij"), -1).reshape(-1, 3)
-    assert point_spacing(grid) == pytest.approx(0.1)
-    assert point_spacing(np.concatenate([grid, grid])) == pytest.approx(0.1)  # duplicates counted once
+def test_point_spacing_is_the_side_of_the_area_per_point():
+    grid = np.stack(np.meshgrid(np.arange(30) * 0.1, np.arange(30) * 0.1, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    assert point_spacing(grid) == pytest.approx(0.1, rel=0.05)  # a square grid of step 0.1
+    assert point_spacing(np.concatenate([grid, grid])) == pytest.approx(0.1, rel=0.05)  # duplicates counted once
+    lines = np.stack(np.meshgrid(np.arange(50) * 0.02, np.arange(20) * 0.06, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    assert point_spacing(lines) == pytest.approx(np.sqrt(0.02 * 0.06), rel=0.3)  # scanlines: by area, not along a line
+    rand = np.random.default_rng(0).random((4000, 3)) * [1, 1, 0]
+    assert point_spacing(rand) == pytest.approx(np.sqrt(1 / 4000), rel=0.05)
     assert point_spacing(grid[:1]) == 0.0
 
 
@@ -91,7 +95,8 @@ def test_keep_scan_returns_every_scan_point_and_generated_points_only_off_the_sc
     assert kept.num_observed == k and torch.equal(kept.points[0, :k], scan)
     new = out[k:]
     assert len(new) > 0.6 * k  # the hidden half, at about the scan's density
-    radius = COVERAGE * coverage_scale(scan.numpy().astype(np.float64), [generated[0].numpy().astype(np.float64)])
+    s = scan.numpy().astype(np.float64)
+    radius = COVERAGE * coverage_scale(s, [densify(generated[0].numpy().astype(np.float64), 0.8 * point_spacing(s))])
     assert _pairwise(new, scan.numpy()).min() > radius  # each generated point is off the scan (brute force)
     assert (new[:, 0] < 0.1).mean() > 0.97  # i.e. on the hidden half, bar a few in the random scan's widest gaps
     assert point_spacing(new) == pytest.approx(point_spacing(scan.numpy()), rel=0.5)
@@ -248,7 +253,19 @@ def test_complete_script_on_a_million_point_scan_writes_dense_completions_spread
 def test_densify_reaches_the_spacing_on_the_surface():
     gen = torch.Generator().manual_seed(3)
     sphere = torch.nn.functional.normalize(torch.randn(500, 3, generator=gen, dtype=torch.float64), dim=1).numpy()
-    dense = densify(sphere, point_spacing(sphere) / 3)
-    assert len(dense) > 4 * len(sphere) and point_spacing(dense) <= point_spacing(sphere) / 2
+    dense = densify(sphere, point_spacing(sphere) / 2)
+    assert 2.5 * len(sphere) < len(dense) <= 4 * len(sphere)  # k = 3 midpoints each, mutual neighbours share one
+    assert point_spacing(dense) <= 0.6 * point_spacing(sphere)
+    assert len(densify(sphere, point_spacing(sphere) / 10, limit=2000)) <= 2000 + len(sphere)  # bounded
     assert (np.linalg.norm(dense, axis=1) > 0.95).all()  # midpoints of near neighbours stay by the unit sphere
     assert (dense == sphere[:, None]).all(-1).any(0).sum() == len(sphere)  # the original points kept
+
+
+def test_the_default_density_is_the_scans_even_from_a_sparse_model_cloud():
+    gen = torch.Generator().manual_seed(4)
+    sphere = torch.nn.functional.normalize(torch.randn(6300, 3, generator=gen, dtype=torch.float64), dim=1)
+    scan, generated = sphere[:6000][sphere[:6000, 0] > 0], sphere[6000:][None]  # ~3000 observed, 300 generated
+    kept = keep_scan(scan, generated)
+    new = kept.points[0, len(scan):].numpy()
+    assert len(new) > 5 * 300  # upsampled
+    assert point_spacing(new) < 1.5 * point_spacing(scan.numpy())  # at about the scan's density
