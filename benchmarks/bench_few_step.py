@@ -51,16 +51,16 @@ TEACHER_ROWS = {"point": [("ddpm", "ddpm", 1000, {}), ("ddpm", "dpmpp_2m", 5, {}
                           ("ddpm", "dpmpp_2m", 20, {}), ("ddpm", "ddim", 50, {})],
                 "latent": [("ddpm", "ddpm", 200, {}), ("ddpm", "dpmpp_2m", 10, {}), ("ddpm", "dpmpp_2m", 20, {}),
                            ("ddpm", "ddim", 50, {})]}
-FLOW_ROWS = {"point": [("flow", "euler", 2, {}), ("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "euler", 20, {}),
-                       ("flow", "heun", 2, {}), ("flow", "heun", 4, {}), ("flow", "heun", 10, {}),
-                       ("flow", "midpoint", 2, {}), ("flow", "midpoint", 10, {})],
-             "latent": [("flow", "euler", 4, {}), ("flow", "euler", 8, {}), ("flow", "midpoint", 4, {}),
-                        ("flow", "midpoint", 10, {})]}
+FLOW_ROWS = {"point": [("flow", "flow_euler", 2, {}), ("flow", "flow_euler", 4, {}), ("flow", "flow_euler", 8, {}), ("flow", "flow_euler", 20, {}),
+                       ("flow", "flow_heun", 2, {}), ("flow", "flow_heun", 4, {}), ("flow", "flow_heun", 10, {}),
+                       ("flow", "flow_midpoint", 2, {}), ("flow", "flow_midpoint", 10, {})],
+             "latent": [("flow", "flow_euler", 4, {}), ("flow", "flow_euler", 8, {}), ("flow", "flow_midpoint", 4, {}),
+                        ("flow", "flow_midpoint", 10, {})]}
 # Point family: each run names its objective, so the rows mean the same whichever objective the quickstart preset picks,
 # and is unconditional (the quickstart preset's class labels off): the distillation pool holds unconditional trajectories.
 UNCONDITIONAL = ["pipeline.class_conditional=false", "model.num_classes=null", "model.cond_drop_prob=0.0"]
 OBJECTIVES = {"point": {"ddpm": ["diffusion=ddpm_linear_v", "sampler=dpmpp_2m", *UNCONDITIONAL],
-                        "flow": ["diffusion=flow_matching", "sampler=midpoint", *UNCONDITIONAL]},
+                        "flow": ["diffusion=flow_matching", "sampler=flow_midpoint", *UNCONDITIONAL]},
               "latent": {"ddpm": [], "flow": ["diffusion=flow_matching"]}}
 BAR_POINTS = 3.0  # the issue's bar: 4-call student within 3 points of 1-NNA-CD of the teacher's dpmpp_2m 20
 
@@ -126,7 +126,7 @@ def _student_runs(teacher: str, prefix: str, students: list[int], args, data_arg
 
 # The bar's pairs: (4-call student row, its teacher's 20-call row, how the teacher's row is named)
 BAR_PAIRS = [(("s4", "ddim", 4), ("ddpm", "dpmpp_2m", 20), "DDPM teacher dpmpp_2m 20"),
-             (("f4", "euler", 4), ("flow", "midpoint", 10), "flow teacher midpoint 10 (20 calls)")]
+             (("f4", "flow_euler", 4), ("flow", "flow_midpoint", 10), "flow teacher midpoint 10 (20 calls)")]
 
 
 def _bar(results: dict) -> str:
@@ -153,7 +153,7 @@ def _preview(models: dict, path: Path, points: int, count: int = 4) -> None:
 
     rows = []
     for teacher, sampler, steps, prefix, student_sampler, name in (("ddpm", "dpmpp_2m", 20, "s", "ddim", "DDPM"),
-                                                                   ("flow", "midpoint", 10, "f", "euler", "flow")):
+                                                                   ("flow", "flow_midpoint", 10, "f", "flow_euler", "flow")):
         present = [s for s in (1, 4) if f"{prefix}{s}" in models]
         if teacher not in models or not present:
             continue
@@ -218,7 +218,7 @@ def main() -> None:
         flow_students = args.students if args.flow_students is None else args.flow_students
         runs["flow"] = _train("flow", [*base, *OBJECTIVES[args.family]["flow"]], work, args.reuse)
         runs |= _student_runs(str(runs["flow"][0]), "f", flow_students, args, data_args, work)
-        rows += [*FLOW_ROWS[args.family], *[(f"f{s}", "euler", s, {}) for s in flow_students]]
+        rows += [*FLOW_ROWS[args.family], *[(f"f{s}", "flow_euler", s, {}) for s in flow_students]]
         label |= {"flow": "flow-matching"} | {f"f{s}": f"flow student S={s}" for s in flow_students}
     # held-out references as the runs' own evaluation draws them (the val split of the training data node)
     data_node = {"_target_": "shapediff.data.SyntheticShapes", "num_points": p, "split": "val"}

@@ -55,7 +55,7 @@ def test_quickstart_is_the_preset_measured_in_docs_quickstart_quality():
     cfg = _compose("experiment=quickstart")
     assert cfg.diffusion._target_.endswith("FlowMatching") and cfg.diffusion.timestep_density == "logit_normal"
     assert cfg.diffusion.coupling == "points"  # diffusion=flow_matching_points: matched noise
-    assert (cfg.sampler.name, cfg.sampler.steps) == ("midpoint", 10)
+    assert (cfg.sampler.name, cfg.sampler.steps) == ("flow_midpoint", 10)
     assert cfg.pipeline.class_conditional and cfg.model.num_classes == 12 and cfg.model.cond_drop_prob == 0.1
     assert cfg.model.width == 96 and cfg.model.depth == 4
     assert (cfg.trainer.batch_size, cfg.trainer.max_steps, cfg.trainer.lr, cfg.trainer.ema_decay) == (16, 4500, 1e-3, 0.995)

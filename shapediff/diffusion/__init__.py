@@ -1,24 +1,25 @@
 """shapediff.diffusion: the generic diffusion core. Knows nothing of 3D; works on any tensor (B, ...).
 
-- ``make_beta_schedule(name, num_timesteps, **kw)``: "linear", "cosine", "warm0.1", "sigmoid" betas (T,) float64.
-- ``DiffusionProcess``: the contract every process implements (levels, q_sample, training target and loss,
-  ``truncated``, default and student samplers).
-- ``GaussianDiffusion``: q_sample, eps/x0/v parameterisations, training_loss (mask, min-SNR-gamma),
-  posterior, ``sample(model, shape, sampler=..., ...)``.
-- ``samplers.REGISTRY``: name -> ``SamplerSpec`` (function, default steps and spacing, accepted options); ``SAMPLERS``:
-  name -> sampler function, all with one signature.
-- ``FlowMatching``: the linear-path flow-matching objective with the same interface (training_loss, sample);
-  its ODE samplers (euler / heun / midpoint) sit in ``flow_samplers``, registry ``samplers.REGISTRIES["flow"]``.
+- ``DiffusionProcess`` (``process``): the contract every process implements: q_sample, training target and loss
+  (per example with ``reduction="none"``), ``truncated``, step schedules, default and student samplers, ``sample``.
+- ``GaussianDiffusion``: betas from ``make_beta_schedule`` ("linear", "cosine", "warm0.1", "sigmoid"), eps / x0 / v
+  parameterisations, min-SNR-gamma, posterior. ``FlowMatching``: the linear path x_t = (1 - t) x0 + t eps.
+- ``sampling.sample(process, model, shape, ...)`` (= ``process.sample(model, shape, ...)``): the one driver;
+  ``samplers.REGISTRY``: name -> ``SamplerSpec`` (function, processes, defaults, options) of every sampler
+  (``samplers``: ddpm / ddim / dpmpp_2m / euler / heun; ``flow_samplers``: flow_euler / flow_heun / flow_midpoint;
+  ``karras_heun``: Point-E's karras_heun); ``samplers.SPACINGS``: the step spacings, per process.
 - ``guidance``: classifier-free guidance, x0 clamping and the x0-adjusting denoiser wrappers.
 """
 
 from shapediff.diffusion.process import DiffusionProcess
-from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, Posterior
+from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion
 from shapediff.diffusion.flow_matching import FlowMatching
+from shapediff.diffusion import flow_samplers, karras_heun  # noqa: F401 - they register their samplers
 from shapediff.diffusion.inpainting import KnownValues, known_first, leading_mask
-from shapediff.diffusion.samplers import REGISTRY, SAMPLERS, Prediction, SamplerSpec, StepSchedule, make_step_schedule
+from shapediff.diffusion.samplers import REGISTRY, SPACINGS, Prediction, SamplerSpec, StepSchedule, check_sampler
+from shapediff.diffusion.sampling import sample
 from shapediff.diffusion.schedules import SCHEDULES, make_beta_schedule, posterior_coefficients
 
-__all__ = ["DiffusionProcess", "FlowMatching", "GaussianDiffusion", "KnownValues", "Posterior", "Prediction", "REGISTRY", "SAMPLERS", "SCHEDULES",
-           "SamplerSpec", "StepSchedule", "known_first", "leading_mask", "make_beta_schedule", "make_step_schedule",
-           "posterior_coefficients"]
+__all__ = ["DiffusionProcess", "FlowMatching", "GaussianDiffusion", "KnownValues", "Prediction", "REGISTRY",
+           "SCHEDULES", "SPACINGS", "SamplerSpec", "StepSchedule", "check_sampler", "known_first", "leading_mask",
+           "make_beta_schedule", "posterior_coefficients", "sample"]

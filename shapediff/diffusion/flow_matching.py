@@ -1,38 +1,31 @@
-"""Flow matching (rectified flow; Lipman et al. 2023, Liu et al. 2023) on any tensor (B, ...), beside
-:class:`~shapediff.diffusion.GaussianDiffusion` with the same interface the models use.
+"""Flow matching (rectified flow; Lipman et al. 2023, Liu et al. 2023) on any tensor (B, ...): a
+:class:`~shapediff.diffusion.process.DiffusionProcess` like :class:`~shapediff.diffusion.GaussianDiffusion`.
 
 Path x_t = (1 - t) x0 + t eps, t in [0, 1] (1 = noise), velocity target v = eps - x0. The denoiser is called as
 ``model(x_t, time_scale * t, cond)`` with a (B,) FLOAT tensor: the shapediff denoisers embed t sinusoidally and
-were designed for DDPM's integer timesteps 0..999, so the default ``time_scale = 1000`` puts continuous flow times
-on the same range (t = 1, pure noise, is model time 1000). Its output is the velocity.
+were designed for DDPM's integer timesteps 0..999, so the default ``time_scale = 1000`` puts flow times on that range.
 
 Timestep density (``timestep_density``): "uniform" or "logit_normal" (SD3, Esser et al. 2024; TRELLIS):
 t = sigmoid(m + s z), z ~ N(0, 1), which weights the middle of the path. ``training_loss`` draws t continuously, or
 takes ``t`` as a (B,) float in [0, 1], or as a (B,) long in [0, num_timesteps) read as the quantile
 (t_index + 0.5) / num_timesteps of the density: the models draw per-example integer timesteps from seeds
 (``shapediff.randomness.per_example_randint(diffusion.num_timesteps, ...)``) and so work unchanged.
-
-Sampling integrates dx/dt = v from t = 1 to 0 with a sampler of ``flow_samplers.FLOW_REGISTRY`` ("euler",
-"heun", "midpoint"); known values (completion), classifier-free guidance and x0 clipping go through the same
-arguments as ``GaussianDiffusion.sample``.
+Sampling integrates dx/dt = v from t = 1 to 0 with a flow sampler ("flow_euler", "flow_heun", "flow_midpoint":
+``flow_samplers``) through the one driver (``shapediff.diffusion.sampling``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from shapediff.config import register
 from shapediff.diffusion.couplings import COUPLINGS, couple_noise
-from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, FLOW_SPACINGS, FlowKnownValues, make_flow_schedule
-from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion, _with_denoised
-from shapediff.diffusion.process import DiffusionProcess, check_mask, check_tensor, reduce_loss
-from shapediff.diffusion.guidance import classifier_free
-from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES
-from shapediff.diffusion.samplers import Prediction, check_sampler_options
+from shapediff.diffusion.process import DiffusionProcess, check_mask, check_tensor, noise_for, reduce_loss
+from shapediff.diffusion.samplers import SPACINGS, Prediction, StepSchedule, spacings_of
 
 __all__ = ["FlowMatching", "TIMESTEP_DENSITIES"]
 
@@ -55,8 +48,9 @@ class FlowMatching(DiffusionProcess):
 
     objective = "flow"
     prediction = "velocity"
-    default_sampler = "euler"
-    student_sampler = {"name": "euler", "spacing": "uniform"}  # one call per step
+    default_sampler = "flow_euler"
+    ode_sampler = "flow_heun"  # accurate and deterministic: distillation teachers
+    student_sampler = {"name": "flow_euler", "spacing": "uniform"}  # one call per step
 
     def __init__(self, timestep_density: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0,
                  time_scale: float = 1000.0, num_timesteps: int = 1000, coupling: str = "independent") -> None:
@@ -121,13 +115,7 @@ class FlowMatching(DiffusionProcess):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != (x0.shape[0],) \
                 or not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError(f"t: expected a float in [0, 1] or a ({x0.shape[0]},) float tensor of them, got {t!r}")
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device if generator is None
-                                else generator.device, dtype=x0.dtype).to(x0.device)
-        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
-            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise ValueError(f"noise: expected a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
-        return self.interpolate(x0, t, noise)
+        return self.interpolate(x0, t, noise_for(x0, noise, generator))
 
     def training_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The velocity eps - x0 (the same at every time t); (B, ...)."""
@@ -145,7 +133,7 @@ class FlowMatching(DiffusionProcess):
     def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         """(x0, eps) implied by a velocity output at MODEL times t (B,): x0 = x_t - t v, eps = x_t + (1 - t) v."""
         tt = self._flow_time(t, x_t)
-        return Prediction(x_t - tt * model_output, x_t + (1.0 - tt) * model_output)
+        return self.split(model_output, x_t, 1.0 - tt, tt)
 
     def output_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The velocity (x_t - x0) / t that implies ``x0`` at MODEL times t (B,) (for x0-adjusting wrappers)."""
@@ -185,12 +173,7 @@ class FlowMatching(DiffusionProcess):
             raise ValueError(f"min_snr_gamma: a Gaussian-diffusion loss weight; flow matching takes None, got {min_snr_gamma!r}")
         batch, device = x0.shape[0], x0.device
         times = self._training_times(t, batch, device, generator)
-        if noise is None:
-            gen_device = generator.device if generator is not None else device
-            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(device)
-        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
-            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise ValueError(f"noise: expected a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+        noise = noise_for(x0, noise, generator)
         noise = couple_noise(self.coupling, noise, x0, mask)
         x_t = self.interpolate(x0, times, noise)
         if mask is not None:
@@ -203,68 +186,32 @@ class FlowMatching(DiffusionProcess):
         return reduce_loss((out - (noise - x0)) ** 2, mask, reduction)
 
     # ------------------------------------------------------------------------------- sampling
-    def sample(self, model: Callable, shape: Sequence[int], *, sampler: str = "euler", steps: int | None = None,
-               seed: int | None = None, generator: torch.Generator | None = None,
-               device: str | torch.device | None = None, known: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None, cond: Any = None, guidance_scale: float | None = None,
-               resample_jumps: int = 1, progress: bool = False, keep_known: str = "clean",
-               spacing: str | None = None, shift: float = 3.0, dtype: torch.dtype | None = None,
-               noise: torch.Tensor | None = None, clip_x0: float | None = None,
-               callback: Callable[[dict], None] | None = None, start: float | None = None, end: float = 0.0,
-               **sampler_options: Any) -> torch.Tensor:
-        """Integrate the flow ODE from ``start`` (1: pure noise) to ``end`` (0: data); no gradients; (B, ...).
+    def step_schedule(self, steps: int | None, spacing: str = "uniform", *, start: float | None = None,
+                      end: float | None = None, default_steps: int | None = None, shift: float = 3.0) -> StepSchedule:
+        """S = ``steps`` steps (None: ``default_steps``) from time ``start`` (None: :attr:`t_max`) down to ``end``
+        (None: 0, the data), ``0 <= end < start <= 1``, spaced by ``spacing`` ("uniform" | "shift" with SD3's
+        ``shift``) on [0, 1] and mapped affinely onto [end, start]."""
+        start, end = self.t_max if start is None else start, 0.0 if end is None else end
+        steps = default_steps if steps is None else steps
+        if spacing not in SPACINGS or self.objective not in SPACINGS[spacing].fns:
+            raise ValueError(f"spacing: expected one of {spacings_of(self.objective)} or None, got {spacing!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected a positive int, got {steps!r}")
+        if isinstance(shift, bool) or not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift: expected a positive finite number, got {shift!r}")
+        if not (isinstance(start, (int, float)) and isinstance(end, (int, float)) and 0.0 <= end < start <= 1.0):
+            raise ValueError(f"start, end: expected 0 <= end < start <= 1, got start={start!r}, end={end!r}")
+        times = end + (start - end) * SPACINGS[spacing].fns[self.objective](steps, shift=float(shift))
+        return StepSchedule(times, times, 1.0 - times, times)
 
-        Arguments as ``GaussianDiffusion.sample``, with ``sampler`` a key of ``FLOW_REGISTRY`` ("euler" default,
-        "heun", "midpoint"), ``steps`` >= 1 (None: the sampler's default), ``spacing`` "uniform" | "shift" with
-        SD3's ``shift``, and ``noise`` the x at time ``start`` (e.g. a partial trajectory for distillation).
-        Known values are held "clean" or "noised" along the path (``(1 - t) known + t z``).
-        """
-        shape = GaussianDiffusion._check_shape(shape)
-        sampler_fn = self._check_sampler(sampler, spacing, keep_known)
-        check_sampler_options(sampler, sampler_options, objective=self.objective)
-        if steps is None:
-            steps = FLOW_REGISTRY[sampler].default_steps
-        start = self.t_max if start is None else start
-        schedule = make_flow_schedule(steps, spacing or FLOW_REGISTRY[sampler].default_spacing, shift, start, end)
-        device, dtype, noise, known, mask = GaussianDiffusion._check_sampling_inputs(model, shape, noise, known, mask,
-                                                                                     device, dtype, clip_x0)
-        GaussianDiffusion._check_options(0.0, resample_jumps, keep_known, known, guidance_scale)
-        generator = GaussianDiffusion._make_generator(seed, generator, device)
-        hold = FlowKnownValues(known, mask, schedule.times, keep_known, resample_jumps)
-        denoise = self.denoiser(model, cond, guidance_scale, shape[0], device, clip_x0)
-        if callback is not None:
-            denoise, callback = _with_denoised(denoise, callback)
-        with torch.no_grad():
-            x = GaussianDiffusion._initial_noise(shape, noise, generator, device, dtype)
-            x = hold(x, 0, generator)
-            x = sampler_fn(denoise, x, schedule, generator=generator, hold=hold, progress=progress, callback=callback)
-            if known is not None and end == 0.0:
-                x = torch.where(mask, known, x)
-        return x
+    def model_times(self, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser sees at sampling times t: ``time_scale * t`` in float64, then float32."""
+        return (self.time_scale * t.double()).float()
 
-    def denoiser(self, model: Callable, cond: Any, guidance_scale: float | None, batch: int, device: torch.device,
-                 clip_x0: float | None = None) -> Callable[[torch.Tensor, float], Prediction]:
-        """``denoise(x, t) -> Prediction(x0, eps)`` at flow time t (float): the guided velocity, optionally with
-        x0 clamped to [-clip_x0, clip_x0] and eps re-derived from it (x = (1 - t) x0 + t eps)."""
-        def denoise(x: torch.Tensor, t: float) -> Prediction:
-            model_t = torch.full((batch,), self.time_scale * t, device=device, dtype=torch.float32)
-            out = classifier_free(model, x, model_t, cond, guidance_scale)
-            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"model: expected an output shaped like x_t {tuple(x.shape)}, got {got}")
-            out = out.to(x.dtype)
-            x0 = x - t * out
-            if clip_x0 is None:
-                return Prediction(x0, x + (1.0 - t) * out)
-            x0 = x0.clamp(-clip_x0, clip_x0)
-            return Prediction(x0, (x - (1.0 - t) * x0) / max(t, _MIN_T))
-        return denoise
+    def alpha_sigma(self, t: float) -> tuple[float, float]:
+        """(1 - t, t) at time t."""
+        return 1.0 - t, t
 
-    @staticmethod
-    def _check_sampler(sampler: Any, spacing: str | None, keep_known: str) -> Callable:
-        check_sampler_options(sampler, {}, objective=FlowMatching.objective)
-        if spacing is not None and spacing not in FLOW_SPACINGS:
-            raise ValueError(f"spacing: expected one of {sorted(FLOW_SPACINGS)} or None, got {spacing!r}")
-        if keep_known not in KEEP_KNOWN_MODES:
-            raise ValueError(f"keep_known: expected one of {KEEP_KNOWN_MODES}, got {keep_known!r}")
-        return FLOW_REGISTRY[sampler].fn
+    def split(self, model_output: torch.Tensor, x: torch.Tensor, alpha: float, sigma: float) -> Prediction:
+        """(x0, eps) from a velocity at the level x = alpha x0 + sigma eps: x0 = x - sigma v, eps = x + alpha v."""
+        return Prediction(x - sigma * model_output, x + alpha * model_output)

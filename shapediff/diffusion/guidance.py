@@ -20,7 +20,9 @@ from torch import nn
 
 from shapediff.diffusion.samplers import Prediction
 
-__all__ = ["classifier_free", "clamp_x0", "X0Adjusted", "ClippedDenoiser", "ObservationGuided"]
+__all__ = ["classifier_free", "clamp_x0", "X0Adjusted", "ClippedDenoiser", "ObservationGuided", "MIN_SIGMA"]
+
+MIN_SIGMA = 1e-5  # eps re-derived from a clamped x0 divides by sigma: flow matching's sigma = t reaches 0
 
 
 def classifier_free(model: Callable, x: torch.Tensor, t: torch.Tensor, cond: Any, scale: float | None) -> torch.Tensor:
@@ -40,7 +42,7 @@ def clamp_x0(pred: Prediction, x: torch.Tensor, alpha: float, sigma: float, boun
     the linear schedule's last step); deterministic data-prediction solvers carry that error to the end.
     """
     x0 = pred[0].clamp(-bound, bound)
-    return Prediction(x0, (x - alpha * x0) / sigma)
+    return Prediction(x0, (x - alpha * x0) / max(sigma, MIN_SIGMA))
 
 
 class X0Adjusted(nn.Module):

@@ -2,12 +2,11 @@
 
 ``mask`` is a bool tensor broadcastable to the sample's shape, True = KNOWN entry. Two ways to hold them:
 
-- ``"clean"``, PVD-style (Zhou et al. 2021): known entries are the CLEAN known values at every step, as the model
-  saw them in training (``GaussianDiffusion.training_loss(mask=...)`` keeps them clean in x_t).
-- ``"noised"``, RePaint-style (Lugmayr et al. 2022): known entries are the known values noised to the current level,
-  ``q_sample(known, level)``, for models trained without masks; ``jumps > 1`` repeats each step after
-  re-noising the result one step forward, ``x_t = sqrt(abar_t/abar_s) x_s + sqrt(1 - abar_t/abar_s) z``
-  (RePaint's resampling with jump length 1), which harmonises the generated part with the known one.
+- ``"clean"``, PVD-style (Zhou et al. 2021): the CLEAN known values at every step, as the model saw them in training
+  (``training_loss(mask=...)`` keeps them clean in x_t).
+- ``"noised"``, RePaint-style (Lugmayr et al. 2022): the known values at the current level, alpha known + sigma z,
+  for models trained without masks; ``jumps > 1`` repeats each step after re-noising its result one step forward
+  with the process's transition (RePaint's resampling with jump length 1).
 """
 
 from __future__ import annotations
@@ -39,32 +38,38 @@ def known_first(known: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class KnownValues:
-    """Applies the known entries to a sample at a noise level; an identity when ``known`` is None.
+    """Applies the known entries to a sample at a level x = alpha x0 + sigma eps of any process; an identity when
+    ``known`` is None. The one known-values hold of every sampler.
 
     Args:
         known: tensor broadcastable to the sample shape (B, ...), or None.
         mask: bool tensor broadcastable to the sample shape, True = known; None iff ``known`` is None.
-        alpha_bar: (S+1,) float64, alpha_bar of each level of the step schedule (last = 1.0, clean).
+        alpha, sigma: (S+1,) float64 levels of the step schedule (the last sigma 0 when it ends at the clean data).
         mode: "clean" (PVD) or "noised" (RePaint).
         jumps: how many times each step is run (RePaint resampling; 1 = no resampling).
     """
 
-    def __init__(self, known: torch.Tensor | None, mask: torch.Tensor | None, alpha_bar: torch.Tensor,
+    def __init__(self, known: torch.Tensor | None, mask: torch.Tensor | None, alpha: torch.Tensor, sigma: torch.Tensor,
                  mode: str = "clean", jumps: int = 1) -> None:
         self.known, self.mask, self.mode, self.jumps = known, mask, mode, jumps
-        self.alpha_bar = [float(a) for a in alpha_bar]
+        self.alpha, self.sigma = [float(a) for a in alpha], [float(s) for s in sigma]
 
     def __call__(self, x: torch.Tensor, level: int, generator: torch.Generator) -> torch.Tensor:
-        """Return x with known entries replaced by their value at ``level`` (clean for mode "clean")."""
+        """Return x with known entries replaced by their value at schedule ``level`` (clean for mode "clean")."""
+        return self.at(x, self.alpha[level], self.sigma[level], generator)
+
+    def at(self, x: torch.Tensor, alpha: float, sigma: float, generator: torch.Generator) -> torch.Tensor:
+        """x with known entries at the level (alpha, sigma), also between the schedule's levels: clean, or
+        ``alpha known + sigma z`` (fresh z) for mode "noised"."""
         if self.known is None:
             return x
-        abar = self.alpha_bar[level]
-        if self.mode == "clean" or abar == 1.0:
+        if self.mode == "clean" or sigma == 0.0:
             return torch.where(self.mask, self.known, x)
-        noisy = math.sqrt(abar) * self.known + math.sqrt(1.0 - abar) * randn_like(x, generator)
-        return torch.where(self.mask, noisy, x)
+        return torch.where(self.mask, alpha * self.known + sigma * randn_like(x, generator), x)
 
     def renoise(self, x: torch.Tensor, level_from: int, level_to: int, generator: torch.Generator) -> torch.Tensor:
-        """Diffuse x forward from ``level_from`` to the noisier ``level_to``: q(x_t | x_s)."""
-        alpha = self.alpha_bar[level_to] / self.alpha_bar[level_from]
-        return math.sqrt(alpha) * x + math.sqrt(1.0 - alpha) * randn_like(x, generator)
+        """Move x from ``level_from`` forward to the noisier ``level_to`` with the process's transition:
+        x_to = r x_from + sqrt(sigma_to^2 - r^2 sigma_from^2) z, r = alpha_to / alpha_from (exact on the path)."""
+        r = self.alpha[level_to] / self.alpha[level_from]
+        s_to, s_from = self.sigma[level_to], self.sigma[level_from]
+        return r * x + math.sqrt(max(s_to * s_to - (r * s_from) ** 2, 0.0)) * randn_like(x, generator)

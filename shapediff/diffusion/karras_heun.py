@@ -11,7 +11,8 @@ sigma^2 = (1 - abar) / abar:
 - :func:`gaussian_to_karras_denoiser`: x0(x, sigma) = clamp(sqrt(1/abar_t) x_in - sqrt(1/abar_t - 1) eps, -1, 1)
   with x_in = x / sqrt(1 + sigma^2) and eps = the model's first C output channels at that t;
 - :func:`sample_karras_heun`: Algorithm 2 of Karras et al. (2022), Heun steps with optional churn
-  (gamma_i = min(s_churn / S, sqrt 2 - 1) where s_tmin <= sigma_i <= s_tmax) and an Euler last step.
+  (gamma_i = min(s_churn / S, sqrt 2 - 1) where s_tmin <= sigma_i <= s_tmax) and an Euler last step;
+- :func:`sample_pointe_karras_heun`: all of it as the sampler registry's ``karras_heun`` (Gaussian processes).
 
 Everything here is generic (tensors of any shape (B, ...)); it knows nothing of points.
 """
@@ -24,9 +25,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-__all__ = ["karras_sigmas", "sigma_to_timestep", "gaussian_to_karras_denoiser", "sample_karras_heun", "KarrasResult"]
+from shapediff.diffusion.inpainting import KnownValues
+from shapediff.diffusion.samplers import REGISTRY, SamplerSpec, StepSchedule, number_options, run_steps
+
+__all__ = ["karras_sigmas", "sigma_to_timestep", "gaussian_to_karras_denoiser", "sample_karras_heun", "KarrasResult",
+           "sample_pointe_karras_heun"]
 
 DenoiseX0 = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B, ...), sigma (B,)) -> x0 (B, ...)
 
@@ -101,17 +105,16 @@ def sample_karras_heun(
         denoise: x0 estimate ``denoise(x (B, ...), sigma (B,))``.
         x: (B, ...) start state. sigmas: (S + 1,) descending, usually ending in 0 (:func:`karras_sigmas`).
         s_churn / s_tmin / s_tmax / s_noise: stochastic churn (0: deterministic ODE; Point-E base: 3).
-        generator: draws the churn noise. callback: called with ``{"x", "i", "sigma", "sigma_hat",
-            "denoised"}`` before each step's update (k-diffusion's habit), and ``{"x", "i": S}`` at the end.
+        generator: draws the churn noise. callback: the step loop's (``samplers.run_steps``): ``{"x", "i", "t"}``
+            after each step, t = sigmas[i].
     Returns:
         :class:`KarrasResult` (end state, last x0 estimate).
     """
     if sigmas.dim() != 1 or len(sigmas) < 2 or bool((sigmas[1:] > sigmas[:-1]).any()) or float(sigmas[-1]) < 0:
         raise ValueError(f"sigmas: expected a (S + 1,) non-increasing tensor of levels >= 0, got {sigmas!r}")
-    s_in = x.new_ones(x.shape[0])
-    n = len(sigmas) - 1
-    denoised = x
-    for i in tqdm(range(n), disable=not progress, desc="karras_heun"):
+    s_in, n, last = x.new_ones(x.shape[0]), len(sigmas) - 1, {"x0": x}
+
+    def step(x: torch.Tensor, i: int, carry: Any) -> tuple[torch.Tensor, None]:
         sigma, nxt = sigmas[i], sigmas[i + 1]
         gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= float(sigma) <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
@@ -119,17 +122,41 @@ def sample_karras_heun(
             noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device,
                                 dtype=x.dtype).to(x.device)
             x = x + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = denoise(x, sigma_hat * s_in)
-        d = (x - denoised) / sigma_hat.to(x.dtype)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+        last["x0"] = denoise(x, sigma_hat * s_in)
+        d = (x - last["x0"]) / sigma_hat.to(x.dtype)
         dt = (nxt - sigma_hat).to(x.dtype)
-        if float(nxt) == 0.0:
-            x = x + d * dt  # Euler on the last step
-        else:
-            x_2 = x + d * dt
-            d_2 = (x_2 - denoise(x_2, nxt * s_in)) / nxt.to(x.dtype)
-            x = x + (d + d_2) / 2 * dt
-    if callback is not None:
-        callback({"x": x, "i": n})
-    return KarrasResult(x, denoised)
+        if float(nxt) == 0.0:  # Euler on the last step: x + d (0 - sigma_hat) is the x0 estimate, written exactly
+            return last["x0"], None
+        x_2 = x + d * dt
+        d_2 = (x_2 - denoise(x_2, nxt * s_in)) / nxt.to(x.dtype)
+        return x + (d + d_2) / 2 * dt, None
+
+    levels = sigmas.detach().double().cpu()  # VE levels: x = x0 + sigma eps; nothing is held (no known values)
+    schedule = StepSchedule(levels, levels, torch.ones_like(levels), levels)
+    x = run_steps(step, x, schedule, KnownValues(None, None, schedule.alpha, schedule.sigma), generator, progress, callback)
+    return KarrasResult(x, last["x0"])
+
+
+def sample_pointe_karras_heun(denoise: Any, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
+                              hold: Any, progress: bool = False, callback: Any = None, sigma_min: float = 1e-3,
+                              sigma_max: float = 120.0, rho: float = 7.0, **churn: float) -> torch.Tensor:
+    """The registry's ``karras_heun``: Point-E's run of a Gaussian process's model, ``len(steps.t) - 1`` steps on
+    :func:`karras_sigmas` (its own continuous levels, not ``steps``'), from unit noise ``x`` x sigma_max; the model
+    is called through the driver's guided ``denoise.model_output`` at Point-E's timesteps, x0 clamped at the driver's
+    ``clip_x0``. Returns the end state, the last x0 estimate (what Point-E returns)."""
+    process = denoise.process
+    sigmas = karras_sigmas(len(steps.t) - 1, sigma_min, sigma_max, rho).to(x.device)
+    eps = lambda x_in, t: process.split_output(denoise.model_output(x_in, t), x_in, t).eps  # noqa: E731
+    karras_x0 = gaussian_to_karras_denoiser(eps, process.alphas_cumprod, x.shape[-1], denoise.clip_x0)
+
+    def x0(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        denoise.last_x0 = karras_x0(x_ve, sigma)  # the callback's "denoised"
+        return denoise.last_x0
+    return sample_karras_heun(x0, x * sigmas[0], sigmas, generator=generator, callback=callback, progress=progress,
+                              **churn).x
+
+
+REGISTRY["karras_heun"] = SamplerSpec(
+    sample_pointe_karras_heun, ("gaussian",), 64, "karras",
+    {"sigma_min": 1e-3, "sigma_max": 120.0, "rho": 7.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"),
+     "s_noise": 1.0}, number_options(), holds_known=False)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["DiffusionProcess", "REDUCTIONS", "check_tensor", "check_mask", "reduce_loss"]
+__all__ = ["DiffusionProcess", "REDUCTIONS", "check_tensor", "check_mask", "noise_for", "reduce_loss"]
 
 REDUCTIONS = ("mean", "none")
 
@@ -42,6 +42,18 @@ def check_mask(mask: Any, shape: Sequence[int], device: torch.device) -> torch.T
         raise ValueError(f"mask: expected a shape broadcastable to {tuple(shape)}, got {tuple(mask.shape)}") from err
 
 
+def noise_for(x0: torch.Tensor, noise: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """``noise`` if it is a tensor shaped like x0 (B, ...), else a ValueError; None: N(0, I) drawn from ``generator``
+    on its device (x0's without one), then moved to x0's."""
+    if noise is None:
+        return torch.randn(x0.shape, generator=generator, device=x0.device if generator is None else generator.device,
+                           dtype=x0.dtype).to(x0.device)
+    if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise: expected a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
+    return noise
+
+
 def reduce_loss(sq_err: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
     """A training loss from squared errors (B, ...): the mean over the entries that are not known (``mask`` True =
     known, already broadcast), over the whole batch (``"mean"``: scalar) or per example (``"none"``: (B,))."""
@@ -60,15 +72,17 @@ def reduce_loss(sq_err: torch.Tensor, mask: torch.Tensor | None, reduction: str)
 class DiffusionProcess(ABC):
     """A noising process and its model parameterisation (subclasses: ``GaussianDiffusion``, ``FlowMatching``).
 
-    Class attributes: ``objective`` (which samplers run it: a key of the sampler registry's ``processes``),
-    ``default_sampler`` (the sampler a model uses when nothing names one) and ``student_sampler`` (the sampler
-    config of a distilled student: one model call per step, deterministic, its default spacing). Instances carry
+    Class attributes: ``objective`` (which samplers run it: ``samplers.REGISTRY[name].processes``),
+    ``default_sampler`` (the sampler a model uses when nothing names one), ``ode_sampler`` (an accurate
+    deterministic solver: distillation teachers) and ``student_sampler`` (the sampler config of a distilled
+    student: one model call per step, deterministic, its default spacing). Instances carry
     ``num_timesteps`` (the integer level grid: Gaussian T, flow matching the quantile grid of training times),
     ``t_max`` (the process time where sampling starts) and ``config`` (plain data that rebuilds it).
     """
 
     objective: ClassVar[str]
     default_sampler: ClassVar[str]
+    ode_sampler: ClassVar[str]
     student_sampler: ClassVar[dict[str, Any]]
     num_timesteps: int
     config: dict[str, Any]
@@ -76,8 +90,7 @@ class DiffusionProcess(ABC):
     @property
     @abstractmethod
     def t_max(self) -> int | float:
-        """The process time of its noisiest level, where sampling starts (Gaussian: T - 1; flow matching: 1, or
-        less for a :meth:`truncated` process)."""
+        """The process time where sampling starts (Gaussian: T - 1; flow: 1, less when :meth:`truncated`)."""
 
     @abstractmethod
     def q_sample(self, x0: torch.Tensor, t: Any, noise: torch.Tensor | None = None, *,
@@ -93,13 +106,11 @@ class DiffusionProcess(ABC):
                       t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
                       reduction: str = "mean") -> torch.Tensor:
-        """Squared error of ``model(x_t, model time, cond)`` against the target: a scalar (``reduction="mean"``) or
-        per example (B,) (``reduction="none"``: the mean over each example's unknown entries)."""
+        """Squared error of ``model(x_t, model time, cond)`` against the target: scalar, or (B,) (:func:`reduce_loss`)."""
 
     @abstractmethod
     def truncated(self, num_timesteps: int) -> "DiffusionProcess":
-        """The same process restricted to its first ``num_timesteps`` levels of its ``num_timesteps`` grid: sampling
-        it from its end is SDEdit (Meng et al., ICLR 2022) from level ``num_timesteps - 1``."""
+        """The process on its first ``num_timesteps`` grid levels: sampled from its end, SDEdit (Meng et al. 2022)."""
 
     @abstractmethod
     def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Any:
@@ -109,6 +120,26 @@ class DiffusionProcess(ABC):
     def output_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model output that implies ``x0`` at x_t and MODEL times t (B,) (x0-adjusting wrappers)."""
 
+    # ------------------------------------------------------------------------------- sampling
     @abstractmethod
+    def step_schedule(self, steps: int | None, spacing: str, *, start: Any = None, end: Any = None,
+                      default_steps: int | None = None, **spacing_options: Any) -> Any:
+        """The checked ``samplers.StepSchedule`` of ``steps`` steps by ``spacing`` from ``start`` (None: ``t_max``) to
+        ``end`` (None: the data)."""
+
+    @abstractmethod
+    def model_times(self, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser sees at sampling levels of process times t (any shape)."""
+
+    @abstractmethod
+    def alpha_sigma(self, t: Any) -> tuple[float, float]:
+        """(alpha_t, sigma_t) at one process time t."""
+
+    @abstractmethod
+    def split(self, model_output: torch.Tensor, x: torch.Tensor, alpha: float, sigma: float) -> Any:
+        """(x0, eps) (a ``Prediction``) from a model output at the level x = alpha x0 + sigma eps (floats)."""
+
     def sample(self, model: Callable, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
-        """Samples of ``shape`` (B, ...) from the model (see ``shapediff.diffusion.sampling.sample``)."""
+        """Samples of ``shape`` (B, ...) from ``model``: :func:`shapediff.diffusion.sampling.sample` on this process."""
+        from shapediff.diffusion.sampling import sample  # noqa: PLC0415 - the driver imports this module's checks
+        return sample(self, model, shape, **kwargs)

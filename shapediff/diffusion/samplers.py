@@ -1,35 +1,29 @@
-"""Samplers: small pure functions with one signature, and a registry (k-diffusion style).
+"""The sampler registry, the step schedule and the step loop: one of each for every diffusion process.
 
-Every sampler is ``fn(denoise, x, steps, *, generator, hold, progress, callback, **options) -> x_0`` where
+A sampler is a small pure function with one signature (k-diffusion style), whatever process it integrates:
+``fn(denoise, x, steps, *, generator, hold, progress, callback, **options) -> x at the end level``, with
+``denoise(x, i) -> Prediction(x0, eps)`` the (guided, clamped) model at level i of ``steps`` (a :class:`StepSchedule`)
+and ``denoise.at(x, t)`` at any process time t (``sampling.Denoiser``); ``x`` the start at level 0; ``hold`` the
+known values (``inpainting.KnownValues``); ``callback`` None or ``callback({"x", "i", "t", "denoised"})`` after every
+step (:func:`run_steps`, the one loop); ``options`` its own keywords (DDIM: ``eta``).
 
-- ``denoise(x, i) -> Prediction(x0, eps)`` evaluates the (guided) model at step i of ``steps``;
-- ``x``: the starting noise (B, ...) at level ``steps.alpha_bar[0]``;
-- ``steps``: a :class:`StepSchedule`, the model timesteps ``t`` (S,) long, descending, and
-  ``alpha_bar`` (S+1,) float64 with ``alpha_bar[i] = alphas_cumprod[t[i]]`` and ``alpha_bar[S] = 1``;
-- ``hold``: a :class:`~shapediff.diffusion.inpainting.KnownValues` applied after every step;
-- ``callback``: None or ``callback(info)`` after every step, ``info = {"x": x after step i, "i": i,
-  "t": model timestep of step i, "denoised": the last x0 estimate}`` (k-diffusion's habit: watch or
-  store a trajectory without a code change);
-- ``options``: the sampler's own keywords, declared in its :class:`SamplerSpec` (DDIM: ``eta``).
+``REGISTRY`` holds one :class:`SamplerSpec` per name: function, the processes it integrates (their ``objective``),
+defaults, options; :func:`check_sampler` is the one check of a sampler name and its keywords for a process.
+``SPACINGS`` holds the step spacings, per process. Adding a sampler is one function and one ``REGISTRY`` entry in
+any module ``shapediff.diffusion`` imports. One name means one sampler: the Gaussian probability-flow ODE's
+``euler`` / ``heun`` (Karras et al. 2022 on integer timesteps), flow matching's ``flow_euler`` / ``flow_heun`` /
+``flow_midpoint``, Point-E's ``karras_heun`` (continuous sigmas, churn); saved flow configs' old names are mapped by
+:func:`legacy_name`.
 
-``REGISTRY`` holds one :class:`SamplerSpec` per sampler: the function, its default steps and spacing
-and the options it accepts; :func:`check_sampler_options` is the one place that says which keyword
-reaches which sampler (unknown keys are errors, never silently dropped). Adding a sampler is one
-function and one ``REGISTRY`` entry.
+Notation (Lu et al. 2022): Gaussian alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t /
+sigma_t); flow alpha_t = 1 - t, sigma_t = t. Coefficients are Python floats from float64 tables: x keeps its dtype.
 
-Notation (Lu et al. 2022): alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t).
-Coefficients are computed from the float64 tables as Python floats, so x keeps its dtype.
-
-Timestep spacing (``SPACINGS``; the model only accepts integer t, so every spacing is snapped to distinct
-integers). DPM-Solver++ defaults to "logsnr", uniform in lambda, which is the variable its update
-integrates exactly. Measured on Gaussian data with the exact denoiser (max |Cov error| of the exact
-pushforward, tests/diffusion/test_samplers_analytic.py; benchmarks/bench_samplers.py prints the table),
-20 steps: linear schedule 0.029 (logsnr) vs 0.22 (uniform in t) vs 0.089 (karras); warm0.1 0.059 vs 1.05
-vs 0.29; cosine 0.060 vs 0.051 vs 0.32. Uniform-in-t wastes steps where the linear and warm schedules
-are nearly pure noise. DDIM/DDPM keep DDIM's uniform spacing; euler/heun default to Karras et al.'s
-rho = 7 spacing as in k-diffusion (pass spacing="logsnr" for the cosine schedule, where it is 2x better).
-"trailing" (uniform in t, ending one interval above the clean level instead of at t = 0) is the distilled
-students' spacing (``shapediff.training.distill``).
+Gaussian spacings snap to distinct integer timesteps. DPM-Solver++ defaults to "logsnr" (uniform in lambda, the
+variable its update integrates exactly); max |Cov error| of the exact pushforward on Gaussian data, 20 steps
+(tests/diffusion/test_samplers_analytic.py, benchmarks/bench_samplers.py): linear 0.029 (logsnr) / 0.22 (uniform) /
+0.089 (karras); warm0.1 0.059 / 1.05 / 0.29; cosine 0.060 / 0.051 / 0.32. DDIM/DDPM keep DDIM's uniform spacing,
+euler/heun Karras et al.'s rho = 7; "trailing" (no call at t = 0) is the distilled students'. Flow times: "uniform",
+or "shift", SD3's t' = s t / (1 + (s - 1) t) (Esser et al. 2024), more steps near the noise for s > 1.
 """
 
 from __future__ import annotations
@@ -42,12 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from shapediff.diffusion._noise import randn_like
-from shapediff.diffusion.inpainting import KnownValues
 from shapediff.diffusion.schedules import posterior_coefficients
 
-__all__ = ["Prediction", "StepSchedule", "SamplerSpec", "REGISTRY", "SAMPLERS", "SPACINGS", "COMMON_OPTIONS", "interval_levels",
-           "check_sampler_options", "default_sampler", "REGISTRIES", "make_step_schedule", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
-           "sample_euler", "sample_heun"]
+__all__ = ["Prediction", "StepSchedule", "SamplerSpec", "Spacing", "REGISTRY", "SPACINGS", "LEGACY_NAMES", "COMMON_OPTIONS",
+           "check_sampler", "legacy_name", "number_options", "samplers_of", "spacings_of", "run_steps", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_heun"]
 
 
 class Prediction(NamedTuple):
@@ -57,9 +49,18 @@ class Prediction(NamedTuple):
 
 
 class StepSchedule(NamedTuple):
-    """Timesteps a sampler visits: ``t`` (S,) long descending, ``alpha_bar`` (S+1,) float64 ending in 1.0."""
+    """The S steps a sampler takes, as S+1 levels from the start level to the end level (the clean data unless a
+    partial solve), each field (S+1,):
+
+    t: the process time of each level (Gaussian: long model timesteps, -1 for the clean level; flow: float64 in [0, 1]);
+    level: float64, the coordinate the process's own samplers step in (Gaussian: abar_t, 1 when clean; flow: t);
+    alpha, sigma: float64, x = alpha x0 + sigma eps at each level;
+    posterior_variance: Gaussian ancestral variance, "fixedsmall" or "fixedlarge".
+    """
     t: torch.Tensor
-    alpha_bar: torch.Tensor
+    level: torch.Tensor
+    alpha: torch.Tensor
+    sigma: torch.Tensor
     posterior_variance: str = "fixedsmall"
 
 
@@ -122,50 +123,45 @@ def _trailing(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.linspace(num_timesteps, 0, steps + 1, dtype=torch.float64)[:-1].round().long() - 1
 
 
-SPACINGS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "uniform": _uniform_t,
-    "uniform_floor": _uniform_floor,
-    "logsnr": _uniform_logsnr,
-    "karras": _karras,
-    "trailing": _trailing,
+def _uniform_time(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """(S+1,) flow times evenly spaced from 1 down to 0."""
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+def _shifted_time(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """SD3's shift of the uniform flow times: t' = s t / (1 + (s - 1) t)."""
+    t = _uniform_time(steps)
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+class Spacing(NamedTuple):
+    """A way to place a sampler's steps: its function per process (Gaussian: ``fn(alphas_cumprod (T',), S) -> (S,)``
+    integer timesteps; flow: ``fn(S, **options) -> (S+1,)`` times on [0, 1]) and the options it takes."""
+    fns: dict[str, Callable[..., torch.Tensor]]
+    options: dict[str, Any]
+
+
+SPACINGS: dict[str, Spacing] = {
+    "uniform": Spacing({"gaussian": _uniform_t, "flow": _uniform_time}, {}),
+    "uniform_floor": Spacing({"gaussian": _uniform_floor}, {}),
+    "logsnr": Spacing({"gaussian": _uniform_logsnr}, {}),
+    "karras": Spacing({"gaussian": _karras}, {}),
+    "trailing": Spacing({"gaussian": _trailing}, {}),
+    "shift": Spacing({"flow": _shifted_time}, {"shift": 3.0}),
 }
 
 
-def interval_levels(num_timesteps: int, start: int | None = None, end: int | None = None) -> int:
-    """How many model timesteps lie in the interval a sampler visits, from level ``start`` (None: T - 1) down to
-    level ``end`` (None: the clean data): the levels ``end < t <= start``; the most steps it can take."""
-    start = num_timesteps - 1 if start is None else start
-    return start + 1 if end is None else start - end
-
-
-def make_step_schedule(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "uniform",
-                       posterior_variance: str = "fixedsmall", start: int | None = None,
-                       end: int | None = None) -> StepSchedule:
-    """The S = ``steps`` model timesteps (descending) for a (T,) float64 ``alphas_cumprod``; S <= T.
-
-    ``start`` / ``end`` (model timesteps, ``end < start``) restrict it to part of the process: the spacing is
-    applied to the levels ``end < t <= start`` and the last step goes to level ``end`` (``alpha_bar[S] =
-    alphas_cumprod[end]``) instead of the clean data (None: ``alpha_bar[S] = 1``); e.g. a teacher's solve between
-    two of a distilled student's timesteps. S <= :func:`interval_levels` (checked by ``GaussianDiffusion.sample``).
-    """
-    start = alphas_cumprod.shape[0] - 1 if start is None else start
-    low = 0 if end is None else end + 1
-    t = SPACINGS[spacing](alphas_cumprod[low : start + 1], steps) + low
-    last = torch.ones(1, dtype=torch.float64) if end is None else alphas_cumprod[end : end + 1]
-    alpha_bar = torch.cat([alphas_cumprod[t], last])
-    return StepSchedule(t, alpha_bar, posterior_variance)
-
-
 # ------------------------------------------------------------------------------------------- loop
-def _run(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: KnownValues,
-         generator: torch.Generator, progress: bool, callback: Callback | None = None) -> torch.Tensor:
-    """Apply ``step(x, i, carry) -> (x_next, carry)`` for i = 0..S-1, holding known entries after each.
+def run_steps(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: Any, generator: torch.Generator,
+              progress: bool, callback: Callback | None = None) -> torch.Tensor:
+    """Apply ``step(x, i, carry) -> (x_next, carry)`` for i = 0..S-1, holding known entries after each: the step
+    loop of every sampler.
 
     With ``hold.jumps > 1`` each step is repeated after re-noising its result back to level i (RePaint);
     the carry (multistep history) of the previous step is reused by every repeat.
     """
     carry = None
-    for i in tqdm(range(len(steps.t)), disable=not progress, desc="sampling", leave=False):
+    for i in tqdm(range(len(steps.t) - 1), disable=not progress, desc="sampling", leave=False):
         x_next, new_carry = x, carry
         for r in range(hold.jumps):
             if r:
@@ -174,20 +170,20 @@ def _run(step: Callable, x: torch.Tensor, steps: StepSchedule, hold: KnownValues
             x_next = hold(x_next, i + 1, generator)
         x, carry = x_next, new_carry
         if callback is not None:
-            callback({"x": x, "i": i, "t": int(steps.t[i])})
+            callback({"x": x, "i": i, "t": steps.t[i].item()})
     return x
 
 
 # --------------------------------------------------------------------------------------- samplers
 def sample_ddpm(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
+                hold: Any, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Alg. 2): x_s ~ N(posterior mean(x0_hat, x_t), variance).
 
     Variance "fixedsmall" is the posterior's beta~; "fixedlarge" is beta_{t|s} (= beta_t on the full
     schedule). On a subsequence of timesteps this is improved-DDPM's respacing.
     """
     def step(x, i, carry):
-        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
         c_x0, c_xt, var = posterior_coefficients(a_t, a_s)
         if steps.posterior_variance == "fixedlarge":
             var = 1.0 - a_t / a_s
@@ -195,11 +191,11 @@ def sample_ddpm(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
         if a_s == 1.0:  # last step: no noise (DDPM returns the mean at t = 0)
             return mean, None
         return mean + math.sqrt(var) * randn_like(x, generator), None
-    return _run(step, x, steps, hold, generator, progress, callback)
+    return run_steps(step, x, steps, hold, generator, progress, callback)
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                hold: KnownValues, progress: bool = False, callback: Callback | None = None,
+                hold: Any, progress: bool = False, callback: Callback | None = None,
                 eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12): x_s = alpha_s x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z.
 
@@ -207,18 +203,18 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
     eta = 1 is ancestral sampling with the posterior variance.
     """
     def step(x, i, carry):
-        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
         pred = denoise(x, i)
         sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
         out = math.sqrt(a_s) * pred.x0 + math.sqrt(max(1.0 - a_s - sigma**2, 0.0)) * pred.eps
         if sigma > 0:
             out = out + sigma * randn_like(x, generator)
         return out, None
-    return _run(step, x, steps, hold, generator, progress, callback)
+    return run_steps(step, x, steps, hold, generator, progress, callback)
 
 
 def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                    hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
+                    hold: Any, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data-prediction form, deterministic.
 
     x_s = (sigma_s / sigma_t) x_t - alpha_s (exp(-h) - 1) D, h = lambda_s - lambda_t, with
@@ -226,7 +222,7 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, g
     step to the clean level (sigma = 0, h = inf) is first order and returns x0_t, as in k-diffusion.
     """
     def step(x, i, carry):
-        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
         x0 = denoise(x, i).x0
         if a_s == 1.0:
             return x0, None
@@ -238,28 +234,18 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, g
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         out = math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
         return out, (x0, h)
-    return _run(step, x, steps, hold, generator, progress, callback)
-
-
-def sample_euler(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                 hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
-    """Euler on the probability-flow ODE in sigma = sqrt((1 - abar)/abar) (Karras et al. 2022).
-
-    In the scaled variable x / alpha this step is algebraically DDIM with eta = 0, so it is that update;
-    the sampler differs by its default spacing ("karras").
-    """
-    return sample_ddim(denoise, x, steps, generator=generator, hold=hold, progress=progress, callback=callback)
+    return run_steps(step, x, steps, hold, generator, progress, callback)
 
 
 def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
-                hold: KnownValues, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
+                hold: Any, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1 without churn); the last step is Euler.
 
     In y = x / alpha and sigma: d = (y - x0) / sigma; y' = y + (sigma_s - sigma_t) d;
     y_s = y + (sigma_s - sigma_t) (d + d') / 2 with d' evaluated at (y', sigma_s) by the model at t[i+1].
     """
     def step(x, i, carry):
-        a_t, a_s = float(steps.alpha_bar[i]), float(steps.alpha_bar[i + 1])
+        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
         sig_t, sig_s = math.sqrt((1 - a_t) / a_t), math.sqrt((1 - a_s) / a_s)
         y = x / math.sqrt(a_t)
         d = (y - denoise(x, i).x0) / sig_t
@@ -269,57 +255,86 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
         x_mid = hold(math.sqrt(a_s) * y_next, i + 1, generator)  # the corrector sees the known entries too
         d_next = (x_mid / math.sqrt(a_s) - denoise(x_mid, i + 1).x0) / sig_s
         return math.sqrt(a_s) * (y + (sig_s - sig_t) * 0.5 * (d + d_next)), None
-    return _run(step, x, steps, hold, generator, progress, callback)
+    return run_steps(step, x, steps, hold, generator, progress, callback)
 
 
 class SamplerSpec(NamedTuple):
-    """One sampler: its function, default steps (None = all T), default spacing (a key of ``SPACINGS``) and
-    the options it accepts beyond :data:`COMMON_OPTIONS`, with their defaults."""
+    """One sampler: its function, the processes it integrates (``objective`` names), default steps (None = every
+    level), default spacing (a key of ``SPACINGS``), the options it accepts beyond :data:`COMMON_OPTIONS` with their
+    defaults, an optional ``check(options) -> options`` of their values, whether it draws noise (no ODE to distil)
+    and whether it holds known values (completion / inpainting)."""
     fn: Callable[..., torch.Tensor]
+    processes: tuple[str, ...]
     default_steps: int | None
     default_spacing: str
     options: dict[str, Any]
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    stochastic: bool = False
+    holds_known: bool = True
+
+
+def number_options(**ranges: tuple[float, float]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A ``SamplerSpec.check``: every option a number (as float), those named in ``ranges`` within [lo, hi]."""
+    def check(options: dict[str, Any]) -> dict[str, Any]:
+        for key, value in options.items():
+            lo, hi = ranges.get(key, (-math.inf, math.inf))
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+                raise ValueError(f"{key}: expected a number in [{lo}, {hi}], got {value!r}")
+        return {k: float(v) for k, v in options.items()}
+    return check
 
 
 REGISTRY: dict[str, SamplerSpec] = {
-    "ddpm": SamplerSpec(sample_ddpm, None, "uniform", {}),
-    "ddim": SamplerSpec(sample_ddim, 50, "uniform", {"eta": 0.0}),
-    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, 20, "logsnr", {}),
-    "euler": SamplerSpec(sample_euler, 50, "karras", {}),
-    "heun": SamplerSpec(sample_heun, 25, "karras", {}),  # Heun calls the model twice per step
-}
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {name: spec.fn for name, spec in REGISTRY.items()}
+    "ddpm": SamplerSpec(sample_ddpm, ("gaussian",), None, "uniform", {}, stochastic=True),
+    "ddim": SamplerSpec(sample_ddim, ("gaussian",), 50, "uniform", {"eta": 0.0}, number_options(eta=(0.0, 1.0))),
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, ("gaussian",), 20, "logsnr", {}),
+    # Euler on the probability-flow ODE in sigma = sqrt((1 - abar) / abar) (Karras et al. 2022) is, in the scaled
+    # variable x / alpha, algebraically DDIM with eta = 0: that update on Karras et al.'s spacing
+    "euler": SamplerSpec(sample_ddim, ("gaussian",), 50, "karras", {}),
+    "heun": SamplerSpec(sample_heun, ("gaussian",), 25, "karras", {}),  # Heun calls the model twice per step
+}  # shapediff.diffusion.flow_samplers and .karras_heun add theirs
 
-# Keywords every sampler takes (``GaussianDiffusion.sample`` resolves them); the config's ``sampler`` node may
-# hold them beside ``name`` and the sampler's own options.
+# Keywords every sampler takes (the driver resolves them); a config's ``sampler`` node may hold them beside ``name``,
+# the options of the spacings of its process and the sampler's own options.
 COMMON_OPTIONS = ("steps", "spacing")
 
-# One registry per training objective: a sampler integrates its own objective's process, so a Gaussian sampler
-# never runs a flow-matching model or the other way round. ``shapediff.diffusion.flow_samplers`` adds "flow"
-# (euler / heun / midpoint on the flow ODE) when the package is imported.
-REGISTRIES: dict[str, dict[str, SamplerSpec]] = {"gaussian": REGISTRY}
-OBJECTIVE_COMMON_OPTIONS: dict[str, tuple[str, ...]] = {"gaussian": COMMON_OPTIONS}
+# Names a saved model config may hold from before one name meant one sampler: (objective, old name) -> name.
+LEGACY_NAMES: dict[tuple[str, str], str] = {("flow", "euler"): "flow_euler", ("flow", "heun"): "flow_heun",
+                                            ("flow", "midpoint"): "flow_midpoint"}
 
 
-def check_sampler_options(name: Any, options: Mapping[str, Any], objective: str = "gaussian") -> dict[str, Any]:
-    """Validate ``options`` for sampler ``name`` of ``objective`` (a key of ``REGISTRIES``): each key is a common
-    option or one the sampler declares.
+def legacy_name(objective: str, name: Any) -> Any:
+    """The sampler a saved config's ``name`` means for a process of ``objective`` (:data:`LEGACY_NAMES`)."""
+    return LEGACY_NAMES.get((objective, name), name) if isinstance(name, str) else name
 
-    Returns them as a dict; an unknown sampler or key is a ValueError naming what it accepts, and a sampler of
-    another objective (e.g. "ddpm" for a flow-matching model) says so.
-    """
-    registry = REGISTRIES[objective]
-    if name not in registry:
-        others = [other for other, reg in REGISTRIES.items() if other != objective and name in reg]
-        hint = f" ({name!r} is a {others[0]} sampler; this model's objective is {objective!r})" if others else ""
-        raise ValueError(f"sampler: expected one of {sorted(registry)}, got {name!r}{hint}")
-    accepted = (*OBJECTIVE_COMMON_OPTIONS[objective], *registry[name].options)
+
+def spacings_of(objective: str) -> list[str]:
+    """The names of the spacings defined for processes of ``objective``, sorted."""
+    return sorted(name for name, spacing in SPACINGS.items() if objective in spacing.fns)
+
+
+def samplers_of(objective: str) -> list[str]:
+    """The names of the samplers that integrate processes of ``objective``, sorted."""
+    return sorted(name for name, spec in REGISTRY.items() if objective in spec.processes)
+
+
+def check_sampler(objective: str, name: Any, options: Mapping[str, Any]) -> tuple[SamplerSpec, dict[str, Any]]:
+    """THE check of a sampler name and its keywords for a process of ``objective``: ``(spec, options)`` with the
+    sampler's own option defaults filled in and their values checked. Accepted keys: :data:`COMMON_OPTIONS`, the
+    options of the spacings the process has, the sampler's options. An unknown sampler, a sampler of another process
+    or an unknown key is a ValueError saying what is accepted."""
+    if name not in REGISTRY or objective not in REGISTRY[name].processes:
+        hint = f" ({name!r} integrates {'/'.join(REGISTRY[name].processes)} processes, this one is {objective!r}" \
+            if name in REGISTRY else ""
+        hint += f"{'; ' if hint else ' ('}now named {LEGACY_NAMES[objective, name]!r})" \
+            if (objective, name) in LEGACY_NAMES else (")" if hint else "")
+        raise ValueError(f"sampler: expected one of {samplers_of(objective)}, got {name!r}{hint}")
+    spec = REGISTRY[name]
+    spacing_options = [k for sp in SPACINGS.values() if objective in sp.fns for k in sp.options]
+    accepted = (*COMMON_OPTIONS, *spacing_options, *spec.options)
     unknown = sorted(str(k) for k in options if k not in accepted)
     if unknown:
         raise ValueError(f"sampler options: {name!r} accepts {list(accepted)}, got unknown {unknown}")
-    return dict(options)
-
-
-def default_sampler(objective: str) -> str:
-    """The sampler a model of ``objective`` uses when neither its config nor the call names one."""
-    return {"gaussian": "dpmpp_2m"}.get(objective) or next(iter(REGISTRIES[objective]))
+    own = {**spec.options, **{k: v for k, v in options.items() if k in spec.options}}
+    own = spec.check(own) if spec.check is not None else own
+    return spec, {**{k: v for k, v in options.items() if k not in spec.options}, **own}

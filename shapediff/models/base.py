@@ -14,7 +14,7 @@ Callers (the trainer, ``shapediff.evaluation``, scripts) use only the hooks belo
 - ``device``, ``config`` (plain data), ``save`` / ``load`` / ``from_config``.
 
 Sampler settings take one path: :meth:`ShapeModel.sampler_settings` merges the model's ``sampler`` config with a
-call's arguments and validates every key against its objective's registry (``shapediff.diffusion.samplers.REGISTRIES``).
+call's arguments; the sampling driver checks them (``shapediff.diffusion.samplers.check_sampler``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 from shapediff.config import check_arguments, lookup
 from shapediff.data.meshes import meshes_to_points
 from shapediff.devices import resolve_device
-from shapediff.diffusion.samplers import REGISTRIES, check_sampler_options, default_sampler
+from shapediff.diffusion.samplers import REGISTRY, check_sampler, legacy_name, samplers_of
 from shapediff.io_atomic import resolve_dir
 from shapediff.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint
 
@@ -81,24 +81,23 @@ class SamplerSettings(NamedTuple):
     options: dict[str, Any]
 
 
-def sampler_config(sampler: Mapping[str, Any] | None, default: Mapping[str, Any],
-                   objective: str = "gaussian") -> dict[str, Any]:
-    """A model's ``sampler`` config node, validated against the samplers of its ``objective`` ("gaussian" or
-    "flow", a key of ``samplers.REGISTRIES``): ``name``, ``steps`` and options its sampler accepts. ``default``
-    is used when ``sampler`` is empty; a default of another objective gives way to the objective's own default.
+def sampler_config(sampler: Mapping[str, Any] | None, default: Mapping[str, Any], process: Any) -> dict[str, Any]:
+    """A model's ``sampler`` config node for its ``process`` (a ``DiffusionProcess``): ``name``, ``steps`` and the
+    options its sampler accepts, with ``name`` always set. ``default`` is used when ``sampler`` is empty; a default
+    sampler that does not run the process gives way to ``process.default_sampler``. Checked once here, by the
+    driver's own check (``shapediff.diffusion.samplers.check_sampler``), so a bad node fails before training.
 
-    Configs saved before the registry carried ``eta: 0.0`` as an "unused" placeholder for samplers without
-    stochasticity: that one value is dropped (it meant nothing); any other undeclared key is a ValueError.
+    Saved configs may hold names from before one name meant one sampler (flow matching's "euler" / "heun" /
+    "midpoint"): they are renamed (``samplers.LEGACY_NAMES``). Configs saved before the registry carried ``eta: 0.0``
+    as an "unused" placeholder for samplers without stochasticity: that one value is dropped (it meant nothing).
     """
-    registry = REGISTRIES[objective]
-    if default.get("name") not in registry:
-        default = {"name": default_sampler(objective)}
+    if default.get("name") not in samplers_of(process.objective):
+        default = {"name": process.default_sampler}
     cfg = dict(sampler or default)
-    name = cfg.get("name", default.get("name"))
-    options = {k: v for k, v in cfg.items() if k not in ("name", "steps")}
-    if name in registry and "eta" not in registry[name].options and options.get("eta", None) == 0.0:
-        del cfg["eta"], options["eta"]
-    check_sampler_options(name, options, objective)
+    cfg["name"] = legacy_name(process.objective, cfg.get("name", default["name"]))
+    if cfg["name"] in REGISTRY and "eta" not in REGISTRY[cfg["name"]].options and cfg.get("eta", None) == 0.0:
+        del cfg["eta"]
+    check_sampler(process.objective, cfg["name"], {k: v for k, v in cfg.items() if k not in ("name", "steps")})
     return cfg
 
 
@@ -121,8 +120,8 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
 
     @property
     def objective(self) -> str:
-        """Which samplers the model's sampling process takes: a key of ``samplers.REGISTRIES`` ("gaussian" by
-        default; a model on ``FlowMatching`` says "flow")."""
+        """Its process's ``objective``: which samplers run it (``samplers.REGISTRY[name].processes``; "gaussian" by
+        default, a model on ``FlowMatching`` says "flow")."""
         return "gaussian"
 
     @property
@@ -160,14 +159,13 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
         """The sampler a call uses: explicit arguments over the model's ``sampler`` config.
 
         The config's ``steps`` applies unless the call gives steps; its options (``spacing``, ``eta``, ...) apply
-        when the call names no sampler or the config's own; options given to the call win. Every key is checked
-        against the sampler's registry entry (an unknown key is a ValueError).
+        when the call names no sampler or the config's own; options given to the call win. They are checked where
+        they are used, by the sampling driver (an unknown key is a ValueError there).
         """
         cfg = dict(self.config.get("sampler") or {})
-        name = sampler or cfg.get("name", default_sampler(self.objective))
+        name = sampler or cfg.get("name")
         merged = {k: v for k, v in cfg.items() if k not in ("name", "steps")} if name == cfg.get("name") else {}
         merged.update(options)
-        merged = check_sampler_options(name, merged, self.objective)
         merged.pop("steps", None)
         return SamplerSettings(name, steps if steps is not None else cfg.get("steps"), merged)
 

@@ -233,7 +233,7 @@ class LatentVoxelDiffusion(ShapeModel):
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
             "scale_num_shapes": scale_num_shapes,
-            "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}, self.objective),
+            "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}, self.diffusion),
             "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode),
             "class_conditional": self.class_conditional, "cond_drop_prob": self.cond_drop_prob}))
 

@@ -107,7 +107,7 @@ class LionModel(ShapeModel):
             self.vae.requires_grad_(False)
         self.config = copy.deepcopy({
             "vae": vae_cfg, "global_prior": global_cfg, "local_prior": local_cfg, "diffusion": diffusion_cfg,
-            "sampler": sampler_config(_plain(sampler), {"name": "ddpm", "steps": 1000}, self.objective),
+            "sampler": sampler_config(_plain(sampler), {"name": "ddpm", "steps": 1000}, self.diffusion),
             "normalization": normalization, "stage": stage, "vae_checkpoint": None, "kl": kl_cfg})
 
     def _load_stage1(self, path: str) -> None:

@@ -42,7 +42,7 @@ class PointCloudDiffusion(ShapeModel):
             denoiser as ``cond["partial"]``).
         num_partial_points: M, partial points the completion modes use (PVD: 200).
         sampler: default sampler settings, e.g. ``{"name": "dpmpp_2m", "steps": 20, "spacing": "logsnr"}``; every
-            key reaches the sampler (validated against its objective's registry, ``shapediff.diffusion.samplers.REGISTRIES``).
+            key reaches the sampler (checked by the sampling driver, ``shapediff.diffusion.samplers.check_sampler``).
         frame: the frame completion pairs are trained in (:mod:`shapediff.geometry.frames`):
             ``"data"`` (the dataset's coordinates) or ``"scan"`` (each pair mapped by its partial
             scan's centroid and RMS radius, so ``complete`` takes a scan in any position and unit).
@@ -95,7 +95,7 @@ class PointCloudDiffusion(ShapeModel):
             self.config["shape_summary"] = _summary_config(_plain(shape_summary), self.config, completion)
         self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
         self.diffusion = instantiate(self.config["diffusion"], where="model.diffusion")
-        self.config["sampler"] = sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}, self.objective)
+        self.config["sampler"] = sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}, self.diffusion)
         self.normalizer = PointNormalizer(normalization)
         self.num_points = num_points
         self.class_conditional = class_conditional

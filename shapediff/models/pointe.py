@@ -5,7 +5,8 @@ base models, linear for the upsampler), learned-range variances in the second ha
 channels, on clouds whose channels are scaled to about [-1, 1] (xyz x 2, rgb / 127.5 - 1). It samples
 with Karras et al.'s Heun sampler (64 steps, sigma_min 1e-3, sigma_max 120 base / 160 upsampler, churn
 3 base / 0 upsampler), clamping every x0 estimate to [-1, 1]
-(:mod:`shapediff.diffusion.karras_heun`). shapediff's other samplers run these models too (through
+(``karras_heun`` of the sampler registry, :mod:`shapediff.diffusion.karras_heun`). shapediff's other samplers run
+these models too through the same driver (through
 their eps channels); the learned variances are not used by any sampler here, nor by Point-E's.
 """
 
@@ -20,8 +21,6 @@ import torch
 from torch import nn
 
 from shapediff.config import instantiate, register
-from shapediff.diffusion.karras_heun import gaussian_to_karras_denoiser, karras_sigmas, sample_karras_heun
-from shapediff.diffusion.samplers import check_sampler_options
 from shapediff.models.base import Samples, ShapeModel
 from shapediff.randomness import make_generator
 
@@ -29,9 +28,6 @@ __all__ = ["PointEDiffusion", "POINTE_CHANNEL_SCALES", "POINTE_CHANNEL_BIASES", 
 
 POINTE_CHANNEL_SCALES = (2.0, 2.0, 2.0, 1 / 127.5, 1 / 127.5, 1 / 127.5)
 POINTE_CHANNEL_BIASES = (0.0, 0.0, 0.0, -1.0, -1.0, -1.0)
-_KARRAS_KEYS = ("steps", "sigma_min", "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise", "clip_denoised")
-
-
 def pointe_diffusion_config(schedule: str = "cosine") -> dict[str, Any]:
     """Point-E's diffusion (``diffusion/configs.py``): T = 1024, eps; "cosine" (base models) or "linear"
     (upsampler; Point-E rescales the linear betas 1e-4 .. 0.02 by 1000 / T)."""
@@ -91,9 +87,11 @@ class PointEDiffusion(ShapeModel):
         """(..., C) scaled space -> data units."""
         return (x - self.channel_biases.to(x.dtype)) / self.channel_scales.to(x.dtype)
 
-    def _eps_model(self, cond: Mapping | None) -> Callable:
-        def model(x: torch.Tensor, t: torch.Tensor, c: Any = cond) -> torch.Tensor:
-            return self.denoiser(x, t, c)[..., : self.channels]
+    def _eps_model(self, null: Mapping | None = None) -> Callable:
+        """The network's eps channels as ``model(x, t, c)``; ``c`` None (the unconditional call of guidance) means
+        ``null``: Point-E's unconditional input is a zero CLIP embedding, the other conditioning kept."""
+        def model(x: torch.Tensor, t: torch.Tensor, c: Any = None) -> torch.Tensor:
+            return self.denoiser(x, t, null if c is None else c)[..., : self.channels]
         return model
 
     def training_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -123,8 +121,8 @@ class PointEDiffusion(ShapeModel):
 
         Args:
             cond: ``{"clip_embedding": ..., "low_res": (n, M, C) data units}`` (see the transformer).
-            guidance_scale: classifier-free guidance on the x0 estimates against a zero CLIP
-                embedding (Point-E: 3.0 for its conditional base models); None/0/1: none.
+            guidance_scale: classifier-free guidance (the driver's, on the model outputs) against a zero CLIP
+                embedding (Point-E: 3.0 for its conditional base models); None/0/1 or no embedding: none.
             noise: (n, N, C) unit-normal start (x_T = noise x sigma_max for "karras_heun").
             **sampler_kwargs: overrides of the sampler config (sigma_max, s_churn, ...).
         """
@@ -139,6 +137,7 @@ class PointEDiffusion(ShapeModel):
         settings.pop("name", None)
         steps = steps or settings.pop("steps", None)
         settings.pop("steps", None)
+        clip = 1.0 if settings.pop("clip_denoised", True) else None
         cond = self._cond_on_device(cond, n)
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
         shape = (n, self.num_points, self.channels)
@@ -146,36 +145,13 @@ class PointEDiffusion(ShapeModel):
             noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
-        if name != "karras_heun":
-            check_sampler_options(name, settings)  # "karras_heun" is Point-E's own (continuous sigma); others: the registry
-            x = self.diffusion.sample(self._eps_model(None), shape, sampler=name, steps=steps, generator=generator,
-                                      device=self.device, cond=cond, guidance_scale=guidance_scale, progress=progress,
-                                      noise=noise.to(self.device), clip_x0=1.0, **settings)
-            return self.unscale(x)
-        unknown = sorted(set(settings) - set(_KARRAS_KEYS))
-        if unknown:
-            raise ValueError(f"sampler settings: unknown key(s) {unknown} for karras_heun; accepted: {list(_KARRAS_KEYS)}")
-        sigmas = karras_sigmas(int(steps or 64), float(settings.get("sigma_min", 1e-3)), float(settings.get("sigma_max", 120.0)),
-                               float(settings.get("rho", 7.0))).to(self.device)
-        clip = 1.0 if settings.get("clip_denoised", True) else None
-        denoise = self._guided_denoiser(cond, guidance_scale, clip)
-        churn = {k: float(settings[k]) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise") if k in settings}
-        res = sample_karras_heun(denoise, noise.to(self.device) * sigmas[0], sigmas, generator=generator,
-                                 callback=callback, progress=progress, **churn)
-        return self.unscale(res.x0)
-
-    def _guided_denoiser(self, cond: dict | None, guidance_scale: float | None, clip: float | None) -> Callable:
-        abar = self.diffusion.alphas_cumprod
-        plain = gaussian_to_karras_denoiser(self._eps_model(cond), abar, self.channels, clip)
-        if not guidance_scale or guidance_scale == 1.0 or cond is None or cond.get("clip_embedding") is None:
-            return plain
-        null = {**cond, "clip_embedding": torch.zeros_like(cond["clip_embedding"])}
-        unguided = gaussian_to_karras_denoiser(self._eps_model(null), abar, self.channels, clip)
-
-        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            uncond = unguided(x, sigma)
-            return uncond + guidance_scale * (plain(x, sigma) - uncond)
-        return guided
+        guided = cond is not None and cond.get("clip_embedding") is not None and bool(guidance_scale)
+        null = None if cond is None else {**cond, "clip_embedding": torch.zeros_like(cond["clip_embedding"])} if guided else None
+        x = self.diffusion.sample(self._eps_model(null), shape, sampler=name, steps=steps, generator=generator,
+                                  device=self.device, cond=cond, guidance_scale=guidance_scale if guided else None,
+                                  progress=progress, noise=noise.to(self.device), clip_x0=clip, callback=callback,
+                                  **settings)
+        return self.unscale(x)
 
     def _cond_on_device(self, cond: Mapping | None, n: int) -> dict | None:
         if cond is None:

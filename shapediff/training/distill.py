@@ -1,25 +1,22 @@
 """Few-step distillation as a training stage: a student that samples in S model calls what its teacher samples in
-many. Teachers of both objectives: flow matching and Gaussian diffusion (DDPM-trained, eps / x0 / v prediction).
+many, for a teacher of any diffusion process (flow matching; Gaussian diffusion with eps / x0 / v prediction).
 
 Method: trajectory-segment distillation (Luhman & Luhman 2021's one-step knowledge distillation, cut into S
 segments as in piecewise rectified flow, Yan et al. 2024). For noise z the teacher's ODE is solved accurately
-(``teacher_sampler`` with ``teacher_steps`` steps per segment, optionally with classifier-free guidance at
-``guidance_scale``) through the student's S levels, giving states x_0 = z, x_1, ..., x_S (x_S: the sample). The
-student, a copy of the teacher (same class, denoiser, normalisation, objective), learns on all S segments of every
-example the output whose ONE deterministic step of its own sampler joins consecutive states:
-
-- flow matching, times 1 = t_0 > ... > t_S = 0, sampler ``euler``: the velocity (x_{i+1} - x_i) / (t_{i+1} - t_i);
-- Gaussian diffusion, timesteps t_0 > ... > t_{S-1} ("trailing" spacing: T = 1000, S = 4 gives 999, 749, 499,
-  249) then the clean data, sampler ``ddim`` with eta = 0: DDIM's step x_{i+1} = a_{i+1} x0 + s_{i+1} (x_i - a_i x0)
-  / s_i (a = sqrt(abar), s = sqrt(1 - abar)) solved for x0: x0* = (x_{i+1} - r x_i) / (a_{i+1} - r a_i) with
-  r = s_{i+1} / s_i (the last segment, to the clean data, gives x0* = x_S). The loss is |x0 - x0*|^2 / s_i^2: the
-  MSE of a v-prediction (Salimans & Ho 2022's "SNR + 1" weighting) whatever the teacher's parameterisation, so an
-  eps-student's x0 errors at high noise, which its 1/a amplifies, still count.
+(``teacher_sampler``, default the process's ``ode_sampler``, with ``teacher_steps`` steps per segment, optionally with
+classifier-free guidance at ``guidance_scale``) through the student's S levels (the process's ``step_schedule`` with
+the ``student_sampler``'s spacing: flow "uniform" 1 = t_0 > ... > t_S = 0; Gaussian "trailing", T = 1000, S = 4:
+999, 749, 499, 249, then the data), giving states x_0 = z, x_1, ..., x_S (x_S: the sample). The student, a copy of
+the teacher, learns on all S segments of every example the output whose ONE deterministic step of its
+``student_sampler`` joins consecutive states. That step is x_{i+1} = a_{i+1} x0 + s_{i+1} (x_i - a_i x0) / s_i at
+the levels x = a x0 + s eps (DDIM with eta 0; flow matching's Euler step is the same step), so the target is
+x0* = (x_{i+1} - r x_i) / (a_{i+1} - r a_i), r = s_{i+1} / s_i (x0* = x_S on the last segment), and the loss
+|x0 - x0*|^2 / s_i^2: a v-prediction MSE (Salimans & Ho 2022's "SNR + 1" weighting) for Gaussian students of any
+parameterisation, so an eps-student's x0 errors at high noise still count, and the velocity MSE for flow students.
 
 The student's checkpoint is a normal shapediff checkpoint of the teacher's class whose default sampler is that
-one-step sampler with exactly the training levels (``euler``, S steps, the same spacing; ``ddim``, S steps,
-spacing "trailing", eta 0), so ``model.sample(n)`` takes S calls. With ``guidance_scale`` the student learns the
-GUIDED trajectory: it samples with ``class_label`` and no guidance, one call per step instead of two.
+one-step sampler with exactly the training levels, so ``model.sample(n)`` takes S calls. With ``guidance_scale`` the
+student learns the GUIDED trajectory: it samples with ``class_label`` and no guidance, one call per step instead of two.
 
 Why this method: one training stage from one teacher, a deterministic regression target (no rounds as in progressive
 distillation, no consistency-loss tuning), the student samples with an ordinary sampler, and the target is exact on
@@ -27,8 +24,8 @@ the teacher's own trajectories, so a test can check the student against its teac
 trajectories are computed online, for the batch's own per-example noise (seeded by the trainer, so resume and DDP
 stay exact), or once for a fixed pool of noises (``pool_size``, Luhman & Luhman's dataset; the default of
 ``experiment=distill``: the teacher's solve is 64-87 % of an online step, and the pooled student was as close to its
-teacher at equal steps: docs/few_step.md). The training is data-free (the
-batch's data only sets shapes, conditioning and seeds); PVD completion training (``mask``) is not supported.
+teacher at equal steps: docs/few_step.md). The training is data-free (the batch's data only sets shapes, conditioning
+and seeds); PVD completion training (``mask``) is not supported.
 
 ``python scripts/train.py experiment=distill teacher=<checkpoint> distill.steps_per_sample=4``.
 """
@@ -44,23 +41,19 @@ from typing import Any
 
 import torch
 
-from shapediff.diffusion.flow_samplers import FLOW_SPACINGS, make_flow_schedule
-from shapediff.diffusion.samplers import REGISTRIES, SPACINGS, interval_levels, make_step_schedule
+from shapediff.diffusion.process import DiffusionProcess
+from shapediff.diffusion.samplers import REGISTRY, SPACINGS, samplers_of, spacings_of
 from shapediff.models.base import ShapeModel, load_model
 
 log = logging.getLogger("shapediff.training")
 
-__all__ = ["SegmentDistillation", "build_student", "DISTILL_DEFAULTS", "STUDENT_SAMPLERS", "TEACHER_SAMPLERS"]
+__all__ = ["SegmentDistillation", "build_student", "DISTILL_DEFAULTS"]
 
-# None = the teacher objective's default (TEACHER_SAMPLERS / STUDENT_SAMPLERS' spacing)
+# None = the process's own: its ``ode_sampler`` for the teacher, its ``student_sampler``'s spacing
 DISTILL_DEFAULTS = {"steps_per_sample": 4, "teacher_sampler": None, "teacher_steps": 8, "spacing": None,
                     "shift": 3.0, "guidance_scale": None, "pool_size": None}
 DEFAULT_POOL_SIZE = 2048  # pool_size None: this for unconditional teachers, 0 (online) for class-conditional or two-level ones
 POOL_SEED, POOL_BATCH = 0, 64  # the pool's noise generator and how many trajectories the teacher solves at once
-TEACHER_SAMPLERS = {"flow": "heun", "gaussian": "dpmpp_2m"}
-# the student's one-step-per-call sampler and its default spacing, per objective
-STUDENT_SAMPLERS = {"flow": ("euler", "uniform"), "gaussian": ("ddim", "trailing")}
-STOCHASTIC_SAMPLERS = {"flow": set(), "gaussian": {"ddpm"}}  # no ODE to distil (ddim runs with its eta = 0)
 
 
 class SegmentDistillation:
@@ -69,14 +62,14 @@ class SegmentDistillation:
     :class:`~shapediff.diffusion.FlowMatching` or :class:`~shapediff.diffusion.GaussianDiffusion`).
 
     Args:
-        diffusion: the student's (= the teacher's) objective.
+        diffusion: the student's (= the teacher's) process (a ``DiffusionProcess``).
         teacher: a module called as ``teacher(x_t, model time, cond)`` (the teacher's denoiser), kept frozen and out
             of the student's parameters and state_dict.
         steps_per_sample: S, student steps (= model calls).
-        teacher_sampler, teacher_steps: how the teacher solves each segment (a sampler of the objective's registry,
-            None: ``TEACHER_SAMPLERS``; its steps per segment).
-        spacing, shift: the student's levels (flow: ``make_flow_schedule``'s "uniform" / "shift"; Gaussian:
-            ``make_step_schedule``'s, default "trailing"); its sampler config uses the same.
+        teacher_sampler, teacher_steps: how the teacher solves each segment (a deterministic sampler of the process,
+            None: its ``ode_sampler``; its steps per segment).
+        spacing, shift: the student's levels (a spacing of the process, None: its ``student_sampler``'s: Gaussian
+            "trailing", flow "uniform"; ``shift`` for flow's "shift"); its sampler config uses the same.
         guidance_scale: classifier-free guidance of the teacher's solve (None: none); needs conditioned batches.
         pool_size: P > 0: the teacher solves P trajectories once (fixed noise, seed ``POOL_SEED``) at the first
             training step and every example trains on one of them (Luhman & Luhman's dataset), the one at the
@@ -85,46 +78,39 @@ class SegmentDistillation:
             example's own noise (needed for conditioned batches).
     """
 
-    def __init__(self, diffusion: Any, teacher: Callable, steps_per_sample: int, teacher_sampler: str | None = None,
-                 teacher_steps: int = 8, spacing: str | None = None, shift: float = 3.0,
-                 guidance_scale: float | None = None, pool_size: int = 0) -> None:
-        objective = getattr(diffusion, "objective", None)
-        if objective not in STUDENT_SAMPLERS:
-            raise ValueError(f"teacher: expected a flow-matching or Gaussian-diffusion objective, got {type(diffusion).__name__}")
+    def __init__(self, diffusion: DiffusionProcess, teacher: Callable, steps_per_sample: int,
+                 teacher_sampler: str | None = None, teacher_steps: int = 8, spacing: str | None = None,
+                 shift: float = 3.0, guidance_scale: float | None = None, pool_size: int = 0) -> None:
+        if not isinstance(diffusion, DiffusionProcess):
+            raise ValueError(f"teacher: expected a diffusion process (Gaussian diffusion, flow matching), got {type(diffusion).__name__}")
         for name, value in (("steps_per_sample", steps_per_sample), ("teacher_steps", teacher_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"distill.{name}: expected a positive int, got {value!r}")
-        teacher_sampler = teacher_sampler or TEACHER_SAMPLERS[objective]
-        if teacher_sampler not in REGISTRIES[objective] or teacher_sampler in STOCHASTIC_SAMPLERS[objective]:
-            raise ValueError(f"distill.teacher_sampler: expected one of "
-                             f"{sorted(set(REGISTRIES[objective]) - STOCHASTIC_SAMPLERS[objective])} (deterministic "
-                             f"samplers of the teacher's {objective!r} objective), got {teacher_sampler!r}")
-        spacing = spacing or STUDENT_SAMPLERS[objective][1]
-        spacings = FLOW_SPACINGS if objective == "flow" else SPACINGS
-        if spacing not in spacings:
-            raise ValueError(f"distill.spacing: expected one of {sorted(spacings)} for a {objective!r} teacher, got {spacing!r}")
+        teacher_sampler = teacher_sampler or diffusion.ode_sampler
+        deterministic = [name for name in samplers_of(diffusion.objective) if not REGISTRY[name].stochastic]
+        if teacher_sampler not in deterministic:
+            raise ValueError(f"distill.teacher_sampler: expected one of {deterministic} (deterministic samplers of the "
+                             f"teacher's {diffusion.objective!r} process), got {teacher_sampler!r}")
         if guidance_scale is not None and (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
                                            or not math.isfinite(guidance_scale)):
             raise ValueError(f"distill.guidance_scale: expected None or a finite number, got {guidance_scale!r}")
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
             raise ValueError(f"distill.pool_size: expected an int >= 0 (0: online), got {pool_size!r}")
-        self.diffusion, self.teacher, self.objective = diffusion, teacher, objective
-        self.pool_size, self._pool = pool_size, None
+        self.diffusion, self.teacher, self.pool_size, self._pool = diffusion, teacher, pool_size, None
         self.steps_per_sample, self.teacher_sampler, self.teacher_steps = steps_per_sample, teacher_sampler, teacher_steps
-        self.spacing, self.shift, self.guidance_scale = spacing, shift, guidance_scale
-        if objective == "flow":
-            self.times = make_flow_schedule(steps_per_sample, spacing, shift).times
-            self.segments = [(float(a), float(b)) for a, b in zip(self.times[:-1], self.times[1:])]
-        else:
-            if steps_per_sample > diffusion.num_timesteps:
-                raise ValueError(f"distill.steps_per_sample: expected at most T = {diffusion.num_timesteps}, got {steps_per_sample}")
-            self.steps = make_step_schedule(diffusion.alphas_cumprod, steps_per_sample, spacing)
-            levels = [int(t) for t in self.steps.t]
-            self.segments = list(zip(levels, [*levels[1:], None]))
-            fewest = min(interval_levels(diffusion.num_timesteps, a, b) for a, b in self.segments)
-            if teacher_steps > fewest:
-                raise ValueError(f"distill.teacher_steps: expected at most {fewest} (the fewest model timesteps in one of the "
-                                 f"student's segments {self.segments}), got {teacher_steps}")
+        self.spacing = spacing or diffusion.student_sampler["spacing"]
+        if self.spacing not in spacings_of(diffusion.objective):
+            raise ValueError(f"distill.spacing: expected one of {spacings_of(diffusion.objective)} for a "
+                             f"{diffusion.objective!r} teacher, got {self.spacing!r}")
+        self.spacing_options = {k: shift for k in SPACINGS[self.spacing].options}  # flow matching's "shift": shift
+        self.guidance_scale = guidance_scale
+        self.steps = _checked("distill.steps_per_sample", diffusion.step_schedule, steps_per_sample, self.spacing,
+                              **self.spacing_options)
+        levels = [t.item() for t in self.steps.t]
+        self.segments = list(zip(levels[:-1], [*levels[1:-1], None]))  # (start, end) process times; None: the data
+        teacher_spacing = REGISTRY[teacher_sampler].default_spacing
+        for start, end in self.segments:
+            _checked("distill.teacher_steps", diffusion.step_schedule, teacher_steps, teacher_spacing, start=start, end=end)
 
     def __getattr__(self, name: str) -> Any:
         if name == "diffusion":  # not set yet (unpickling / copying): no recursion
@@ -132,14 +118,9 @@ class SegmentDistillation:
         return getattr(self.diffusion, name)
 
     def student_sampler(self) -> dict[str, Any]:
-        """The student's ``sampler`` config: one call per step on exactly the training levels."""
-        name, _ = STUDENT_SAMPLERS[self.objective]
-        sampler = {"name": name, "steps": self.steps_per_sample, "spacing": self.spacing}
-        if self.objective == "flow" and self.spacing == "shift":
-            sampler["shift"] = self.shift
-        if self.objective == "gaussian":
-            sampler["eta"] = 0.0
-        return sampler
+        """The student's ``sampler`` config: its process's one-call-per-step sampler on exactly the training levels."""
+        return {**self.diffusion.student_sampler, "steps": self.steps_per_sample, "spacing": self.spacing,
+                **self.spacing_options}
 
     @torch.no_grad()
     def teacher_states(self, z: torch.Tensor, cond: Any = None) -> list[torch.Tensor]:
@@ -169,11 +150,8 @@ class SegmentDistillation:
             raise ValueError("mask: segment distillation trains unconditional / class-conditional generation, not PVD completion")
         z = noise if noise is not None else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         states = self.pool_states(z, cond) if self.pool_size else self.teacher_states(z, cond)
-        x_a, x_b = torch.cat(states[:-1]), torch.cat(states[1:])
-        cond_s = _repeat_cond(cond, self.steps_per_sample)
-        if self.objective == "flow":
-            return self._flow_loss(model, x_a, x_b, cond_s, z.shape[0])
-        return self._gaussian_loss(model, x_a, x_b, cond_s, z.shape[0])
+        return self._segment_loss(model, torch.cat(states[:-1]), torch.cat(states[1:]),
+                                  _repeat_cond(cond, self.steps_per_sample), z.shape[0])
 
     def pool_states(self, z: torch.Tensor, cond: Any = None) -> list[torch.Tensor]:
         """The pooled trajectories the examples of noise ``z`` (B, ...) train on: [x_0, ..., x_S], each (B, ...); row b
@@ -197,26 +175,28 @@ class SegmentDistillation:
         log.info("distillation pool: %d teacher trajectories solved in %.1f s", self.pool_size, time.perf_counter() - start)
         return [torch.cat(states) for states in zip(*chunks)]
 
-    def _flow_loss(self, model: Callable, x_a: torch.Tensor, x_b: torch.Tensor, cond: Any, batch: int) -> torch.Tensor:
-        """Velocity MSE: v_student(x_i, t_i) against (x_{i+1} - x_i) / (t_{i+1} - t_i); x_a, x_b (S B, ...)."""
-        t_a = self.times[:-1].repeat_interleave(batch).to(x_a.device)
-        dt = (self.times[1:] - self.times[:-1]).repeat_interleave(batch).to(device=x_a.device, dtype=x_a.dtype)
-        target = (x_b - x_a) / _per_row(dt, x_a)
-        out = model(x_a, self.diffusion.model_time(t_a), cond)
-        return ((out - target) ** 2).mean()
-
-    def _gaussian_loss(self, model: Callable, x_a: torch.Tensor, x_b: torch.Tensor, cond: Any, batch: int) -> torch.Tensor:
-        """|x0_student - x0*|^2 / s_i^2 with x0* the x0 whose DDIM step joins x_i to x_{i+1}; x_a, x_b (S B, ...)."""
-        abar = self.steps.alpha_bar.to(torch.float64)
-        a, s = abar.sqrt(), (1.0 - abar).sqrt()
+    def _segment_loss(self, model: Callable, x_a: torch.Tensor, x_b: torch.Tensor, cond: Any, batch: int) -> torch.Tensor:
+        """|x0_student - x0*|^2 / sigma_i^2 with x0* = (x_{i+1} - r x_i) / (alpha_{i+1} - r alpha_i), r = sigma_{i+1} /
+        sigma_i: the x0 whose deterministic one-call step x_{i+1} = alpha_{i+1} x0 + sigma_{i+1} eps (DDIM; flow
+        matching's Euler step is the same step) joins x_i to x_{i+1}; x_a, x_b (S B, ...). For flow matching this is
+        the velocity MSE against (x_{i+1} - x_i) / (t_{i+1} - t_i)."""
+        a, s = self.steps.alpha.to(torch.float64), self.steps.sigma.to(torch.float64)
         r = s[1:] / s[:-1]
         c_b, c_a = 1.0 / (a[1:] - r * a[:-1]), r / (a[1:] - r * a[:-1])  # x0* = c_b x_{i+1} - c_a x_i
         rows = {name: _per_row(v.repeat_interleave(batch).to(device=x_a.device, dtype=x_a.dtype), x_a)
-                for name, v in (("c_b", c_b), ("c_a", c_a), ("s", s[:-1]))}
+                for name, v in (("c_b", c_b), ("c_a", c_a), ("a", a[:-1]), ("s", s[:-1]))}
         x0_target = rows["c_b"] * x_b - rows["c_a"] * x_a
-        t_a = self.steps.t.repeat_interleave(batch).to(x_a.device)
-        x0_student = self.diffusion.split_output(model(x_a, t_a, cond), x_a, t_a).x0
+        t_a = self.diffusion.model_times(self.steps.t[:-1]).repeat_interleave(batch).to(x_a.device)
+        x0_student = self.diffusion.split(model(x_a, t_a, cond), x_a, rows["a"], rows["s"]).x0
         return (((x0_student - x0_target) / rows["s"]) ** 2).mean()
+
+
+def _checked(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with a ValueError it raises renamed to the distillation setting ``name``."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from err
 
 
 def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -240,10 +220,10 @@ def build_student(teacher: str | ShapeModel, steps_per_sample: int = 4, teacher_
                   guidance_scale: float | None = None, pool_size: int | None = 0) -> ShapeModel:
     """A student to train with the ordinary trainer: a copy of ``teacher`` (a checkpoint path or a model; its EMA
     weights when it has them) whose objective is :class:`SegmentDistillation` and whose default sampler makes one
-    call per step on the training levels (flow: ``euler``; Gaussian: ``ddim``, eta 0, "trailing"). Its saved
+    call per step on the training levels (its process's ``student_sampler``). Its saved
     checkpoint loads as a normal model of the teacher's class and objective."""
     teacher_model = load_model(teacher, device="cpu") if not isinstance(teacher, ShapeModel) else teacher
-    if not isinstance(teacher_model, ShapeModel) or teacher_model.objective not in STUDENT_SAMPLERS or not teacher_model.can_sample:
+    if not isinstance(teacher_model, ShapeModel) or not teacher_model.can_sample:
         raise ValueError(f"teacher: expected a diffusion model that samples (PointCloudDiffusion / LatentVoxelDiffusion, "
                          f"Gaussian or flow-matching), got {type(teacher_model).__name__}")
     if guidance_scale is not None and not teacher_model.config.get("class_conditional"):

@@ -86,17 +86,18 @@ def build_student_from_config(cfg: DictConfig | dict):
 
 
 def _sampler_for_objective(sampler: dict, diffusion: dict) -> dict:
-    """The ``sampler`` node, or the objective's default sampler when the node names a sampler of another objective
-    (``experiment=quickstart diffusion=flow_matching``: the preset's Gaussian DPM-Solver++ cannot run a flow model)."""
-    from shapediff.diffusion.samplers import REGISTRIES, default_sampler  # noqa: PLC0415
+    """The ``sampler`` node, or the process's default sampler when the node names a sampler of another process
+    (``experiment=quickstart diffusion=ddpm_linear_v``: the preset's flow-matching midpoint cannot run a Gaussian
+    model); names of before one name meant one sampler are renamed (``samplers.LEGACY_NAMES``)."""
+    from shapediff.diffusion.samplers import REGISTRY, legacy_name, samplers_of  # noqa: PLC0415
 
-    objective = getattr(lookup(diffusion.get("_target_"), "diffusion").cls, "objective", "gaussian")
-    name = sampler.get("name")
-    if name in REGISTRIES[objective] or not any(name in reg for reg in REGISTRIES.values()):
-        return sampler  # its own objective's sampler, or an unknown name that the model reports
-    chosen = default_sampler(objective)
-    log.info("sampler %r belongs to another objective than %s's %r; sampling with %r, steps kept "
-             "(choose one with sampler=...)", name, diffusion.get("_target_"), objective, chosen)
+    process = lookup(diffusion.get("_target_"), "diffusion").cls
+    name = legacy_name(process.objective, sampler.get("name"))
+    if name in samplers_of(process.objective) or name not in REGISTRY:
+        return {**sampler, "name": name} if "name" in sampler else sampler  # its process's, or unknown: the model reports
+    chosen = process.default_sampler
+    log.info("sampler %r does not run %s's %r process; sampling with %r, steps kept (choose one with sampler=...)",
+             name, diffusion.get("_target_"), process.objective, chosen)
     return {"name": chosen, **({"steps": sampler["steps"]} if sampler.get("steps") is not None else {})}
 
 

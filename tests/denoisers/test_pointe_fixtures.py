@@ -72,7 +72,9 @@ def _run_sampler(model: PointEDiffusion, record: dict, steps_recorded: int, sigm
     sigmas = karras_sigmas(64, 1e-3, sigma_max)
     torch.testing.assert_close(sigmas, record["sigmas"], rtol=0, atol=0)
     try:
-        final = model.sample_channels(2, seed=0, noise=record["initial_noise"].transpose(1, 2), s_churn=0.0, sigma_max=sigma_max,
+        noise = record["initial_noise"].transpose(1, 2)
+        states.append(model.unscale(noise * sigmas[0]).transpose(1, 2))  # the start; the callback sees each step's end
+        final = model.sample_channels(2, seed=0, noise=noise, s_churn=0.0, sigma_max=sigma_max,
                              cond=cond, callback=lambda o: states.append(model.unscale(o["x"]).transpose(1, 2)),
                              steps=64) if steps_recorded == 64 else None
     finally:
@@ -106,7 +108,8 @@ def test_karras_heun_first_steps_match_pointe():
     denoise = gaussian_to_karras_denoiser(eps_model, model.diffusion.alphas_cumprod, 6)
     sigmas = rec["sigmas"][:7]  # Point-E's first 6 steps
     x = rec["x_T"].transpose(1, 2)
-    out = sample_karras_heun(denoise, x, sigmas, callback=lambda o: states.append(o["x"]))
+    out = sample_karras_heun(denoise, x, sigmas, callback=lambda o: states.append(o["x"]))  # after each step
+    states = [x, *states]
     assert torch.equal(torch.stack(calls), rec["model_t_per_call"][:12])
     got = torch.stack([model.unscale(s).transpose(1, 2) for s in states])
     assert rel_l2(got, rec["x_steps"][:7]) < 1e-6

@@ -20,41 +20,13 @@ from torch import nn
 
 from shapediff.config import instantiate
 from shapediff.diffusion import FlowMatching, GaussianDiffusion
-from shapediff.diffusion.flow_samplers import FLOW_REGISTRY, make_flow_schedule
+from shapediff.diffusion.samplers import samplers_of
 from shapediff.diffusion.guidance import ClippedDenoiser
 from tests.conformance.test_samplers import COVS, MEANS, WEIGHTS, _assign, _mixture_moments
-from tests.diffusion.analytic import MixtureDenoiser, binomial_tolerance, moment_tolerances, sample_moments
+from tests.diffusion.analytic import ExactVelocity, binomial_tolerance, gaussian_velocity, moment_tolerances, sample_moments
 from tests.diffusion.test_samplers_analytic import COV, MU
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-class ExactVelocity(nn.Module):
-    """The exact flow-matching velocity of data sum_k w_k N(mu_k, Sigma_k); called with model times 1000 t."""
-
-    def __init__(self, weights, means, covs, time_scale: float = 1000.0):
-        super().__init__()
-        self.args, self.time_scale = (weights, means, covs), time_scale
-        self.register_buffer("anchor", torch.zeros(1))  # sampling device
-        self._at: dict[float, MixtureDenoiser] = {}
-        self.times: list[float] = []
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        assert t.dtype == torch.float32 and bool((t == t[0]).all()), "flow sampling passes one float time per call"
-        time = float(t[0]) / self.time_scale
-        self.times.append(time)
-        assert 0.0 < time <= 1.0, f"the model is never called at t = {time}"
-        r = math.hypot(1.0 - time, time)
-        if time not in self._at:
-            abar = torch.tensor([((1.0 - time) / r) ** 2], dtype=torch.float64)
-            self._at[time] = MixtureDenoiser(abar, "x0", *self.args)
-        x64 = x.to(torch.float64)
-        x0 = self._at[time].posterior_mean(x64 / r, torch.zeros(x.shape[0], dtype=torch.long))
-        return ((x64 - x0) / time).to(x.dtype)
-
-
-def gaussian_velocity(mean, cov) -> ExactVelocity:
-    return ExactVelocity([1.0], torch.as_tensor(mean)[None], torch.as_tensor(cov)[None])
 
 
 PROBES = torch.cat([torch.zeros(1, 3), torch.eye(3)]).double()
@@ -63,8 +35,8 @@ PROBES = torch.cat([torch.zeros(1, 3), torch.eye(3)]).double()
 # euler      0.77     0.49     0.28     0.12
 # heun       0.44     0.10     0.022    0.0031     (its last step, to t = 0, is Euler: first order)
 # midpoint   0.034    0.0047   0.0006   3e-5
-PUSHFORWARD_BOUND = {("euler", 20): 0.16, ("heun", 8): 0.029, ("midpoint", 8): 0.001,
-                     ("euler", 4): 0.64, ("heun", 4): 0.13, ("midpoint", 4): 0.0062}
+PUSHFORWARD_BOUND = {("flow_euler", 20): 0.16, ("flow_heun", 8): 0.029, ("flow_midpoint", 8): 0.001,
+                     ("flow_euler", 4): 0.64, ("flow_heun", 4): 0.13, ("flow_midpoint", 4): 0.0062}
 
 
 def _pushforward(sampler: str, steps: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,13 +58,13 @@ def test_second_order_samplers_converge_faster():
         _, a = _pushforward(sampler, steps)
         return float((a @ a.T - COV).abs().max())
 
-    assert 1.6 < err("euler", 10) / err("euler", 20) < 2.5       # first order
-    assert err("heun", 10) / err("heun", 20) > 3.2               # second order
-    assert err("midpoint", 10) / err("midpoint", 20) > 3.2
-    assert err("heun", 8) < err("euler", 16) / 4                 # at equal calls (15 vs 16)
+    assert 1.6 < err("flow_euler", 10) / err("flow_euler", 20) < 2.5       # first order
+    assert err("flow_heun", 10) / err("flow_heun", 20) > 3.2               # second order
+    assert err("flow_midpoint", 10) / err("flow_midpoint", 20) > 3.2
+    assert err("flow_heun", 8) < err("flow_euler", 16) / 4                 # at equal calls (15 vs 16)
 
 
-@pytest.mark.parametrize("sampler,steps", [("euler", 20), ("heun", 8), ("midpoint", 8)])
+@pytest.mark.parametrize("sampler,steps", [("flow_euler", 20), ("flow_heun", 8), ("flow_midpoint", 8)])
 def test_flow_samplers_reproduce_gaussian(sampler, steps):
     n = 2000
     x = FlowMatching().sample(gaussian_velocity(MU, COV), (n, 3), sampler=sampler, steps=steps, seed=0).double()
@@ -102,8 +74,8 @@ def test_flow_samplers_reproduce_gaussian(sampler, steps):
     assert bool(((c - COV).abs() <= cov_tol + PUSHFORWARD_BOUND[(sampler, steps)]).all()), (c, COV)
 
 
-@pytest.mark.parametrize("sampler,steps,spacing", [("euler", 20, "uniform"), ("heun", 8, "uniform"),
-                                                   ("midpoint", 8, "shift")])
+@pytest.mark.parametrize("sampler,steps,spacing", [("flow_euler", 20, "uniform"), ("flow_heun", 8, "uniform"),
+                                                   ("flow_midpoint", 8, "shift")])
 def test_mixture_weights_and_moments(sampler, steps, spacing):
     """Per-component mass within binomial tolerance and the mixture's moments, as the DDPM samplers do."""
     n = 2000
@@ -121,12 +93,12 @@ def test_mixture_weights_and_moments(sampler, steps, spacing):
 
 
 def test_calls_per_sampler_and_times():
-    for sampler, steps, calls in [("euler", 4, 4), ("heun", 4, 7), ("midpoint", 4, 8), ("euler", 1, 1)]:
+    for sampler, steps, calls in [("flow_euler", 4, 4), ("flow_heun", 4, 7), ("flow_midpoint", 4, 8), ("flow_euler", 1, 1)]:
         model = gaussian_velocity(MU, COV)
         FlowMatching().sample(model, (2, 3), sampler=sampler, steps=steps, seed=0)
         assert len(model.times) == calls, (sampler, model.times)
         assert model.times[0] == 1.0 and min(model.times) > 0
-    times = make_flow_schedule(4, "shift", shift=3.0).times
+    times = FlowMatching().step_schedule(4, "shift", shift=3.0).level
     assert times[0] == 1.0 and times[-1] == 0.0 and bool((times[:-1] > times[1:]).all())
     assert float(times[2]) == pytest.approx(3 * 0.5 / (1 + 2 * 0.5))  # SD3 shift of t = 0.5
 
@@ -180,7 +152,7 @@ def test_training_loss_with_mask_keeps_known_clean_and_scores_unknown():
 
 
 # ------------------------------------------------------------------------------------ sampling options
-@pytest.mark.parametrize("sampler", sorted(FLOW_REGISTRY))
+@pytest.mark.parametrize("sampler", samplers_of("flow"))
 @pytest.mark.parametrize("keep_known,jumps", [("clean", 1), ("noised", 1), ("noised", 3)])
 def test_known_values_are_held(sampler, keep_known, jumps):
     known = torch.randn(2, 7, 3)
@@ -206,7 +178,7 @@ def test_inpainting_gaussian_conditional_with_the_exact_velocity():
     conditional law (replacement is approximate, so only the conditional mean is checked, loosely)."""
     known = torch.tensor([[1.5, 0.0, 0.0]], dtype=torch.float64).expand(3000, 3)
     mask = torch.tensor([True, False, False]).expand(3000, 3)
-    x = FlowMatching().sample(gaussian_velocity(MU, COV), (3000, 3), sampler="heun", steps=20, seed=0, known=known,
+    x = FlowMatching().sample(gaussian_velocity(MU, COV), (3000, 3), sampler="flow_heun", steps=20, seed=0, known=known,
                               mask=mask, keep_known="noised", resample_jumps=3).double()
     k, u = torch.tensor([True, False, False]), torch.tensor([False, True, True])
     cond_mean = MU[u] + COV[u][:, k] @ torch.linalg.inv(COV[k][:, k]) @ (known[0, k] - MU[k])
@@ -222,7 +194,7 @@ def test_classifier_free_guidance_combines_velocities():
         return torch.full_like(x, 1.0 if cond is None else 3.0)
 
     fm = FlowMatching()
-    out = fm.sample(model, (2, 3), sampler="euler", steps=1, noise=torch.zeros(2, 3), cond=torch.ones(2),
+    out = fm.sample(model, (2, 3), sampler="flow_euler", steps=1, noise=torch.zeros(2, 3), cond=torch.ones(2),
                     guidance_scale=2.0)
     assert torch.allclose(out, torch.full((2, 3), -5.0))  # x0 = x_1 - v, v = 1 + 2 (3 - 1)
     assert None in calls and any(c is not None for c in calls)
@@ -230,7 +202,7 @@ def test_classifier_free_guidance_combines_velocities():
 
 def test_clip_x0_bounds_the_one_step_sample_and_wrappers_reexpress_velocity():
     model = lambda x, t, cond=None: torch.full_like(x, -10.0)  # noqa: E731  (x0 = x + 10)
-    out = FlowMatching().sample(model, (2, 3), sampler="euler", steps=1, seed=0, clip_x0=1.0)
+    out = FlowMatching().sample(model, (2, 3), sampler="flow_euler", steps=1, seed=0, clip_x0=1.0)
     assert out.abs().max() <= 1.0 + 1e-6
     fm = FlowMatching()
     wrapped = ClippedDenoiser(lambda x, t, cond=None: torch.full_like(x, -10.0), fm, clip=1.0)
@@ -239,14 +211,15 @@ def test_clip_x0_bounds_the_one_step_sample_and_wrappers_reexpress_velocity():
     assert torch.allclose(x0, (x + 4.0).clamp(-1, 1), atol=1e-5)
 
 
-def test_registries_keep_objectives_apart():
-    with pytest.raises(ValueError, match="'ddpm' is a gaussian sampler"):
+def test_one_registry_keeps_processes_apart():
+    with pytest.raises(ValueError, match="'ddpm' integrates gaussian processes"):
         FlowMatching().sample(lambda x, t, c=None: x, (1, 3), sampler="ddpm")
-    with pytest.raises(ValueError, match="'midpoint' is a flow sampler"):
-        from shapediff.diffusion.samplers import check_sampler_options  # noqa: PLC0415
-        check_sampler_options("midpoint", {})
+    with pytest.raises(ValueError, match="'flow_midpoint' integrates flow processes"):
+        GaussianDiffusion().sample(lambda x, t, c=None: x, (1, 3), sampler="flow_midpoint")
+    with pytest.raises(ValueError, match="now named 'flow_heun'"):  # one name, one sampler: the old flow names
+        FlowMatching().sample(lambda x, t, c=None: x, (1, 3), sampler="heun")
     with pytest.raises(ValueError, match="accepts"):
-        FlowMatching().sample(lambda x, t, c=None: x, (1, 3), sampler="euler", eta=0.5)
+        FlowMatching().sample(lambda x, t, c=None: x, (1, 3), sampler="flow_euler", eta=0.5)
     with pytest.raises(ValueError, match="timestep_density"):
         FlowMatching(timestep_density="cosine")
     assert GaussianDiffusion().objective == "gaussian" and FlowMatching().objective == "flow"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shapediff.config import instantiate
-from shapediff.diffusion import GaussianDiffusion
+from shapediff.diffusion import GaussianDiffusion, posterior_coefficients
 from tests.diffusion.analytic import assert_close
 
 
@@ -51,23 +51,17 @@ def test_posterior_matches_gaussian_conditioning(schedule):
         m2, v2 = alpha**0.5 * m1, alpha * v1 + float(betas[t])
         c12 = alpha**0.5 * v1
         mean_ref, var_ref = m1 + c12 / v2 * (-0.3 - m2), v1 - c12**2 / v2
-        post = diffusion.q_posterior(x0, x_t, torch.tensor([t]))
-        assert float(post.mean) == pytest.approx(mean_ref, rel=1e-10, abs=1e-12)
-        assert float(post.variance) == pytest.approx(var_ref, rel=1e-10, abs=1e-15)
+        coef_x0, coef_xt, var = posterior_coefficients(float(abar[t]), abar_prev)  # what the DDPM sampler uses
+        assert coef_x0 * 0.7 + coef_xt * -0.3 == pytest.approx(mean_ref, rel=1e-10, abs=1e-12)
+        assert var == pytest.approx(var_ref, rel=1e-10, abs=1e-15)
     assert float(diffusion.posterior_variance[0]) == 0.0
-    assert float(diffusion.posterior_log_variance_clipped[0]) == pytest.approx(float(diffusion.posterior_variance[1].log()))
 
 
-def test_fixedlarge_variance_is_betas_with_first_entry_from_posterior():
-    small = GaussianDiffusion("linear", 1000, posterior_variance="fixedsmall")
-    large = GaussianDiffusion("linear", 1000, posterior_variance="fixedlarge")
-    x = torch.randn(3, 2, dtype=torch.float64)
-    t = torch.tensor([0, 1, 999])
-    p_small, p_large = small.p_mean_variance(x, x, t), large.p_mean_variance(x, x, t)
-    assert_close(p_small.mean, p_large.mean)
-    expected = torch.stack([small.posterior_variance[1], small.betas[1], small.betas[999]])
-    assert_close(p_large.variance.flatten(), expected)
-    assert_close(p_small.variance.flatten(), small.posterior_variance[t])
+def test_fixedlarge_variance_is_beta_t_on_the_full_schedule():
+    """DDPM's "fixedlarge" step variance beta_{t|s} = 1 - abar_t / abar_s is beta_t between neighbouring levels."""
+    d = GaussianDiffusion("linear", 1000, posterior_variance="fixedlarge")
+    t = torch.tensor([1, 500, 999])
+    assert_close(1.0 - d.alphas_cumprod[t] / d.alphas_cumprod[t - 1], d.betas[t])
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -83,9 +77,10 @@ def test_parameterisation_round_trips(prediction, dtype):
     assert_close(pred.x0, x0, **tol)
     assert_close(pred.eps, eps, **tol)
     v = diffusion.predict_v(x0, t, eps)
-    assert_close(diffusion.predict_x0_from_v(x_t, t, v), x0, **tol)
-    assert_close(diffusion.predict_eps_from_v(x_t, t, v), eps, **tol)
-    assert_close(diffusion.predict_x0_from_eps(x_t, t, eps), x0, **tol)
+    v_model, eps_model = (GaussianDiffusion("cosine", 1000, prediction=p) for p in ("v", "eps"))
+    assert_close(v_model.split_output(v, x_t, t).x0, x0, **tol)
+    assert_close(v_model.split_output(v, x_t, t).eps, eps, **tol)
+    assert_close(eps_model.split_output(eps, x_t, t).x0, x0, **tol)
     assert_close(diffusion.predict_eps_from_x0(x_t, t, x0), eps, **tol)
     # v is the velocity d x_phi / d phi with x_phi = cos(phi) x0 + sin(phi) eps (Salimans & Ho 2022)
     phi = torch.atan2((1 - diffusion.alphas_cumprod[t]).sqrt(), diffusion.alphas_cumprod[t].sqrt()).to(dtype)

@@ -16,7 +16,7 @@ def _model(num_classes: int = 3, cond_drop_prob: float = 0.0) -> PointCloudDiffu
     denoiser = {"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1, "num_classes": num_classes,
                 "cond_drop_prob": cond_drop_prob}
     return PointCloudDiffusion(denoiser=denoiser, diffusion=DIFFUSION, num_points=32, class_conditional=True,
-                               sampler={"name": "euler", "steps": 2})
+                               sampler={"name": "flow_euler", "steps": 2})
 
 
 def _data(labels: list[int]) -> list[dict]:
@@ -114,7 +114,7 @@ def test_a_wrapped_denoiser_gives_its_network_s_classes():
     inner = {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": 8, "depth": 1, "num_classes": 5}
     wrapper = {"_target_": "shapediff.denoisers.KnownIndicatorDenoiser", "num_known": 4, "denoiser": inner}
     model = PointCloudDiffusion(denoiser=wrapper, diffusion=DIFFUSION, num_points=32, class_conditional=True,
-                                completion="pvd", num_partial_points=4, sampler={"name": "euler", "steps": 2})
+                                completion="pvd", num_partial_points=4, sampler={"name": "flow_euler", "steps": 2})
     assert model.class_prior.shape == (5,)
 
 
@@ -132,5 +132,5 @@ def test_a_class_conditional_teacher_distils_online_without_condition_dropout():
     batch = {"points": torch.randn(3, 32, 3), "label": torch.tensor([0, 1, 2]), "seed": torch.arange(3)}
     assert torch.isfinite(student.training_loss(batch))
     unconditional = PointCloudDiffusion(denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1},
-                                        diffusion=DIFFUSION, num_points=32, sampler={"name": "euler", "steps": 2})
+                                        diffusion=DIFFUSION, num_points=32, sampler={"name": "flow_euler", "steps": 2})
     assert build_student(unconditional, steps_per_sample=2, teacher_steps=2, pool_size=None).diffusion.pool_size == 2048

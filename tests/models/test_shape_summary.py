@@ -24,7 +24,7 @@ def _model(num_classes: int | None = 3, **summary) -> PointCloudDiffusion:
     denoiser = {"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 16, "depth": 1,
                 "num_classes": num_classes, "cond_drop_prob": 0.2 if num_classes else 0.0}
     return PointCloudDiffusion(denoiser=denoiser, diffusion=FLOW, num_points=64, class_conditional=bool(num_classes),
-                               sampler={"name": "midpoint", "steps": 2},
+                               sampler={"name": "flow_midpoint", "steps": 2},
                                shape_summary={"num_fourier": 6, "steps": 3, "prior": {"width": 16, "depth": 1}, **summary})
 
 
@@ -169,7 +169,7 @@ def test_the_summary_decides_the_shape():
     shapes = [_box((3, 0.5, 0.5), 64, seed=1), _box((0.5, 0.5, 3), 64, seed=2)]
     model = PointCloudDiffusion(
         denoiser={"_target_": "shapediff.denoisers.PointNetDenoiser", "width": 32, "depth": 2},
-        diffusion=FLOW, num_points=64, sampler={"name": "midpoint", "steps": 5},
+        diffusion=FLOW, num_points=64, sampler={"name": "flow_midpoint", "steps": 5},
         shape_summary={"num_fourier": 2, "steps": 10, "prior": {"width": 32, "depth": 2}})
     model.prepare([{"points": s} for s in shapes])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

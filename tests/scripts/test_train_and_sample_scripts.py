@@ -54,7 +54,7 @@ def test_rerun_without_resume_is_refused(trained_run):
 def test_sample_script(trained_run, tmp_path):
     out = tmp_path / "s"
     proc = _run([str(ROOT / "scripts" / "sample.py"), str(trained_run / "checkpoints" / "step_00000004.pt"),
-                 "--n", "2", "--sampler", "euler", "--steps", "3", "--out", str(out), "--device", "cpu"], cwd=ROOT)
+                 "--n", "2", "--sampler", "flow_euler", "--steps", "3", "--out", str(out), "--device", "cpu"], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "sample_001.ply").is_file() and (out / "preview.png").is_file()
 

@@ -126,7 +126,7 @@ def test_bad_distill_settings_are_clear_errors():
     teacher = PointCloudDiffusion(denoiser=DEN, diffusion=DDPM_V, num_points=8, normalization="none")
     cases = [({"steps_per_sample": 0}, "distill.steps_per_sample: expected a positive int"),
              ({"steps_per_sample": "4"}, "distill.steps_per_sample"),
-             ({"teacher_steps": 300}, r"distill.teacher_steps: expected at most 250"),
+             ({"teacher_steps": 300}, r"distill.teacher_steps: steps: expected an int in \[1, 250\]"),
              ({"teacher_sampler": "ddpm"}, "deterministic samplers"),
              ({"teacher_sampler": "midpoint"}, "distill.teacher_sampler"),
              ({"spacing": "shift"}, "distill.spacing"),
