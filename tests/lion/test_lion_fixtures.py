@@ -190,7 +190,7 @@ def test_sampler_steps_match_lion(vae_fx, priors_fx, sampler_fx, name, slow, mon
     model = fixture_model(vae_fx, priors_fx, diffusion={"num_timesteps": run["num_steps_T"]})
     assert torch.allclose(model.diffusion.betas.float(), run["schedule"]["betas"])
     t_seq = run["model_t_per_call"][:, 0].long() - 1  # LION calls with t + 1
-    expected = samplers.SPACINGS["uniform_floor" if ddim else "uniform"](model.diffusion.alphas_cumprod, len(t_seq))
+    expected = samplers.SPACINGS["uniform_floor" if ddim else "uniform"].fns["gaussian"](model.diffusion.alphas_cumprod, len(t_seq))
     assert torch.equal(t_seq, expected)
     style = run["style_condition_float32"][:, :, 0, 0]
     worst = 0.0

@@ -57,9 +57,9 @@ def test_sample_runs_the_global_prior_then_the_latent_points_given_it(monkeypatc
 def test_lion_ddim_spacing_is_floor():
     """LION's DDIM steps floor(i (T-1)/(S-1)): for S = 25, T = 1000 they differ from rounding at i = 12 (499.5)."""
     abar = torch.linspace(0.99, 0.01, 1000, dtype=torch.float64)
-    floor = samplers.SPACINGS["uniform_floor"](abar, 25).flip(0).tolist()
+    floor = samplers.SPACINGS["uniform_floor"].fns["gaussian"](abar, 25).flip(0).tolist()
     assert floor == [int(i * 999 / 24) for i in range(25)]
-    assert floor[12] == 499 and samplers.SPACINGS["uniform"](abar, 25).flip(0).tolist()[12] == 500
+    assert floor[12] == 499 and samplers.SPACINGS["uniform"].fns["gaussian"](abar, 25).flip(0).tolist()[12] == 500
 
 
 @pytest.mark.slow
