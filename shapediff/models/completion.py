@@ -36,7 +36,7 @@ from shapediff.diffusion.inpainting import known_first
 from shapediff.geometry import knn_points
 from shapediff.models.completion_frame import completion_frame
 from shapediff.models.partial_input import prepare_partial
-from shapediff.models.scan_keeping import COVERAGE, covering_subset, keep_scans, keeps_scan, sampling_points, scans_as_given
+from shapediff.models.scan_keeping import COVERAGE, covering_subset, keep_scans, keeps_scan, sampling_draws, scans_as_given
 from shapediff.randomness import make_generator, mix_seed
 
 __all__ = [
@@ -89,7 +89,6 @@ def complete_pvd(
     init_normalised: torch.Tensor | None = None,
     init_t: int = 10,
     clip_x0: float | str | None = "auto",
-    num_points: int | None = None,
 ) -> torch.Tensor:
     """PVD completion: (B, M, 3) normalised partials -> (B, n, N, 3) normalised completions.
 
@@ -101,10 +100,9 @@ def complete_pvd(
     SDEdit (Meng et al., ICLR 2022): they are noised to timestep ``init_t - 1`` and denoised from
     there with the partial held, using ``steps x init_t / T`` of the steps.
     clip_x0: "auto" (the model's :meth:`default_clip_x0`), a bound, or None (no clamp).
-    num_points: N of the sampled clouds (default: the model's; the denoisers are N-agnostic).
     """
     b, m, _ = partial_normalised.shape
-    big_n, total_t = num_points or model.num_points, model.diffusion.num_timesteps
+    big_n, total_t = model.num_points, model.diffusion.num_timesteps
     _held_points(partial_normalised[:1], big_n, m)  # validates M < N
     sampler, steps, options = model.sampler_settings(sampler, steps)
     diffusion, rows = model.diffusion, partial_normalised
@@ -144,7 +142,6 @@ def complete_training_free(
     batch_size: int | None = None,
     progress: bool = False,
     clip_x0: float | str | None = "auto",
-    num_points: int | None = None,
 ) -> torch.Tensor:
     """Training-free (RePaint) completion with an unconditional model.
 
@@ -154,7 +151,7 @@ def complete_training_free(
     N x (the fraction of the surface the scan sees) so that point density stays uniform.
     """
     b, m, _ = partial_normalised.shape
-    big_n = num_points or model.num_points
+    big_n = model.num_points
     if not (isinstance(resample_jumps, int) and resample_jumps >= 1):
         raise ValueError(f"resample_jumps: expected an int >= 1, got {resample_jumps!r}")
     _held_points(partial_normalised[:1], big_n, m)  # validates M < N
@@ -184,14 +181,13 @@ def complete_tokens(
     batch_size: int | None = None,
     progress: bool = False,
     clip_x0: float | str | None = "auto",
-    num_points: int | None = None,
 ) -> torch.Tensor:
     """Conditioning-token completion: the denoiser sees ``cond={"partial": (b, M, 3)}``.
 
     (B, M, 3) normalised partials -> (B, n, N, 3) normalised; no point is held fixed.
     """
     b = partial_normalised.shape[0]
-    big_n = num_points or model.num_points
+    big_n = model.num_points
     sampler, steps, options = model.sampler_settings(sampler, steps)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
@@ -303,38 +299,36 @@ def complete(
     m = num_known if (method == "training_free" and num_known is not None) else model.num_partial_points
     unbatched = not isinstance(partial, Sequence) and getattr(partial, "ndim", 0) == 2
     seed = seed if seed is not None else int(torch.randint(2**62, (1,)))
-    keep = keeps_scan(model, keep_scan)
-    big_n = model.num_points
-    if keep:  # the known points cover the scan; sample densely enough to match it
+    keep, draws = keeps_scan(model, keep_scan), 1
+    if keep:  # the known points cover the scan; enough draws to match its density
         scans = scans_as_given(partial)
         pts = torch.stack([covering_subset(s, m, make_generator(mix_seed(seed, 0x5CA7))) for s in scans])
-        big_n = max(sampling_points(s, big_n, m) for s in scans)
+        draws = max(sampling_draws(s, model.num_points, m) for s in scans)
     else:
         pts = prepare_partial(partial, m, make_generator(mix_seed(seed, 0x5CA7)))
     device = model.device
     gen = make_generator(seed, device)
     mapping = completion_frame(model, pts, frame)
     partial_n = model.normalizer.normalize(mapping.to_frame(pts.double()).float().to(device))
-    kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0,
-                  num_points=big_n)
+    kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0)
     init_n = None
     if method == "pvd":
         if retrieval_bank is not None:
             bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank")
             init = retrieve_nearest(pts, bank.to(pts.device))[0]
         if init is not None:
-            init_pts = prepare_partial(init, big_n - m, make_generator(mix_seed(seed, 0x1417)), name="init")
+            init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
             if init_pts.shape[0] != pts.shape[0]:
                 raise ValueError(f"init: expected {pts.shape[0]} shapes, one per partial scan, got {init_pts.shape[0]}")
             init_n = model.normalizer.normalize(mapping.to_frame(init_pts.double()).float().to(device))
     options = dict(init_normalised=init_n, init_t=init_t, resample_jumps=resample_jumps, guidance_scale=guidance_scale)
     spec = METHODS[method]
-    out = spec.run(model, partial_n, n, **kwargs, **{key: options[key] for key in spec.options})
+    out = spec.run(model, partial_n, n * draws, **kwargs, **{key: options[key] for key in spec.options})
     out = mapping.from_frame(model.normalizer.denormalize(out).double().flatten(1, 2)).float().reshape(out.shape)
     if spec.holds_partial:  # bit-exact input points, free of normalise/denormalise rounding
         out[:, :, :m] = pts.to(device)[:, None]
     if keep:
-        out = keep_scans(scans, out, m if spec.holds_partial else 0, n_points, coverage)
+        out = keep_scans(scans, out, m if spec.holds_partial else 0, n_points, coverage, draws=draws)
     return out[0] if unbatched else out
 
 

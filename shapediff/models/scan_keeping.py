@@ -13,9 +13,9 @@ generated point. :func:`keep_scan` therefore merges, per completion:
   completed part); generated points are chosen evenly spread (:func:`spread_subset`).
 
 The model's known points are chosen to cover the scan (:func:`covering_subset`: farthest point sampling, not the
-first or a random M), and the generated candidates come from sampling the N-agnostic denoiser at more points
-than it was trained with (:func:`sampling_points`) when the scan is denser than the model's N; where even that
-(capped at ``MAX_SAMPLING_POINTS``) is sparser than the scan, :func:`densify` adds midpoints of neighbouring
+first or a random M), and the generated candidates of one completion are several draws of the model merged
+(:func:`sampling_draws`) when the scan is denser than the model's N; where even that (capped at
+``MAX_SAMPLING_POINTS`` points) is sparser than the scan, :func:`densify` adds midpoints of neighbouring
 generated points (an upsampling stage).
 
 :func:`point_spread` is the per-point uncertainty over n completions: for each point, the RMS distance to the
@@ -47,7 +47,7 @@ __all__ = [
     "observed_mask",
     "point_spacing",
     "point_spread",
-    "sampling_points",
+    "sampling_draws",
     "spread_subset",
 ]
 
@@ -150,14 +150,13 @@ def covering_subset(scan: torch.Tensor, m: int, generator: torch.Generator | Non
     return scan[farthest_subset(scan, m, generator=generator)]
 
 
-def sampling_points(scan, model_points: int, model_known: int, limit: int = MAX_SAMPLING_POINTS) -> int:
-    """How many points to sample one completion at so that its generated points are at least as dense as the
-    scan: the model's N when its generated N - M points already outnumber the scan's K, else about 3 K (the
-    completed surface is seldom over 3x what one scan sees), capped at ``limit``."""
-    k = int(torch.as_tensor(scan).shape[0]) if not isinstance(scan, int) else int(scan)
-    if model_points - model_known >= k:
-        return model_points
-    return max(model_points, min(int(limit), model_known + 3 * k))
+def sampling_draws(scan, model_points: int, model_known: int, limit: int = MAX_SAMPLING_POINTS) -> int:
+    """Draws of the model (N points, M known) merged into one completion so that its generated points are about
+    3 K for a K-point scan (the completed surface is seldom over 3x what one scan sees): ceil(3 K / (N - M)), at
+    least 1, at most ``limit`` points in all. Each draw is the model as trained (its N and M); one draw at a
+    larger N shifts a PointNet's pooled features (the known points' share) and comes out as a blob."""
+    k = int(scan) if isinstance(scan, int) else int(torch.as_tensor(scan).shape[0])
+    return int(max(1, min(limit // model_points, math.ceil(3 * k / (model_points - model_known)))))
 
 
 def densify(points: np.ndarray, spacing: float, limit: int = 4 * MAX_SAMPLING_POINTS) -> np.ndarray:
@@ -303,11 +302,13 @@ def scans_as_given(partial) -> list[torch.Tensor]:
 
 
 def keep_scans(scans: list[torch.Tensor], completions: torch.Tensor, held: int, n_points: int | None,
-               coverage: float = COVERAGE) -> torch.Tensor:
-    """:func:`keep_scan` for a batch: scans B x (K_b, 3), completions (B, n, N, 3) in the scans' coordinates whose
-    first ``held`` points are the model's known points. Returns (B, n, P, 3); with ``n_points`` None and B > 1, P
-    is the largest of the scans' default counts (the others get denser generated parts)."""
-    gens = [c[:, held:] for c in completions]
+               coverage: float = COVERAGE, draws: int = 1) -> torch.Tensor:
+    """:func:`keep_scan` for a batch: scans B x (K_b, 3), completions (B, n x draws, N, 3) in the scans'
+    coordinates, ``draws`` adjacent ones merged into each of the n, whose first ``held`` points are the model's
+    known points. Returns (B, n, P, 3); with ``n_points`` None and B > 1, P is the largest of the scans' default
+    counts (the others get denser generated parts)."""
+    b, nd, big_n, _ = completions.shape
+    gens = list(completions[:, :, held:].reshape(b, nd // draws, draws * (big_n - held), 3))
     kept = [keep_scan(s, g, n_points, coverage=coverage) for s, g in zip(scans, gens)]
     size = max(k.points.shape[1] for k in kept)
     kept = [k if k.points.shape[1] == size else keep_scan(s, g, size, coverage=coverage)

@@ -26,7 +26,7 @@ from shapediff.models.scan_keeping import (
     observed_mask,
     point_spacing,
     point_spread,
-    sampling_points,
+    sampling_draws,
 )
 from tests.completion.tiny_completion import FIXTURE, M, half_scan, shape_pools
 
@@ -133,10 +133,10 @@ def test_point_spread_of_shifted_copies_is_the_shift():
     assert torch.equal(point_spread(grid[None]), torch.zeros(1, 216))
 
 
-def test_sampling_points_grow_with_the_scan_and_are_capped():
-    assert sampling_points(100, 512, 128) == 512
-    assert sampling_points(2000, 512, 128) == 128 + 6000
-    assert sampling_points(10**6, 512, 128) == 16384
+def test_sampling_draws_grow_with_the_scan_and_are_capped():
+    assert sampling_draws(100, 512, 128) == 1
+    assert sampling_draws(2000, 512, 128) == 16  # ceil(6000 / 384)
+    assert sampling_draws(10**6, 512, 128) == 32  # 16384 points at most
 
 
 # ------------------------------------------------------------------------------------------ complete()
