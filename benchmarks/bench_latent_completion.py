@@ -23,7 +23,7 @@ import shapediff
 from shapediff.autoencoders import occupancy_iou
 from shapediff.geometry import virtual_scan
 from shapediff.geometry.tsdf import partial_points_to_tsdf
-from shapediff.training.experiment import build_dataset
+from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset
 
 VARIANTS = {  # name -> complete() keyword arguments
     "known latents replaced (min-pooled mask) only": {"refine_steps": 0, "refine_feature_steps": 0},
@@ -69,9 +69,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--jumps", type=int, default=3, help="RePaint resample_jumps")
     args = parser.parse_args()
-    payload = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     model = shapediff.load_model(args.checkpoint, device="cpu").eval()
-    dataset = build_dataset(payload["run_config"], "val")
+    dataset = run_dataset(checkpoint_run_config(args.checkpoint), "val")
     truth, kinds = observations(model, dataset, args.shapes)
     print(f"{args.checkpoint}: sampler {args.sampler or model.config['sampler']}, steps {args.steps}, "
           f"resample_jumps {args.jumps}, seed {args.seed}")

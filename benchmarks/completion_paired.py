@@ -34,15 +34,14 @@ def main(argv=None) -> int:
     from shapediff.geometry.chamfer import chamfer_distance  # noqa: PLC0415
     from shapediff.geometry.knn import knn_points  # noqa: PLC0415
     from shapediff.models import load_model  # noqa: PLC0415
-    from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
     from shapediff.evaluation import baseline_retrieval, held_out_scans, shape_bank  # noqa: PLC0415
-    from shapediff.training.experiment import build_dataset  # noqa: PLC0415
+    from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset  # noqa: PLC0415
 
-    run_config = load_checkpoint(args.checkpoint)["run_config"]
+    run_config = checkpoint_run_config(args.checkpoint)
     model = load_model(args.checkpoint, device="cpu")
-    held_out = build_dataset(run_config, args.split)
+    held_out = run_dataset(run_config, args.split)
     partial, gt = held_out_scans(held_out, args.num_scans, one_view_per_shape=True)
-    bank = shape_bank(build_dataset(run_config, "train"))
+    bank = shape_bank(run_dataset(run_config, "train"))
     categories = [held_out.dataset[i].get("category", "all") for i in range(partial.shape[0])]
     cd = {"retrieval": chamfer_distance(baseline_retrieval(partial, bank)[0], gt),
           f"pvd+retrieval_init@{args.init_t}": chamfer_distance(

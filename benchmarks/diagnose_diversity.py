@@ -18,11 +18,10 @@ from collections import defaultdict
 
 import torch
 
-from shapediff.config import instantiate
 from shapediff.data.references import reference_clouds
 from shapediff.metrics import pairwise_distance_matrix
 from shapediff.models import load_model
-from shapediff.models.pretrained import read_run_config
+from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,9 +47,8 @@ def main(argv=None) -> None:
     model = load_model(args.checkpoint, device="cpu")
     if not model.class_conditional:
         raise SystemExit("checkpoint: this diagnostic needs a class-conditional model (class_conditional=True)")
-    data_cfg = dict(read_run_config(args.checkpoint)["data"])
-    held_out = instantiate(data_cfg, where="data", split=args.split)
-    train = instantiate(data_cfg, where="data", split="train")
+    run_config = checkpoint_run_config(args.checkpoint)
+    held_out, train = run_dataset(run_config, args.split), run_dataset(run_config, "train")
     num_classes = model.class_prior.numel()
     by_class: dict[int, list[int]] = defaultdict(list)
     for i in range(len(held_out)):

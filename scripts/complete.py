@@ -84,9 +84,8 @@ def _bank(path: Path | None, checkpoint: Path):
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
     from shapediff.evaluation import shape_bank  # noqa: PLC0415
-    from shapediff.training.experiment import build_dataset  # noqa: PLC0415
+    from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset  # noqa: PLC0415
 
     if path is not None:
         if not path.is_file():
@@ -94,11 +93,11 @@ def _bank(path: Path | None, checkpoint: Path):
         if path.suffix not in (".npy", ".pt"):
             raise ValueError(f"--bank: expected a .npy or .pt file of (S, K, 3) shapes, got {str(path)!r}")
         return torch.as_tensor(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
-    run_config = load_checkpoint(checkpoint).get("run_config")
-    if not run_config:
-        raise ValueError(f"--retrieval-init-t: checkpoint {str(checkpoint)!r} has no run_config to build the training "
-                         "shapes from; pass --bank")
-    return shape_bank(build_dataset(run_config, "train"))
+    try:
+        run_config = checkpoint_run_config(checkpoint)
+    except ValueError as err:
+        raise ValueError(f"--retrieval-init-t: {err}; or pass --bank") from None
+    return shape_bank(run_dataset(run_config, "train"))
 
 
 def main(argv=None) -> int:

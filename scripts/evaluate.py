@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
-from shapediff.config import instantiate
 from shapediff.data.references import reference_clouds
 from shapediff.evaluation import (GENERATION_PROTOCOLS, evaluate, evaluate_generation, generation_table, get_protocol,
                                   load_samples_and_refs)
+from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset
 from shapediff.models import load_model
-from shapediff.models.pretrained import read_run_config
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.metrics.registry import generation_distances
 from shapediff.preflight import check_existing_file, check_existing_folder, check_writable_folder
@@ -99,15 +98,8 @@ def _evaluate_protocol(args) -> dict:
 
 
 def _model_and_references(args, split: str):
-    run_config = read_run_config(args.checkpoint)  # a checkpoint file or a model directory
-    if not run_config or "data" not in run_config:
-        raise ValueError(f"checkpoint {str(args.checkpoint)!r}: holds no run config with a 'data' node "
-                         "(it was not written by scripts/train.py); evaluate from Python with "
-                         "shapediff.evaluation.evaluate")
-    data_cfg = dict(run_config["data"])
-    if args.data_root is not None:
-        data_cfg["root"] = args.data_root
-    return load_model(args.checkpoint, device=args.device), instantiate(data_cfg, where="data", split=split)
+    refs = run_dataset(checkpoint_run_config(args.checkpoint), split, data_root=args.data_root)
+    return load_model(args.checkpoint, device=args.device), refs
 
 
 def _evaluate_checkpoint(args) -> dict:

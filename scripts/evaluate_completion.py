@@ -30,7 +30,7 @@ from shapediff.cli import USER_ERROR, run_main
 from shapediff.evaluation import COMPLETION_PROTOCOLS, get_protocol, score_completion
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
 from shapediff.cli import parse_clip_x0
-from shapediff.preflight import check_data_config, check_existing_file, check_writable_folder
+from shapediff.preflight import check_existing_file, check_writable_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,10 +65,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from shapediff.models import load_model  # noqa: PLC0415
-    from shapediff.models.checkpoint import load_checkpoint  # noqa: PLC0415
     from shapediff.evaluation import (completion_table, evaluate_completion, held_out_scans,  # noqa: PLC0415
                                       shape_bank, summarise_seeds)
-    from shapediff.training.experiment import build_dataset  # noqa: PLC0415
+    from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset  # noqa: PLC0415
 
     seeds = args.seeds or [args.seed]
     try:
@@ -77,14 +76,11 @@ def main(argv=None) -> int:
             check_existing_file(args.data_from, "--data-from", folder_ok=True)
         check_writable_folder((args.out or args.checkpoint).parent, "--out")
         data_ckpt = args.data_from or args.checkpoint
-        run_config = load_checkpoint(data_ckpt).get("run_config")
-        if not run_config:
-            raise ValueError(f"checkpoint {str(data_ckpt)!r}: has no run_config; use a checkpoint that scripts/train.py wrote")
-        check_data_config(run_config)
+        run_config = checkpoint_run_config(data_ckpt)
         model = load_model(args.checkpoint, device=args.device)
         split = args.split or run_config.get("evaluation", {}).get("split", "val")
         start = time.perf_counter()
-        held_out, train = build_dataset(run_config, split), build_dataset(run_config, "train")
+        held_out, train = run_dataset(run_config, split), run_dataset(run_config, "train")
         partial, gt = held_out_scans(held_out, args.num_scans, one_view_per_shape=args.one_view_per_shape)
         train_clouds = shape_bank(train)
         data_seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from shapediff.evaluation.baselines import baseline_mirror, baseline_partial, ba
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.evaluation.tables import completion_table
 from shapediff.io_atomic import write_path_atomic
-from shapediff.metrics.registry import SECONDS
+from shapediff.metrics.registry import SECONDS, check_metric_names, pair_metric_names
 from shapediff.models.completion import complete, default_method
 from shapediff.models.partial_input import prepare_partial
 
@@ -222,8 +222,8 @@ def write_completion_outputs(model, ref_dataset, run_dir, eval_cfg: dict[str, An
     run_dir = Path(run_dir)
     partial, gt = held_out_scans(ref_dataset, int(eval_cfg["num_samples"]), one_view_per_shape=True)
     count = partial.shape[0]
-    names = {"cd": "cd", "emd": "emd"}
-    metrics = tuple(names[m] for m in eval_cfg.get("metrics", ("cd",)) if m in names) + ("f_score",)
+    metrics = check_metric_names(tuple(eval_cfg.get("metrics", ("cd",))) + ("f_score",), pair_metric_names(),
+                                 "evaluation.metrics")  # the F-score is always reported; an unknown name is an error
     seed = int(eval_cfg.get("seed", 0))
     train_clouds = None if train_dataset is None else shape_bank(train_dataset)
     outputs: dict[str, torch.Tensor] = {}

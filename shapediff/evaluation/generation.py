@@ -15,7 +15,7 @@ from shapediff.evaluation.protocols import get_protocol
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.models.checkpoint import atomic_torch_save
 
-__all__ = ["evaluate_generation", "write_generation_outputs", "render_preview"]
+__all__ = ["evaluate_generation", "score_sample_set", "write_generation_outputs", "render_preview"]
 
 log = logging.getLogger("shapediff.evaluation")
 
@@ -28,16 +28,31 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
     mesh, as many per mesh as each reference has (``Samples.points_on_surface``).
 
     Returns the sample points (S, N, 3) in data coordinates (CPU) and a dict with MMD / COV / 1-NNA for
-    each metric (PointFlow protocol, COV and 1-NNA as fractions), counts and timings in seconds.
+    each metric (PointFlow protocol, COV and 1-NNA as fractions), counts and timings in seconds
+    (:func:`score_sample_set`).
     """
-    from shapediff.metrics import generation_metrics  # noqa: PLC0415
-
     refs = reference_clouds(ref_dataset, num_samples, seed)  # before sampling: a bad split fails fast
-    warnings = _reference_warnings(len(refs), num_samples)
     start = time.perf_counter()
     samples = model.sample(num_samples, seed=seed, batch_size=batch_size or num_samples, **sample_kwargs)
     sample_seconds = time.perf_counter() - start
     points = samples.points_on_surface(refs.shape[1], seed).float().cpu()
+    result = score_sample_set(points, refs, metrics, seed)
+    result["sample_seconds"] = round(sample_seconds, 2)
+    return points, result
+
+
+def score_sample_set(points: torch.Tensor, refs: torch.Tensor, metrics: tuple[str, ...] = ("cd",), seed: int = 0
+                     ) -> dict[str, Any]:
+    """MMD / COV / 1-NNA of sample points (S, N, 3) against references (R, N', 3) under the ``exact`` preset (the
+    one generation scorer, ``metrics.generation_metrics``), with the warnings a reader needs (too few references,
+    unequal point counts: the larger clouds are subsampled, seeded). What every run output scores with.
+
+    Returns the metrics, ``protocol`` / ``protocol_settings``, ``num_samples``, ``num_references``, ``num_points``,
+    ``metric_seconds`` and, when any, ``warnings``.
+    """
+    from shapediff.metrics import generation_metrics  # noqa: PLC0415
+
+    warnings = _reference_warnings(len(refs), len(points))
     points, refs, note = _equal_point_counts(points, refs, seed)
     if note:
         warnings.append(note)
@@ -47,11 +62,11 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
     result: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(metrics)))
     exact = get_protocol("exact")  # generation_metrics computes the `exact` preset (docs/protocols.md)
     result.update(protocol=exact.name, protocol_settings=exact.settings())
-    result.update(num_samples=num_samples, num_references=len(refs), num_points=points.shape[1],
-                  sample_seconds=round(sample_seconds, 2), metric_seconds=round(time.perf_counter() - start, 2))
+    result.update(num_samples=len(points), num_references=len(refs), num_points=points.shape[1],
+                  metric_seconds=round(time.perf_counter() - start, 2))
     if warnings:
         result["warnings"] = warnings
-    return points, result
+    return result
 
 
 MIN_REFERENCES = 10  # below this, MMD / COV / 1-NNA say little (COV over 1 reference is 100 % for any model)

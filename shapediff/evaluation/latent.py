@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from shapediff.data.references import reference_clouds
+from shapediff.evaluation.generation import score_sample_set
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.io_atomic import write_path_atomic
 
@@ -63,7 +64,6 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
     ``ref_dataset``'s points; writes samples.pt ({"tsdf", "points"}), meshes/sample_XXX.obj, metrics.json and
     preview.png (``train_dataset`` is not used)."""
     from shapediff.geometry import mesh_components, save_mesh  # noqa: PLC0415
-    from shapediff.metrics import generation_metrics  # noqa: PLC0415
 
     log = log if log is not None else OutputLog()
     run_dir, n, seed = Path(run_dir), int(eval_cfg["num_samples"]), int(eval_cfg["seed"])
@@ -72,9 +72,8 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
     sample_seconds = time.perf_counter() - start
     refs = reference_clouds(ref_dataset, n, seed)
     points = out.points_on_surface(refs.shape[1], seed)
-    empty = sum(len(m.faces) == 0 for m in out.meshes)
-    metrics: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(eval_cfg["metrics"])))
-    metrics.update(num_samples=n, num_references=len(refs), num_points=refs.shape[1], empty_meshes=empty,
+    metrics = score_sample_set(points, refs, tuple(eval_cfg["metrics"]), seed)  # with the reference warnings
+    metrics.update(empty_meshes=sum(len(m.faces) == 0 for m in out.meshes),
                    watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
                    sample_seconds=round(sample_seconds, 2))
     pieces = [mesh_components(m) for m in out.meshes]

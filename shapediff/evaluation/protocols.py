@@ -22,14 +22,11 @@ from typing import Literal, Mapping
 import torch
 
 from shapediff.devices import resolve_device
-from shapediff.geometry.chamfer import chamfer_distance
-from shapediff.geometry.emd import emd
 from shapediff.geometry.normalization import check_normalization, normalize_points
 from shapediff.geometry.validation import check_points
-from shapediff.metrics.completion import f_score
-from shapediff.metrics.generation import mmd_cov, one_nn_accuracy
-from shapediff.metrics.pairwise import pairwise_distance_matrix
-from shapediff.metrics.registry import GENERATION_STATISTICS, METRICS, fscore_key, generation_key
+from shapediff.metrics.completion import completion_metrics
+from shapediff.metrics.generation import generation_metrics
+from shapediff.metrics.registry import METRICS
 
 GenerationNormalization = Literal["none", "bbox", "bbox_half"]
 CompletionFrame = Literal["none", "gt_unit_sphere"]
@@ -117,6 +114,12 @@ class CompletionProtocol:
     f_score_threshold: float | None = 0.01
     units: Mapping[str, float] = field(default_factory=lambda: {"CD": 1e3, "EMD": 1e2, "F-score": 1.0})
     notes: str = ""
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The per-pair metrics this preset reports, by registry name."""
+        return ("cd",) + (("emd",) if self.emd_method is not None else ()) + \
+            (("f_score",) if self.f_score_threshold is not None else ())
 
     def settings(self) -> dict:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items()}
@@ -236,13 +239,15 @@ def match_counts(samples: torch.Tensor, refs: torch.Tensor, protocol: Generation
 
 def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | GenerationProtocol = "exact", *,
                      seed: int = 0, batch_size: int | None = None, progress: bool = False,
-                     device: str | torch.device | None = None) -> dict:
-    """MMD / COV / 1-NNA of ``samples`` (S, N, 3) against ``refs`` (R, N', 3) under a generation preset.
+                     device: str | torch.device | None = None, matrices: dict | None = None) -> dict:
+    """MMD / COV / 1-NNA of ``samples`` (S, N, 3) against ``refs`` (R, N', 3) under a generation preset: the
+    preset's counts and frame, then the one generation scorer (``metrics.generation_metrics``) with its settings.
 
     Both sets are taken in the preset's frame (``protocol.normalize``) after :func:`match_counts`.
     ``device``: where the distances are computed (default: ``samples``' device; "auto" picks CUDA
     when present). ``batch_size``: pairs per batched distance call (default 64 on CUDA, 8 on CPU;
-    approxmatch further splits a batch to fit ``emd_approxmatch.DEFAULT_MAX_BYTES``).
+    approxmatch further splits a batch to fit ``emd_approxmatch.DEFAULT_MAX_BYTES``). ``matrices``: a dict to
+    receive each distance's matrices (``generation_metrics``).
 
     Returns:
         {"protocol", "protocol_settings", "MMD-CD", "COV-CD", "1-NNA-CD", [... "-EMD"] (raw: distances
@@ -261,27 +266,20 @@ def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | 
     if batch_size is None:
         batch_size = 64 if samples.device.type == "cuda" else 8
     out: dict = {"protocol": p.name, "protocol_settings": p.settings()}
-    for metric in p.metrics:
-        kw = dict(metric=metric, batch_size=batch_size, progress=progress, chamfer_variant=p.chamfer,
-                  emd_method=p.emd_method or "exact", emd_cost=p.emd_cost)
-        full = p.full_matrices and metric == "emd"
-        m_rs = pairwise_distance_matrix(refs, samples, **kw)
-        m_rr = pairwise_distance_matrix(refs, refs if full else None, **kw)
-        m_ss = pairwise_distance_matrix(samples, samples if full else None, **kw)
-        mmd, cov, one_nna = GENERATION_STATISTICS
-        out[generation_key(mmd, metric)], out[generation_key(cov, metric)] = mmd_cov(m_rs)
-        # The originals take each cloud's nearest neighbour along a COLUMN of [[M_rr, M_rs], [M_rs^T, M_ss]]
-        # (topk over dim 0); one_nn_accuracy looks along rows, so it gets the transposed blocks.
-        nna = one_nn_accuracy(m_rr.T, m_rs, m_ss.T) if full else one_nn_accuracy(m_rr, m_rs, m_ss)
-        out[generation_key(one_nna, metric)] = nna
+    out.update(generation_metrics(samples, refs, p.metrics, batch_size=batch_size, progress=progress,
+                                  chamfer_variant=p.chamfer, emd_method=p.emd_method or "exact", emd_cost=p.emd_cost,
+                                  full_matrices=p.full_matrices, matrices=matrices))
     out["reported"] = {f"{k} ({'%' if not k.startswith('MMD') else f'x{p.units[k]:g}'})": out[k] * p.units[k]
                        for k in p.units if k in out}
     out.update(num_samples=int(samples.shape[0]), num_references=int(refs.shape[0]), **done)
     return out
 
 
-def score_completion(pred: torch.Tensor, gt: torch.Tensor, protocol: str | CompletionProtocol) -> dict:
-    """Mean completion distances of ``pred`` (B, N, 3) to ``gt`` (B, M, 3) under a completion preset.
+def score_completion(pred: torch.Tensor, gt: torch.Tensor, protocol: str | CompletionProtocol, *,
+                     pairs: dict | None = None) -> dict:
+    """Mean completion distances of ``pred`` (B, N, 3) to ``gt`` (B, M, 3) under a completion preset: its frame, then
+    the one completion scorer (``metrics.completion_metrics``) with its settings. ``pairs``: a dict to receive the
+    per-pair values ({key: (B,)}, for intervals over shapes).
 
     Returns {"protocol", "protocol_settings", "CD", ["EMD"], ["F-score@t"] (means, frame units),
     "reported" (table units), "num_pairs", "num_points_pred", "num_points_gt"}.
@@ -295,12 +293,11 @@ def score_completion(pred: torch.Tensor, gt: torch.Tensor, protocol: str | Compl
         raise ValueError(f"gt: expected {pred.shape[0]} ground-truth clouds (one per completion), got {gt.shape[0]}")
     pred, gt = p.to_frame(pred, gt.to(pred.device))
     out: dict = {"protocol": p.name, "protocol_settings": p.settings()}
-    with torch.no_grad():
-        out["CD"] = float(chamfer_distance(pred, gt, variant=p.chamfer).double().mean())
-        if p.emd_method is not None:
-            out["EMD"] = float(emd(pred, gt, method=p.emd_method, cost=p.emd_cost).double().mean())
-        if p.f_score_threshold is not None:
-            out[fscore_key(p.f_score_threshold)] = float(f_score(pred, gt, p.f_score_threshold).double().mean())
+    per_pair = completion_metrics(pred, gt, metrics=p.metrics, threshold=p.f_score_threshold or 0.01,
+                                  chamfer_variant=p.chamfer, emd_method=p.emd_method or "exact", emd_cost=p.emd_cost)
+    if pairs is not None:
+        pairs.update(per_pair)
+    out.update({key: float(values.double().mean()) for key, values in per_pair.items()})
     out["reported"] = {f"{k} (x{p.units[k.split('@')[0]]:g})": v * p.units[k.split("@")[0]]
                        for k, v in list(out.items()) if k.split("@")[0] in p.units}
     out.update(num_pairs=int(pred.shape[0]), num_points_pred=int(pred.shape[1]), num_points_gt=int(gt.shape[1]))

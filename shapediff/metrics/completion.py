@@ -7,10 +7,10 @@ from typing import Literal, Sequence
 import torch
 
 from shapediff.geometry.chamfer import chamfer_distance
-from shapediff.geometry.emd import emd
 from shapediff.geometry.knn import knn_points
 from shapediff.geometry.validation import check_points, check_same_batch
-from shapediff.metrics.registry import CD, EMD, TMD, UHD, fscore_key
+from shapediff.metrics.registry import (TMD, UHD, bound_fn, check_metric_names, pair_metric, pair_metric_names,
+                                        pair_result_key)
 
 
 def f_score(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
@@ -83,7 +83,8 @@ def completion_metrics(
         gt: (B, M, 3) ground truth (EMD needs M == N).
         partial: optional (B, M', 3) inputs: adds "UHD" (mean over hypotheses) and, with
             hypotheses, "TMD".
-        metrics: which of "cd", "emd", "f_score" to compute.
+        metrics: which of the registry's per-pair metrics to compute, by name ("cd", "emd", "f_score";
+            ``pair_metric_names()``); an unknown name is a ValueError.
 
     Returns:
         dict of tensors: "CD", "EMD", "F-score@<threshold>" shaped (B,) or (B, H) for hypotheses;
@@ -96,19 +97,14 @@ def completion_metrics(
     h = pred.shape[1] if multi else 1
     if gt.shape[0] * h != flat.shape[0]:
         raise ValueError(f"gt: expected batch size {flat.shape[0] // h} to match pred, got shape {tuple(gt.shape)}")
-    bad = [m for m in metrics if m not in ("cd", "emd", "f_score")]
-    if bad:
-        raise ValueError(f"metrics: expected a subset of ('cd', 'emd', 'f_score'), got {tuple(metrics)!r}")
+    names = check_metric_names(metrics, pair_metric_names())
+    settings = dict(chamfer_variant=chamfer_variant, emd_cost=emd_cost, emd_method=emd_method, threshold=threshold)
     gt_rep = gt.repeat_interleave(h, dim=0)
     shape = (gt.shape[0], h) if multi else (gt.shape[0],)
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        if "cd" in metrics:
-            out[CD] = chamfer_distance(flat, gt_rep, variant=chamfer_variant).reshape(shape)
-        if "emd" in metrics:
-            out[EMD] = emd(flat, gt_rep, cost=emd_cost, method=emd_method).reshape(shape)
-        if "f_score" in metrics:
-            out[fscore_key(threshold)] = f_score(flat, gt_rep, threshold).reshape(shape)
+        for name in names:  # each selected registry entry, computed by its own function
+            out[pair_result_key(pair_metric(name), settings)] = bound_fn(name, settings)(flat, gt_rep).reshape(shape)
         if partial is not None:
             uhd = unidirectional_hausdorff(partial.repeat_interleave(h, dim=0) if multi else partial, flat)
             out[UHD] = uhd.reshape(shape).mean(dim=1) if multi else uhd

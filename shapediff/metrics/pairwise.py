@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shapediff.geometry.chamfer import chamfer_distance
-from shapediff.geometry.emd import emd
 from shapediff.geometry.kdtree import morton_order, nearest_indices
 from shapediff.geometry.validation import check_points, check_positive_int
+from shapediff.metrics.registry import bound_fn, check_metric_names, generation_distances
 
 Metric = Literal["cd", "emd"]
 
@@ -62,8 +61,7 @@ def pairwise_distance_matrix(
     symmetric = b is None
     b = a if symmetric else check_points(b, "b")
     check_positive_int(batch_size, "batch_size")
-    if metric not in ("cd", "emd"):
-        raise ValueError(f"metric: expected 'cd' or 'emd', got {metric!r}")
+    check_metric_names([metric], generation_distances(), "metric")
     if chamfer_variant not in ("squared", "l1"):
         raise ValueError(f"chamfer_variant: expected 'squared' or 'l1', got {chamfer_variant!r}")
     if backend not in ("auto", "torch", "kdtree"):
@@ -74,11 +72,8 @@ def pairwise_distance_matrix(
         out = _chamfer_matrix_kdtree(a, b, symmetric, chamfer_variant, workers or default_workers(), progress)
         return out.to(a.device)
 
-    def pair_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if metric == "cd":
-            return chamfer_distance(x, y, variant=chamfer_variant)
-        return emd(x, y, cost=emd_cost, method=emd_method)
-
+    settings = dict(chamfer_variant=chamfer_variant, emd_cost=emd_cost, emd_method=emd_method)
+    pair_fn = bound_fn(metric, settings)  # the registry's per-pair function of the distance
     return _matrix_by_pairs(a, b.to(a.device), symmetric, pair_fn, batch_size, progress)
 
 

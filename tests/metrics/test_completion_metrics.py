@@ -80,7 +80,7 @@ def test_bad_input():
         completion_metrics(x, torch.rand(2, 12, 3))
     with pytest.raises(ValueError, match="gt: expected batch size"):
         completion_metrics(x, torch.rand(3, 10, 3))
-    with pytest.raises(ValueError, match="metrics: expected a subset"):
+    with pytest.raises(ValueError, match="metrics: expected a non-empty subset"):
         completion_metrics(x, x, metrics=("iou",))
     with pytest.raises(ValueError, match=r"hypotheses: expected a \(B, H, N, 3\) tensor with H >= 2"):
         total_mutual_difference(torch.rand(2, 1, 10, 3))
