@@ -5,13 +5,18 @@
     python scripts/evaluate.py CKPT --split test --sampler ddim --steps 50 --out metrics_test.json
     python scripts/evaluate.py CKPT --protocol lion --out metrics_lion.json
     python scripts/evaluate.py --samples samples.pt --refs ref_val_chair.pt --protocol lion
+    python scripts/evaluate.py CKPT --n 128 --seeds 0 1 2          # per-seed values, mean ± std, 95 % intervals
+    python scripts/evaluate.py --samples sets.npz --samples-key samples --refs sets.npz --refs-key refs
 
 The reference data set is rebuilt from the run config saved in the checkpoint (its ``data`` node);
 ``--data-root`` overrides its ``root`` (e.g. ShapeNet moved to another disk). ``--protocol`` scores
 under a named preset (docs/protocols.md: pointflow, pvd, lion, lion_normbox, dpm, exact), whose
 split is the default ``--split``. ``--samples``/``--refs`` score sets written elsewhere (PointFlow's
 .npy, PVD's samples.pth, LION's samples.pt + ref_val_<cat>.pt, DPM's out.npy) without a checkpoint.
-Without ``--protocol`` the EMD is exact (the ``exact`` preset).
+Without ``--protocol`` the EMD is exact (the ``exact`` preset). Every set statistic comes with an interval over
+references and samples (docs/uncertainty.md); ``--seeds`` scores one sample set per seed and reports the per-seed
+values, their mean and spread, and the interval of the mean. An .npz holding several arrays needs
+``--samples-key`` / ``--refs-key``. ``scripts/compare.py`` compares two models or sample sets.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import sys
 from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
-from shapediff.data.references import reference_clouds
-from shapediff.evaluation import (GENERATION_PROTOCOLS, evaluate, evaluate_generation, generation_table, get_protocol,
+from shapediff.evaluation import (GENERATION_PROTOCOLS, evaluate, generation_table, get_protocol,
                                   load_samples_and_refs)
+from shapediff.evaluation.uncertainty import score_seeds, seed_summary, summary_table
 from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset
 from shapediff.models import load_model
 from shapediff.io_atomic import write_json_atomic, write_text_atomic
+from shapediff.metrics.intervals import DEFAULT_ROUNDS
 from shapediff.metrics.registry import generation_distances
 from shapediff.preflight import check_existing_file, check_existing_folder, check_writable_folder
 
@@ -48,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="sampling seeds: per-seed scores, their mean, spread and interval (default: --seed)")
+    p.add_argument("--samples-key", default=None, help="the array of a --samples .npz to score")
+    p.add_argument("--refs-key", default=None, help="the array of a --refs .npz to score against")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="random splits behind each interval")
+    p.add_argument("--level", type=float, default=0.95, help="interval coverage")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None, help="override the data node's root folder")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here, and a Markdown table beside it (.md)")
@@ -67,48 +79,60 @@ def main(argv=None) -> int:
             check_existing_folder(args.data_root, "--data-root")
         if args.out is not None:
             check_writable_folder(args.out.parent, "--out")
-        if args.samples is not None or args.protocol is not None:
-            metrics = _evaluate_protocol(args)
-            names = list(get_protocol(metrics["protocol"]).metrics)
-        else:
-            metrics, names = _evaluate_checkpoint(args), args.metrics
+        metrics, names = _scores_with_intervals(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
-    table = generation_table(metrics, names)
+    table = generation_table(metrics, names) + "\n\n" + summary_table(metrics)
     if args.out:
         write_json_atomic(metrics, args.out)
         write_text_atomic(args.out.with_suffix(".md"), table + "\n")
     print(json.dumps(metrics, indent=2))
     print(table)
+    for warning in metrics.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _evaluate_protocol(args) -> dict:
-    """Metrics under ``--protocol`` (default "exact" for --samples) of a checkpoint's samples or of a file."""
-    protocol = get_protocol(args.protocol or "exact")
+def _scores_with_intervals(args) -> tuple[dict, list[str]]:
+    """The metrics dict of the run (the mean over seeds at the top level, as one seed gave before), with
+    ``seeds``, ``per_seed``, ``mean``, ``std``, ``intervals`` (``evaluation.uncertainty.seed_summary``)."""
+    seeds = args.seeds or [args.seed]
     if args.samples is not None:
-        samples, refs, done = load_samples_and_refs(args.samples, args.refs, args.samples_frame)
-        return evaluate(samples, refs, protocol.name, seed=args.seed, device=args.device) | done
-    model, refs = _model_and_references(args, args.split or protocol.reference_split)
-    sample_kwargs = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
-    ref_clouds = reference_clouds(refs, args.n if args.n is not None else len(refs), args.seed)
-    return (evaluate(model, ref_clouds, protocol.name, seed=args.seed, device=args.device, **sample_kwargs)
-            | {"checkpoint": str(args.checkpoint)})
+        if args.seeds and len(args.seeds) > 1:
+            raise ValueError("--seeds: a --samples file is one sample set; give its seeds' files to scripts/compare.py "
+                             "or score each file")
+        protocol = get_protocol(args.protocol or "exact")
+        samples, refs, done = load_samples_and_refs(args.samples, args.refs, args.samples_frame,
+                                                    samples_key=args.samples_key, refs_key=args.refs_key)
+        mats: dict = {}
+        scores, matrices = [evaluate(samples, refs, protocol.name, seed=seeds[0], device=args.device,
+                                     matrices=mats) | done], [mats]
+        names = list(protocol.metrics)
+    else:
+        protocol = get_protocol(args.protocol) if args.protocol else None
+        model, refs = _model_and_references(args, args.split or (protocol.reference_split if protocol else "val"))
+        n = args.n if args.n is not None else len(refs)
+        sample_kwargs = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+        scores, matrices = score_seeds(model, refs, n, seeds, protocol=protocol.name if protocol else None,
+                                       metrics=args.metrics, device=args.device, **sample_kwargs)
+        names = list(protocol.metrics) if protocol else args.metrics
+        scores = [s | {"checkpoint": str(args.checkpoint)} for s in scores]
+    summary = seed_summary(scores, matrices, seeds, rounds=args.rounds, level=args.level)
+    metrics = dict(scores[0]) | summary["mean"]  # one seed: its own values; several: the mean
+    metrics.pop("seed", None)
+    warnings = list(dict.fromkeys(w for s in scores for w in s.get("warnings", [])))
+    metrics.update(summary)
+    if len(scores) > 1:
+        metrics["per_seed_results"] = [{k: v for k, v in s.items() if k != "protocol_settings"} for s in scores]
+    if warnings:
+        metrics["warnings"] = warnings
+    return metrics, names
 
 
 def _model_and_references(args, split: str):
     refs = run_dataset(checkpoint_run_config(args.checkpoint), split, data_root=args.data_root)
     return load_model(args.checkpoint, device=args.device), refs
-
-
-def _evaluate_checkpoint(args) -> dict:
-    """The default path: exact EMD, as before the protocol presets (the ``exact`` preset's numbers)."""
-    model, refs = _model_and_references(args, args.split or "val")
-    n = args.n if args.n is not None else len(refs)
-    _, metrics = evaluate_generation(model, refs, n, metrics=tuple(args.metrics), seed=args.seed,
-                                     sampler=args.sampler, steps=args.steps)
-    return metrics  # it names the `exact` preset and its settings
 
 
 if __name__ == "__main__":

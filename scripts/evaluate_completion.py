@@ -84,12 +84,13 @@ def main(argv=None) -> int:
         partial, gt = held_out_scans(held_out, args.num_scans, one_view_per_shape=args.one_view_per_shape)
         train_clouds = shape_bank(train)
         data_seconds = time.perf_counter() - start
-        completions = [{} for _ in seeds]
+        completions, pairs = [{} for _ in seeds], [{} for _ in seeds]
         runs = [evaluate_completion(model, partial, gt, train_clouds=train_clouds, methods=args.methods, n=args.n,
                                     steps=args.steps, sampler=args.sampler, seed=seed, resample_jumps=args.resample_jumps,
                                     num_known=args.num_known, metrics=args.metrics, batch_size=args.batch_size,
-                                    retrieval_init_t=args.retrieval_init_t, clip_x0=args.clip_x0, outputs=outs)
-                for seed, outs in zip(seeds, completions)]
+                                    retrieval_init_t=args.retrieval_init_t, clip_x0=args.clip_x0, outputs=outs,
+                                    pairs=per_scan)
+                for seed, outs, per_scan in zip(seeds, completions, pairs)]
         protocol = _protocol_summary(args.protocol, completions, gt) if args.protocol else {}
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -101,12 +102,26 @@ def main(argv=None) -> int:
                "num_points": int(gt.shape[1]), "num_partial_points": int(partial.shape[1]),
                "num_train_shapes": len(train_clouds), "n": args.n, "sampler": args.sampler, "steps": args.steps,
                "clip_x0": args.clip_x0, "retrieval_init_t": args.retrieval_init_t, "seeds": seeds,
-               "data_seconds": round(data_seconds, 1), "results": results, "per_seed": runs, "table": table} | protocol
+               "data_seconds": round(data_seconds, 1), "results": results, "per_seed": runs, "table": table,
+               "intervals": _intervals(pairs), "interval_method": "mean over seeds and scans; 95 % interval over "
+               "scans (split-half, shapediff.metrics.intervals.mean_interval)"} | protocol
     stem = args.out or args.checkpoint.with_name(args.checkpoint.stem + "_completion_eval")
     write_json_atomic(summary, stem.with_suffix(".json"))
     write_text_atomic(stem.with_suffix(".md"), table + "\n")
     print(table)
     return 0
+
+
+def _intervals(pairs: list[dict]) -> dict:
+    """{row: {key: interval}}: each row's per-scan values of every seed, a 95 % interval over the scans."""
+    import torch  # noqa: PLC0415
+
+    from shapediff.metrics.intervals import mean_interval  # noqa: PLC0415
+
+    if pairs[0] and len(next(iter(next(iter(pairs[0].values())).values()))) < 8:
+        return {}  # intervals need at least 8 scans
+    return {row: {key: mean_interval(torch.stack([p[row][key] for p in pairs])) for key in values}
+            for row, values in pairs[0].items()}
 
 
 def _protocol_summary(name: str, completions: list[dict], gt) -> dict:

@@ -125,6 +125,7 @@ def evaluate_completion(
     outputs: dict[str, torch.Tensor] | None = None,
     retrieval_init_t: Sequence[int] = (),
     clip_x0: float | str | None = "auto",
+    pairs: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Completion metrics of ``model`` (each of ``methods``) and of the baselines, in one run.
 
@@ -135,7 +136,8 @@ def evaluate_completion(
     ``outputs`` to receive each method's (B, n, N, 3) completions in it. ``retrieval_init_t``
     adds rows "pvd+retrieval_init@T0": PVD started from the retrieved shape noised to T0 (SDEdit,
     ``complete(..., retrieval_bank=train_clouds, init_t=T0)``). ``seconds`` is the wall time of
-    each method on the whole batch (retrieval included where it is part of the method).
+    each method on the whole batch (retrieval included where it is part of the method). Pass a dict as ``pairs``
+    to receive each row's per-scan values ``{name: {key: (B,)}}`` (hypotheses averaged; for intervals over shapes).
     """
     import time  # noqa: PLC0415
 
@@ -159,7 +161,8 @@ def evaluate_completion(
         if outputs is not None:
             outputs[name] = out
         pred = out if n > 1 else out[:, 0]
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {SECONDS: seconds}
+        results[name] = _summarise(_per_scan(completion_metrics(pred, gt, partial, metrics=metrics), name, pairs)) | {
+            SECONDS: seconds}
     gen = torch.Generator().manual_seed(seed)
     baselines = {"baseline_partial": lambda: baseline_partial(partial, big_n, gen),
                  "baseline_mirror": lambda: baseline_mirror(partial, big_n, axis=0, generator=gen)}
@@ -169,8 +172,16 @@ def evaluate_completion(
         start = time.perf_counter()
         pred = make()
         seconds = time.perf_counter() - start
-        results[name] = _summarise(completion_metrics(pred, gt, partial, metrics=metrics)) | {SECONDS: seconds}
+        results[name] = _summarise(_per_scan(completion_metrics(pred, gt, partial, metrics=metrics), name, pairs)) | {
+            SECONDS: seconds}
     return results
+
+
+def _per_scan(values: dict[str, torch.Tensor], name: str, pairs: dict | None) -> dict[str, torch.Tensor]:
+    """``values`` unchanged; each key's per-scan values ((B, H) averaged over hypotheses) stored in ``pairs[name]``."""
+    if pairs is not None:
+        pairs[name] = {k: (v.double().mean(dim=1) if v.dim() == 2 else v.double()).cpu() for k, v in values.items()}
+    return values
 
 
 def held_out_scans(dataset, count: int, *, one_view_per_shape: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 from shapediff.data.references import reference_clouds
 from shapediff.evaluation.protocols import get_protocol
 from shapediff.evaluation.reporting import OutputLog
+from shapediff.evaluation.set_checks import overlap_warnings, reference_warnings
 from shapediff.models.checkpoint import atomic_torch_save
 
 __all__ = ["evaluate_generation", "score_sample_set", "write_generation_outputs", "render_preview"]
@@ -21,7 +22,8 @@ log = logging.getLogger("shapediff.evaluation")
 
 
 def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str, ...] = ("cd",), seed: int = 0,
-                        batch_size: int | None = None, **sample_kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+                        batch_size: int | None = None, matrices: dict | None = None,
+                        **sample_kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     """Sample ``num_samples`` shapes and score them against as many references of ``ref_dataset``.
 
     Families whose samples are surfaces (latent voxels: meshes) are scored on points drawn uniformly on each
@@ -29,37 +31,41 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
 
     Returns the sample points (S, N, 3) in data coordinates (CPU) and a dict with MMD / COV / 1-NNA for
     each metric (PointFlow protocol, COV and 1-NNA as fractions), counts and timings in seconds
-    (:func:`score_sample_set`).
+    (:func:`score_sample_set`; ``matrices`` receives the distance matrices).
     """
     refs = reference_clouds(ref_dataset, num_samples, seed)  # before sampling: a bad split fails fast
     start = time.perf_counter()
     samples = model.sample(num_samples, seed=seed, batch_size=batch_size or num_samples, **sample_kwargs)
     sample_seconds = time.perf_counter() - start
     points = samples.points_on_surface(refs.shape[1], seed).float().cpu()
-    result = score_sample_set(points, refs, metrics, seed)
+    result = score_sample_set(points, refs, metrics, seed, matrices=matrices)
     result["sample_seconds"] = round(sample_seconds, 2)
     return points, result
 
 
-def score_sample_set(points: torch.Tensor, refs: torch.Tensor, metrics: tuple[str, ...] = ("cd",), seed: int = 0
-                     ) -> dict[str, Any]:
+def score_sample_set(points: torch.Tensor, refs: torch.Tensor, metrics: tuple[str, ...] = ("cd",), seed: int = 0, *,
+                     matrices: dict | None = None) -> dict[str, Any]:
     """MMD / COV / 1-NNA of sample points (S, N, 3) against references (R, N', 3) under the ``exact`` preset (the
-    one generation scorer, ``metrics.generation_metrics``), with the warnings a reader needs (too few references,
-    unequal point counts: the larger clouds are subsampled, seeded). What every run output scores with.
+    one generation scorer, ``metrics.generation_metrics``), with the warnings a reader needs (``set_checks``: too
+    few references, unequal set sizes or point counts (the larger clouds are then subsampled, seeded), samples equal
+    to references, 1-NNA below 50 %). What every run output scores with. ``matrices``: a dict to receive
+    ``{distance: (m_rr, m_rs, m_ss)}`` (for intervals).
 
     Returns the metrics, ``protocol`` / ``protocol_settings``, ``num_samples``, ``num_references``, ``num_points``,
     ``metric_seconds`` and, when any, ``warnings``.
     """
     from shapediff.metrics import generation_metrics  # noqa: PLC0415
 
-    warnings = _reference_warnings(len(refs), len(points))
+    warnings = reference_warnings(len(refs), len(points))
     points, refs, note = _equal_point_counts(points, refs, seed)
     if note:
         warnings.append(note)
+    start = time.perf_counter()
+    matrices = {} if matrices is None else matrices
+    result: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(metrics), matrices=matrices))
+    warnings += overlap_warnings(result, matrices)
     for warning in warnings:
         log.warning("evaluation: %s", warning)
-    start = time.perf_counter()
-    result: dict[str, Any] = dict(generation_metrics(points, refs, metrics=tuple(metrics)))
     exact = get_protocol("exact")  # generation_metrics computes the `exact` preset (docs/protocols.md)
     result.update(protocol=exact.name, protocol_settings=exact.settings())
     result.update(num_samples=len(points), num_references=len(refs), num_points=points.shape[1],
@@ -67,20 +73,6 @@ def score_sample_set(points: torch.Tensor, refs: torch.Tensor, metrics: tuple[st
     if warnings:
         result["warnings"] = warnings
     return result
-
-
-MIN_REFERENCES = 10  # below this, MMD / COV / 1-NNA say little (COV over 1 reference is 100 % for any model)
-
-
-def _reference_warnings(num_references: int, num_samples: int) -> list[str]:
-    if num_references < min(MIN_REFERENCES, num_samples):
-        return [f"only {num_references} reference shape(s) in the split for {num_samples} samples: MMD / COV / 1-NNA "
-                f"over so few references are not meaningful (COV is 100 % with one); use a split with at least "
-                f"{MIN_REFERENCES} shapes (e.g. other split ratios or more data)"]
-    if num_references < num_samples:
-        return [f"{num_samples} samples scored against only {num_references} references (the whole split): COV and "
-                f"1-NNA compare sets of different sizes; pass as many samples as the split has shapes"]
-    return []
 
 
 def _equal_point_counts(points: torch.Tensor, refs: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:

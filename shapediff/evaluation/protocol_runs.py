@@ -14,7 +14,7 @@ from shapediff.models.base import Samples, ShapeModel
 
 def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed: int = 0,
              batch_size: int | None = None, progress: bool = False, device: str = "auto",
-             **sample_kwargs: Any) -> dict:
+             matrices: dict | None = None, **sample_kwargs: Any) -> dict:
     """Generation metrics under a named protocol (``shapediff.evaluation.protocols``).
 
     Args:
@@ -26,6 +26,7 @@ def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed:
         protocol: a generation preset name ("pointflow", "pvd", "lion", "lion_normbox", "dpm", "exact").
         seed: seeds the sampling and the point subsets. batch_size: pairs per distance batch.
         device: where the distance matrices are computed ("auto": CUDA when present, chunked to fit).
+        matrices: a dict to receive ``{distance: (m_rr, m_rs, m_ss)}`` (for intervals, ``evaluation.uncertainty``).
 
     Returns:
         The dict of :func:`score_generation` (it names the protocol and all its settings), plus
@@ -48,7 +49,7 @@ def evaluate(model_or_samples: Any, refs: Any, protocol: str = "exact", *, seed:
     sample_seconds = time.perf_counter() - start
     start = time.perf_counter()
     out = score_generation(samples.cpu(), ref_clouds, p, seed=seed, batch_size=batch_size, progress=progress,
-                           device=device)
+                           device=device, matrices=matrices)
     out.update(sample_seconds=round(sample_seconds, 2), metric_seconds=round(time.perf_counter() - start, 2))
     return out
 

@@ -16,12 +16,14 @@ bounding box first (DPM; LION's ShapeNet-Vol table).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Mapping
 
 import torch
 
 from shapediff.devices import resolve_device
+from shapediff.evaluation.set_checks import overlap_warnings, reference_warnings
 from shapediff.geometry.normalization import check_normalization, normalize_points
 from shapediff.geometry.validation import check_points
 from shapediff.metrics.completion import completion_metrics
@@ -32,6 +34,7 @@ GenerationNormalization = Literal["none", "bbox", "bbox_half"]
 CompletionFrame = Literal["none", "gt_unit_sphere"]
 POINTFLOW_SPLIT_SIZES = {"airplane": 405, "chair": 662, "car": 352}  # LION eval_helper.get_ref_num
 DPM_SPLIT_SIZES = {"airplane": 607, "chair": 989, "car": 528}  # LION get_ref_num(luo_split=True)
+logger = logging.getLogger("shapediff.evaluation")
 TABLE_UNITS = {key: spec.scale for key, spec in METRICS.items() if spec.kind == "generation"}  # the registry's table scales
 
 
@@ -266,12 +269,19 @@ def score_generation(samples: torch.Tensor, refs: torch.Tensor, protocol: str | 
     if batch_size is None:
         batch_size = 64 if samples.device.type == "cuda" else 8
     out: dict = {"protocol": p.name, "protocol_settings": p.settings()}
+    matrices = {} if matrices is None else matrices
     out.update(generation_metrics(samples, refs, p.metrics, batch_size=batch_size, progress=progress,
                                   chamfer_variant=p.chamfer, emd_method=p.emd_method or "exact", emd_cost=p.emd_cost,
                                   full_matrices=p.full_matrices, matrices=matrices))
+    warnings = reference_warnings(int(refs.shape[0]), done["samples_given"], "the reference set", sizes_matched=True)
+    warnings += overlap_warnings(out, matrices)
     out["reported"] = {f"{k} ({'%' if not k.startswith('MMD') else f'x{p.units[k]:g}'})": out[k] * p.units[k]
                        for k in p.units if k in out}
     out.update(num_samples=int(samples.shape[0]), num_references=int(refs.shape[0]), **done)
+    if warnings:
+        out["warnings"] = warnings
+        for warning in warnings:
+            logger.warning("evaluation: %s", warning)
     return out
 
 

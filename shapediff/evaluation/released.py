@@ -10,7 +10,8 @@ Layouts accepted (all (S, N, C) point arrays, C = 3, or 6 with normals/colours t
     (``x * std + mean``) after keeping the first R samples.
   - DPM ``test_gen.py``: ``out.npy`` (S, N, 3), already bbox-normalised (its preset does it again,
     which changes nothing).
-  - shapediff: ``samples.pt`` (S, N, 3) data frame; ``.npy`` / ``.npz`` (first array).
+  - shapediff: ``samples.pt`` (S, N, 3) data frame; ``.npy``; ``.npz`` with one array, or the array named by ``key``
+    (``--samples-key`` / ``--refs-key``): an npz with several arrays and no key is refused with its keys listed.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 SamplesFrame = Literal["auto", "normalized", "data"]
 
 
-def load_cloud_file(path: str | Path) -> tuple[torch.Tensor, dict]:
+def load_cloud_file(path: str | Path, key: str | None = None) -> tuple[torch.Tensor, dict]:
     """(clouds (S, N, 3) float32, extras) from a .npy / .npz / .pt / .pth file.
 
-    ``extras`` holds ``mean`` / ``std`` when the file is LION's reference dict.
+    ``key``: the array of an .npz to read (needed when it holds several; an npz's single array is read without
+    it). ``extras`` holds ``mean`` / ``std`` when the file is LION's reference dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -36,9 +38,11 @@ def load_cloud_file(path: str | Path) -> tuple[torch.Tensor, dict]:
     try:
         if path.suffix in (".npy", ".npz"):
             data = np.load(path, allow_pickle=False)
-            data = data[data.files[0]] if isinstance(data, np.lib.npyio.NpzFile) else data
+            data = _npz_array(data, key, path) if isinstance(data, np.lib.npyio.NpzFile) else data
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
+    except KeyError as err:
+        raise ValueError(str(err.args[0])) from None
     except (OSError, ValueError, RuntimeError, EOFError) as err:
         raise ValueError(f"{str(path)!r}: could not read a point-cloud set ({type(err).__name__}: {err})") from None
     if isinstance(data, dict):
@@ -54,22 +58,38 @@ def load_cloud_file(path: str | Path) -> tuple[torch.Tensor, dict]:
     return clouds[..., :3].contiguous(), extras
 
 
-def load_samples_and_refs(samples_path: str | Path, refs_path: str | Path, samples_frame: SamplesFrame = "auto"
+def _npz_array(data, key: str | None, path: Path) -> np.ndarray:
+    """The array ``key`` of an npz, or its only array; a KeyError (message) for a missing key or several arrays."""
+    names = list(data.files)
+    if key is None and len(names) == 1:
+        return data[names[0]]
+    if key is None:
+        raise KeyError(f"{str(path)!r}: holds several arrays {names}; name the one to read (--samples-key / "
+                       f"--refs-key, or key=)")
+    if key not in names:
+        raise KeyError(f"{str(path)!r}: has no array {key!r}; its arrays are {names}")
+    return data[key]
+
+
+def load_samples_and_refs(samples_path: str | Path, refs_path: str | Path, samples_frame: SamplesFrame = "auto", *,
+                          samples_key: str | None = None, refs_key: str | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(samples (S, N, 3), refs (R, N', 3), what was done), both in the data frame.
 
     ``samples_frame``: "normalized" de-normalises the samples with the reference file's mean/std
     (LION's ``samples.pt``), "data" takes them as they are (PointFlow, PVD, DPM, shapediff); "auto"
-    is "normalized" exactly when the reference file carries mean/std (LION's layout).
+    is "normalized" exactly when the reference file carries mean/std (LION's layout). ``samples_key`` /
+    ``refs_key``: the arrays to read from .npz files (one file may hold both).
     """
-    samples, _ = load_cloud_file(samples_path)
-    refs, extras = load_cloud_file(refs_path)
+    samples, _ = load_cloud_file(samples_path, samples_key)
+    refs, extras = load_cloud_file(refs_path, refs_key)
     if samples_frame not in ("auto", "normalized", "data"):
         raise ValueError(f"samples_frame: expected 'auto', 'normalized' or 'data', got {samples_frame!r}")
     has_stats = "mean" in extras and "std" in extras
     if samples_frame == "normalized" and not has_stats:
         raise ValueError(f"{str(refs_path)!r}: samples_frame 'normalized' needs a reference file with 'mean' and 'std'")
-    done = {"samples_file": str(samples_path), "refs_file": str(refs_path), "refs_denormalized": has_stats,
+    done = {"samples_file": str(samples_path), "refs_file": str(refs_path), "samples_key": samples_key,
+            "refs_key": refs_key, "refs_denormalized": has_stats,
             "samples_denormalized": has_stats and samples_frame != "data"}
     if has_stats:
         r = refs.shape[0]
