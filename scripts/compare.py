@@ -68,9 +68,10 @@ def main(argv=None) -> int:
             check_existing_file(path, str(path), folder_ok=True)
         if args.out is not None:
             check_writable_folder(args.out.parent, "--out")
-        names = tuple(args.names or ((args.samples or args.runs)[0].name, (args.samples or args.runs)[1].name))
-        if names[0] == names[1]:
-            names = ("A", "B")
+        paths = args.samples or args.runs
+        names = tuple(args.names or (p.name for p in paths))
+        if names[0] == names[1]:  # e.g. two samples.pt or two checkpoints/last: name them by their folders
+            names = tuple(args.names or (str(Path(*p.resolve().parts[-3:])) for p in paths))
         runs = _score_files(args) if args.samples is not None else _score_checkpoints(args)
         (scores_a, mats_a), (scores_b, mats_b) = runs
         result = compare_scores(scores_a, mats_a, scores_b, mats_b, names, rounds=args.rounds, level=args.level)

@@ -17,7 +17,7 @@ import torch
 from shapediff.metrics.generation import set_statistics
 from shapediff.metrics.intervals import paired_set_intervals, set_intervals
 
-N, DIM, REPEATS, ROUNDS, TRUTH_DRAWS = 96, 3, 200, 100, 2000
+N, DIM, REPEATS, ROUNDS, TRUTH_DRAWS = 64, 3, 200, 100, 2000
 
 
 def _draw(gen: torch.Generator, shift: float) -> torch.Tensor:
@@ -60,14 +60,14 @@ def test_95_percent_intervals_cover_the_truth_in_about_95_percent_of_repeats(shi
 @pytest.mark.slow
 def test_paired_comparison_false_positive_rate_and_power():
     """A and B from one distribution: the 95 % interval of the difference excludes 0 in about 5 % of repeats.
-    B shifted by 0.7 (worse on every statistic): A is found better on 1-NNA in most repeats."""
+    B shifted by 1.5 (1-NNA about 70 % against A's 50 %): A is found better on 1-NNA in most repeats."""
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(11)
     false_pos = dict.fromkeys(("MMD-CD", "COV-CD", "1-NNA-CD"), 0)
     found = 0
     for rep in range(REPEATS):
         refs = _draw(gen, 0.0)
-        mats_a, mats_b, mats_c = (_mats(refs, _draw(gen, shift)) for shift in (0.0, 0.0, 0.7))
+        mats_a, mats_b, mats_c = (_mats(refs, _draw(gen, shift)) for shift in (0.0, 0.0, 1.5))
         val_a, val_b, val_c = (set_statistics(*m, "cd") for m in (mats_a, mats_b, mats_c))
         same = paired_set_intervals([mats_a], [mats_b], [val_a], [val_b], "cd", rounds=ROUNDS, seed=rep)
         for key, iv in same.items():
