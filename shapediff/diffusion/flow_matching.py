@@ -79,9 +79,8 @@ class FlowMatching(DiffusionProcess):
         return self._t_max
 
     def truncated(self, num_timesteps: int) -> "FlowMatching":
-        """The same path restricted to times t <= ``num_timesteps / self.num_timesteps`` (integer level i of the grid
-        is time (i + 1) / num_timesteps, so ``truncated(T)`` is the whole path): sampling it from its end (with
-        ``noise`` its x there) is SDEdit (Meng et al., ICLR 2022) from that time, as ``GaussianDiffusion.truncated``."""
+        """The path on times t <= ``num_timesteps / self.num_timesteps`` (grid level i is time (i + 1) / T, so
+        ``truncated(T)`` is the whole path): sampled from its end, SDEdit (Meng et al. 2022) from that time."""
         if isinstance(num_timesteps, bool) or not (isinstance(num_timesteps, int) and 1 <= num_timesteps <= self.num_timesteps):
             raise ValueError(f"num_timesteps: expected an int in [1, {self.num_timesteps}], got {num_timesteps!r}")
         part = FlowMatching(**{k: v for k, v in self.config.items() if k != "_target_"})

@@ -1,11 +1,6 @@
-"""ODE samplers of flow matching (rectified flow): Euler, Heun and midpoint on dx/dt = v(x, t), t from 1 to 0.
-
-The path is x_t = (1 - t) x0 + t eps (t = 1 noise, t = 0 data) and the velocity v = eps - x0. These samplers have the
-registry's one signature (``shapediff.diffusion.samplers``); their ``steps.level`` are the times (S+1,), descending
-(1 ... 0 for a full sample), and ``denoise.at(x, t)`` evaluates the model between them (midpoint).
-Model calls per sample with S steps: Euler S, midpoint 2S, Heun 2S - 1 (its last step, to t = 0, is Euler, as in
-Karras et al. 2022: the network never sees t = 0 exactly).
-"""
+"""Flow-matching ODE samplers (x_t = (1 - t) x0 + t eps, v = eps - x0, t from 1 to 0), with the registry's one
+signature: ``steps.level`` are the times (S+1,), descending. Model calls with S steps: Euler S, midpoint 2S, Heun
+2S - 1 (its last step, to t = 0, is Euler, as in Karras et al. 2022: the network never sees t = 0)."""
 
 from __future__ import annotations
 

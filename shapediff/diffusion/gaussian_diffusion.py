@@ -42,8 +42,7 @@ class GaussianDiffusion(DiffusionProcess):
         schedule: "linear" | "cosine" | "warm0.1" | "sigmoid" (see ``make_beta_schedule``).
         num_timesteps: T.
         prediction: what the model outputs: "eps" | "x0" | "v".
-        posterior_variance: ancestral-step variance: "fixedsmall" (posterior beta~_t) or "fixedlarge" (beta_t,
-            its first entry set to beta~_1 as in DDPM / improved DDPM).
+        posterior_variance: ancestral-step variance: "fixedsmall" (posterior beta~_t) or "fixedlarge" (beta_t).
         betas: explicit (T,) betas in (0, 1) overriding the schedule (then ``num_timesteps`` must equal T).
         **schedule_kwargs: passed to the schedule, e.g. ``beta_start=1e-4, beta_end=0.02``.
     """

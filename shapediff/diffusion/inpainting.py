@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from shapediff.diffusion._noise import randn_like
+from shapediff.diffusion.process import randn_like
 
 __all__ = ["KEEP_KNOWN_MODES", "KnownValues", "known_first", "leading_mask"]
 
@@ -38,16 +38,9 @@ def known_first(known: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class KnownValues:
-    """Applies the known entries to a sample at a level x = alpha x0 + sigma eps of any process; an identity when
-    ``known`` is None. The one known-values hold of every sampler.
-
-    Args:
-        known: tensor broadcastable to the sample shape (B, ...), or None.
-        mask: bool tensor broadcastable to the sample shape, True = known; None iff ``known`` is None.
-        alpha, sigma: (S+1,) float64 levels of the step schedule (the last sigma 0 when it ends at the clean data).
-        mode: "clean" (PVD) or "noised" (RePaint).
-        jumps: how many times each step is run (RePaint resampling; 1 = no resampling).
-    """
+    """The one known-values hold of every sampler: ``known`` (broadcastable to the sample (B, ...), or None: an
+    identity) where ``mask`` (bool, True = known) at the levels x = alpha x0 + sigma eps of the schedule (``alpha``,
+    ``sigma`` (S+1,) float64), ``mode`` "clean" (PVD) or "noised" (RePaint), each step run ``jumps`` times."""
 
     def __init__(self, known: torch.Tensor | None, mask: torch.Tensor | None, alpha: torch.Tensor, sigma: torch.Tensor,
                  mode: str = "clean", jumps: int = 1) -> None:

@@ -1,8 +1,7 @@
 """Karras et al. (2022) Heun sampling of a discrete-time eps model, as Point-E runs it.
 
-Point-E (``point_e/diffusion/k_diffusion.py``, after k-diffusion) samples its discrete-time
-(T = 1024) eps models in the variance-exploding view x_sigma = x_vp * sqrt(1 + sigma^2), with
-sigma^2 = (1 - abar) / abar:
+Point-E (``point_e/diffusion/k_diffusion.py``, after k-diffusion) samples its T = 1024 eps models in the
+variance-exploding view x_sigma = x_vp * sqrt(1 + sigma^2), sigma^2 = (1 - abar) / abar:
 
 - :func:`karras_sigmas`: sigma_i = (s_max^(1/rho) + i/(S-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, i < S,
   then 0 (Karras et al. 2022, eq. 5), computed in float32 like Point-E;
@@ -13,7 +12,6 @@ sigma^2 = (1 - abar) / abar:
 - :func:`sample_karras_heun`: Algorithm 2 of Karras et al. (2022), Heun steps with optional churn
   (gamma_i = min(s_churn / S, sqrt 2 - 1) where s_tmin <= sigma_i <= s_tmax) and an Euler last step;
 - :func:`sample_pointe_karras_heun`: all of it as the sampler registry's ``karras_heun`` (Gaussian processes).
-
 Everything here is generic (tensors of any shape (B, ...)); it knows nothing of points.
 """
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["DiffusionProcess", "REDUCTIONS", "check_tensor", "check_mask", "noise_for", "reduce_loss"]
+__all__ = ["DiffusionProcess", "REDUCTIONS", "check_tensor", "check_mask", "noise_for", "randn_like", "reduce_loss"]
 
 REDUCTIONS = ("mean", "none")
 
@@ -42,12 +42,16 @@ def check_mask(mask: Any, shape: Sequence[int], device: torch.device) -> torch.T
         raise ValueError(f"mask: expected a shape broadcastable to {tuple(shape)}, got {tuple(mask.shape)}") from err
 
 
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) shaped like ``x`` drawn from ``generator`` on its device (x's without one), then moved to x's."""
+    return torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device,
+                       dtype=x.dtype).to(x.device)
+
+
 def noise_for(x0: torch.Tensor, noise: Any, generator: torch.Generator | None) -> torch.Tensor:
-    """``noise`` if it is a tensor shaped like x0 (B, ...), else a ValueError; None: N(0, I) drawn from ``generator``
-    on its device (x0's without one), then moved to x0's."""
+    """``noise`` if it is a tensor shaped like x0 (B, ...), else a ValueError; None: :func:`randn_like` x0."""
     if noise is None:
-        return torch.randn(x0.shape, generator=generator, device=x0.device if generator is None else generator.device,
-                           dtype=x0.dtype).to(x0.device)
+        return randn_like(x0, generator)
     if not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"noise: expected a tensor shaped like x0 {tuple(x0.shape)}, got {got}")
@@ -70,22 +74,14 @@ def reduce_loss(sq_err: torch.Tensor, mask: torch.Tensor | None, reduction: str)
 
 
 class DiffusionProcess(ABC):
-    """A noising process and its model parameterisation (subclasses: ``GaussianDiffusion``, ``FlowMatching``).
+    """A noising process and its model parameterisation (subclasses: ``GaussianDiffusion``, ``FlowMatching``)."""
 
-    Class attributes: ``objective`` (which samplers run it: ``samplers.REGISTRY[name].processes``),
-    ``default_sampler`` (the sampler a model uses when nothing names one), ``ode_sampler`` (an accurate
-    deterministic solver: distillation teachers) and ``student_sampler`` (the sampler config of a distilled
-    student: one model call per step, deterministic, its default spacing). Instances carry
-    ``num_timesteps`` (the integer level grid: Gaussian T, flow matching the quantile grid of training times),
-    ``t_max`` (the process time where sampling starts) and ``config`` (plain data that rebuilds it).
-    """
-
-    objective: ClassVar[str]
-    default_sampler: ClassVar[str]
-    ode_sampler: ClassVar[str]
-    student_sampler: ClassVar[dict[str, Any]]
-    num_timesteps: int
-    config: dict[str, Any]
+    objective: ClassVar[str]  # which samplers run it: ``samplers.REGISTRY[name].processes``
+    default_sampler: ClassVar[str]  # the sampler a model uses when nothing names one
+    ode_sampler: ClassVar[str]  # an accurate deterministic solver: distillation teachers
+    student_sampler: ClassVar[dict[str, Any]]  # a distilled student's sampler config: one call per step, its spacing
+    num_timesteps: int  # the integer level grid: Gaussian T; flow matching the quantile grid of training times
+    config: dict[str, Any]  # plain data that rebuilds it
 
     @property
     @abstractmethod

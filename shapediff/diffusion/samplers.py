@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from shapediff.diffusion._noise import randn_like
+from shapediff.diffusion.process import randn_like
 from shapediff.diffusion.schedules import posterior_coefficients
 
 __all__ = ["Prediction", "StepSchedule", "SamplerSpec", "Spacing", "REGISTRY", "SPACINGS", "LEGACY_NAMES", "COMMON_OPTIONS",
@@ -135,8 +135,8 @@ def _shifted_time(steps: int, shift: float = 3.0) -> torch.Tensor:
 
 
 class Spacing(NamedTuple):
-    """A way to place a sampler's steps: its function per process (Gaussian: ``fn(alphas_cumprod (T',), S) -> (S,)``
-    integer timesteps; flow: ``fn(S, **options) -> (S+1,)`` times on [0, 1]) and the options it takes."""
+    """Step placement per process (Gaussian ``fn(abar (T',), S) -> (S,)`` timesteps; flow ``fn(S, **options) -> (S+1,)``
+    times) and its options."""
     fns: dict[str, Callable[..., torch.Tensor]]
     options: dict[str, Any]
 
@@ -259,10 +259,8 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
 
 
 class SamplerSpec(NamedTuple):
-    """One sampler: its function, the processes it integrates (``objective`` names), default steps (None = every
-    level), default spacing (a key of ``SPACINGS``), the options it accepts beyond :data:`COMMON_OPTIONS` with their
-    defaults, an optional ``check(options) -> options`` of their values, whether it draws noise (no ODE to distil)
-    and whether it holds known values (completion / inpainting)."""
+    """A sampler: function, processes (``objective`` names), default steps (None: every level) and spacing, its own
+    options with defaults and their ``check``, whether it draws noise (no ODE to distil), whether it holds known values."""
     fn: Callable[..., torch.Tensor]
     processes: tuple[str, ...]
     default_steps: int | None
@@ -294,10 +292,7 @@ REGISTRY: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(sample_heun, ("gaussian",), 25, "karras", {}),  # Heun calls the model twice per step
 }  # shapediff.diffusion.flow_samplers and .karras_heun add theirs
 
-# Keywords every sampler takes (the driver resolves them); a config's ``sampler`` node may hold them beside ``name``,
-# the options of the spacings of its process and the sampler's own options.
-COMMON_OPTIONS = ("steps", "spacing")
-
+COMMON_OPTIONS = ("steps", "spacing")  # every sampler's (the driver resolves them), beside spacing and own options
 # Names a saved model config may hold from before one name meant one sampler: (objective, old name) -> name.
 LEGACY_NAMES: dict[tuple[str, str], str] = {("flow", "euler"): "flow_euler", ("flow", "heun"): "flow_heun",
                                             ("flow", "midpoint"): "flow_midpoint"}

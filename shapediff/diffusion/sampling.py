@@ -1,11 +1,9 @@
 """The sampling driver: one entry point that runs any registered sampler on any diffusion process.
 
-``sample(process, model, shape, ...)`` (also ``process.sample(model, shape, ...)``) checks the call once (the sampler
-and its options through :func:`shapediff.diffusion.samplers.check_sampler`, the inputs here, the levels in the
-process's ``step_schedule``), builds the step schedule, the known-values hold
-(:class:`~shapediff.diffusion.inpainting.KnownValues`) and the :class:`Denoiser` (the one home of the model call,
-classifier-free guidance, x0 clamping and the process's parameterisation), and runs the sampler, whose steps go
-through the one loop :func:`~shapediff.diffusion.samplers.run_steps` (known values, RePaint jumps, per-step callback).
+``sample(process, model, shape, ...)`` (= ``process.sample(model, shape, ...)``) checks the call once (sampler and
+options: ``samplers.check_sampler``; levels: the process's ``step_schedule``), builds the schedule, the known-values
+hold and the :class:`Denoiser` (the one home of the model call, guidance, x0 clamping and the parameterisation) and
+runs the sampler through the one loop ``samplers.run_steps`` (known values, RePaint jumps, per-step callback).
 """
 
 from __future__ import annotations

@@ -57,19 +57,18 @@ POOL_SEED, POOL_BATCH = 0, 64  # the pool's noise generator and how many traject
 
 
 class SegmentDistillation:
-    """Stands in for the student's objective while it trains: ``training_loss`` is the segment-distillation loss,
-    everything else (``sample``, ``split_output``, ``num_timesteps``, ...) is the student's diffusion (a
-    :class:`~shapediff.diffusion.FlowMatching` or :class:`~shapediff.diffusion.GaussianDiffusion`).
+    """Stands in for the student's process while it trains: ``training_loss`` is the segment-distillation loss,
+    everything else (``sample``, ``split_output``, ``num_timesteps``, ...) is the student's process.
 
     Args:
-        diffusion: the student's (= the teacher's) process (a ``DiffusionProcess``).
+        diffusion: the student's (= the teacher's) ``DiffusionProcess``.
         teacher: a module called as ``teacher(x_t, model time, cond)`` (the teacher's denoiser), kept frozen and out
             of the student's parameters and state_dict.
         steps_per_sample: S, student steps (= model calls).
         teacher_sampler, teacher_steps: how the teacher solves each segment (a deterministic sampler of the process,
             None: its ``ode_sampler``; its steps per segment).
-        spacing, shift: the student's levels (a spacing of the process, None: its ``student_sampler``'s: Gaussian
-            "trailing", flow "uniform"; ``shift`` for flow's "shift"); its sampler config uses the same.
+        spacing, shift: the student's levels (a spacing of the process, None: its ``student_sampler``'s; ``shift``
+            for flow's "shift"); its sampler config uses the same.
         guidance_scale: classifier-free guidance of the teacher's solve (None: none); needs conditioned batches.
         pool_size: P > 0: the teacher solves P trajectories once (fixed noise, seed ``POOL_SEED``) at the first
             training step and every example trains on one of them (Luhman & Luhman's dataset), the one at the
