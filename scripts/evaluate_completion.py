@@ -125,15 +125,21 @@ def _intervals(pairs: list[dict]) -> dict:
 
 
 def _protocol_summary(name: str, completions: list[dict], gt) -> dict:
-    """Each method's completions (B, n, N, 3) of each seed scored under the completion preset ``name``."""
+    """Each method's completions (B, n, N, 3) of each seed scored under the completion preset ``name``, with
+    intervals over the scans (hypotheses averaged per scan) of each method's means over the seeds."""
     protocol = get_protocol(name)
-    per_seed = [{method: score_completion(out.flatten(0, 1), gt.repeat_interleave(out.shape[1], dim=0), protocol)
-                 for method, out in outs.items()} for outs in completions]
+    pairs: list[dict] = [{} for _ in completions]
+    per_seed = [{method: score_completion(out.flatten(0, 1), gt.repeat_interleave(out.shape[1], dim=0), protocol,
+                                          pairs=pairs[k].setdefault(method, {}))
+                 for method, out in outs.items()} for k, outs in enumerate(completions)]
     for scores in per_seed:
         for score in scores.values():
             score.pop("protocol_settings")
+    per_scan = [{method: {key: v.double().reshape(gt.shape[0], -1).mean(dim=1).cpu() for key, v in values.items()}
+                 for method, values in seed_pairs.items()} for seed_pairs in pairs]
     return {"protocol": protocol.name, "protocol_settings": protocol.settings(),
-            "protocol_results": per_seed[0] if len(per_seed) == 1 else per_seed}
+            "protocol_results": per_seed[0] if len(per_seed) == 1 else per_seed,
+            "protocol_intervals": _intervals(per_scan)}
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def test_completion_rows_come_with_intervals_over_scans(tmp_path):
                                                                             "evaluation": {"split": "val"}}},
                              tmp_path / "ckpt.pt")
     rc = _script("evaluate_completion").main([str(ckpt), "--num-scans", "8", "--steps", "2", "--seeds", "0", "1",
-                                             "--split", "train", "--out", str(tmp_path / "eval")])
+                                             "--split", "train", "--protocol", "pvd_completion",
+                                             "--out", str(tmp_path / "eval")])
     assert rc == 0
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["num_scans"] == 8
@@ -154,3 +155,6 @@ def test_completion_rows_come_with_intervals_over_scans(tmp_path):
         iv = intervals["CD"]
         assert iv["value"] == pytest.approx(summary["results"][row]["CD"], rel=1e-9)  # the mean over seeds and scans
         assert iv["low"] < iv["value"] < iv["high"] or iv["se"] == 0
+    preset = summary["protocol_intervals"]["pvd"]["CD"]  # the preset's CD (squared, data frame), over the 8 scans
+    means = [seed["pvd"]["CD"] for seed in summary["protocol_results"]]
+    assert preset["value"] == pytest.approx(np.mean(means), rel=1e-9) and preset["low"] < preset["value"]
