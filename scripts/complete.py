@@ -119,6 +119,7 @@ def main(argv=None) -> int:
             check_existing_file(args.bank, "--bank")
         check_writable_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
+        model.require_completion("points")
         scans = [load_scan(s, max_points=args.max_points, method=args.downsample, seed=args.seed) for s in args.scans]
         frame = args.frame
         if args.scale is not None or args.center is not None:

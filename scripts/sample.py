@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Sample point clouds from a checkpoint.
+"""Sample shapes from a checkpoint or model directory, of any model family.
 
     python scripts/sample.py runs/quickstart/checkpoints/step_00001000.pt --n 16 --sampler ddim --steps 50 --out samples_ddim
+    python scripts/sample.py runs/lvd_quickstart/checkpoints/last --n 4 --out lvd_samples
 
-Writes OUT/sample_XXX.ply, OUT/samples.pt (n, N, 3) and OUT/preview.png (unless --no-preview).
+Writes OUT/sample_XXX.ply, OUT/samples.pt (n, N, 3) and OUT/preview.png (unless --no-preview); families that
+generate surfaces (latent voxels) also write OUT/sample_XXX.obj, and their clouds are --num-points points drawn
+on each mesh.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-label", type=int, default=None, help="class index for class-conditional models")
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--num-points", type=int, default=2048, help="points drawn on each mesh (families that generate surfaces)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("samples"), help="output folder")
     p.add_argument("--no-preview", action="store_true", help="do not render preview.png")
@@ -36,23 +40,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from shapediff.geometry import save_points  # noqa: PLC0415
+    from shapediff.geometry import save_mesh, save_points  # noqa: PLC0415
 
     try:
         check_existing_file(args.checkpoint, "checkpoint", folder_ok=True)  # a file or a model directory
         check_writable_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
+        conditions = model.condition_kwargs(class_label=args.class_label, guidance_scale=args.guidance_scale)
         start = time.perf_counter()
-        samples = model.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                               class_label=args.class_label, guidance_scale=args.guidance_scale, progress=True).points.cpu()
+        out = model.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, progress=True, **conditions)
+        seconds = time.perf_counter() - start
+        samples = out.points_on_surface(args.num_points, args.seed).cpu()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
-    seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(samples, args.out / "samples.pt")
     for i, cloud in enumerate(samples):
         save_points(args.out / f"sample_{i:03d}.ply", cloud.numpy())
+    for i, mesh in enumerate(out.meshes or []):
+        if len(mesh.faces):  # an empty or sign-free volume gives no surface
+            save_mesh(args.out / f"sample_{i:03d}.obj", mesh)
     if not args.no_preview:
         from shapediff.viz import render_grid  # noqa: PLC0415
 

@@ -80,7 +80,7 @@ def serve_web(items: list, labels: list[str], args: argparse.Namespace) -> int:
     try:
         viewer = serve(*items, labels=labels, host=args.host, port=args.port, up=args.up)
     except ValueError as err:
-        print(f"view.py: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
     port = viewer.url.rstrip("/").rsplit(":", 1)[1]
     print(f"serving {len(items)} items at {viewer.url} (Ctrl-C to stop); "
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         files = collect(args.paths, args.max)
         items = [load_item(f) for f in files]
     except (FileNotFoundError, ValueError) as err:
-        print(f"view.py: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
     labels = [f.stem for f in files]
     if len(set(labels)) < len(files):  # e.g. samples/sample_000.ply and meshes/sample_000.obj
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         try:
             show(*items, labels=labels)
         except RuntimeError as err:
-            print(f"view.py: {err}", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
             return USER_ERROR
         return 0
     if args.out.suffix.lower() == ".gif":

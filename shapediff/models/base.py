@@ -10,7 +10,11 @@ Callers (the trainer, ``shapediff.evaluation``, scripts) use only the hooks belo
 - ``sample(n, *, steps, sampler, seed, batch_size, progress, **sampler_options) -> Samples``: points (n, N, 3)
   and, where the family has them, meshes and grids. Default: NotImplementedError (``can_sample`` is False).
 - ``complete(partial, n=1, *, steps, sampler, seed, **options) -> Samples`` with the layout (B, n, ...);
-  default: NotImplementedError (``can_complete`` is False).
+  default: NotImplementedError (``can_complete`` is False). ``partial_input`` says what ``partial`` is:
+  "points" (scans (B, M, 3) or a list of (M, 3), what ``scripts/complete.py`` reads) or "tsdf" (grids + a mask).
+- ``conditions``: the conditioning keywords ``sample`` takes beyond the common ones (e.g. ``class_label``,
+  ``guidance_scale``); :meth:`ShapeModel.condition_kwargs` checks a caller's against them, so generic callers
+  (the scripts) pass a condition only when the user gave one, and a family without it refuses in one line.
 - ``device``, ``config`` (plain data), ``save`` / ``load`` / ``from_config``.
 
 Sampler settings take one path: :meth:`ShapeModel.sampler_settings` merges the model's ``sampler`` config with a
@@ -111,6 +115,8 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
     config: dict[str, Any]
     can_sample: ClassVar[bool] = False
     can_complete: ClassVar[bool] = False
+    partial_input: ClassVar[str] = "points"
+    conditions: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------- the contract
     @property
@@ -153,6 +159,25 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
                  seed: int | None = None, **options: Any) -> Samples:
         """Complete B partial observations, ``n`` hypotheses each -> :class:`Samples` laid out (B, n, ...)."""
         raise NotImplementedError(f"{type(self).__name__}: this model does not complete shapes")
+
+    def require_completion(self, partial_input: str = "points") -> None:
+        """ValueError (one line) unless this model completes inputs of the kind ``partial_input`` ("points":
+        partial scans, what ``scripts/complete.py`` reads; "tsdf": grids and masks)."""
+        if not self.can_complete:
+            raise ValueError(f"complete: a {type(self).__name__} ({self.family} model) does not complete shapes")
+        if self.partial_input != partial_input:
+            raise ValueError(f"complete: a {type(self).__name__} completes {self.partial_input} inputs, not "
+                             f"{partial_input}; call its complete() from Python")
+
+    def condition_kwargs(self, **given: Any) -> dict[str, Any]:
+        """The conditions of ``given`` that are set (not None), for ``sample``; a set one the family does not take
+        (not in ``conditions``) is a ValueError naming it."""
+        chosen = {k: v for k, v in given.items() if v is not None}
+        unknown = sorted(set(chosen) - set(self.conditions))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: a {type(self).__name__} ({self.family} model) takes no {unknown[0]}; "
+                             f"its sample conditions are {list(self.conditions) or 'none'}")
+        return chosen
 
     def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
                          **options: Any) -> SamplerSettings:

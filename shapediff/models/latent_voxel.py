@@ -196,6 +196,7 @@ class LatentVoxelDiffusion(ShapeModel):
 
     can_sample = True
     can_complete = True
+    partial_input = "tsdf"  # complete(): a TSDF and its mask (complete_points: a depth scan and its camera)
 
     def __init__(self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], vae: Mapping[str, Any] | None = None,
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,

@@ -58,7 +58,6 @@ class PointCloudDiffusion(ShapeModel):
     """
 
     can_sample = True
-    can_complete = True
 
     def __init__(
         self,
@@ -124,6 +123,16 @@ class PointCloudDiffusion(ShapeModel):
     def objective(self) -> str:
         """The diffusion core's objective ("gaussian" or "flow"): which samplers apply."""
         return self.diffusion.objective
+
+    @property
+    def can_complete(self) -> bool:
+        """A two-level model does not complete: its points follow a summary of the whole shape."""
+        return self.summary is None
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """``class_label`` and ``guidance_scale`` for a class-conditional model."""
+        return ("class_label", "guidance_scale") if self.class_conditional else ()
 
     @property
     def family(self) -> str:
