@@ -10,8 +10,7 @@ from torch import nn
 
 from shapediff.config import register
 from shapediff.geometry import knn_points
-from shapediff.nn import TimestepEmbedder
-from shapediff.nn.embeddings import SummaryEmbedder, class_labels
+from shapediff.nn.conditioning import ConditionedDenoiser
 
 
 class _SetBlock(nn.Module):
@@ -34,7 +33,7 @@ class _SetBlock(nn.Module):
 
 
 @register("denoiser")
-class PointNetDenoiser(nn.Module):
+class PointNetDenoiser(ConditionedDenoiser):
     """eps/x0/v = f(x_t, t[, class]) for point sets; permutation equivariant.
 
     Args:
@@ -43,18 +42,15 @@ class PointNetDenoiser(nn.Module):
         width: hidden width C.
         depth: number of residual set blocks.
         time_embed_dim: width of the sinusoidal timestep embedding.
-        num_classes: if set, ``cond={"class_label": (B,) long}`` adds a class embedding; class
-            index ``num_classes`` is the learned null class used when ``cond`` is None.
+        num_classes, cond_drop_prob, summary_dim: the conditioning (:mod:`shapediff.nn.conditioning`): class labels
+            (index ``num_classes`` is the null class; a share ``cond_drop_prob`` of training labels is dropped to it)
+            and a global summary of the shape (``cond["summary"]`` (B, D), required when D > 0); their embeddings
+            join the time embedding.
         fourier_frequencies: F; if > 0 the xyz input channels (the first 3) are also fed as
             sin/cos(2^k pi x), k = 0..F-1 (NeRF-style): a per-point MLP on raw coordinates learns
             only smooth functions of position in a short training and leaves blurred surfaces.
         knn_neighbours: K; if > 0 each point also gets x - mean(its K nearest points' xyz, itself
             included): a local surface cue that a set-pooled network otherwise lacks.
-        cond_drop_prob: with ``num_classes``, the probability that a training example's class is replaced by the
-            null class (classifier-free guidance needs the null class trained; Point-E: 0.1).
-        summary_dim: D; if > 0, ``cond["summary"]`` (B, D), a global latent of the shape to produce
-            (:class:`shapediff.models.shape_summary.ShapeSummary`), is required and joins the time/class embedding
-            through an MLP; a ``cond`` with a summary and no ``class_label`` means the null class.
     """
 
     def __init__(
@@ -77,14 +73,8 @@ class PointNetDenoiser(nn.Module):
             raise ValueError(f"fourier_frequencies: needs xyz among the inputs (in_channels >= 3), got in_channels={in_channels}")
         emb_dim = 2 * width
         self.in_channels = in_channels
-        self.num_classes = num_classes
-        if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
-            raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
-        self.cond_drop_prob = float(cond_drop_prob)
-        self.summary_dim = summary_dim
-        self.time_embed = TimestepEmbedder(time_embed_dim, emb_dim)
-        self.summary_embed = SummaryEmbedder(summary_dim, emb_dim) if summary_dim else None
-        self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.init_conditioning(emb_dim, time_embed_dim, num_classes=num_classes, cond_drop_prob=cond_drop_prob,
+                               summary_dim=summary_dim)
         if not isinstance(knn_neighbours, int) or knn_neighbours < 0:
             raise ValueError(f"knn_neighbours: expected an int >= 0, got {knn_neighbours!r}")
         if knn_neighbours and in_channels < 3:
@@ -98,21 +88,6 @@ class PointNetDenoiser(nn.Module):
         self.out = nn.Linear(width, out_channels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-
-    def _embedding(self, t: torch.Tensor, cond: dict | None) -> torch.Tensor:
-        emb = self.time_embed(t)
-        if self.summary_embed is not None:
-            summary, cond = self.summary_embed.split(cond, t.shape[0])
-            emb = emb + self.summary_embed(summary)
-        if cond is not None and set(cond) - {"class_label"}:
-            raise ValueError(f"cond: PointNetDenoiser accepts only 'class_label' (and 'summary' with summary_dim), "
-                             f"got keys {sorted(cond)}")
-        if self.class_embed is None:
-            if cond is not None:
-                raise ValueError("cond: this PointNetDenoiser was built without num_classes; pass cond=None")
-            return emb
-        labels = class_labels(cond, t.shape[0], self.num_classes, self.cond_drop_prob, self.training, t.device)
-        return emb + self.class_embed(labels)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C_in) -> (B, N, C_in + 6F [+ 3]): the inputs, sin and cos of each xyz coordinate at F
@@ -133,7 +108,8 @@ class PointNetDenoiser(nn.Module):
         """x: (B, N, C_in), t: (B,) integer timesteps -> (B, N, C_out)."""
         if x.ndim != 3 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x: expected (B, N, {self.in_channels}), got shape {tuple(x.shape)}")
-        emb = self._embedding(t, cond)
+        c = self.embed_conditions(t, cond, x.shape[0])
+        emb = c.time if c.label is None else c.time + c.label
         h = self.inp(self._features(x))
         for block in self.blocks:
             h = block(h, emb)

@@ -47,8 +47,8 @@ from shapediff.config import register
 from shapediff import geometry as _geo
 from shapediff.denoisers.voxel_ops import _avg_voxelize, _normalize_coords, _trilinear_devoxelize
 from shapediff.geometry.point_ops import POINT_OP_CONVENTIONS
-from shapediff.nn import SpatialSelfAttention, SqueezeExcitation, TimestepEmbedder
-from shapediff.nn.embeddings import SummaryEmbedder, class_labels
+from shapediff.nn import SpatialSelfAttention, SqueezeExcitation
+from shapediff.nn.conditioning import ConditionedDenoiser
 
 __all__ = [
     "PVD_SA_BLOCKS", "PVD_FP_BLOCKS", "SharedMLP", "PVConv", "SetAbstraction", "FeaturePropagation",
@@ -262,7 +262,7 @@ def _build_fp(fp, c, skip_channels, embed_dim, w, pvconv, fp_attention, point_op
 
 
 @register("denoiser")
-class PVCNN2(nn.Module):
+class PVCNN2(ConditionedDenoiser):
     """PVD's point-voxel U-Net denoiser: ``forward(x_t (B, N, C_in), t (B,), cond=None) -> (B, N, C_out)``.
 
     Args:
@@ -289,12 +289,9 @@ class PVCNN2(nn.Module):
             10000^(-i/31); what PVD's weights expect, set by ``configs/model/pvcnn_pvd.yaml``) or
             "adm" ([cos, sin], 10000^(-i/32); the default, which checkpoints saved before this
             option was added were trained with).
-        num_classes: if set, ``cond={"class_label": (B,) long}`` adds a class embedding to the time embedding
-            (PVD is unconditional); index ``num_classes`` is the null class used when ``cond`` is None.
-        cond_drop_prob: with ``num_classes``, the probability that a training example's class becomes the null
-            class (classifier-free guidance needs it trained).
-        summary_dim: D; if > 0, ``cond["summary"]`` (B, D), a global latent of the shape
-            (:class:`shapediff.nn.embeddings.SummaryEmbedder`), is required and added to the time embedding.
+        num_classes, cond_drop_prob, summary_dim: the conditioning (:mod:`shapediff.nn.conditioning`; PVD is
+            unconditional): class labels with the null class and guidance dropout, and a global summary of the
+            shape (``cond["summary"]`` (B, D), required when D > 0); both join the time embedding.
     """
 
     def __init__(
@@ -332,22 +329,10 @@ class PVCNN2(nn.Module):
         self.fp_layers = nn.ModuleList(fp_layers)
         hc = int(w * head_channels)
         self.classifier = nn.Sequential(SharedMLP(c, hc), nn.Dropout(head_dropout), nn.Conv1d(hc, out_channels, 1))
-        self.time_embed = TimestepEmbedder(embed_dim, activation="leaky_relu", convention=time_embedding)
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes: expected None or a positive int, got {num_classes!r}")
-        if not 0.0 <= float(cond_drop_prob) <= 1.0:
-            raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
-        self.num_classes, self.cond_drop_prob = num_classes, float(cond_drop_prob)
-        # added to the time embedding; the last row is the null class (cond None, guidance)
-        self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
-        self.summary_embed = SummaryEmbedder(summary_dim, embed_dim) if summary_dim else None
+        self.init_conditioning(embed_dim, embed_dim, num_classes=num_classes, cond_drop_prob=cond_drop_prob,
+                               summary_dim=summary_dim, time_activation="leaky_relu", time_convention=time_embedding)
 
-    def _check(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None) -> None:
-        if cond is not None and self.class_embed is None:
-            raise ValueError(f"cond: this PVCNN2 was built without num_classes and expects None, got {type(cond).__name__}")
-        if cond is not None and (not isinstance(cond, Mapping) or set(cond) != {"class_label"}):
-            got = sorted(cond) if isinstance(cond, Mapping) else type(cond).__name__
-            raise ValueError(f"cond: PVCNN2 accepts only {{'class_label': (B,) long}}, got {got}")
+    def _check(self, x: torch.Tensor, t: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.in_channels or 0 in x.shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a non-empty (B, N, {self.in_channels}) tensor, got {got}")
@@ -360,18 +345,9 @@ class PVCNN2(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None = None) -> torch.Tensor:
         """x (B, N, C_in) channels-last, t (B,) timesteps, cond None or {"class_label": (B,)} (with num_classes)
         -> (B, N, C_out); with ``summary_dim``, cond also holds "summary" (B, D)."""
-        summary = None
-        if self.summary_embed is not None:
-            if not isinstance(x, torch.Tensor) or x.dim() != 3:
-                self._check(x, t, None)  # the shape error
-            summary, cond = self.summary_embed.split(cond, x.shape[0])
-        self._check(x, t, cond)
-        temb = self.time_embed(t)
-        if summary is not None:
-            temb = temb + self.summary_embed(summary)
-        if self.class_embed is not None:
-            temb = temb + self.class_embed(class_labels(cond, x.shape[0], self.num_classes, self.cond_drop_prob,
-                                                        self.training, x.device))
+        self._check(x, t)
+        c = self.embed_conditions(t, cond, x.shape[0])
+        temb = c.time if c.label is None else c.time + c.label
         temb = temb.to(x.dtype)[:, :, None]  # (B, E, 1); constant over points
 
         def with_time(f: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ positional encoding, so the network is permutation-equivariant in the points (Po
 Nichol et al. 2022). The timestep enters either as a prepended token (Point-E) or through
 adaLN-Zero modulation of every block (DiT, Peebles & Xie 2023).
 
-Conditioning (``cond`` dict, see the team contract):
+Conditioning (``cond`` dict, the contract of :mod:`shapediff.nn.conditioning`):
 - ``"class_label"`` (B,) long: a learned class embedding (index ``num_classes`` is the learned
   null class); a prepended token in "token" mode, added to the time embedding in "adaln" mode.
 - ``"partial"`` (B, M, 3): each partial point goes through a per-point MLP and becomes a prefix
@@ -27,19 +27,17 @@ import torch
 from torch import nn
 
 from shapediff.config import register
-from shapediff.nn import TimestepEmbedder
-from shapediff.nn.embeddings import SummaryEmbedder
+from shapediff.nn.conditioning import ConditionedDenoiser
 from shapediff.nn.transformer_blocks import FinalLayer, TransformerBlock, dit_init_
 
 __all__ = ["PointTransformer"]
 
 _TIME_MODES = ("token", "adaln")
 _PARTIAL_MODES = (None, "tokens", "cross_attention")
-_COND_KEYS = ("class_label", "partial")
 
 
 @register("denoiser")
-class PointTransformer(nn.Module):
+class PointTransformer(ConditionedDenoiser):
     """Transformer denoiser on point sets: ``forward(x (B, N, C_in), t (B,), cond) -> (B, N, C_out)``.
 
     Args:
@@ -76,22 +74,14 @@ class PointTransformer(nn.Module):
         summary_dim: int = 0,
     ):
         super().__init__()
-        _check_config(in_channels, out_channels, width, depth, heads, time_conditioning, num_classes,
-                      partial_encoder, cond_drop_prob)
+        _check_config(in_channels, out_channels, width, depth, heads, time_conditioning, partial_encoder)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.time_conditioning = time_conditioning
-        self.num_classes = num_classes
         self.partial_encoder = partial_encoder
-        self.cond_drop_prob = float(cond_drop_prob)
         adaln = time_conditioning == "adaln"
         self.input_proj = nn.Linear(in_channels, width)
-        self.time_embed = TimestepEmbedder(time_embed_dim, width)
-        self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, width)
-        self.summary_embed = SummaryEmbedder(summary_dim, width) if summary_dim else None
-        self.partial_embed = None
-        if partial_encoder is not None:
-            self.partial_embed = nn.Sequential(nn.Linear(3, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
-            self.partial_null = nn.Parameter(torch.zeros(1, 1, width))
+        self.init_conditioning(width, time_embed_dim, num_classes=num_classes, cond_drop_prob=cond_drop_prob,
+                               summary_dim=summary_dim, partial_tokens=partial_encoder is not None)
         context_dim = width if partial_encoder == "cross_attention" else None
         self.ln_pre = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(
@@ -114,19 +104,9 @@ class PointTransformer(nn.Module):
         Returns:
             (B, N, C_out) prediction for every point.
         """
-        summary = None
-        if self.summary_embed is not None:
-            if not isinstance(x, torch.Tensor) or x.dim() != 3:
-                self._validate(x, t, None)  # the shape error
-            summary, cond = self.summary_embed.split(cond, x.shape[0])
-        cond = self._validate(x, t, cond)
+        self._validate(x, t)
         b, n = x.shape[:2]
-        keep = self._keep_mask(b, x.device) if cond else None
-        t_emb = self.time_embed(t)
-        if summary is not None:  # a global latent of the shape: never dropped (it is not a guidance condition)
-            t_emb = t_emb + self.summary_embed(summary)
-        class_emb = self._class_embedding(cond.get("class_label"), keep, b, x.device)
-        partial, partial_mask = self._partial_tokens(cond.get("partial"), keep, b)
+        t_emb, class_emb, partial, partial_mask = self.embed_conditions(t, cond, b)
 
         prefix = [] if self.time_conditioning == "adaln" else [t_emb[:, None]]
         if class_emb is not None and self.time_conditioning == "token":
@@ -145,47 +125,9 @@ class PointTransformer(nn.Module):
             h = block(h, c, key_mask, context, context_mask)
         return self.final(h[:, -n:], c)
 
-    # -- conditioning -------------------------------------------------------------------------
-
-    def _keep_mask(self, b: int, device: torch.device) -> torch.Tensor | None:
-        """(B,) bool, False for samples whose condition is dropped; None when nothing is dropped."""
-        if not self.training or self.cond_drop_prob <= 0.0:
-            return None
-        return torch.rand(b, device=device) >= self.cond_drop_prob
-
-    def _class_embedding(self, label: torch.Tensor | None, keep: torch.Tensor | None, b: int,
-                         device: torch.device) -> torch.Tensor | None:
-        """(B, C) embedding of the class labels, the null class where absent or dropped."""
-        if self.class_embed is None:
-            return None
-        null = torch.full((b,), self.num_classes, dtype=torch.long, device=device)
-        if label is None:
-            return self.class_embed(null)
-        label = label.to(device=device, dtype=torch.long)
-        return self.class_embed(label if keep is None else torch.where(keep, label, null))
-
-    def _partial_tokens(self, partial: torch.Tensor | None, keep: torch.Tensor | None,
-                        b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Partial tokens (B, S, C) and their key mask (B, S) (None = all visible).
-
-        Conditioned: S = M tokens. Null (absent): S = 1 learned null token. Training with dropout:
-        S = 1 + M, the null token visible only to dropped samples, the M tokens only to the others
-        (always this form, so every parameter is in the graph, as DDP wants, and nothing syncs).
-        """
-        if self.partial_embed is None:
-            return None, None
-        null = self.partial_null.expand(b, 1, -1)
-        if partial is None:
-            return null, None
-        tokens = self.partial_embed(partial.to(null.dtype))
-        if keep is None:
-            return tokens, None
-        mask = torch.cat([~keep[:, None], keep[:, None].expand(b, tokens.shape[1])], dim=1)
-        return torch.cat([null, tokens], dim=1), mask
-
     # -- validation ---------------------------------------------------------------------------
 
-    def _validate(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None) -> dict:
+    def _validate(self, x: torch.Tensor, t: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a (B, N, {self.in_channels}) tensor, got {got}")
@@ -197,22 +139,6 @@ class PointTransformer(nn.Module):
         if not isinstance(t, torch.Tensor) or t.shape != (b,):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"t: expected a ({b},) tensor of timesteps, got {got}")
-        return self._validate_cond(cond, b)
-
-    def _validate_cond(self, cond: Mapping | None, b: int) -> dict:
-        if cond is None:
-            return {}
-        if not isinstance(cond, Mapping):
-            raise ValueError(f"cond: expected None or a dict with keys {_COND_KEYS}, got {type(cond).__name__}")
-        cond = {k: v for k, v in cond.items() if v is not None}
-        unknown = sorted(set(cond) - set(_COND_KEYS))
-        if unknown:
-            raise ValueError(f"cond: unknown key(s) {unknown}; PointTransformer accepts {list(_COND_KEYS)}")
-        if "class_label" in cond:
-            _check_labels(cond["class_label"], b, self.num_classes)
-        if "partial" in cond:
-            _check_partial(cond["partial"], b, self.partial_encoder)
-        return cond
 
 
 def _prefix_key_mask(n_before: int, partial_mask: torch.Tensor | None, n: int, b: int,
@@ -225,30 +151,8 @@ def _prefix_key_mask(n_before: int, partial_mask: torch.Tensor | None, n: int, b
     return torch.cat([ones_before, partial_mask, ones_after], dim=1)
 
 
-def _check_labels(label: object, b: int, num_classes: int | None) -> None:
-    if num_classes is None:
-        raise ValueError("cond['class_label']: this PointTransformer has num_classes=None and cannot use class labels")
-    if not isinstance(label, torch.Tensor) or label.shape != (b,) or label.is_floating_point():
-        got = f"{tuple(label.shape)} {label.dtype}" if isinstance(label, torch.Tensor) else type(label).__name__
-        raise ValueError(f"cond['class_label']: expected a ({b},) integer tensor, got {got}")
-    if bool(((label < 0) | (label >= num_classes)).any()):
-        raise ValueError(f"cond['class_label']: expected labels in [0, {num_classes}), got {label.tolist()}")
-
-
-def _check_partial(partial: object, b: int, partial_encoder: str | None) -> None:
-    if partial_encoder is None:
-        raise ValueError("cond['partial']: this PointTransformer has partial_encoder=None and cannot use partial points")
-    if not isinstance(partial, torch.Tensor) or partial.dim() != 3 or partial.shape[0] != b or partial.shape[-1] != 3:
-        got = tuple(partial.shape) if isinstance(partial, torch.Tensor) else type(partial).__name__
-        raise ValueError(f"cond['partial']: expected a ({b}, M, 3) tensor, got {got}")
-    if partial.shape[1] == 0:
-        raise ValueError("cond['partial']: expected at least one partial point, got M=0")
-    if not partial.is_floating_point() or not bool(torch.isfinite(partial).all()):
-        raise ValueError("cond['partial']: expected finite floating-point values (got NaN/Inf or a non-float dtype)")
-
-
 def _check_config(in_channels: int, out_channels: int, width: int, depth: int, heads: int, time_conditioning: str,
-                  num_classes: int | None, partial_encoder: str | None, cond_drop_prob: float) -> None:
+                  partial_encoder: str | None) -> None:
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
                         ("depth", depth), ("heads", heads)):
         if not isinstance(value, int) or value <= 0:
@@ -257,9 +161,5 @@ def _check_config(in_channels: int, out_channels: int, width: int, depth: int, h
         raise ValueError(f"heads: expected a divisor of width={width}, got {heads}")
     if time_conditioning not in _TIME_MODES:
         raise ValueError(f"time_conditioning: expected one of {_TIME_MODES}, got {time_conditioning!r}")
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
-        raise ValueError(f"num_classes: expected None or a positive int, got {num_classes!r}")
     if partial_encoder not in _PARTIAL_MODES:
         raise ValueError(f"partial_encoder: expected one of {_PARTIAL_MODES}, got {partial_encoder!r}")
-    if not 0.0 <= float(cond_drop_prob) <= 1.0:
-        raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from shapediff.config import register
-from shapediff.nn import TimestepEmbedder
-from shapediff.nn.embeddings import class_labels
+from shapediff.nn.conditioning import ConditionedDenoiser
 
 
 class _VectorBlock(nn.Module):
@@ -25,16 +24,15 @@ class _VectorBlock(nn.Module):
 
 
 @register("denoiser")
-class VectorMLPDenoiser(nn.Module):
+class VectorMLPDenoiser(ConditionedDenoiser):
     """eps/x0/v = f(x_t (B, D), t (B,)[, class]) -> (B, D).
 
     Args:
         dim: D, the vector's size.
         width, depth: hidden width and number of residual blocks.
         time_embed_dim: width of the sinusoidal timestep embedding.
-        num_classes: if set, ``cond={"class_label": (B,) long}`` adds a class embedding; index ``num_classes`` is
-            the null class used when ``cond`` is None.
-        cond_drop_prob: with ``num_classes``, the share of training examples given the null class.
+        num_classes, cond_drop_prob: class labels with the null class and guidance dropout
+            (:mod:`shapediff.nn.conditioning`).
     """
 
     def __init__(self, dim: int, width: int = 256, depth: int = 3, time_embed_dim: int = 64,
@@ -43,11 +41,8 @@ class VectorMLPDenoiser(nn.Module):
         for name, value in (("dim", dim), ("width", width), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
-            raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
-        self.dim, self.num_classes, self.cond_drop_prob = dim, num_classes, float(cond_drop_prob)
-        self.time_embed = TimestepEmbedder(time_embed_dim, width)
-        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.dim = dim
+        self.init_conditioning(width, time_embed_dim, num_classes=num_classes, cond_drop_prob=cond_drop_prob)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_VectorBlock(width, width) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
@@ -63,15 +58,8 @@ class VectorMLPDenoiser(nn.Module):
         """x: (B, D), t: (B,) timesteps -> (B, D)."""
         if x.ndim != 2 or x.shape[-1] != self.dim:
             raise ValueError(f"x: expected (B, {self.dim}), got shape {tuple(x.shape)}")
-        emb = self.time_embed(t)
-        if cond is not None and set(cond) - {"class_label"}:
-            raise ValueError(f"cond: VectorMLPDenoiser accepts only 'class_label', got keys {sorted(cond)}")
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(class_labels(cond, x.shape[0], self.num_classes, self.cond_drop_prob,
-                                                      self.training, x.device))
-        elif cond is not None:
-            raise ValueError("cond: this VectorMLPDenoiser was built without num_classes; pass cond=None")
-        emb = nn.functional.silu(emb)
+        c = self.embed_conditions(t, cond, x.shape[0])
+        emb = nn.functional.silu(c.time if c.label is None else c.time + c.label)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

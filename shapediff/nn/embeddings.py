@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["EMBEDDING_CONVENTIONS", "EmbeddingConvention", "SummaryEmbedder", "TimestepEmbedder", "class_labels",
+__all__ = ["EMBEDDING_CONVENTIONS", "EmbeddingConvention", "SummaryEmbedder", "TimestepEmbedder",
            "timestep_embedding"]
 
 
@@ -106,24 +106,6 @@ class TimestepEmbedder(nn.Module):
         dtype = self.mlp[0].weight.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         return self.mlp(timestep_embedding(t, self.embed_dim, convention=self.convention, dtype=compute).to(dtype))
-
-
-def class_labels(cond: dict | None, batch: int, num_classes: int, drop_prob: float, training: bool,
-                 device: torch.device) -> torch.Tensor:
-    """(B,) long class indices for a class embedding of ``num_classes + 1`` rows (the last is the null class).
-
-    ``cond`` None -> the null class for every example; else ``cond["class_label"]`` (B,), each replaced by the null
-    class with probability ``drop_prob`` when ``training`` (classifier-free guidance's condition dropout, drawn from
-    torch's global generator, which the trainer seeds)."""
-    if cond is None:
-        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-    labels = cond["class_label"].long()
-    if labels.shape != (batch,):
-        raise ValueError(f"cond['class_label']: expected shape ({batch},), got {tuple(labels.shape)}")
-    if training and drop_prob > 0:
-        drop = torch.rand(labels.shape, device=labels.device) < drop_prob
-        labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
-    return labels
 
 
 class SummaryEmbedder(nn.Module):

@@ -38,7 +38,7 @@ def test_shapes_and_extra_channels():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(cond={"class_label": torch.zeros(2, dtype=torch.long)}), "cond: this PVCNN2 was built without num_classes"),
+        (dict(cond={"class_label": torch.zeros(2, dtype=torch.long)}), r"cond\[.class_label.\]: this PVCNN2 was built without num_classes"),
         (dict(x=torch.randn(2, 40)), r"x: expected a non-empty \(B, N, 3\)"),
         (dict(x=torch.full((2, 40, 3), float("nan"))), "x: contains NaN"),
         (dict(t=torch.zeros(3, dtype=torch.long)), r"t: expected a \(2,\) tensor"),

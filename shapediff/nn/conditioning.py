@@ -1,0 +1,157 @@
+"""The conditioning contract of every shapediff point denoiser, in one home.
+
+A denoiser is ``forward(x_t, t, cond=None) -> like x_t``. ``cond`` is None (unconditional: the null condition) or a
+mapping with some of:
+
+- ``"class_label"`` (B,) integer in [0, num_classes): a learned class embedding; the extra row ``num_classes`` is the
+  null class, used where the label is absent (``cond`` None, guidance's unconditional call) or dropped;
+- ``"summary"`` (B, D): a global latent of the shape to produce (the two-level generator's
+  :class:`shapediff.models.shape_summary.ShapeSummary`), required when the denoiser was built with ``summary_dim=D``
+  and never dropped (it is what the points are generated *given*, not a guidance condition);
+- ``"partial"`` (B, M, 3): known points of the shape (a partial scan), as tokens, for denoisers built to take them.
+  (PVD's layout gives known points another way: as the first M points of x_t, flagged by
+  :class:`shapediff.denoisers.KnownIndicatorDenoiser`.)
+
+Guidance dropout: in training mode with ``cond_drop_prob`` p > 0, each example's guidance condition (class label and
+known points together) is replaced by the null one with probability p, from one ``torch.rand(B)`` of torch's global
+generator (the trainer seeds it), so classifier-free guidance has a trained null condition.
+
+:class:`ConditionedDenoiser` is the base class that builds and applies it: a denoiser calls
+:meth:`ConditionedDenoiser.init_conditioning` in its constructor and :meth:`ConditionedDenoiser.embed_conditions` in
+its forward, and combines the returned embeddings as its architecture does (added to the time embedding, FiLM, a
+prefix token, cross-attention). The parameters keep their historical names on the denoiser (``time_embed``,
+``summary_embed``, ``class_embed``, ``partial_embed``, ``partial_null``), so every saved and converted state dict loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from shapediff.nn.embeddings import SummaryEmbedder, TimestepEmbedder
+
+__all__ = ["COND_KEYS", "Conditions", "ConditionedDenoiser"]
+
+COND_KEYS = ("class_label", "summary", "partial")
+
+
+class Conditions(NamedTuple):
+    """What :meth:`ConditionedDenoiser.embed_conditions` returns for a batch of B.
+
+    time: (B, C) the time embedding plus the summary's (the summary is never dropped).
+    label: (B, C) the class embedding (the null class where absent or dropped), or None without ``num_classes``.
+    partial: (B, M, C) known-point tokens, (B, 1, C) the null token when absent, or None for denoisers without them.
+    partial_mask: (B, S) bool key mask of ``partial`` under dropout (False = hidden), or None (all visible).
+    """
+
+    time: torch.Tensor
+    label: torch.Tensor | None
+    partial: torch.Tensor | None
+    partial_mask: torch.Tensor | None
+
+
+class ConditionedDenoiser(nn.Module):
+    """Base class of the point denoisers: builds and applies the conditioning contract (module docstring)."""
+
+    def init_conditioning(self, dim: int, time_embed_dim: int, *, num_classes: int | None = None,
+                          cond_drop_prob: float = 0.0, summary_dim: int = 0, partial_tokens: bool = False,
+                          time_activation: str = "silu", time_convention: str = "adm") -> None:
+        """Build the embeddings, all of width ``dim`` C: time (a ``time_embed_dim`` sinusoid and an MLP), the summary
+        (with ``summary_dim`` > 0), the classes (``num_classes`` + the null class) and, with ``partial_tokens``, a
+        per-point MLP of known points and their null token. Checks the conditioning arguments (one place)."""
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes: expected None or a positive int, got {num_classes!r}")
+        if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob: expected a probability in [0, 1], got {cond_drop_prob!r}")
+        if isinstance(summary_dim, bool) or not isinstance(summary_dim, int) or summary_dim < 0:
+            raise ValueError(f"summary_dim: expected an int >= 0, got {summary_dim!r}")
+        self.num_classes, self.cond_drop_prob, self.summary_dim = num_classes, float(cond_drop_prob), summary_dim
+        self.time_embed = TimestepEmbedder(time_embed_dim, dim, activation=time_activation, convention=time_convention)
+        self.summary_embed = SummaryEmbedder(summary_dim, dim) if summary_dim else None
+        self.class_embed = nn.Embedding(num_classes + 1, dim) if num_classes else None
+        self.partial_embed = None
+        if partial_tokens:
+            self.partial_embed = nn.Sequential(nn.Linear(3, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+            self.partial_null = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def embed_conditions(self, t: torch.Tensor, cond: Mapping | None, batch: int) -> Conditions:
+        """Check ``cond`` against what this denoiser was built for and embed it (see :class:`Conditions`)."""
+        cond = self._check_cond(cond, batch)
+        keep = None
+        if self.training and self.cond_drop_prob > 0 and ("class_label" in cond or "partial" in cond):
+            keep = torch.rand(batch, device=t.device) >= self.cond_drop_prob
+        time = self.time_embed(t)
+        if self.summary_embed is not None:
+            time = time + self.summary_embed(cond["summary"])
+        label = None
+        if self.class_embed is not None:
+            null = torch.full((batch,), self.num_classes, dtype=torch.long, device=t.device)
+            given = cond.get("class_label")
+            labels = null if given is None else given.to(t.device).long()
+            label = self.class_embed(labels if keep is None else torch.where(keep, labels, null))
+        partial, mask = self._partial_tokens(cond.get("partial"), keep, batch)
+        return Conditions(time, label, partial, mask)
+
+    def _partial_tokens(self, partial: torch.Tensor | None, keep: torch.Tensor | None,
+                        b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Known-point tokens (B, S, C) and their key mask (B, S) (None = all visible).
+
+        Given: S = M tokens. Absent: S = 1 learned null token. Training with dropout: S = 1 + M, the null token
+        visible only to dropped examples, the M tokens only to the others (always this form, so every parameter is
+        in the graph, as DDP wants, and nothing syncs)."""
+        if self.partial_embed is None:
+            return None, None
+        null = self.partial_null.expand(b, 1, -1)
+        if partial is None:
+            return null, None
+        tokens = self.partial_embed(partial.to(null.dtype))
+        if keep is None:
+            return tokens, None
+        mask = torch.cat([~keep[:, None], keep[:, None].expand(b, tokens.shape[1])], dim=1)
+        return torch.cat([null, tokens], dim=1), mask
+
+    def _check_cond(self, cond: Mapping | None, b: int) -> dict:
+        """``cond`` as a dict without None entries; a ValueError naming the key for anything this denoiser cannot take."""
+        name = type(self).__name__
+        if cond is not None and not isinstance(cond, Mapping):
+            raise ValueError(f"cond: expected None or a dict with keys among {list(COND_KEYS)}, got {type(cond).__name__}")
+        cond = {k: v for k, v in (cond or {}).items() if v is not None}
+        takes = ["class_label", *(["summary"] if self.summary_embed is not None else []),
+                 *(["partial"] if self.partial_embed is not None else [])]
+        unknown = sorted(map(str, set(cond) - set(takes) - {"partial"}))
+        if unknown:
+            raise ValueError(f"cond: {name} accepts only {', '.join(map(repr, takes))}; got unknown key(s) {unknown}")
+        if self.summary_embed is not None:
+            cond["summary"], _ = self.summary_embed.split(cond, b)
+        if "class_label" in cond:
+            _check_labels(cond["class_label"], b, self.num_classes, name)
+        if "partial" in cond:
+            _check_partial(cond["partial"], b, self.partial_embed is not None, name)
+        return cond
+
+
+def _check_labels(label: object, b: int, num_classes: int | None, name: str) -> None:
+    if num_classes is None:
+        raise ValueError(f"cond['class_label']: this {name} was built without num_classes (num_classes=None) and "
+                         "takes no class labels; pass cond=None")
+    if not isinstance(label, torch.Tensor) or label.shape != (b,) or label.is_floating_point():
+        got = f"{tuple(label.shape)} {label.dtype}" if isinstance(label, torch.Tensor) else type(label).__name__
+        raise ValueError(f"cond['class_label']: expected a ({b},) integer tensor, got {got}")
+    if bool(((label < 0) | (label >= num_classes)).any()):
+        raise ValueError(f"cond['class_label']: expected labels in [0, {num_classes}), got {label.tolist()}")
+
+
+def _check_partial(partial: object, b: int, takes: bool, name: str) -> None:
+    if not takes:
+        raise ValueError(f"cond['partial']: this {name} was built without known-point tokens (partial_encoder=None) "
+                         "and cannot use partial points")
+    if not isinstance(partial, torch.Tensor) or partial.dim() != 3 or partial.shape[0] != b or partial.shape[-1] != 3:
+        got = tuple(partial.shape) if isinstance(partial, torch.Tensor) else type(partial).__name__
+        raise ValueError(f"cond['partial']: expected a ({b}, M, 3) tensor, got {got}")
+    if partial.shape[1] == 0:
+        raise ValueError("cond['partial']: expected at least one partial point, got M=0")
+    if not partial.is_floating_point() or not bool(torch.isfinite(partial).all()):
+        raise ValueError("cond['partial']: expected finite floating-point values (got NaN/Inf or a non-float dtype)")
