@@ -46,7 +46,7 @@ from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
 from shapediff.models.point_cloud import _plain, class_frequencies, prior_labels
-from shapediff.nn.embeddings import class_labels
+from shapediff.nn.conditioning import drop_labels
 from shapediff.randomness import make_generator, per_example_randint, per_example_randn
 
 __all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder"]
@@ -254,6 +254,11 @@ class LatentVoxelDiffusion(ShapeModel):
         return self.diffusion.objective
 
     @property
+    def conditions(self) -> tuple[str, ...]:
+        """``class_label`` for a class-conditional model."""
+        return ("class_label",) if self.class_conditional else ()
+
+    @property
     def family(self) -> str:
         """A run ends with generation metrics on points drawn from the sampled meshes (``shapediff.evaluation``)."""
         return "latent_generation"
@@ -345,8 +350,7 @@ class LatentVoxelDiffusion(ShapeModel):
             if "label" not in batch:
                 raise ValueError("batch: class_conditional=True needs a 'label' entry")
             labels = batch["label"].to(self.device).long().reshape(-1)
-            cond = {"class_label": class_labels({"class_label": labels}, z.shape[0], self.class_prior.numel(),
-                                                self.cond_drop_prob, self.training, self.device)}
+            cond = {"class_label": drop_labels(labels, self.class_prior.numel(), self.cond_drop_prob, self.training)}
         return self.diffusion.training_loss(self.denoiser, z, t=t, noise=noise, cond=cond, generator=generator)
 
     # ------------------------------------------------------------------------- sampling

@@ -33,9 +33,24 @@ from torch import nn
 
 from shapediff.nn.embeddings import SummaryEmbedder, TimestepEmbedder
 
-__all__ = ["COND_KEYS", "Conditions", "ConditionedDenoiser"]
+__all__ = ["COND_KEYS", "Conditions", "ConditionedDenoiser", "drop_labels", "guidance_keep"]
 
 COND_KEYS = ("class_label", "summary", "partial")
+
+
+def guidance_keep(batch: int, drop_prob: float, training: bool, device: torch.device) -> torch.Tensor | None:
+    """(B,) bool, False for the examples whose guidance condition is dropped: one ``torch.rand(B)`` of torch's global
+    generator in training with ``drop_prob`` > 0; None (nothing dropped) otherwise."""
+    if not training or drop_prob <= 0:
+        return None
+    return torch.rand(batch, device=device) >= drop_prob
+
+
+def drop_labels(labels: torch.Tensor, num_classes: int, drop_prob: float, training: bool) -> torch.Tensor:
+    """(B,) class labels with the dropped ones (:func:`guidance_keep`) replaced by the null class ``num_classes``:
+    for models that drop labels before a network that does not (the latent-voxel UNet)."""
+    keep = guidance_keep(labels.shape[0], drop_prob, training, labels.device)
+    return labels if keep is None else torch.where(keep, labels, torch.full_like(labels, num_classes))
 
 
 class Conditions(NamedTuple):
@@ -80,9 +95,8 @@ class ConditionedDenoiser(nn.Module):
     def embed_conditions(self, t: torch.Tensor, cond: Mapping | None, batch: int) -> Conditions:
         """Check ``cond`` against what this denoiser was built for and embed it (see :class:`Conditions`)."""
         cond = self._check_cond(cond, batch)
-        keep = None
-        if self.training and self.cond_drop_prob > 0 and ("class_label" in cond or "partial" in cond):
-            keep = torch.rand(batch, device=t.device) >= self.cond_drop_prob
+        droppable = "class_label" in cond or "partial" in cond
+        keep = guidance_keep(batch, self.cond_drop_prob, self.training, t.device) if droppable else None
         time = self.time_embed(t)
         if self.summary_embed is not None:
             time = time + self.summary_embed(cond["summary"])
