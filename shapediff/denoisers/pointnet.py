@@ -106,8 +106,7 @@ class PointNetDenoiser(ConditionedDenoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         """x: (B, N, C_in), t: (B,) integer timesteps -> (B, N, C_out)."""
-        if x.ndim != 3 or x.shape[-1] != self.in_channels:
-            raise ValueError(f"x: expected (B, N, {self.in_channels}), got shape {tuple(x.shape)}")
+        self.check_input(x, t)
         c = self.embed_conditions(t, cond, x.shape[0])
         emb = c.time if c.label is None else c.time + c.label
         h = self.inp(self._features(x))

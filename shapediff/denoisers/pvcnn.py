@@ -332,20 +332,10 @@ class PVCNN2(ConditionedDenoiser):
         self.init_conditioning(embed_dim, embed_dim, num_classes=num_classes, cond_drop_prob=cond_drop_prob,
                                summary_dim=summary_dim, time_activation="leaky_relu", time_convention=time_embedding)
 
-    def _check(self, x: torch.Tensor, t: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.in_channels or 0 in x.shape:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected a non-empty (B, N, {self.in_channels}) tensor, got {got}")
-        if not torch.isfinite(x).all():
-            raise ValueError("x: contains NaN or Inf values")
-        if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],):
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"t: expected a ({x.shape[0]},) tensor of timesteps, got {got}")
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping | None = None) -> torch.Tensor:
         """x (B, N, C_in) channels-last, t (B,) timesteps, cond None or {"class_label": (B,)} (with num_classes)
         -> (B, N, C_out); with ``summary_dim``, cond also holds "summary" (B, D)."""
-        self._check(x, t)
+        self.check_input(x, t)
         c = self.embed_conditions(t, cond, x.shape[0])
         temb = c.time if c.label is None else c.time + c.label
         temb = temb.to(x.dtype)[:, :, None]  # (B, E, 1); constant over points

@@ -5,18 +5,11 @@ positional encoding, so the network is permutation-equivariant in the points (Po
 Nichol et al. 2022). The timestep enters either as a prepended token (Point-E) or through
 adaLN-Zero modulation of every block (DiT, Peebles & Xie 2023).
 
-Conditioning (``cond`` dict, the contract of :mod:`shapediff.nn.conditioning`):
-- ``"class_label"`` (B,) long: a learned class embedding (index ``num_classes`` is the learned
-  null class); a prepended token in "token" mode, added to the time embedding in "adaln" mode.
-- ``"partial"`` (B, M, 3): each partial point goes through a per-point MLP and becomes a prefix
-  token (``partial_encoder="tokens"``) or a context token that every block cross-attends to
-  (``"cross_attention"``). Its null condition is one learned null token.
-
-Classifier-free guidance: during training (``model.train()``) each sample's whole condition is
-replaced by the null one with probability ``cond_drop_prob`` (Point-E: 0.1), drawn with torch's
-global RNG like ``nn.Dropout``; ``cond=None`` always means the null condition. A dropped sample's
-output equals exactly (up to float rounding) what ``cond=None`` gives, because its partial tokens
-are masked out of attention and the null token is shown in their place.
+Conditioning: the contract of :mod:`shapediff.nn.conditioning`. A class label is a prepended token ("token" mode)
+or joins the time embedding ("adaln"); known points (``cond["partial"]``) become prefix tokens
+(``partial_encoder="tokens"``) or context tokens every block cross-attends to (``"cross_attention"``). A sample whose
+condition is dropped (guidance training) gives what ``cond=None`` gives: its known-point tokens are masked out of
+attention and the null token shown instead.
 """
 
 from __future__ import annotations
@@ -104,7 +97,7 @@ class PointTransformer(ConditionedDenoiser):
         Returns:
             (B, N, C_out) prediction for every point.
         """
-        self._validate(x, t)
+        self.check_input(x, t)
         b, n = x.shape[:2]
         t_emb, class_emb, partial, partial_mask = self.embed_conditions(t, cond, b)
 
@@ -124,21 +117,6 @@ class PointTransformer(ConditionedDenoiser):
         for block in self.blocks:
             h = block(h, c, key_mask, context, context_mask)
         return self.final(h[:, -n:], c)
-
-    # -- validation ---------------------------------------------------------------------------
-
-    def _validate(self, x: torch.Tensor, t: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.in_channels:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected a (B, N, {self.in_channels}) tensor, got {got}")
-        b, n = x.shape[:2]
-        if b == 0 or n == 0:
-            raise ValueError(f"x: expected a non-empty (B, N, {self.in_channels}) tensor, got shape {tuple(x.shape)}")
-        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-            raise ValueError("x: expected finite floating-point values (got NaN/Inf or a non-float dtype)")
-        if not isinstance(t, torch.Tensor) or t.shape != (b,):
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"t: expected a ({b},) tensor of timesteps, got {got}")
 
 
 def _prefix_key_mask(n_before: int, partial_mask: torch.Tensor | None, n: int, b: int,

@@ -161,8 +161,7 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
         raise NotImplementedError(f"{type(self).__name__}: this model does not complete shapes")
 
     def require_completion(self, partial_input: str = "points") -> None:
-        """ValueError (one line) unless this model completes inputs of the kind ``partial_input`` ("points":
-        partial scans, what ``scripts/complete.py`` reads; "tsdf": grids and masks)."""
+        """ValueError (one line) unless this model completes inputs of the kind ``partial_input``."""
         if not self.can_complete:
             raise ValueError(f"complete: a {type(self).__name__} ({self.family} model) does not complete shapes")
         if self.partial_input != partial_input:
@@ -170,8 +169,7 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
                              f"{partial_input}; call its complete() from Python")
 
     def condition_kwargs(self, **given: Any) -> dict[str, Any]:
-        """The conditions of ``given`` that are set (not None), for ``sample``; a set one the family does not take
-        (not in ``conditions``) is a ValueError naming it."""
+        """The conditions of ``given`` that are set, for ``sample``; one not in ``conditions`` is a ValueError."""
         chosen = {k: v for k, v in given.items() if v is not None}
         unknown = sorted(set(chosen) - set(self.conditions))
         if unknown:

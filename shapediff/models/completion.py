@@ -43,6 +43,7 @@ __all__ = [
     "METHODS",
     "COMPLETION_MODES",
     "CompletionMethod",
+    "KNOWN_POINTS",
     "complete",
     "complete_pvd",
     "complete_training_free",
@@ -223,6 +224,24 @@ METHODS: dict[str, CompletionMethod] = {
 }
 # The values of PointCloudDiffusion(completion=...): how a model was trained for completion.
 COMPLETION_MODES = tuple(sorted({method.trained_as for method in METHODS.values()}))
+
+
+def _known_first(x0: torch.Tensor, partial: torch.Tensor, cond: dict | None, m: int) -> tuple:
+    """PVD: the first M points of x0 are the clean scan (held: True in the mask, not scored), the rest the shape's."""
+    if partial.shape[1] != m:
+        raise ValueError(f"batch['partial']: expected M={m} points, got {partial.shape[1]}")
+    x0, mask = known_first(partial, x0[:, : x0.shape[1] - m])
+    return x0, cond, mask
+
+
+def _known_tokens(x0: torch.Tensor, partial: torch.Tensor, cond: dict | None, m: int) -> tuple:
+    """The scan as the denoiser's ``cond["partial"]`` (B, M, 3) (any M)."""
+    return x0, {**(cond or {}), "partial": partial}, None
+
+
+# Completion as a conditioning of the generator: how each trained ``completion`` setting gives a training pair's
+# known points (B, M, 3) to it: ``(x0, partial, cond, M) -> (x0, cond, mask)`` (mask True = held, not scored).
+KNOWN_POINTS: dict[str, Callable[..., tuple]] = {"pvd": _known_first, "tokens": _known_tokens}
 
 
 def default_method(model) -> str:

@@ -45,9 +45,10 @@ from shapediff.config import instantiate, register
 from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
-from shapediff.models.point_cloud import _plain, class_frequencies, prior_labels
+from shapediff.models.latent_prior import LatentPrior
+from shapediff.models.point_cloud import _plain, class_frequencies, sampling_labels
 from shapediff.nn.conditioning import drop_labels
-from shapediff.randomness import make_generator, per_example_randint, per_example_randn
+from shapediff.randomness import make_generator, per_example_randn
 
 __all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder"]
 
@@ -216,7 +217,9 @@ class LatentVoxelDiffusion(ShapeModel):
         self.vae.requires_grad_(False)
         self.grid = _grid(_plain(grid), self.vae.resolution)
         self.denoiser: nn.Module = instantiate(_plain(dict(denoiser)), where="model.denoiser")
-        self.diffusion = instantiate(_plain(dict(diffusion)), where="model.diffusion")
+        # the prior over the VAE's latents; the VAE's decoder is the generator given them
+        self.prior = LatentPrior(self.denoiser, instantiate(_plain(dict(diffusion)), where="model.diffusion"),
+                                 self.vae.latent_shape)
         self._check_denoiser()
         self.class_conditional, self.cond_drop_prob = bool(class_conditional), float(cond_drop_prob)
         if self.class_conditional:
@@ -247,6 +250,15 @@ class LatentVoxelDiffusion(ShapeModel):
             raise ValueError(f"denoiser: cannot take the VAE's (B, {c}, {r}, {r}, {r}) latents: {err}") from err
         if out.shape != probe.shape:
             raise ValueError(f"denoiser: expected an output of shape (B, {c}, {r}, {r}, {r}), got {tuple(out.shape)}")
+
+    @property
+    def diffusion(self) -> Any:
+        """The latent prior's process (distillation replaces it)."""
+        return self.prior.diffusion
+
+    @diffusion.setter
+    def diffusion(self, process: Any) -> None:
+        self.prior.diffusion = process
 
     @property
     def objective(self) -> str:
@@ -342,16 +354,13 @@ class LatentVoxelDiffusion(ShapeModel):
             z = (batch["latent"].to(self.device) - self.latent_shift) * self.latent_scale
         else:
             z = self.encode(batch["tsdf"])
-        t = noise = cond = None
-        if "seed" in batch:
-            t = per_example_randint(self.diffusion.num_timesteps, batch["seed"], device=self.device)
-            noise = per_example_randn(tuple(z.shape[1:]), batch["seed"], device=self.device)
+        cond = None
         if self.class_conditional:
             if "label" not in batch:
                 raise ValueError("batch: class_conditional=True needs a 'label' entry")
             labels = batch["label"].to(self.device).long().reshape(-1)
             cond = {"class_label": drop_labels(labels, self.class_prior.numel(), self.cond_drop_prob, self.training)}
-        return self.diffusion.training_loss(self.denoiser, z, t=t, noise=noise, cond=cond, generator=generator)
+        return self.prior.loss(z, cond, seeds=batch.get("seed"), generator=generator)
 
     # ------------------------------------------------------------------------- sampling
     def _sampling_model(self) -> nn.Module:
@@ -369,34 +378,18 @@ class LatentVoxelDiffusion(ShapeModel):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         self._check_fitted()
-        sampler, steps, options = self.sampler_settings(sampler, steps, **sampler_options)
+        settings = self.sampler_settings(sampler, steps, **sampler_options)
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
-        labels = self._labels(class_label, n, generator)
+        labels = sampling_labels(self.class_prior if self.class_conditional else None, class_label, n, generator)
         out = []
         for start in range(0, n, batch_size or n):
             b = min(batch_size or n, n - start)
             cond = None if labels is None else {"class_label": labels[start:start + b]}
-            z = self.diffusion.sample(self._sampling_model(), (b, *self.latent_shape), sampler=sampler, steps=steps,
-                                      generator=generator, device=self.device, progress=progress, callback=callback,
-                                      cond=cond, **options)
+            z = self.prior.sample(b, settings, model=self._sampling_model(), generator=generator, device=self.device,
+                                  progress=progress, callback=callback, cond=cond)
             out.append(self.decode(z))
         tsdf = torch.cat(out)
         return Samples(grids=tsdf, meshes=_to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
-
-    def _labels(self, class_label: Any, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        """(n,) labels for sampling (None: unconditional): ``class_label`` as given, else drawn from the prior."""
-        if not self.class_conditional:
-            if class_label is not None:
-                raise ValueError("class_label: this model is not class-conditional (class_conditional=False)")
-            return None
-        if class_label is None:
-            return prior_labels(self.class_prior, n, generator)
-        labels = torch.as_tensor(class_label, device=self.device).long().reshape(-1)
-        labels = labels.expand(n) if labels.numel() == 1 else labels
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.class_prior.numel():
-            raise ValueError(f"class_label: expected an int or {n} labels in [0, {self.class_prior.numel()}), "
-                             f"got {torch.as_tensor(class_label).tolist()}")
-        return labels
 
     def latent_mask(self, mask: torch.Tensor, erode: int = 0) -> torch.Tensor:
         """Voxel mask (B, 1, R, R, R) bool (True = observed) -> latent mask (B, 1, r, r, r): a latent cell is
@@ -450,10 +443,9 @@ class LatentVoxelDiffusion(ShapeModel):
         if guidance > 0:
             misfit = lambda z: self.observation_misfit(self._decode_raw(z), obs, obs_mask)  # noqa: E731
             model = ObservationGuided(model, self.diffusion, misfit, guidance)
-        sampler, steps, kwargs = self.sampler_settings(sampler, steps)
-        z = self.diffusion.sample(model, tuple(known.shape), sampler=sampler, steps=steps, **kwargs,
-                                  seed=seed if seed is not None else int(torch.randint(2**62, (1,))), device=self.device,
-                                  known=known, mask=lmask, keep_known="noised", resample_jumps=resample_jumps)
+        z = self.prior.sample(known.shape[0], self.sampler_settings(sampler, steps), model=model, device=self.device,
+                              seed=seed if seed is not None else int(torch.randint(2**62, (1,))), known=known,
+                              mask=lmask, keep_known="noised", resample_jumps=resample_jumps)
         tsdf = self.fit_observation(z, obs, obs_mask, refine_steps, refine_feature_steps)
         if paste_known:
             tsdf = torch.where(m[:, 0].repeat_interleave(n, 0), x[:, 0].repeat_interleave(n, 0), tsdf)

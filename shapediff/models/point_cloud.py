@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -11,15 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapediff.config import instantiate, lookup, register
-from shapediff.diffusion.inpainting import known_first
+from shapediff.config import instantiate, register
 from shapediff.geometry.frames import scan_centric_batch
 from shapediff.geometry.validation import check_coordinates
-from shapediff.models.base import Samples, ShapeModel, sampler_config
-from shapediff.models.completion import COMPLETION_MODES, complete
+from shapediff.models.base import Samples, SamplerSettings, ShapeModel, sampler_config
+from shapediff.models.completion import COMPLETION_MODES, KNOWN_POINTS, complete
+from shapediff.models.latent_prior import GivenLatent, LatentPrior, seeded_loss
 from shapediff.models.normalization import PointNormalizer
-from shapediff.models.shape_summary import ShapeSummary
-from shapediff.randomness import make_generator, mix_seed, per_example_randint, per_example_randn
+from shapediff.models.shape_summary import ShapeSummary, two_level_config, two_level_noise
+from shapediff.randomness import make_generator
 
 TRAINING_FRAMES = ("data", "scan")
 
@@ -46,15 +45,12 @@ class PointCloudDiffusion(ShapeModel):
         frame: the frame completion pairs are trained in (:mod:`shapediff.geometry.frames`):
             ``"data"`` (the dataset's coordinates) or ``"scan"`` (each pair mapped by its partial
             scan's centroid and RMS radius, so ``complete`` takes a scan in any position and unit).
-        shape_summary: generation only: a two-level generator (LION's hierarchy with a computed latent). Every
-            cloud has a global summary s (:class:`shapediff.models.shape_summary.ShapeSummary`, D numbers); the
-            denoiser generates the points given s (``cond["summary"]``; its ``summary_dim`` is set to D), and a
-            small prior network generates s with the same objective (trained jointly: the loss is the sum of
-            both). Keys: ``num_fourier`` (26), ``fourier_scale`` (1.5), ``seed`` (0) of the summary; ``prior``,
-            the prior network's config (default a :class:`shapediff.denoisers.VectorMLPDenoiser`);
-            ``steps`` (50), the prior's sampling steps; ``condition_noise`` (0.1), the std of Gaussian noise
-            added to the training summaries the denoiser sees (in standardised units), so that it tolerates
-            the prior's errors. None: plain one-level generation.
+        shape_summary: generation only: two levels (:mod:`shapediff.models.latent_prior`): a prior generates a
+            summary s of the shape (:class:`~shapediff.models.shape_summary.ShapeSummary`), the denoiser the points
+            given ``cond["summary"]`` = s; trained jointly. Keys (:func:`~shapediff.models.shape_summary.two_level_config`):
+            ``num_fourier`` (26), ``fourier_scale`` (1.5), ``seed`` (0), ``prior`` (its network's config), ``steps`` (50,
+            the prior's sampling steps), ``condition_noise`` (0.1, std of the jitter of the training summaries the
+            denoiser sees, so that it tolerates the prior's errors). None: one level.
     """
 
     can_sample = True
@@ -91,7 +87,7 @@ class PointCloudDiffusion(ShapeModel):
         }
         self.config = copy.deepcopy(_plain(self.config))
         if shape_summary is not None:
-            self.config["shape_summary"] = _summary_config(_plain(shape_summary), self.config, completion)
+            self.config["shape_summary"] = two_level_config(_plain(shape_summary), self.config)
         self.denoiser: nn.Module = instantiate(self.config["denoiser"], where="model.denoiser")
         self.diffusion = instantiate(self.config["diffusion"], where="model.diffusion")
         self.config["sampler"] = sampler_config(_plain(sampler), {"name": "dpmpp_2m", "steps": 20}, self.diffusion)
@@ -109,15 +105,16 @@ class PointCloudDiffusion(ShapeModel):
             # class frequencies of the training split; all zeros = not fitted (checkpoints from before the prior)
             self.register_buffer("class_prior", torch.zeros(num_classes))
             self._register_load_state_dict_pre_hook(_default_class_prior, with_module=True)
-        self.summary = self.summary_prior = self.summary_diffusion = None
-        if shape_summary is not None:
+        self.summary = self.summary_prior = self.latent_prior = None
+        if shape_summary is not None:  # two levels: the summary's prior, then the points given the summary
             cfg = self.config["shape_summary"]
             self.summary = ShapeSummary(cfg["num_fourier"], cfg["fourier_scale"], cfg["seed"])
             self.summary_prior = instantiate(cfg["prior"], where="model.shape_summary.prior")
-            diffusion_cfg = dict(self.config["diffusion"])
-            if "coupling" in diffusion_cfg:
-                diffusion_cfg["coupling"] = "independent"  # the point matching has no meaning for a vector
-            self.summary_diffusion = instantiate(diffusion_cfg, where="model.diffusion")
+            process = dict(self.config["diffusion"])
+            if "coupling" in process:
+                process["coupling"] = "independent"  # the point matching has no meaning for a vector
+            self.latent_prior = LatentPrior(self.summary_prior, instantiate(process, where="model.diffusion"),
+                                            (self.summary.dim,))
 
     @property
     def objective(self) -> str:
@@ -173,61 +170,28 @@ class PointCloudDiffusion(ShapeModel):
             raise ValueError(f"batch: expected a mapping with a 'points' (B, N, 3) tensor, got {got}")
         if self.frame == "scan":
             batch = scan_centric_batch(batch)
-        points = _check_cloud(batch["points"], "batch['points']").to(self.device)
-        x0 = self.normalizer.normalize(points)
-        cond, partial = self._training_condition(batch)
-        mask = None
-        if self.completion == "pvd":
-            # PVD: the first M points are the clean partial scan, the other N - M the complete shape's.
-            x0, mask = known_first(partial, x0[:, : x0.shape[1] - partial.shape[1]])
-        t = noise = None
-        if "seed" in batch:
-            seeds = batch["seed"]
-            t = per_example_randint(self.diffusion.num_timesteps, seeds, device=self.device)
-            noise = per_example_randn(tuple(x0.shape[1:]), seeds, device=self.device, dtype=x0.dtype)
-        if self.summary is None:
-            return self.diffusion.training_loss(self.denoiser, x0, cond=cond, mask=mask, t=t, noise=noise,
-                                                generator=generator)
-        return self._two_level_loss(x0, cond, t, noise, batch.get("seed"), generator)
-
-    def _two_level_loss(self, x0: torch.Tensor, cond: dict | None, t, noise, seeds: torch.Tensor | None,
-                        generator: torch.Generator | None) -> torch.Tensor:
-        """Points given their (jittered) summary, plus the summary prior's loss; x0 (B, N, 3) normalised."""
-        summary = self.summary(x0)
-        d = summary.shape[1]
-        if seeds is not None:
-            salted = torch.tensor([mix_seed(int(s), 0x5D) for s in seeds.tolist()])
-            jitter = per_example_randn((d,), salted, device=self.device, dtype=x0.dtype)
-            prior_noise = per_example_randn((d,), salted + 1, device=self.device, dtype=x0.dtype)
-            prior_t = per_example_randint(self.summary_diffusion.num_timesteps, salted, device=self.device, salt=2)
-        else:
-            gen_device = generator.device if generator is not None else self.device
-            jitter = torch.randn(summary.shape, generator=generator, device=gen_device).to(self.device, x0.dtype)
-            prior_noise = prior_t = None
-        point_cond = {**(cond or {}), "summary": summary + self.config["shape_summary"]["condition_noise"] * jitter}
-        points_loss = self.diffusion.training_loss(self.denoiser, x0, cond=point_cond, t=t, noise=noise,
-                                                   generator=generator)
-        prior_loss = self.summary_diffusion.training_loss(self.summary_prior, summary, cond=cond, t=prior_t,
-                                                          noise=prior_noise, generator=generator)
-        return points_loss + prior_loss
-
-    def _training_condition(self, batch) -> tuple[dict | None, torch.Tensor | None]:
-        """The denoiser's ``cond`` and the normalised partial scan (B, M, 3) (None when unused)."""
-        cond = {}
+        x0 = self.normalizer.normalize(_check_cloud(batch["points"], "batch['points']").to(self.device))
+        cond = None
         if self.class_conditional:
             if "label" not in batch:
                 raise ValueError("batch: class_conditional=True needs a 'label' entry")
-            cond["class_label"] = batch["label"].to(self.device).long()
-        partial = None
-        if self.completion != "none":
+            cond = {"class_label": batch["label"].to(self.device).long()}
+        mask = None
+        if self.completion in KNOWN_POINTS:  # completion: the scan's known points are a condition of the generator
             if "partial" not in batch:
                 raise ValueError(f"batch: completion={self.completion!r} needs a 'partial' entry (use a partial-scan dataset)")
             partial = self.normalizer.normalize(_check_cloud(batch["partial"], "batch['partial']").to(self.device))
-            if self.completion == "tokens":
-                cond["partial"] = partial
-            elif partial.shape[1] != self.num_partial_points:
-                raise ValueError(f"batch['partial']: expected M={self.num_partial_points} points, got {partial.shape[1]}")
-        return (cond or None), partial
+            x0, cond, mask = KNOWN_POINTS[self.completion](x0, partial, cond, self.num_partial_points)
+        if self.latent_prior is None:
+            return seeded_loss(self.diffusion, self.denoiser, x0, cond, seeds=batch.get("seed"), mask=mask,
+                               generator=generator)
+        # two levels: the points given their (jittered) summary, plus the summary prior's loss
+        summary = self.summary(x0)
+        jitter, prior_t, prior_noise = two_level_noise(summary, batch.get("seed"), generator, self.latent_prior.diffusion)
+        point_cond = {**(cond or {}), "summary": summary + self.config["shape_summary"]["condition_noise"] * jitter}
+        points_loss = seeded_loss(self.diffusion, self.denoiser, x0, point_cond, seeds=batch.get("seed"),
+                                  generator=generator)
+        return points_loss + self.latent_prior.loss(summary, cond, t=prior_t, noise=prior_noise, generator=generator)
 
     # ----------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -262,18 +226,17 @@ class PointCloudDiffusion(ShapeModel):
             clip_x0 = self.default_clip_x0()
         batch_size = batch_size or n
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
-        cond = self._class_cond(class_label, n, generator)
+        labels = sampling_labels(self.class_prior if self.class_conditional else None, class_label, n, generator)
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            part_cond = None if cond is None else {k: v[start : start + b] for k, v in cond.items()}
+            part_cond = None if labels is None else {"class_label": labels[start : start + b]}
             denoiser = self.denoiser
-            if self.summary is not None:
-                summary = self.summary_diffusion.sample(
-                    self.summary_prior, (b, self.summary.dim), sampler=settings.name,
-                    steps=self.config["shape_summary"]["steps"], generator=generator, device=self.device,
-                    cond=part_cond, guidance_scale=guidance_scale, **settings.options)
-                denoiser = _GivenSummary(self.denoiser, summary)
+            if self.latent_prior is not None:  # two levels: a summary from its prior, then the points given it
+                prior_settings = SamplerSettings(settings.name, self.config["shape_summary"]["steps"], settings.options)
+                summary = self.latent_prior.sample(b, prior_settings, generator=generator, device=self.device,
+                                                   cond=part_cond, guidance_scale=guidance_scale)
+                denoiser = GivenLatent(self.denoiser, summary, "summary")
             x = self.diffusion.sample(
                 denoiser, (b, self.num_points, 3), sampler=settings.name, steps=settings.steps,
                 generator=generator, device=self.device, cond=part_cond, guidance_scale=guidance_scale,
@@ -287,22 +250,6 @@ class PointCloudDiffusion(ShapeModel):
         bound = float(self.normalizer.bound)
         return 1.2 * bound if math.isfinite(bound) else None
 
-    def _class_cond(self, class_label, n: int, generator: torch.Generator | None = None) -> dict | None:
-        if class_label is None and self.class_conditional and bool(self.class_prior.sum() > 0):
-            return {"class_label": prior_labels(self.class_prior, n, generator)}
-        if class_label is None or (isinstance(class_label, str) and class_label == "null" and self.class_conditional):
-            return None
-        if not self.class_conditional:
-            raise ValueError("class_label: this model is not class-conditional (class_conditional=False)")
-        if isinstance(class_label, str):
-            raise ValueError(f"class_label: expected an int, {n} labels or 'null', got {class_label!r}")
-        labels = torch.as_tensor(class_label, device=self.device).long().reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if labels.numel() != n:
-            raise ValueError(f"class_label: expected an int or {n} labels, got {labels.numel()}")
-        return {"class_label": labels}
-
     def complete(self, partial: Any, n: int = 1, *, steps: int | None = None, sampler: str | None = None,
                  seed: int | None = None, **options: Any) -> Samples:
         """Complete partial scans (data coordinates) -> :class:`Samples` with points (B, n, N, 3), B = 1 for one
@@ -315,58 +262,6 @@ class PointCloudDiffusion(ShapeModel):
                              "(experiment=completion_quickstart) or a generator trained with pipeline.shape_summary=null")
         out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
         return Samples(points=out if out.ndim == 4 else out[None])
-
-
-class _GivenSummary(nn.Module):
-    """The point denoiser with each call's ``cond["summary"]`` set to fixed summaries (B, D): classifier-free
-    guidance's unconditional call (cond None) keeps the summary and drops only the class."""
-
-    def __init__(self, denoiser: nn.Module, summary: torch.Tensor):
-        super().__init__()
-        self.denoiser, self.summary = denoiser, summary
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
-        return self.denoiser(x, t, {**(cond or {}), "summary": self.summary})
-
-
-def _summary_config(given: Any, config: dict, completion: str) -> dict:
-    """``shape_summary`` with defaults filled in, checked; sets the denoiser config's ``summary_dim``."""
-    if completion != "none":
-        raise ValueError(f"shape_summary: a generation option; completion={completion!r} takes shape_summary=None")
-    if not isinstance(given, Mapping):
-        raise ValueError(f"shape_summary: expected a mapping of options or None, got {type(given).__name__}")
-    defaults = {"num_fourier": 26, "fourier_scale": 1.5, "seed": 0, "steps": 50, "condition_noise": 0.1, "prior": None}
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise ValueError(f"shape_summary: unknown keys {sorted(unknown)}; expected some of {sorted(defaults)}")
-    cfg = {**defaults, **given}
-    if isinstance(cfg["steps"], bool) or not isinstance(cfg["steps"], int) or cfg["steps"] < 1:
-        raise ValueError(f"shape_summary.steps: expected a positive int, got {cfg['steps']!r}")
-    noise = cfg["condition_noise"]
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"shape_summary.condition_noise: expected a finite number >= 0, got {noise!r}")
-    num_fourier = cfg["num_fourier"]
-    if isinstance(num_fourier, bool) or not isinstance(num_fourier, int) or num_fourier < 0:
-        raise ValueError(f"shape_summary.num_fourier: expected an int >= 0, got {num_fourier!r}")
-    dim = 6 + num_fourier
-    num_classes = config["denoiser"].get("num_classes") if config["class_conditional"] else None
-    prior = {"_target_": "shapediff.denoisers.VectorMLPDenoiser", **dict(cfg["prior"] or {})}
-    prior.setdefault("dim", dim)
-    prior.setdefault("num_classes", num_classes)
-    prior.setdefault("cond_drop_prob", config["denoiser"].get("cond_drop_prob", 0.0))
-    if prior["dim"] != dim:
-        raise ValueError(f"shape_summary.prior.dim: expected the summary's size 6 + num_fourier = {dim}, got {prior['dim']!r}")
-    cfg["prior"] = prior
-    target = lookup(config["denoiser"].get("_target_"), "model.denoiser").cls
-    if "summary_dim" not in inspect.signature(target).parameters:
-        raise ValueError(f"shape_summary: needs a denoiser that reads cond['summary'] (one with a summary_dim argument: "
-                         f"PointNetDenoiser, PVCNN2, PointTransformer), got {config['denoiser'].get('_target_')}; "
-                         "set pipeline.shape_summary=null for this denoiser")
-    given_dim = config["denoiser"].get("summary_dim")
-    if given_dim not in (None, 0, dim):
-        raise ValueError(f"model.denoiser.summary_dim: expected the summary's size 6 + num_fourier = {dim}, got {given_dim!r}")
-    config["denoiser"]["summary_dim"] = dim
-    return cfg
 
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:
@@ -405,6 +300,30 @@ def class_frequencies(dataset, num_classes: int) -> torch.Tensor:
         raise ValueError(f"data: class labels must lie in 0..{k - 1} (model.num_classes={k}), got {found}")
     counts = torch.bincount(labels, minlength=k).double()
     return (counts / counts.sum()).float()
+
+
+def sampling_labels(prior: torch.Tensor | None, class_label: Any, n: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """(n,) labels a sampling call conditions on, or None (unconditional / the null class) for a model whose class
+    frequencies are ``prior`` (K,) (None: not class-conditional). ``class_label``: None draws them from the prior
+    (:func:`prior_labels`; a prior of zeros, never fitted, means the null class), "null" the null class, an int or
+    (n,) labels as given."""
+    if prior is None:
+        if class_label is not None:
+            raise ValueError("class_label: this model is not class-conditional (class_conditional=False)")
+        return None
+    if class_label is None:
+        return prior_labels(prior, n, generator) if bool(prior.sum() > 0) else None
+    if isinstance(class_label, str):
+        if class_label == "null":
+            return None
+        raise ValueError(f"class_label: expected an int, {n} labels or 'null', got {class_label!r}")
+    labels = torch.as_tensor(class_label, device=prior.device).long().reshape(-1)
+    labels = labels.expand(n) if labels.numel() == 1 else labels
+    if labels.numel() != n or bool(labels.min() < 0) or bool(labels.max() >= prior.numel()):
+        raise ValueError(f"class_label: expected an int or {n} labels in [0, {prior.numel()}), "
+                         f"got {torch.as_tensor(class_label).tolist()}")
+    return labels
 
 
 def prior_labels(prior: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -17,13 +17,18 @@ of unit scale, as a diffusion prior over it expects.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ShapeSummary"]
+from shapediff.config import lookup
+from shapediff.randomness import mix_seed, per_example_randint, per_example_randn
+
+__all__ = ["ShapeSummary", "two_level_config", "two_level_noise"]
 
 
 class ShapeSummary(nn.Module):
@@ -93,3 +98,58 @@ class ShapeSummary(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_fourier={self.frequencies.shape[0]}"
+
+
+def two_level_config(given: Any, config: dict) -> dict:
+    """A two-level model's ``shape_summary`` with defaults filled in, checked, for a ``PointCloudDiffusion`` config
+    (plain data; its denoiser's ``summary_dim`` is set to the summary's size D = 6 + ``num_fourier``)."""
+    if config["completion"] != "none":
+        raise ValueError(f"shape_summary: a generation option; completion={config['completion']!r} takes shape_summary=None")
+    if not isinstance(given, Mapping):
+        raise ValueError(f"shape_summary: expected a mapping of options or None, got {type(given).__name__}")
+    defaults = {"num_fourier": 26, "fourier_scale": 1.5, "seed": 0, "steps": 50, "condition_noise": 0.1, "prior": None}
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"shape_summary: unknown keys {sorted(unknown)}; expected some of {sorted(defaults)}")
+    cfg = {**defaults, **given}
+    if isinstance(cfg["steps"], bool) or not isinstance(cfg["steps"], int) or cfg["steps"] < 1:
+        raise ValueError(f"shape_summary.steps: expected a positive int, got {cfg['steps']!r}")
+    noise = cfg["condition_noise"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"shape_summary.condition_noise: expected a finite number >= 0, got {noise!r}")
+    num_fourier = cfg["num_fourier"]
+    if isinstance(num_fourier, bool) or not isinstance(num_fourier, int) or num_fourier < 0:
+        raise ValueError(f"shape_summary.num_fourier: expected an int >= 0, got {num_fourier!r}")
+    dim = 6 + num_fourier
+    num_classes = config["denoiser"].get("num_classes") if config["class_conditional"] else None
+    prior = {"_target_": "shapediff.denoisers.VectorMLPDenoiser", **dict(cfg["prior"] or {})}
+    prior.setdefault("dim", dim)
+    prior.setdefault("num_classes", num_classes)
+    prior.setdefault("cond_drop_prob", config["denoiser"].get("cond_drop_prob", 0.0))
+    if prior["dim"] != dim:
+        raise ValueError(f"shape_summary.prior.dim: expected the summary's size 6 + num_fourier = {dim}, got {prior['dim']!r}")
+    cfg["prior"] = prior
+    target = lookup(config["denoiser"].get("_target_"), "model.denoiser").cls
+    if "summary_dim" not in inspect.signature(target).parameters:
+        raise ValueError(f"shape_summary: needs a denoiser that reads cond['summary'] (one with a summary_dim argument: "
+                         f"PointNetDenoiser, PVCNN2, PointTransformer), got {config['denoiser'].get('_target_')}; "
+                         "set pipeline.shape_summary=null for this denoiser")
+    given_dim = config["denoiser"].get("summary_dim")
+    if given_dim not in (None, 0, dim):
+        raise ValueError(f"model.denoiser.summary_dim: expected the summary's size 6 + num_fourier = {dim}, got {given_dim!r}")
+    config["denoiser"]["summary_dim"] = dim
+    return cfg
+
+
+def two_level_noise(summary: torch.Tensor, seeds: torch.Tensor | None, generator: torch.Generator | None,
+                    prior_diffusion: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(jitter (B, D), prior levels (B,), prior noise (B, D)) of a two-level step on summaries (B, D): from the
+    trainer's ``seeds`` (salted apart from the points' draws), else the jitter from ``generator`` and None, None."""
+    d, device, dtype = summary.shape[1], summary.device, summary.dtype
+    if seeds is None:
+        gen_device = generator.device if generator is not None else device
+        return torch.randn(summary.shape, generator=generator, device=gen_device).to(device, dtype), None, None
+    salted = torch.tensor([mix_seed(int(s), 0x5D) for s in seeds.tolist()])
+    jitter = per_example_randn((d,), salted, device=device, dtype=dtype)
+    prior_noise = per_example_randn((d,), salted + 1, device=device, dtype=dtype)
+    return jitter, per_example_randint(prior_diffusion.num_timesteps, salted, device=device, salt=2), prior_noise

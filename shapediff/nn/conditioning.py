@@ -1,26 +1,13 @@
-"""The conditioning contract of every shapediff point denoiser, in one home.
+"""The conditioning contract of every shapediff point denoiser, built and applied in one place.
 
-A denoiser is ``forward(x_t, t, cond=None) -> like x_t``. ``cond`` is None (unconditional: the null condition) or a
-mapping with some of:
-
-- ``"class_label"`` (B,) integer in [0, num_classes): a learned class embedding; the extra row ``num_classes`` is the
-  null class, used where the label is absent (``cond`` None, guidance's unconditional call) or dropped;
-- ``"summary"`` (B, D): a global latent of the shape to produce (the two-level generator's
-  :class:`shapediff.models.shape_summary.ShapeSummary`), required when the denoiser was built with ``summary_dim=D``
-  and never dropped (it is what the points are generated *given*, not a guidance condition);
-- ``"partial"`` (B, M, 3): known points of the shape (a partial scan), as tokens, for denoisers built to take them.
-  (PVD's layout gives known points another way: as the first M points of x_t, flagged by
-  :class:`shapediff.denoisers.KnownIndicatorDenoiser`.)
-
-Guidance dropout: in training mode with ``cond_drop_prob`` p > 0, each example's guidance condition (class label and
-known points together) is replaced by the null one with probability p, from one ``torch.rand(B)`` of torch's global
-generator (the trainer seeds it), so classifier-free guidance has a trained null condition.
-
-:class:`ConditionedDenoiser` is the base class that builds and applies it: a denoiser calls
-:meth:`ConditionedDenoiser.init_conditioning` in its constructor and :meth:`ConditionedDenoiser.embed_conditions` in
-its forward, and combines the returned embeddings as its architecture does (added to the time embedding, FiLM, a
-prefix token, cross-attention). The parameters keep their historical names on the denoiser (``time_embed``,
-``summary_embed``, ``class_embed``, ``partial_embed``, ``partial_null``), so every saved and converted state dict loads.
+``forward(x_t, t, cond=None)``: ``cond`` is None (the null condition) or a mapping with some of ``"class_label"``
+(B,) integers in [0, num_classes) (a learned embedding; the extra row ``num_classes`` is the null class, used where
+the label is absent or dropped), ``"summary"`` (B, D) (a global latent of the shape, required with ``summary_dim=D``,
+never dropped) and ``"partial"`` (B, M, 3) (known points as tokens, for denoisers built with them). In training with
+``cond_drop_prob`` p, each example's guidance condition (class and known points together) becomes the null one with
+probability p (one ``torch.rand(B)`` of the global generator). docs/architecture.md, "a denoiser", has the recipe.
+The parameters keep their names on the denoiser (``time_embed``, ``summary_embed``, ``class_embed``,
+``partial_embed``, ``partial_null``), so saved and converted state dicts load as they are.
 """
 
 from __future__ import annotations
@@ -33,9 +20,7 @@ from torch import nn
 
 from shapediff.nn.embeddings import SummaryEmbedder, TimestepEmbedder
 
-__all__ = ["COND_KEYS", "Conditions", "ConditionedDenoiser", "drop_labels", "guidance_keep"]
-
-COND_KEYS = ("class_label", "summary", "partial")
+__all__ = ["Conditions", "ConditionedDenoiser", "drop_labels", "guidance_keep"]
 
 
 def guidance_keep(batch: int, drop_prob: float, training: bool, device: torch.device) -> torch.Tensor | None:
@@ -54,13 +39,9 @@ def drop_labels(labels: torch.Tensor, num_classes: int, drop_prob: float, traini
 
 
 class Conditions(NamedTuple):
-    """What :meth:`ConditionedDenoiser.embed_conditions` returns for a batch of B.
-
-    time: (B, C) the time embedding plus the summary's (the summary is never dropped).
-    label: (B, C) the class embedding (the null class where absent or dropped), or None without ``num_classes``.
-    partial: (B, M, C) known-point tokens, (B, 1, C) the null token when absent, or None for denoisers without them.
-    partial_mask: (B, S) bool key mask of ``partial`` under dropout (False = hidden), or None (all visible).
-    """
+    """The embedded ``cond`` of a batch of B: ``time`` (B, C) time + summary embedding; ``label`` (B, C) class
+    embedding (null where absent or dropped) or None; ``partial`` (B, S, C) known-point tokens (the null token when
+    absent) or None; ``partial_mask`` (B, S) bool key mask under dropout (False = hidden) or None (all visible)."""
 
     time: torch.Tensor
     label: torch.Tensor | None
@@ -69,7 +50,8 @@ class Conditions(NamedTuple):
 
 
 class ConditionedDenoiser(nn.Module):
-    """Base class of the point denoisers: builds and applies the conditioning contract (module docstring)."""
+    """Base class of the point denoisers: :meth:`init_conditioning` in the constructor, :meth:`embed_conditions` in
+    ``forward``; the denoiser combines the embeddings as its architecture does (added, FiLM, tokens, cross-attention)."""
 
     def init_conditioning(self, dim: int, time_embed_dim: int, *, num_classes: int | None = None,
                           cond_drop_prob: float = 0.0, summary_dim: int = 0, partial_tokens: bool = False,
@@ -92,6 +74,18 @@ class ConditionedDenoiser(nn.Module):
             self.partial_embed = nn.Sequential(nn.Linear(3, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
             self.partial_null = nn.Parameter(torch.zeros(1, 1, dim))
 
+    def check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """ValueError naming the argument unless x is a non-empty finite (B, N, ``in_channels``) float tensor and t (B,)."""
+        c = self.in_channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != c or 0 in x.shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a non-empty (B, N, {c}) tensor, got {got}")
+        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+            raise ValueError("x: contains NaN or Inf, or is not floating point (expected finite floating-point values)")
+        if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t: expected a ({x.shape[0]},) tensor of timesteps, got {got}")
+
     def embed_conditions(self, t: torch.Tensor, cond: Mapping | None, batch: int) -> Conditions:
         """Check ``cond`` against what this denoiser was built for and embed it (see :class:`Conditions`)."""
         cond = self._check_cond(cond, batch)
@@ -111,11 +105,8 @@ class ConditionedDenoiser(nn.Module):
 
     def _partial_tokens(self, partial: torch.Tensor | None, keep: torch.Tensor | None,
                         b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Known-point tokens (B, S, C) and their key mask (B, S) (None = all visible).
-
-        Given: S = M tokens. Absent: S = 1 learned null token. Training with dropout: S = 1 + M, the null token
-        visible only to dropped examples, the M tokens only to the others (always this form, so every parameter is
-        in the graph, as DDP wants, and nothing syncs)."""
+        """Known-point tokens (B, S, C) and key mask: S = M given, 1 (the null token) absent; under dropout 1 + M,
+        the null token visible to dropped examples only (every parameter stays in the graph, as DDP wants)."""
         if self.partial_embed is None:
             return None, None
         null = self.partial_null.expand(b, 1, -1)
@@ -131,7 +122,7 @@ class ConditionedDenoiser(nn.Module):
         """``cond`` as a dict without None entries; a ValueError naming the key for anything this denoiser cannot take."""
         name = type(self).__name__
         if cond is not None and not isinstance(cond, Mapping):
-            raise ValueError(f"cond: expected None or a dict with keys among {list(COND_KEYS)}, got {type(cond).__name__}")
+            raise ValueError(f"cond: expected None or a dict of conditions, got {type(cond).__name__}")
         cond = {k: v for k, v in (cond or {}).items() if v is not None}
         takes = ["class_label", *(["summary"] if self.summary_embed is not None else []),
                  *(["partial"] if self.partial_embed is not None else [])]

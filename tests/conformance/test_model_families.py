@@ -9,7 +9,9 @@ A family is one :class:`Family` case: a factory of a tiny model (fitted where it
 - ``complete`` gives the (B, n, ...) layout, or refuses in one line (``require_completion``);
 - ``scripts/sample.py``, ``complete.py``, ``evaluate.py`` and ``view.py --out x.png`` run on its model directory
   (in-process, through each script's ``main(argv)`` under ``shapediff.cli.run_main``), or refuse with one
-  ``error:`` line and exit status 2.
+  ``error:`` line and exit status 2;
+- a model of the family saved by an older shapediff (``tests/conformance/family_fixtures.py``: main @ f4c0c39)
+  loads and draws the samples that code drew, bit for bit.
 
 A new family joins by adding one ``FAMILIES`` entry.
 """
@@ -202,6 +204,18 @@ def test_complete_layout_or_one_line_refusal(family):
     args, kwargs = fam.complete_args(model)
     out = model.complete(*args, n=2, seed=0, steps=2, **kwargs)
     _layout(out, (2, 2))
+
+
+@pytest.mark.parametrize("name", ["point", "two_level_point", "completion", "tokens_completion", "latent_voxel",
+                                  "pointe"])
+def test_models_saved_by_older_code_load_with_the_same_samples(name):
+    from tests.conformance.family_fixtures import FIXTURES, SAMPLE
+
+    saved = FIXTURES / name if (FIXTURES / name).is_dir() else FIXTURES / f"{name}.pt"
+    model = shapediff.load_model(saved, device="cpu")
+    out = model.sample(SAMPLE["n"], seed=SAMPLE["seed"], steps=SAMPLE["steps"])
+    for key, expected in torch.load(FIXTURES / f"{name}.expected.pt", weights_only=True).items():
+        assert torch.equal(getattr(out, key), expected), key
 
 
 def _script(name: str):

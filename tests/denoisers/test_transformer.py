@@ -181,8 +181,8 @@ def test_float_timesteps_and_gradients_reach_every_input():
 @pytest.mark.parametrize(
     ("kwargs", "call", "match"),
     [
-        ({}, lambda m: m(torch.randn(2, 5), torch.zeros(2, dtype=torch.long)), r"x: expected a \(B, N, 3\)"),
-        ({}, lambda m: m(torch.randn(2, 5, 2), torch.zeros(2, dtype=torch.long)), r"x: expected a \(B, N, 3\)"),
+        ({}, lambda m: m(torch.randn(2, 5), torch.zeros(2, dtype=torch.long)), r"x: expected a non-empty \(B, N, 3\)"),
+        ({}, lambda m: m(torch.randn(2, 5, 2), torch.zeros(2, dtype=torch.long)), r"x: expected a non-empty \(B, N, 3\)"),
         ({}, lambda m: m(torch.randn(2, 0, 3), torch.zeros(2, dtype=torch.long)), "non-empty"),
         ({}, lambda m: m(torch.full((2, 5, 3), float("nan")), torch.zeros(2, dtype=torch.long)), "finite"),
         ({}, lambda m: m(torch.randn(2, 5, 3), torch.zeros(3, dtype=torch.long)), r"t: expected a \(2,\)"),
