@@ -4,7 +4,8 @@ that tree on PYTHONPATH, the trees alternating, and the table prints the medians
 
 Models: the quickstart's network (PointNet, width 96, depth 4, 512 points, batch 16, class labels), random
 weights, on flow matching with matched noise (the preset) and on DDPM v-prediction. Training step: loss + backward;
-sampling: 16 clouds, flow midpoint 10 steps (20 calls) / DPM-Solver++(2M) 20 steps.
+sampling: ``--n`` clouds, flow midpoint 10 steps (20 calls) / DPM-Solver++(2M) 20 steps. Medians per child, then the
+median over rounds (the machine may be shared: say so with the numbers).
 
     python benchmarks/bench_process_timing.py --ref /path/to/reference/tree [--new .] [--rounds 3] [--threads 2]
 """
@@ -48,15 +49,16 @@ for name, (diffusion, sampler, steps) in cases.items():
     times = []
     for i in range(SAMPLES + 1):
         start = time.perf_counter()
-        model.sample(16, seed=i, class_label=3)
+        model.sample(NSAMPLE, seed=i, class_label=3)
         times.append(time.perf_counter() - start)
-    out[name + " sample 16"] = statistics.median(times[1:])
+    out[name + " sample"] = statistics.median(times[1:])
 print(json.dumps(out))
 """.replace("statistics.median", "__import__('statistics').median")
 
 
-def run(tree: str, threads: int, steps: int, samples: int) -> dict[str, float]:
+def run(tree: str, threads: int, steps: int, samples: int, n: int) -> dict[str, float]:
     code = CHILD.replace("THREADS", str(threads)).replace("STEPS", str(steps)).replace("SAMPLES", str(samples))
+    code = code.replace("NSAMPLE", str(n))
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True)
     if proc.returncode:
@@ -72,11 +74,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per child")
     parser.add_argument("--samples", type=int, default=2, help="timed sampling calls per child")
+    parser.add_argument("--n", type=int, default=16, help="clouds per sampling call")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {"ref": {}, "new": {}}
     for r in range(args.rounds):
         for which in (("ref", "new") if r % 2 == 0 else ("new", "ref")):  # alternate who goes first
-            for key, value in run(getattr(args, which), args.threads, args.steps, args.samples).items():
+            for key, value in run(getattr(args, which), args.threads, args.steps, args.samples, args.n).items():
                 results[which].setdefault(key, []).append(value)
     print(f"| measurement | reference (s) | new (s) | new / reference |  ({args.rounds} rounds, medians)")
     print("|---|---|---|---|")
