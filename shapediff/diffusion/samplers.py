@@ -292,7 +292,7 @@ REGISTRY: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(sample_heun, ("gaussian",), 25, "karras", {}),  # Heun calls the model twice per step
 }  # shapediff.diffusion.flow_samplers and .karras_heun add theirs
 
-COMMON_OPTIONS = ("steps", "spacing")  # every sampler's (the driver resolves them), beside spacing and own options
+COMMON_OPTIONS = ("steps", "spacing")  # keywords every sampler takes (the driver resolves them)
 # Names a saved model config may hold from before one name meant one sampler: (objective, old name) -> name.
 LEGACY_NAMES: dict[tuple[str, str], str] = {("flow", "euler"): "flow_euler", ("flow", "heun"): "flow_heun",
                                             ("flow", "midpoint"): "flow_midpoint"}

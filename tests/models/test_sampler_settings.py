@@ -98,3 +98,18 @@ def test_saved_configs_with_the_old_unused_eta_placeholder_still_load():
     """Before the registry, sampler configs of deterministic samplers carried ``eta: 0.0  # unused``."""
     model = _point_cloud({"name": "dpmpp_2m", "steps": 5, "eta": 0.0, "spacing": "logsnr"})
     assert model.config["sampler"] == {"name": "dpmpp_2m", "steps": 5, "spacing": "logsnr"}
+
+
+def test_saved_flow_configs_with_the_former_sampler_names_still_load():
+    """Before one name meant one sampler, flow configs said euler / heun / midpoint (samplers.LEGACY_NAMES)."""
+    flow = {"_target_": "shapediff.diffusion.FlowMatching"}
+    for old, new in (("euler", "flow_euler"), ("heun", "flow_heun"), ("midpoint", "flow_midpoint")):
+        model = PointCloudDiffusion(denoiser=DENOISER, diffusion=flow, num_points=16, sampler={"name": old, "steps": 2})
+        assert model.config["sampler"] == {"name": new, "steps": 2}
+        reference = PointCloudDiffusion(denoiser=DENOISER, diffusion=flow, num_points=16, sampler={"name": new, "steps": 2})
+        reference.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model.sample(2, seed=0, clip_x0=None).points,
+                                   reference.sample(2, seed=0, clip_x0=None).points, rtol=0, atol=0)
+    assert _point_cloud({"name": "euler", "steps": 2}).config["sampler"]["name"] == "euler"  # Gaussian: unchanged
+    with pytest.raises(ValueError, match="now named 'flow_midpoint'"):  # a call names the sampler it means
+        model.sample(1, sampler="midpoint")
