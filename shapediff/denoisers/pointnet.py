@@ -42,10 +42,8 @@ class PointNetDenoiser(ConditionedDenoiser):
         width: hidden width C.
         depth: number of residual set blocks.
         time_embed_dim: width of the sinusoidal timestep embedding.
-        num_classes, cond_drop_prob, summary_dim: the conditioning (:mod:`shapediff.nn.conditioning`): class labels
-            (index ``num_classes`` is the null class; a share ``cond_drop_prob`` of training labels is dropped to it)
-            and a global summary of the shape (``cond["summary"]`` (B, D), required when D > 0); their embeddings
-            join the time embedding.
+        num_classes, cond_drop_prob, summary_dim: class labels and a shape summary (:mod:`shapediff.nn.conditioning`),
+            added to the time embedding.
         fourier_frequencies: F; if > 0 the xyz input channels (the first 3) are also fed as
             sin/cos(2^k pi x), k = 0..F-1 (NeRF-style): a per-point MLP on raw coordinates learns
             only smooth functions of position in a short training and leaves blurred surfaces.

@@ -289,9 +289,8 @@ class PVCNN2(ConditionedDenoiser):
             10000^(-i/31); what PVD's weights expect, set by ``configs/model/pvcnn_pvd.yaml``) or
             "adm" ([cos, sin], 10000^(-i/32); the default, which checkpoints saved before this
             option was added were trained with).
-        num_classes, cond_drop_prob, summary_dim: the conditioning (:mod:`shapediff.nn.conditioning`; PVD is
-            unconditional): class labels with the null class and guidance dropout, and a global summary of the
-            shape (``cond["summary"]`` (B, D), required when D > 0); both join the time embedding.
+        num_classes, cond_drop_prob, summary_dim: class labels and a shape summary (:mod:`shapediff.nn.conditioning`;
+            PVD is unconditional), added to the time embedding.
     """
 
     def __init__(

@@ -5,11 +5,9 @@ positional encoding, so the network is permutation-equivariant in the points (Po
 Nichol et al. 2022). The timestep enters either as a prepended token (Point-E) or through
 adaLN-Zero modulation of every block (DiT, Peebles & Xie 2023).
 
-Conditioning: the contract of :mod:`shapediff.nn.conditioning`. A class label is a prepended token ("token" mode)
-or joins the time embedding ("adaln"); known points (``cond["partial"]``) become prefix tokens
-(``partial_encoder="tokens"``) or context tokens every block cross-attends to (``"cross_attention"``). A sample whose
-condition is dropped (guidance training) gives what ``cond=None`` gives: its known-point tokens are masked out of
-attention and the null token shown instead.
+Conditioning (:mod:`shapediff.nn.conditioning`): a class label is a prepended token ("token" mode) or joins the time
+embedding ("adaln"); known points (``cond["partial"]``) are prefix tokens (``partial_encoder="tokens"``) or context
+tokens of cross-attention; a dropped condition gives what ``cond=None`` gives (masked tokens, the null token shown).
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ class PointTransformer(ConditionedDenoiser):
         time_embed_dim: width of the sinusoidal timestep features fed to the time MLP.
         dropout: dropout inside attention and MLPs.
         summary_dim: D; if > 0, ``cond["summary"]`` (B, D), a global latent of the shape
-            (:class:`shapediff.nn.embeddings.SummaryEmbedder`), is required and added to the time embedding.
+            (:class:`shapediff.nn.conditioning.SummaryEmbedder`), is required and added to the time embedding.
     """
 
     def __init__(

@@ -12,9 +12,8 @@ Callers (the trainer, ``shapediff.evaluation``, scripts) use only the hooks belo
 - ``complete(partial, n=1, *, steps, sampler, seed, **options) -> Samples`` with the layout (B, n, ...);
   default: NotImplementedError (``can_complete`` is False). ``partial_input`` says what ``partial`` is:
   "points" (scans (B, M, 3) or a list of (M, 3), what ``scripts/complete.py`` reads) or "tsdf" (grids + a mask).
-- ``conditions``: the conditioning keywords ``sample`` takes beyond the common ones (e.g. ``class_label``,
-  ``guidance_scale``); :meth:`ShapeModel.condition_kwargs` checks a caller's against them, so generic callers
-  (the scripts) pass a condition only when the user gave one, and a family without it refuses in one line.
+- ``conditions``: ``sample``'s keywords beyond the common ones (``class_label``, ...); generic callers (the scripts)
+  pass them through :meth:`ShapeModel.condition_kwargs`, so a family without one refuses it in one line.
 - ``device``, ``config`` (plain data), ``save`` / ``load`` / ``from_config``.
 
 Sampler settings take one path: :meth:`ShapeModel.sampler_settings` merges the model's ``sampler`` config with a

@@ -239,8 +239,8 @@ def _known_tokens(x0: torch.Tensor, partial: torch.Tensor, cond: dict | None, m:
     return x0, {**(cond or {}), "partial": partial}, None
 
 
-# Completion as a conditioning of the generator: how each trained ``completion`` setting gives a training pair's
-# known points (B, M, 3) to it: ``(x0, partial, cond, M) -> (x0, cond, mask)`` (mask True = held, not scored).
+# Completion as a conditioning of the generator: how a pair's known points (B, M, 3) reach it in training, per
+# ``completion`` setting: ``(x0, partial, cond, M) -> (x0, cond, mask)`` (mask True = held, not scored).
 KNOWN_POINTS: dict[str, Callable[..., tuple]] = {"pvd": _known_first, "tokens": _known_tokens}
 
 

@@ -5,11 +5,8 @@
     x ~ p(x | z)       the generator given z: a point diffusion reading ``cond[key] = z`` (:class:`GivenLatent`), or a
                        decoder
 
-Two-level points: z = :class:`~shapediff.models.shape_summary.ShapeSummary` (computed), a vector prior, the points
-given ``cond["summary"]``. Latent voxels: z = the frozen VAE's scaled latent, a 3D-UNet prior, the VAE's decoder.
-LION: a VAE's global and point latents, a prior for each. The networks stay registered on their model under their
-historical names, so saved state dicts load as they are; a prior composes a network with its process, as a
-diffusers pipeline composes a scheduler and a network (docs/architecture.md).
+Two-level points, latent voxels and LION are built so (docs/architecture.md, "Hierarchies"). The networks stay
+registered on their model under their historical names, so saved state dicts load as they are.
 """
 
 from __future__ import annotations
@@ -29,9 +26,8 @@ __all__ = ["GivenLatent", "LatentPrior", "seeded_loss"]
 def seeded_loss(diffusion: Any, denoiser: Callable, x0: torch.Tensor, cond: Any = None, *,
                 seeds: torch.Tensor | None = None, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``diffusion``'s training loss of ``denoiser`` on x0 (B, ...); with ``seeds`` (B,) (the trainer's), each
-    example's level and noise come from its own seed, so results do not depend on batch splitting (unless ``t`` /
-    ``noise`` are given). ``mask`` (True = known entries, held and not scored): PVD's known points."""
+    """``diffusion``'s loss of ``denoiser`` on x0 (B, ...); each example's level and noise from its own ``seeds`` entry
+    (the trainer's: independent of batch splitting) unless ``t`` / ``noise`` are given; ``mask`` True = held entries."""
     if seeds is not None:
         t = per_example_randint(diffusion.num_timesteps, seeds, device=x0.device) if t is None else t
         noise = per_example_randn(tuple(x0.shape[1:]), seeds, device=x0.device, dtype=x0.dtype) if noise is None else noise
@@ -39,27 +35,20 @@ def seeded_loss(diffusion: Any, denoiser: Callable, x0: torch.Tensor, cond: Any 
 
 
 class LatentPrior:
-    """p(z | cond) for latents z of shape (B, *shape): ``denoiser(z_t, t, cond)`` trained and sampled by ``diffusion``.
-
-    Args:
-        denoiser: the network (an ``nn.Module`` its model registers).
-        diffusion: a process of :mod:`shapediff.diffusion` (Gaussian or flow matching).
-        shape: the latent's shape without the batch dimension.
-    """
+    """p(z | cond) for latents z (B, *shape): ``denoiser(z_t, t, cond)`` (an ``nn.Module`` its model registers)
+    trained and sampled by ``diffusion`` (a process of :mod:`shapediff.diffusion`)."""
 
     def __init__(self, denoiser: nn.Module, diffusion: Any, shape: Sequence[int]):
         self.denoiser, self.diffusion, self.shape = denoiser, diffusion, tuple(int(s) for s in shape)
 
     def loss(self, z: torch.Tensor, cond: Any = None, **kwargs: Any) -> torch.Tensor:
-        """The diffusion loss of latents z (B, *shape): :func:`seeded_loss` (``seeds``, ``t``, ``noise``, ``mask``,
-        ``generator``)."""
+        """The loss of latents z (B, *shape): :func:`seeded_loss` (``seeds``, ``t``, ``noise``, ``mask``, ``generator``)."""
         return seeded_loss(self.diffusion, self.denoiser, z, cond, **kwargs)
 
     def sample(self, n: int, settings: SamplerSettings, *, device: torch.device, model: Callable | None = None,
                **kwargs: Any) -> torch.Tensor:
-        """(n, *shape) latents drawn with the sampler ``settings``; ``model`` replaces the bare denoiser (a wrapper
-        that clamps or guides it); ``kwargs`` reach the process's ``sample`` (generator or seed, cond,
-        guidance_scale, known, mask, callback, progress, ...)."""
+        """(n, *shape) latents with the sampler ``settings``; ``model``: a wrapper of the denoiser (clamp, guidance);
+        ``kwargs`` reach the process's ``sample`` (generator/seed, cond, guidance_scale, known, mask, callback, ...)."""
         return self.diffusion.sample(model or self.denoiser, (n, *self.shape), sampler=settings.name,
                                      steps=settings.steps, device=device, **settings.options, **kwargs)
 

@@ -140,15 +140,10 @@ class PointCloudDiffusion(ShapeModel):
         """Trainer hook: fit the normaliser (and a class-conditional model's class prior) on the training split."""
         self.fit_normalization(train_set)
         if self.class_conditional:
-            self.fit_class_prior(train_set)
+            self.class_prior.copy_(class_frequencies(train_set, self.class_prior.numel()))
         if self.summary is not None:
             self.summary.fit(self.normalizer.normalize(_check_cloud(train_set[i]["points"][None], "data points"))
                              for i in range(len(train_set)))
-
-    def fit_class_prior(self, dataset) -> "PointCloudDiffusion":
-        """Set ``class_prior`` (num_classes,) to the frequencies of the items' ``label`` in ``dataset``."""
-        self.class_prior.copy_(class_frequencies(dataset, self.class_prior.numel()))
-        return self
 
     def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
         """Fit the normaliser on a dataset's ``points`` (up to ``max_items`` items), in the training frame."""
@@ -254,8 +249,7 @@ class PointCloudDiffusion(ShapeModel):
                  seed: int | None = None, **options: Any) -> Samples:
         """Complete partial scans (data coordinates) -> :class:`Samples` with points (B, n, N, 3), B = 1 for one
         unbatched (M, 3) scan. ``options``: :func:`shapediff.models.completion.complete`'s (method, clip_x0, ...).
-        A two-level model (``shape_summary``) does not complete: its points follow a summary of the whole shape,
-        which a partial scan does not give."""
+        A two-level model does not complete (:attr:`can_complete`)."""
         if self.summary is not None:
             raise ValueError("complete: this model generates its points given a summary of the whole shape "
                              "(shape_summary), which a partial scan does not give; complete with a completion model "
@@ -315,9 +309,9 @@ def sampling_labels(prior: torch.Tensor | None, class_label: Any, n: int,
     if class_label is None:
         return prior_labels(prior, n, generator) if bool(prior.sum() > 0) else None
     if isinstance(class_label, str):
-        if class_label == "null":
-            return None
-        raise ValueError(f"class_label: expected an int, {n} labels or 'null', got {class_label!r}")
+        if class_label != "null":
+            raise ValueError(f"class_label: expected an int, {n} labels or 'null', got {class_label!r}")
+        return None
     labels = torch.as_tensor(class_label, device=prior.device).long().reshape(-1)
     labels = labels.expand(n) if labels.numel() == 1 else labels
     if labels.numel() != n or bool(labels.min() < 0) or bool(labels.max() >= prior.numel()):

@@ -130,14 +130,8 @@ class PointEDiffusion(ShapeModel):
             raise ValueError(f"n: expected a positive int, got {n!r}")
         if class_label is not None:
             raise ValueError("class_label: Point-E models are not class-conditional; condition with cond={'clip_embedding': ...}")
-        default = dict(self.config["sampler"])
-        name = sampler or default.get("name", "karras_heun")
-        # The config's settings belong to its sampler; another sampler gets only the explicit overrides.
-        settings = {**(default if name == default.get("name") else {}), **sampler_kwargs}
-        settings.pop("name", None)
-        steps = steps or settings.pop("steps", None)
-        settings.pop("steps", None)
-        clip = 1.0 if settings.pop("clip_denoised", True) else None
+        clip = 1.0 if sampler_kwargs.pop("clip_denoised", True) else None
+        name, steps, settings = self.sampler_settings(sampler, steps, **sampler_kwargs)
         cond = self._cond_on_device(cond, n)
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
         shape = (n, self.num_points, self.channels)

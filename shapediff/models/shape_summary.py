@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from shapediff.config import lookup
+from shapediff.geometry.validation import check_positive_int
 from shapediff.randomness import mix_seed, per_example_randint, per_example_randn
 
 __all__ = ["ShapeSummary", "two_level_config", "two_level_noise"]
@@ -112,15 +113,11 @@ def two_level_config(given: Any, config: dict) -> dict:
     if unknown:
         raise ValueError(f"shape_summary: unknown keys {sorted(unknown)}; expected some of {sorted(defaults)}")
     cfg = {**defaults, **given}
-    if isinstance(cfg["steps"], bool) or not isinstance(cfg["steps"], int) or cfg["steps"] < 1:
-        raise ValueError(f"shape_summary.steps: expected a positive int, got {cfg['steps']!r}")
+    check_positive_int(cfg["steps"], "shape_summary.steps")
     noise = cfg["condition_noise"]
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"shape_summary.condition_noise: expected a finite number >= 0, got {noise!r}")
-    num_fourier = cfg["num_fourier"]
-    if isinstance(num_fourier, bool) or not isinstance(num_fourier, int) or num_fourier < 0:
-        raise ValueError(f"shape_summary.num_fourier: expected an int >= 0, got {num_fourier!r}")
-    dim = 6 + num_fourier
+    dim = 6 + check_positive_int(cfg["num_fourier"], "shape_summary.num_fourier", minimum=0)
     num_classes = config["denoiser"].get("num_classes") if config["class_conditional"] else None
     prior = {"_target_": "shapediff.denoisers.VectorMLPDenoiser", **dict(cfg["prior"] or {})}
     prior.setdefault("dim", dim)

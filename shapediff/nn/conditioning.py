@@ -18,9 +18,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from shapediff.nn.embeddings import SummaryEmbedder, TimestepEmbedder
+from shapediff.nn.embeddings import TimestepEmbedder
 
-__all__ = ["Conditions", "ConditionedDenoiser", "drop_labels", "guidance_keep"]
+__all__ = ["Conditions", "ConditionedDenoiser", "SummaryEmbedder", "drop_labels", "guidance_keep"]
 
 
 def guidance_keep(batch: int, drop_prob: float, training: bool, device: torch.device) -> torch.Tensor | None:
@@ -36,6 +36,18 @@ def drop_labels(labels: torch.Tensor, num_classes: int, drop_prob: float, traini
     for models that drop labels before a network that does not (the latent-voxel UNet)."""
     keep = guidance_keep(labels.shape[0], drop_prob, training, labels.device)
     return labels if keep is None else torch.where(keep, labels, torch.full_like(labels, num_classes))
+
+
+class SummaryEmbedder(nn.Module):
+    """``cond["summary"]`` (B, D), a global latent of the shape, -> (B, C): an MLP (the two-level generator's)."""
+
+    def __init__(self, summary_dim: int, out_dim: int):
+        super().__init__()
+        self.summary_dim = summary_dim
+        self.mlp = nn.Sequential(nn.Linear(summary_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.mlp(summary.to(self.mlp[0].weight.dtype))
 
 
 class Conditions(NamedTuple):
@@ -56,9 +68,8 @@ class ConditionedDenoiser(nn.Module):
     def init_conditioning(self, dim: int, time_embed_dim: int, *, num_classes: int | None = None,
                           cond_drop_prob: float = 0.0, summary_dim: int = 0, partial_tokens: bool = False,
                           time_activation: str = "silu", time_convention: str = "adm") -> None:
-        """Build the embeddings, all of width ``dim`` C: time (a ``time_embed_dim`` sinusoid and an MLP), the summary
-        (with ``summary_dim`` > 0), the classes (``num_classes`` + the null class) and, with ``partial_tokens``, a
-        per-point MLP of known points and their null token. Checks the conditioning arguments (one place)."""
+        """Check the conditioning arguments (their one place) and build the embeddings of width ``dim``: time, the
+        summary (``summary_dim`` > 0), the classes (+ the null class), known-point tokens (``partial_tokens``)."""
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes: expected None or a positive int, got {num_classes!r}")
         if isinstance(cond_drop_prob, bool) or not isinstance(cond_drop_prob, (int, float)) or not 0.0 <= cond_drop_prob <= 1.0:
@@ -129,8 +140,11 @@ class ConditionedDenoiser(nn.Module):
         unknown = sorted(map(str, set(cond) - set(takes) - {"partial"}))
         if unknown:
             raise ValueError(f"cond: {name} accepts only {', '.join(map(repr, takes))}; got unknown key(s) {unknown}")
-        if self.summary_embed is not None:
-            cond["summary"], _ = self.summary_embed.split(cond, b)
+        summary, d = cond.get("summary"), self.summary_dim
+        if d and (not isinstance(summary, torch.Tensor) or tuple(summary.shape) != (b, d)):
+            got = tuple(summary.shape) if isinstance(summary, torch.Tensor) else repr(summary)
+            raise ValueError(f"cond['summary']: expected a ({b}, {d}) tensor (this {name} was built with summary_dim={d}), "
+                             f"got {got}")
         if "class_label" in cond:
             _check_labels(cond["class_label"], b, self.num_classes, name)
         if "partial" in cond:

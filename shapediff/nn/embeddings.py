@@ -19,13 +19,12 @@ Named conventions (:data:`EMBEDDING_CONVENTIONS`):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["EMBEDDING_CONVENTIONS", "EmbeddingConvention", "SummaryEmbedder", "TimestepEmbedder",
+__all__ = ["EMBEDDING_CONVENTIONS", "EmbeddingConvention", "TimestepEmbedder",
            "timestep_embedding"]
 
 
@@ -106,33 +105,3 @@ class TimestepEmbedder(nn.Module):
         dtype = self.mlp[0].weight.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         return self.mlp(timestep_embedding(t, self.embed_dim, convention=self.convention, dtype=compute).to(dtype))
-
-
-class SummaryEmbedder(nn.Module):
-    """A global latent of the shape to produce, ``cond["summary"]`` (B, D), as a (B, C) vector that a denoiser adds
-    to its time embedding (:class:`shapediff.models.shape_summary.ShapeSummary`; the two-level point generator).
-
-    :meth:`split` takes the summary out of ``cond`` and checks it; what remains (None when nothing does) is the
-    class / partial conditioning the denoiser had before, so a ``cond`` holding only a summary means the null class.
-    """
-
-    def __init__(self, summary_dim: int, out_dim: int):
-        super().__init__()
-        if isinstance(summary_dim, bool) or not isinstance(summary_dim, int) or summary_dim < 1:
-            raise ValueError(f"summary_dim: expected a positive int, got {summary_dim!r}")
-        self.summary_dim = summary_dim
-        self.mlp = nn.Sequential(nn.Linear(summary_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
-
-    def split(self, cond: Mapping | None, batch: int) -> tuple[torch.Tensor, dict | None]:
-        """(summary (B, D), the rest of ``cond`` or None); one clear error when the summary is missing or misshapen."""
-        summary = cond.get("summary") if isinstance(cond, Mapping) else None
-        if not isinstance(summary, torch.Tensor) or tuple(summary.shape) != (batch, self.summary_dim):
-            got = tuple(summary.shape) if isinstance(summary, torch.Tensor) else repr(summary)
-            raise ValueError(f"cond['summary']: expected a ({batch}, {self.summary_dim}) tensor (this denoiser was built "
-                             f"with summary_dim={self.summary_dim}), got {got}")
-        rest = {k: v for k, v in cond.items() if k != "summary"}
-        return summary, (rest or None)
-
-    def forward(self, summary: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, C)."""
-        return self.mlp(summary.to(self.mlp[0].weight.dtype))

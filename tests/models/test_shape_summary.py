@@ -188,7 +188,7 @@ def test_the_summary_decides_the_shape():
 def test_configuration_errors_name_the_key():
     with pytest.raises(ValueError, match=r"shape_summary: unknown keys \['fourier'\]"):
         _model(fourier=3)
-    with pytest.raises(ValueError, match=r"shape_summary.num_fourier: expected an int >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"shape_summary.num_fourier: expected an integer >= 0, got -1"):
         _model(num_fourier=-1)
     with pytest.raises(ValueError, match="shape_summary.steps"):
         _model(steps=0)
