@@ -4,7 +4,7 @@ LION saves one file per trained model (``trainers/train_prior.py`` ``save``): ``
 ``style_encoder.*``, ``encoder.layers.*``, ``decoder.layers.*``), ``dae_state_dict`` (``nn.ModuleList([global
 prior, latent-point prior])``: ``0.*``, ``1.*``) and ``dae_optimizer``, whose per-parameter ``ema`` state holds
 the priors' EMA weights, the ones LION's evaluation samples with (``ddpm.ema=1`` swaps them in). The module
-trees of :class:`~shapediff.autoencoders.lion_vae.LionVAE` and :mod:`shapediff.denoisers.lion` keep LION's
+trees of :class:`~shapediff.models.lion_vae.LionVAE` and :mod:`shapediff.denoisers.lion` keep LION's
 names, so the map is ``vae.<key>``, ``priors.<key>``, with the latent-point prior's time MLP renamed
 (``1.embedf.{0,2}`` -> ``priors.1.time_embed.mlp.{0,2}``). Every size is read from the weights.
 

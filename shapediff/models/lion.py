@@ -3,7 +3,7 @@ the latent points h given z, and the VAE decoder given both.
 
     z ~ p(z)         global prior (:class:`~shapediff.denoisers.lion.LionGlobalPrior`), a Gaussian diffusion
     h ~ p(h | z)     latent-point prior (:class:`~shapediff.denoisers.lion.LionPVCNN` with a time input), same process
-    x = D(z, h)      the VAE's decoder (:class:`~shapediff.autoencoders.lion_vae.LionVAE`)
+    x = D(z, h)      the VAE's decoder (:class:`~shapediff.models.lion_vae.LionVAE`)
 
 Both priors run on shapediff's one diffusion process and sampler registry (``self.diffusion``,
 :class:`shapediff.diffusion.GaussianDiffusion`); LION's own sampler is that process with its settings (T = 1000,
@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from shapediff.autoencoders.lion_vae import LionVAE
+from shapediff.models.lion_vae import LionVAE
 from shapediff.config import check_size, register
 from shapediff.denoisers.lion import (LION_ENCODER_FP_BLOCKS, LION_PRIOR_SA_BLOCKS, LionGlobalPrior, LionPVCNN,
                                       scale_blocks)
@@ -127,8 +127,8 @@ class LionModel(ShapeModel):
     def reconstruct(self, points: torch.Tensor) -> torch.Tensor:
         """Clouds (B, N, 3) in data coordinates -> the VAE's reconstructions through its posterior means (B, N, 3)."""
         x = self.normalizer.normalize(points.to(self.device).float())
-        z = self.vae.encode_global(x).mu
-        return self.normalizer.denormalize(self.vae.decode(z, self.vae.encode_local(x, z).mu))
+        z = self.vae.encode_global(x).mean
+        return self.normalizer.denormalize(self.vae.decode(z, self.vae.encode_local(x, z).mean))
 
     # ---------------------------------------------------------------------------------------- the priors
     def prior_eps(self, level: int, x: torch.Tensor, t: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:

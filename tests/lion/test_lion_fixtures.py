@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shapediff.autoencoders.lion_vae import LionVAE
+from shapediff.models.lion_vae import LionVAE
 from shapediff.denoisers import pvcnn
 from shapediff.diffusion import samplers
 from shapediff.models.lion import LionModel
@@ -84,8 +84,8 @@ def test_vae_float32_matches_lion(vae_fx, which, monkeypatch):
         x_hat = vae.decode(case["z_global_float32"], case["z_local_float32"].reshape(2, 2048, 4))
         decoded = vae.decode(case["decoder_z_global"], case["decoder_z_local"].reshape(2, 2048, 4))
     spread = case["float32_vs_float64"]
-    for ours, theirs in ((q_z.mu, "global_mu"), (q_z.log_sigma, "global_log_sigma"),
-                         (q_h.mu.reshape(2, -1), "local_mu"), (q_h.log_sigma.reshape(2, -1), "local_log_sigma"),
+    for ours, theirs in ((q_z.mean, "global_mu"), (0.5 * q_z.logvar, "global_log_sigma"),
+                         (q_h.mean.reshape(2, -1), "local_mu"), (0.5 * q_h.logvar.reshape(2, -1), "local_log_sigma"),
                          (x_hat, "x_0_pred")):
         assert rel_l2(ours, case[f"{theirs}_float32"]) < F32_BOUND, (theirs, spread)
     assert rel_l2(decoded, case["decoder_output_float32"]) < F32_BOUND
@@ -109,8 +109,8 @@ def test_vae_float64_matches_lion(vae_fx, which):
         q_z = vae.encode_global(x)
         q_h = vae.encode_local(x, case["z_global_float64"])
         x_hat = vae.decode(case["z_global_float64"], case["z_local_float64"].reshape(2, 2048, 4))
-    for ours, theirs in ((q_z.mu, "global_mu"), (q_z.log_sigma, "global_log_sigma"),
-                         (q_h.mu.reshape(2, -1), "local_mu"), (q_h.log_sigma.reshape(2, -1), "local_log_sigma"),
+    for ours, theirs in ((q_z.mean, "global_mu"), (0.5 * q_z.logvar, "global_log_sigma"),
+                         (q_h.mean.reshape(2, -1), "local_mu"), (0.5 * q_h.logvar.reshape(2, -1), "local_log_sigma"),
                          (x_hat, "x_0_pred")):
         assert rel_l2(ours, case[f"{theirs}_float64"]) < F64_BOUND, theirs
 

@@ -13,28 +13,15 @@ Module names (``style_encoder``, ``encoder.layers``, ``decoder.layers``) are LIO
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from shapediff.autoencoders import DiagonalGaussian
 from shapediff.denoisers.lion import (LION_ENCODER_FP_BLOCKS, LION_ENCODER_SA_BLOCKS, LION_STYLE_SA_BLOCKS, LionPVCNN,
                                       LionStyleEncoder, scale_blocks)
 
-__all__ = ["DiagonalGaussian", "LionVAE"]
-
-
-class DiagonalGaussian(NamedTuple):
-    """A diagonal Gaussian N(mu, exp(log_sigma)^2); ``sample(eps) = eps * sigma + mu`` (LION's order of operations)."""
-    mu: torch.Tensor
-    log_sigma: torch.Tensor
-
-    def sample(self, eps: torch.Tensor) -> torch.Tensor:
-        return eps * torch.exp(self.log_sigma) + self.mu
-
-    def kl(self) -> torch.Tensor:
-        """KL(q || N(0, I)) per element, shaped like mu."""
-        return 0.5 * torch.exp(self.log_sigma) ** 2 + 0.5 * self.mu**2 - self.log_sigma - 0.5
+__all__ = ["LionVAE"]
 
 
 class LionVAE(nn.Module):
@@ -73,15 +60,16 @@ class LionVAE(nn.Module):
         return 3 + self.latent_dim
 
     def encode_global(self, x: torch.Tensor) -> DiagonalGaussian:
-        """q(z | x): x (B, N, 3) -> mu, log_sigma (B, D)."""
-        return DiagonalGaussian(*self.style_encoder(x))
+        """q(z | x): x (B, N, 3) -> mean, logvar (B, D) (LION's log sigma is logvar / 2, exactly)."""
+        mu, log_sigma = self.style_encoder(x)
+        return DiagonalGaussian(mu, 2.0 * log_sigma)
 
     def encode_local(self, x: torch.Tensor, z: torch.Tensor) -> DiagonalGaussian:
-        """q(h | x, z): x (B, N, 3), z (B, D) -> mu, log_sigma (B, N, 3 + L)."""
+        """q(h | x, z): x (B, N, 3), z (B, D) -> mean, logvar (B, N, 3 + L)."""
         out = self.encoder["layers"](x, None, z)  # (B, N, 6 + 2L)
         mu = torch.cat([self.skip_weight * out[..., :3] + x, out[..., 6 : 6 + self.latent_dim]], dim=-1)
         log_sigma = torch.cat([out[..., 3:6] - self.pts_sigma_offset, out[..., 6 + self.latent_dim :]], dim=-1)
-        return DiagonalGaussian(mu, log_sigma - self.log_sigma_offset)
+        return DiagonalGaussian(mu, 2.0 * (log_sigma - self.log_sigma_offset))
 
     def decode(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """z (B, D), latent points h (B, N, 3 + L) -> points (B, N, 3)."""
