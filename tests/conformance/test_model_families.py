@@ -91,6 +91,21 @@ def _pointe() -> ShapeModel:
     return PointEDiffusion(**cfg)
 
 
+def _lion() -> ShapeModel:
+    """LION's composition (VAE + global prior + latent-point prior) with two-stage PVCNNs of 8 / 16 channels."""
+    from shapediff.models import LionModel
+
+    sa = [[[8, 1, 8], [16, 0.4, 8, [8, 16]]], [None, [4, 0.8, 8, [16, 16]]]]
+    fp = [[[16, 16], None], [[16, 8], [8, 1, 8]]]
+    model = LionModel(vae={"style_dim": 8, "num_points": N, "head_channels": 8, "style_sa_blocks": sa[:1],
+                           "sa_blocks": sa, "fp_blocks": fp},
+                      global_prior={"channels": 16, "num_blocks": 1, "embed_dim": 16},
+                      local_prior={"embed_dim": 16, "head_channels": 8, "sa_blocks": sa, "fp_blocks": fp},
+                      diffusion={"num_timesteps": 50}, sampler={"name": "ddpm", "steps": 3})
+    model.prepare(_data())
+    return model
+
+
 def _scan_points(b: int = 2) -> list[torch.Tensor]:
     """B partial scans (M, 3): the upper halves of training clouds."""
     data = _data()
@@ -128,6 +143,7 @@ FAMILIES = [
     Family("completion", _completion, complete_args=lambda m: ((_scan_points(),), {})),
     Family("latent_voxel", _latent_voxel, complete_args=_tsdf_partial, refuses=frozenset({"complete"})),
     Family("pointe", _pointe, other_sampler="ddim", refuses=frozenset({"complete"})),
+    Family("lion", _lion, other_sampler="dpmpp_2m", refuses=frozenset({"complete"})),
 ]
 
 
