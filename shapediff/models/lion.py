@@ -5,7 +5,8 @@ the latent points h given z, and the VAE decoder given both.
     h ~ p(h | z)     latent-point prior (:class:`~shapediff.denoisers.lion.LionPVCNN` with a time input), same process
     x = D(z, h)      the VAE's decoder (:class:`~shapediff.models.lion_vae.LionVAE`)
 
-Both priors run on shapediff's one diffusion process and sampler registry (``self.diffusion``,
+Both priors are :class:`~shapediff.models.latent_prior.LatentPrior` s (the one "prior over a latent" of shapediff's
+hierarchical models) on one diffusion process and the shared sampler registry (``self.diffusion``,
 :class:`shapediff.diffusion.GaussianDiffusion`); LION's own sampler is that process with its settings (T = 1000,
 linear betas 1e-4 .. 0.02, eps, variance beta_t, i.e. ``posterior_variance="fixedlarge"``) and the sampler
 "ddpm" (or "ddim" with eta 1 and ``spacing="uniform_floor"``). LION calls its priors with t_index + 1 (1..T):
@@ -24,15 +25,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from shapediff.models.lion_vae import LionVAE
 from shapediff.config import check_size, register
 from shapediff.denoisers.lion import (LION_ENCODER_FP_BLOCKS, LION_PRIOR_SA_BLOCKS, LionGlobalPrior, LionPVCNN,
                                       scale_blocks)
 from shapediff.diffusion.gaussian_diffusion import GaussianDiffusion
 from shapediff.models.base import Samples, ShapeModel, sampler_config
 from shapediff.models.checkpoint import load_checkpoint
+from shapediff.models.latent_prior import LatentPrior
+from shapediff.models.lion_vae import LionVAE
 from shapediff.models.normalization import PointNormalizer
-from shapediff.randomness import make_generator, per_example_randint, per_example_randn, mix_seed
+from shapediff.randomness import make_generator, mix_seed, per_example_randn
 
 __all__ = ["LionModel", "LION_DIFFUSION", "LION_VAE_DEFAULTS", "LION_GLOBAL_PRIOR_DEFAULTS", "LION_LOCAL_PRIOR_DEFAULTS"]
 
@@ -98,6 +100,10 @@ class LionModel(ShapeModel):
         check_size(lambda: _networks(vae_cfg, global_cfg, local_cfg), "model", "LionModel's VAE and priors")
         self.vae, self.priors = _networks(vae_cfg, global_cfg, local_cfg)
         self.diffusion = GaussianDiffusion(**diffusion_cfg)
+        # p(z) and p(h | z) on the one process; the networks stay registered as priors.0 / priors.1 (LION's keys)
+        self.latent_priors = (LatentPrior(self._global_eps, self.diffusion, (self.vae.style_dim,)),
+                              LatentPrior(self._local_eps, self.diffusion,
+                                          (self.vae.num_points, self.vae.latent_point_channels)))
         self.normalizer = PointNormalizer(normalization)
         self.stage, self.kl = stage, kl_cfg
         self.register_buffer("vae_steps", torch.zeros((), dtype=torch.long))  # stage-1 steps taken (KL annealing)
@@ -137,23 +143,24 @@ class LionModel(ShapeModel):
         tf = (t + 1).to(x.dtype)
         return self.priors[0](x, tf) if level == 0 else self.priors[1](x, tf, style)
 
-    def _sample_level(self, level: int, shape: tuple, style, settings, generator, progress: bool) -> torch.Tensor:
-        def model(x, t, cond):
-            return self.prior_eps(level, x, t, style)
-        return self.diffusion.sample(model, shape, sampler=settings.name, steps=settings.steps, generator=generator,
-                                     device=self.device, progress=progress, **settings.options)
+    def _global_eps(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        return self.prior_eps(0, x, t)
+
+    def _local_eps(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.prior_eps(1, x, t, cond["style"])
 
     @torch.no_grad()
     def sample_latents(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int | None = None,
                        progress: bool = False, **sampler_options: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` (z (n, D), h (n, N, 3 + L)): the global prior's loop, then the latent-point prior's given z."""
+        """Draw ``n`` (z (n, D), h (n, N, 3 + L)): the global prior's loop, then the latent-point prior's given z
+        (``cond={"style": z}``; LION's global2style is the identity in its released configs)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         settings = self.sampler_settings(sampler, steps, **sampler_options)
         generator = make_generator(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
-        z = self._sample_level(0, (n, self.vae.style_dim), None, settings, generator, progress)
-        h = self._sample_level(1, (n, self.vae.num_points, self.vae.latent_point_channels), z, settings, generator,
-                               progress)
+        z = self.latent_priors[0].sample(n, settings, device=self.device, generator=generator, progress=progress)
+        h = self.latent_priors[1].sample(n, settings, device=self.device, generator=generator, progress=progress,
+                                         cond={"style": z})
         return z, h
 
     @torch.no_grad()
@@ -207,13 +214,9 @@ class LionModel(ShapeModel):
             z = self.vae.encode_global(x).sample(eps_z)
             h = self.vae.encode_local(x, z).sample(eps_h)
         loss = x.new_zeros(())
-        for level, latent in enumerate((z, h)):
+        for level, (prior, latent) in enumerate(zip(self.latent_priors, (z, h))):
             level_seeds = torch.tensor([mix_seed(int(s), 2 + level) for s in seeds])
-            t = per_example_randint(self.diffusion.num_timesteps, level_seeds, device=self.device)
-            noise = per_example_randn(tuple(latent.shape[1:]), torch.tensor([mix_seed(int(s), 7) for s in level_seeds]),
-                                      device=self.device)
-            x_t = self.diffusion.q_sample(latent, t, noise)
-            loss = loss + (self.prior_eps(level, x_t, t, z) - noise).square().mean()
+            loss = loss + prior.loss(latent, {"style": z} if level else None, seeds=level_seeds)
         return loss
 
 
