@@ -1,7 +1,7 @@
 """Everything that changes what the denoiser says about x0 before a sampler uses it: one home.
 
 - :func:`classifier_free`: classifier-free guidance of a model call (Ho & Salimans 2022).
-- :func:`clamp_x0`: DDPM's ``clip_denoised`` on a :class:`Prediction` (what ``GaussianDiffusion.sample(clip_x0=...)``
+- :func:`clamp_x0`: DDPM's ``clip_denoised`` on a :class:`Prediction` (what ``process.sample(clip_x0=...)``
   applies at every step).
 - :class:`X0Adjusted`: a denoiser wrapper whose implied x0 goes through ``adjust(x0, t)`` and whose output is
   re-expressed in the diffusion's parameterisation, so any sampler can use it; :class:`ClippedDenoiser`

@@ -374,7 +374,7 @@ class LatentVoxelDiffusion(ShapeModel):
         meshes: their level-0 meshes (marching cubes; an empty or sign-free volume gives an empty mesh;
         ``meshes=False`` skips meshing). Points are drawn on the meshes on demand (``Samples.points_on_surface``).
         ``class_label`` (int or (n,), class-conditional models): None draws labels from the training split's
-        class frequencies. Sampler settings: :meth:`sampler_settings`; ``callback``: see ``GaussianDiffusion.sample``."""
+        class frequencies. Sampler settings: :meth:`sampler_settings`; ``callback``: see ``shapediff.diffusion.sampling.sample``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
         self._check_fitted()

@@ -208,7 +208,7 @@ class PointCloudDiffusion(ShapeModel):
 
         ``sampler``/``steps`` and the sampler's options (``spacing``, DDIM's ``eta``) default to the model's
         ``sampler`` config (DPM-Solver++(2M), 20 steps); :meth:`sampler_settings` merges and validates them.
-        ``callback``: see ``GaussianDiffusion.sample`` (called after every step of every batch).
+        ``callback``: see ``shapediff.diffusion.sampling.sample`` (called after every step of every batch).
         ``class_label`` (int or (n,) tensor) needs a class-conditional model. ``clip_x0="auto"``
         clamps the denoiser's clean-cloud estimate to 1.2 x the largest normalised training
         coordinate (no real shape lies outside it; it keeps few-step deterministic samplers stable
