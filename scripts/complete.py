@@ -35,7 +35,8 @@ from pathlib import Path
 from shapediff._optional import fallbacks_used
 from shapediff.cli import USER_ERROR, parse_clip_x0, run_main
 from shapediff.geometry.large_scans import DEFAULT_MAX_POINTS, DOWNSAMPLE_METHODS, load_scan
-from shapediff.preflight import check_existing_file, check_writable_folder
+from shapediff.io_atomic import write_dir_atomic
+from shapediff.preflight import check_existing_file, check_output_folder
 from shapediff.models import load_model
 from shapediff.evaluation import save_completions
 from shapediff.models.completion import METHODS
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
             check_existing_file(scan, "scans" if scan is not args.gt else "--gt")
         if args.bank is not None:
             check_existing_file(args.bank, "--bank")
-        check_writable_folder(args.out, "--out")
+        check_output_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
         model.require_completion("points")
         scans = [load_scan(s, max_points=args.max_points, method=args.downsample, seed=args.seed) for s in args.scans]
@@ -140,13 +141,14 @@ def main(argv=None) -> int:
         return USER_ERROR
     seconds = time.perf_counter() - start
     summary, used = {}, set()
-    for i, (path, scan, completions) in enumerate(zip(args.scans, scans, out)):
-        name = path.stem if path.stem not in used else f"{path.stem}_{i}"
-        used.add(name)
-        folder = args.out / name
-        meshes = False if args.no_mesh else (True if args.mesh_all else "best")
-        summary[str(path)] = save_completions(folder, scan, completions, ground_truth=gt, meshes=meshes,
-                                              preview=not args.no_preview)
+    with write_dir_atomic(args.out, "--out") as tmp:  # one set: replaced whole, never mixed with an earlier run's
+        for i, (path, scan, completions) in enumerate(zip(args.scans, scans, out)):
+            name = path.stem if path.stem not in used else f"{path.stem}_{i}"
+            used.add(name)
+            meshes = False if args.no_mesh else (True if args.mesh_all else "best")
+            saved = save_completions(tmp / name, scan, completions, ground_truth=gt, meshes=meshes,
+                                     preview=not args.no_preview)
+            summary[str(path)] = {**saved, "files": [str(args.out / Path(f).relative_to(tmp)) for f in saved["files"]]}
     print(json.dumps({"seconds": round(seconds, 2), "num_points": out.shape[-2], "outputs": summary,
                       **({"fallbacks": fallbacks_used()} if fallbacks_used() else {})}, indent=2))
     return 0

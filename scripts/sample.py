@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from shapediff.cli import USER_ERROR, run_main
-from shapediff.preflight import check_existing_file, check_writable_folder
+from shapediff.io_atomic import write_dir_atomic
+from shapediff.preflight import check_existing_file, check_output_folder
 from shapediff.models import load_model
 from shapediff.models.checkpoint import atomic_torch_save
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
 
     try:
         check_existing_file(args.checkpoint, "checkpoint", folder_ok=True)  # a file or a model directory
-        check_writable_folder(args.out, "--out")
+        check_output_folder(args.out, "--out")
         model = load_model(args.checkpoint, device=args.device)
         conditions = model.condition_kwargs(class_label=args.class_label, guidance_scale=args.guidance_scale)
         start = time.perf_counter()
@@ -54,17 +55,17 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(samples, args.out / "samples.pt")
-    for i, cloud in enumerate(samples):
-        save_points(args.out / f"sample_{i:03d}.ply", cloud.numpy())
-    for i, mesh in enumerate(out.meshes or []):
-        if len(mesh.faces):  # an empty or sign-free volume gives no surface
-            save_mesh(args.out / f"sample_{i:03d}.obj", mesh)
-    if not args.no_preview:
-        from shapediff.viz import render_grid  # noqa: PLC0415
+    with write_dir_atomic(args.out, "--out") as folder:  # one set: replaced whole, never mixed with an earlier run's
+        atomic_torch_save(samples, folder / "samples.pt")
+        for i, cloud in enumerate(samples):
+            save_points(folder / f"sample_{i:03d}.ply", cloud.numpy())
+        for i, mesh in enumerate(out.meshes or []):
+            if len(mesh.faces):  # an empty or sign-free volume gives no surface
+                save_mesh(folder / f"sample_{i:03d}.obj", mesh)
+        if not args.no_preview:
+            from shapediff.viz import render_grid  # noqa: PLC0415
 
-        render_grid([c.numpy() for c in samples[:16]], args.out / "preview.png", ncols=4)
+            render_grid([c.numpy() for c in samples[:16]], folder / "preview.png", ncols=4)
     print(f"wrote {len(samples)} samples of {samples.shape[1]} points to {args.out} in {seconds:.1f} s of sampling")
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.mesh_io import MESH_SUFFIXES, POINT_SUFFIXES
+from shapediff.io_atomic import resolve_dir
 from shapediff.preflight import check_display, check_open3d, check_writable_folder
 from shapediff.viz import Camera, render, render_grid, serve, show, turntable
 
@@ -50,6 +51,7 @@ def collect(paths: list[Path], limit: int) -> list[Path]:
     """Files to show: files as given; for a folder its samples/ and meshes/ (a run) or its own files."""
     files: list[Path] = []
     for path in paths:
+        path = resolve_dir(path)  # an output folder whose replacement was killed mid-swap: the previous set
         if not path.exists():
             raise FileNotFoundError(f"path: no such file or folder {str(path)!r}")
         if path.is_file():

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = ["write_atomic", "write_path_atomic", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
-           "write_dir_atomic", "resolve_dir", "remove_stale_temp_files", "file_kind"]
+           "write_dir_atomic", "check_dir_replaceable", "resolve_dir", "remove_stale_temp_files", "file_kind"]
 
 # ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp[<suffix>]")``: 8 random characters from [a-z0-9_].
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -191,7 +191,7 @@ def write_dir_atomic(path: str | os.PathLike, what: str = "folder", replaceable:
     path = path.resolve() if path.is_symlink() else path
     _restore_interrupted(path)
     replaceable = set(replaceable)
-    _check_replaceable(path, what, replaceable)
+    check_dir_replaceable(path, what, replaceable)
     for stale in _siblings(path, (".tmp", ".old")):
         shutil.rmtree(stale, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,10 @@ def _restore_interrupted(path: Path) -> None:
         os.rename(aside, path)
 
 
-def _check_replaceable(path: Path, what: str, replaceable: set[str]) -> None:
+def check_dir_replaceable(path: str | os.PathLike, what: str, replaceable: Iterable[str] = ()) -> None:
+    """ValueError naming ``what`` unless :func:`write_dir_atomic` may replace ``path``: absent, empty, a set it
+    wrote (its manifest lists the files) or holding only ``replaceable`` names (and temporary files)."""
+    path, replaceable = Path(path), set(replaceable)
     if not path.exists():
         return
     if not path.is_dir():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shapediff._optional import open3d_available, require_open3d
-from shapediff.io_atomic import file_kind, probe_writable
+from shapediff.io_atomic import check_dir_replaceable, file_kind, probe_writable
 
 __all__ = ["PreflightError", "check_data_config", "check_display", "check_existing_file", "check_existing_folder",
            "check_open3d", "check_training_config", "check_writable_folder", "open3d_needs_of_config"]
@@ -35,6 +35,24 @@ def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
         probe_writable(folder)
     except OSError as err:
         raise PreflightError(f"{what}: cannot write into {str(folder)!r} ({err.strerror or err})") from err
+    return folder
+
+
+def check_output_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` can be written as one set of outputs (:func:`shapediff.io_atomic.write_dir_atomic`: replaced whole):
+    absent, empty or an earlier set of shapediff outputs, beside which files can be written; returns it as a Path."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise PreflightError(f"{what}: File exists: {str(folder)!r} is a file, expected a folder")
+    try:
+        check_dir_replaceable(folder, what)
+    except ValueError as err:
+        raise PreflightError(str(err)) from None
+    try:
+        folder.resolve().parent.mkdir(parents=True, exist_ok=True)
+        probe_writable(folder.resolve().parent)
+    except OSError as err:
+        raise PreflightError(f"{what}: cannot write beside {str(folder)!r} ({err.strerror or err})") from err
     return folder
 
 
