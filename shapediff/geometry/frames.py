@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Frame", "known_frame", "scan_frame", "scan_centric_batch", "scan_extent_warning", "FAR_OUTSIDE"]
+__all__ = ["Frame", "known_frame", "scan_frame", "scan_centric_batch", "scan_extent_warning", "split_origin", "FAR_OUTSIDE"]
 
 FAR_OUTSIDE = 4.0  # a scan this many times larger (or this many squared times smaller) than the training data is "far outside"
 
@@ -93,6 +93,32 @@ def scan_frame(partial: torch.Tensor) -> Frame:
     if partial.ndim == 2:
         return Frame(center[0], scale[0, 0])
     return Frame(center, scale)
+
+
+def split_origin(partial: Any) -> tuple[Any, torch.Tensor | None]:
+    """Scans whose float32 rounding would exceed a small fraction of their point spacing (a georeferenced scan),
+    moved to a local origin: ``(partial - origin, origin)``, computed in float64, where origin (B, 3) float64 holds
+    each scan's centroid; ``(partial, None)``, unchanged, when float32 holds every scan well enough.
+
+    partial: (M, 3) or (B, M, 3) array/tensor, or a sequence of B (M_b, 3) clouds; the result keeps its layout.
+    Completion in a translation-invariant frame (scan-centric, or a known frame moved by ``-origin``) then runs
+    on small coordinates, and ``completions + origin`` (float64) are the completions in the scan's coordinates.
+    """
+    from shapediff.geometry.validation import float32_precision_warning  # noqa: PLC0415
+
+    if isinstance(partial, (list, tuple)):
+        clouds, layout = [torch.as_tensor(x, dtype=torch.float64) for x in partial], "sequence"
+    elif getattr(partial, "ndim", None) in (2, 3):
+        x = torch.as_tensor(partial).detach().double()
+        clouds, layout = (list(x) if x.ndim == 3 else [x]), x.ndim
+    else:
+        return partial, None  # not a layout of scans: prepare_partial reports it
+    usable = all(c.ndim == 2 and c.shape[-1] == 3 and c.shape[0] > 0 and bool(torch.isfinite(c).all()) for c in clouds)
+    if not usable or all(float32_precision_warning(c, "partial") is None for c in clouds):
+        return partial, None
+    origin = torch.stack([c.mean(0) for c in clouds])
+    moved = [c - o for c, o in zip(clouds, origin)]
+    return {"sequence": moved, 3: torch.stack(moved) if moved else None, 2: moved[0]}[layout], origin
 
 
 def scan_centric_batch(batch: Mapping[str, Any]) -> dict[str, Any]:

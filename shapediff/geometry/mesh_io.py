@@ -28,7 +28,7 @@ import trimesh
 
 from shapediff._optional import require_open3d
 from shapediff.geometry.pcd import read_pcd
-from shapediff.geometry.validation import FLOAT64_LIMIT, check_coordinates
+from shapediff.geometry.validation import FLOAT64_LIMIT, check_coordinates, float32_precision_warning
 from shapediff.io_atomic import file_kind, write_bytes_atomic, write_path_atomic
 
 __all__ = [
@@ -136,7 +136,18 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
 
 
 def _write_points_ply(tmp: Path, pts: np.ndarray) -> None:
-    tmp.write_bytes(trimesh.PointCloud(pts).export(file_type="ply"))
+    """Binary .ply: float32 properties, or double where float32 would round the cloud (:func:`_keeps_float64`)."""
+    if not _keeps_float64(pts):
+        tmp.write_bytes(trimesh.PointCloud(pts).export(file_type="ply"))
+        return
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(pts)}\n"
+              "property double x\nproperty double y\nproperty double z\nend_header\n")
+    tmp.write_bytes(header.encode("ascii") + np.ascontiguousarray(pts, dtype="<f8").tobytes())
+
+
+def _keeps_float64(pts: np.ndarray) -> bool:
+    """True when float32 would round ``pts`` by more than a small fraction of their point spacing."""
+    return float32_precision_warning(torch.from_numpy(np.asarray(pts, dtype=np.float64)), "points") is not None
 
 
 def _write_points_pcd(tmp: Path, pts: np.ndarray) -> None:
@@ -147,10 +158,12 @@ def _write_points_pcd(tmp: Path, pts: np.ndarray) -> None:
 
 
 def save_points(path: str | os.PathLike, points: Any) -> Path:
-    """Write an (N, 3) cloud (array or tensor) to .ply (binary), .xyz (text), .npy (float32) or .pcd.
+    """Write an (N, 3) cloud (array or tensor) to .ply (binary), .xyz (text), .npy or .pcd.
 
-    .pcd is written by Open3D as ``binary_compressed``. Returns the path written. .ply .npy and .pcd
-    store float32: coordinates beyond float32's range are refused rather than written as Inf.
+    .pcd is written by Open3D as ``binary_compressed``. Returns the path written. .ply and .npy store float32,
+    or float64 where float32 would round the cloud by more than a small fraction of its point spacing (a
+    georeferenced scan); .xyz writes 9 significant digits, 17 then; .pcd stores float32. Coordinates beyond
+    float32's range are refused (use .xyz) rather than written as Inf.
     """
     p = Path(path)
     suffix = _suffix(p, POINT_SUFFIXES, "a point-cloud file")
@@ -161,8 +174,8 @@ def save_points(path: str | os.PathLike, points: Any) -> Path:
                          f"largest |coordinate| of {top:.4g} (use .xyz, which keeps float64 text)")
     writers: dict[str, Callable[[Path], None]] = {
         ".ply": lambda tmp: _write_points_ply(tmp, pts),
-        ".xyz": lambda tmp: np.savetxt(tmp, pts, fmt="%.9g"),
-        ".npy": lambda tmp: np.save(tmp, pts.astype(np.float32)),
+        ".xyz": lambda tmp: np.savetxt(tmp, pts, fmt="%.17g" if _keeps_float64(pts) else "%.9g"),
+        ".npy": lambda tmp: np.save(tmp, pts if _keeps_float64(pts) else pts.astype(np.float32)),
         ".pcd": lambda tmp: _write_points_pcd(tmp, pts),
     }
     write_path_atomic(p, writers[suffix], "point cloud")
@@ -193,7 +206,11 @@ def _read_trimesh_vertices(p: Path) -> np.ndarray:
 
 
 def load_points(path: str | os.PathLike) -> np.ndarray:
-    """Read a point cloud as float32 (N, 3): .ply .xyz .npy .pcd, or a mesh file's vertices.
+    """Read a point cloud as float64 (N, 3): .ply .xyz .npy .pcd, or a mesh file's vertices.
+
+    float64 keeps a georeferenced scan's shape (float32 rounds a chair at UTM (512345, 4012345) to 0.25-0.5 m);
+    ``complete`` moves such scans to a local origin before its float32 computation and returns completions in the
+    file's coordinates (:func:`shapediff.geometry.frames.split_origin`).
 
     Rows with NaN/Inf (e.g. the invalid pixels of an organised PCL scan) are dropped with a logged
     note; extra columns (colours, normals) are ignored. Raises FileNotFoundError for a missing file
@@ -219,4 +236,4 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     # Checked in float64, before the cast: the float32 bound (1e15) refuses values that float32 would
     # hold but every distance computed from them would overflow, and values beyond float32 (1e39).
     check_coordinates(torch.from_numpy(pts), f"points in {str(p)!r}", compute_dtype=torch.float32)
-    return pts.astype(np.float32)
+    return pts

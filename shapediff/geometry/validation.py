@@ -27,6 +27,31 @@ COORDINATE_LIMITS: dict[torch.dtype, float] = {
 }
 
 
+# float32 may round a cloud's coordinates by at most this fraction of its point spacing before shapediff keeps them
+# in float64 (files) or moves them to a local origin first (completion), and warns where neither is possible.
+FLOAT32_SPACING_FRACTION = 0.01
+
+
+def float32_rounding(points: torch.Tensor) -> tuple[float, float]:
+    """(largest change of a coordinate when (N, 3) ``points`` are cast to float32, the cloud's typical point
+    spacing: its bounding-box diagonal / sqrt(N), the spacing of N points spread over a surface that size)."""
+    x = points.detach().double().reshape(-1, 3)
+    rounding = float((x.float().double() - x).abs().max())
+    spacing = float((x.amax(0) - x.amin(0)).norm()) / math.sqrt(max(x.shape[0], 1))
+    return rounding, spacing
+
+
+def float32_precision_warning(points: torch.Tensor, name: str) -> str | None:
+    """A message when float32 would round ``points`` (N, 3) by more than FLOAT32_SPACING_FRACTION of their spacing
+    (e.g. a georeferenced scan: a chair at UTM (512345, 4012345) is rounded to 0.25-0.5 m), else None."""
+    rounding, spacing = float32_rounding(points)
+    if rounding <= FLOAT32_SPACING_FRACTION * spacing:
+        return None
+    return (f"{name}: float32 rounds these coordinates by up to {rounding:.3g} ({rounding / max(spacing, 1e-300):.0%} of "
+            f"the point spacing, {spacing:.3g}): they lie far from the origin for their size; subtract an origin "
+            "(e.g. the scan's centroid, kept in float64) before computing in float32")
+
+
 def coordinate_limit(dtype: torch.dtype) -> float:
     """The largest |coordinate| accepted for ``dtype`` (see ``COORDINATE_LIMITS``); float32's for others."""
     return COORDINATE_LIMITS.get(dtype, COORDINATE_LIMITS[torch.float32])

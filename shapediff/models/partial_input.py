@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from shapediff.geometry.partial_scan import resample_points
-from shapediff.geometry.validation import check_coordinates
+from shapediff.geometry.validation import check_coordinates, float32_precision_warning
 
 __all__ = ["prepare_partial"]
 
@@ -34,6 +35,10 @@ def _check_one(x: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected (M, 3) or (B, M, 3) points, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}: is empty (0 points); a partial scan needs at least one point")
+    if x.dtype == torch.float64 and bool(torch.isfinite(x).all()):
+        message = float32_precision_warning(x, name)  # the model computes in float32 (complete() moves such scans
+        if message:                                   # to a local origin first where its frame allows)
+            warnings.warn(message, UserWarning, stacklevel=4)
     x = x.float()
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or Inf coordinates; remove those points first")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from shapediff.config import instantiate, register
-from shapediff.geometry.frames import scan_centric_batch
+from shapediff.geometry.frames import Frame, scan_centric_batch, split_origin
 from shapediff.geometry.validation import check_coordinates
 from shapediff.models.base import Samples, SamplerSettings, ShapeModel, sampler_config
 from shapediff.models.completion import COMPLETION_MODES, KNOWN_POINTS, complete
@@ -254,8 +254,15 @@ class PointCloudDiffusion(ShapeModel):
             raise ValueError("complete: this model generates its points given a summary of the whole shape "
                              "(shape_summary), which a partial scan does not give; complete with a completion model "
                              "(experiment=completion_quickstart) or a generator trained with pipeline.shape_summary=null")
+        frame = options.get("frame", "auto")
+        origin = None
+        if isinstance(frame, Frame) or (self.frame == "scan" and frame in ("auto", "scan")):  # translation-invariant
+            partial, origin = split_origin(partial)  # a georeferenced scan: completed around a float64 local origin
+        if origin is not None and isinstance(frame, Frame):
+            options["frame"] = frame._replace(center=frame.center.double() - origin[:, None, :])
         out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
-        return Samples(points=out if out.ndim == 4 else out[None])
+        out = out if out.ndim == 4 else out[None]
+        return Samples(points=out if origin is None else out.double() + origin.to(out.device)[:, None, None, :])
 
 
 def _check_cloud(x: Any, name: str) -> torch.Tensor:

@@ -37,8 +37,24 @@ def test_points_round_trip(tmp_path, suffix):
     pts = torch.randn(257, 3, generator=g) * torch.tensor([1.0, 10.0, 0.01])
     save_points(tmp_path / f"p{suffix}", pts)  # a tensor goes in
     back = load_points(tmp_path / f"p{suffix}")
-    assert back.shape == (257, 3) and back.dtype == np.float32
+    assert back.shape == (257, 3) and back.dtype == np.float64  # float64 out: a far-off scan keeps its shape
     np.testing.assert_allclose(back, pts.numpy(), rtol=1e-6, atol=1e-7)  # same order, float32-exact
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".xyz", ".npy"])
+def test_a_georeferenced_cloud_keeps_its_shape(tmp_path, suffix):
+    """A 1 m chair at UTM (512345, 4012345): float32 would keep ~3 distinct y values; the file round trip keeps
+    every point to 1e-6 m (written in float64 where float32 would round by more than 1 % of the spacing)."""
+    rng = np.random.default_rng(0)
+    local = rng.uniform(-0.5, 0.5, size=(500, 3))
+    pts = local + np.array([512345.0, 4012345.0, 12.0])
+    assert len(np.unique(pts.astype(np.float32)[:, 1])) <= 5  # the failure being guarded against
+    save_points(tmp_path / f"utm{suffix}", pts)
+    back = load_points(tmp_path / f"utm{suffix}")
+    assert back.dtype == np.float64 and np.abs(back - pts).max() < 1e-6
+    small = tmp_path / f"small{suffix}"
+    save_points(small, local)  # near the origin float32 holds it: files stay float32 / 9 digits
+    assert np.abs(load_points(small) - local).max() < 1e-6 and small.stat().st_size < (tmp_path / f"utm{suffix}").stat().st_size
 
 
 @pytest.mark.open3d  # Open3D's own algorithm (or its mesh distances)
