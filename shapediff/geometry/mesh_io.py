@@ -191,6 +191,8 @@ def _read_xyz(p: Path) -> np.ndarray:
 
 def _read_npy(p: Path) -> np.ndarray:
     arr = np.load(p, allow_pickle=False)
+    if arr.dtype.kind not in "fiu":  # complex values would lose their imaginary part, strings or bools mean nothing
+        raise ValueError(f"expected real coordinates (a float or integer array), got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] < 3:
         raise ValueError(f"expected an (N, 3) array (extra columns are ignored), got shape {arr.shape}")
     return arr[:, :3]

@@ -52,6 +52,8 @@ def _proc_start(pid: int) -> str | None:
 
 
 def _is_running(pid: int) -> bool:
+    if pid <= 0:  # kill(0, 0) / kill(-1, 0) signal a group / every process: no single holder is named
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

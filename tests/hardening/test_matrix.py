@@ -304,7 +304,9 @@ def test_load_points_directory_and_npy_variants(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(tmp_path / "str.npy", np.array([["a", "b", "c"]]))
     np.save(tmp_path / "flat.npy", np.zeros(6))
-    for name, detail in [("obj.npy", "allow_pickle"), ("str.npy", "convert string"), ("flat.npy", "got shape (6,)")]:
+    np.save(tmp_path / "complex.npy", np.ones((4, 3)) + 2j)  # was: read with the imaginary part dropped
+    for name, detail in [("obj.npy", "allow_pickle"), ("str.npy", "expected real coordinates"), ("flat.npy", "got shape (6,)"),
+                         ("complex.npy", "expected real coordinates (a float or integer array), got dtype complex128")]:
         with pytest.raises(ValueError) as err:
             G.load_points(tmp_path / name)
         assert name in str(err.value) and detail in str(err.value), str(err.value)

@@ -58,10 +58,12 @@ def test_other_host_is_never_broken(tmp_path):
         RunLock(tmp_path).acquire()
 
 
-@pytest.mark.parametrize("case", ["dead_pid", "reused_pid", "empty_old"])
+@pytest.mark.parametrize("case", ["dead_pid", "reused_pid", "empty_old", "pid_0", "pid_-1"])
 def test_stale_lock_is_broken_with_a_warning(tmp_path, caplog, case):
     if case == "dead_pid":
         _write_lock(tmp_path, pid=_dead_pid(), proc_start="1")
+    elif case.startswith("pid_"):  # kill(0 / -1, 0) succeeds (a group / every process): no holder has such a pid
+        _write_lock(tmp_path, pid=int(case[4:]), proc_start="1")
     elif case == "reused_pid":  # a live pid whose start time differs from the recorded one
         if run_lock._proc_start(os.getppid()) is None:
             pytest.skip("no /proc start times on this platform")

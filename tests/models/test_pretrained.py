@@ -166,3 +166,20 @@ def test_save_refuses_a_folder_holding_other_files(tmp_path):
     with pytest.raises(ValueError, match=r"model directory '.*run': holds files .*\(metrics.json\)"):
         save_pretrained(_fitted_model(), tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json"]
+
+
+def test_a_wrong_shape_tensor_and_deeply_nested_json_are_one_error_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_pretrained(_fitted_model(), tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    key = next(k for k, v in state.items() if v.ndim == 2)
+    state[key] = torch.zeros(state[key].shape[0] + 1, state[key].shape[1])
+    save_file(state, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"model.safetensors': weights do not fit the model its config describes "
+                                         rf"\(size mismatch for {key}") as err:
+        load_pretrained(tmp_path / "m", device="cpu")
+    assert "\n" not in str(err.value)
+    (tmp_path / "m" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="config.json': JSON nested too deeply to read"):
+        load_pretrained(tmp_path / "m", device="cpu")
