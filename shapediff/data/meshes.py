@@ -138,7 +138,11 @@ class _SurfaceDataset(Dataset):
                 self._bad.add(path, str(err))
         self._bad.report(len(self.paths))
         if not good:
-            raise ValueError(f"root: no usable file under {str(self.root)!r} ({len(self._bad.items)} skipped)")
+            path, reason = self._bad.items[0] if self._bad.items else ("", "")
+            others = getattr(self, "num_files_all", 0) - len(self.paths)
+            raise ValueError(f"split {getattr(self, 'split', 'all')!r}: none of its {len(self.paths)} files under "
+                             f"{str(self.root)!r} is usable (first: {path}: {reason})"
+                             + (f"; the other splits hold {others} files" if others > 0 else ""))
         pools = [self._pools[i] for i in good]
         for name in self._per_item:
             setattr(self, name, [getattr(self, name)[i] for i in good])
@@ -239,9 +243,9 @@ def _category(parts: tuple[str, ...]) -> str:
     return folders[0] if folders else ""
 
 
-def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> tuple[list[Path], list[str], list[str]]:
-    """Files of ``split`` under ``root``, their categories, and the sorted categories of all files
-    (so labels agree across splits)."""
+def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> tuple[list[Path], list[str], list[str], int]:
+    """Files of ``split`` under ``root``, their categories, the sorted categories of all files (so labels agree
+    across splits), and the number of files in all splits."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"root: no such folder {str(path)!r}")
@@ -266,7 +270,7 @@ def _index_folder(root: Path, suffixes: tuple[str, ...], split: str, ratios) -> 
         raise ValueError(f"split: no files of split {split!r} under {str(path)!r}: {how}; add files, make train/ and "
                          f"{split}/ subfolders, or for a few shapes evaluate on the training files "
                          "(evaluation.split=train)")
-    return [f for f, _ in keep], [_category(parts) for _, parts in keep], sorted({_category(p) for p in rel})
+    return [f for f, _ in keep], [_category(parts) for _, parts in keep], sorted({_category(p) for p in rel}), len(files)
 
 
 MIXED_SCALE_RATIO = 10.0  # shapes whose sizes differ more than this are not comparable without normalisation
@@ -298,7 +302,8 @@ class _FolderDataset(_SurfaceDataset):
         self.sampling = default_sampling(sampling, "train" if self.split == "all" else self.split)
         self.seed = check_seed(seed)
         self.root = Path(root).expanduser()
-        files, cats, self.categories = _index_folder(self.root, suffixes, self.split, check_ratios(split_ratios))
+        files, cats, self.categories, self.num_files_all = _index_folder(self.root, suffixes, self.split,
+                                                                         check_ratios(split_ratios))
         self.paths = files
         self.num_classes = len(self.categories)
         self.labels = [self.categories.index(c) for c in cats]

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".stl", ".glb", ".off")
 POINT_SUFFIXES: tuple[str, ...] = (".ply", ".xyz", ".npy", ".pcd")
-_POINT_READ_SUFFIXES = POINT_SUFFIXES + (".obj", ".stl", ".glb", ".off", ".zip")
+_POINT_READ_SUFFIXES = POINT_SUFFIXES + (".obj", ".stl", ".glb", ".gltf", ".off", ".zip")
+_MESH_READ_SUFFIXES = MESH_SUFFIXES + (".gltf", ".zip")  # .gltf (JSON + buffers beside it) is read, not written
 
 
 def as_points_array(points: Any, name: str = "points") -> np.ndarray:
@@ -117,8 +118,8 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     """
     p = _existing_file(path)
     suffix = p.suffix.lower()
-    if suffix not in MESH_SUFFIXES + (".zip",):
-        raise ValueError(f"path: a mesh file must end with one of {', '.join(MESH_SUFFIXES)} (or .zip), got {str(p)!r}")
+    if suffix not in _MESH_READ_SUFFIXES:
+        raise ValueError(f"path: a mesh file must end with one of {', '.join(_MESH_READ_SUFFIXES)}, got {str(p)!r}")
     try:
         mesh = trimesh.load(p, force="mesh")
     except Exception as err:  # trimesh raises many types for corrupt files

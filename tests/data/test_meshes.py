@@ -149,6 +149,25 @@ def test_mesh_folder_bad_files(tmp_path):
         MeshFolder(tmp_path / "nothing")
 
 
+def test_mesh_folder_reads_gltf_and_names_an_unusable_split(tmp_path):
+    """.gltf files (JSON beside their .bin buffers) were listed and then every one skipped; a split whose files are
+    all unusable said "no usable file under root" although the other splits were fine."""
+    for split, k in (("train", 3), ("val", 2)):
+        for i in range(k):
+            folder = tmp_path / split / f"box{i}"
+            folder.mkdir(parents=True)
+            for name, data in trimesh.creation.box(extents=(1, 1 + i, 2)).export(file_type="gltf").items():
+                (folder / name).write_bytes(data)
+    ds = MeshFolder(tmp_path, split="train", num_points=32)
+    assert len(ds) == 3 and ds[0]["points"].shape == (32, 3)
+    for i in range(2):
+        (tmp_path / "val" / f"box{i}" / "model.gltf").write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="skipped 2 of 2"), pytest.raises(
+            ValueError, match=r"split 'val': none of its 2 files under .* is usable \(first: .*model.gltf: .*\); "
+                              r"the other splits hold 3 files"):
+        MeshFolder(tmp_path, split="val", num_points=32)
+
+
 def test_point_cloud_folder_formats(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "clouds"
