@@ -85,8 +85,9 @@ def serve_web(items: list, labels: list[str], args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR
     port = viewer.url.rstrip("/").rsplit(":", 1)[1]
-    print(f"serving {len(items)} items at {viewer.url} (Ctrl-C to stop); "
-          f"from another machine: ssh -L {port}:localhost:{port} THIS_HOST, then open {viewer.url}", flush=True)
+    remote = (f"ssh -L {port}:localhost:{port} THIS_HOST, then open {viewer.url}" if "//localhost:" in viewer.url
+              else f"open {viewer.url} (it listens on {args.host})")
+    print(f"serving {len(items)} items at {viewer.url} (Ctrl-C to stop); from another machine: {remote}", flush=True)
     viewer.wait()
     return 0
 

@@ -11,8 +11,12 @@ Routes: ``/`` the page, ``/scene.json`` the items' metadata, ``/scene.bin`` thei
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import math
+import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,11 +108,43 @@ class WebViewer:
             self.close()
 
 
+def _host_allowed(header: str | None) -> bool:
+    """A Host header naming this machine: an IP address, localhost or its own host name. A DNS-rebinding page
+    reaches the viewer under its own domain name, which is refused (403)."""
+    if not header:
+        return False
+    name = header.rsplit(":", 1)[0] if header.count(":") == 1 or header.startswith("[") else header
+    name = name.strip("[]").lower()
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+
+
+class _Server(ThreadingHTTPServer):
+    """The viewer's server: IPv6 for an IPv6 host; a client that drops a download is not an error to print."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe / ConnectionReset: the browser went away
+            return
+        super().handle_error(request, client_address)
+
+
 def _handler(routes: dict[str, tuple[str, bytes]], log: list[str]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802  (http.server's name)
             path = self.path.split("?", 1)[0]
             log.append(path)
+            if not _host_allowed(self.headers.get("Host")):
+                self.send_error(403, "this viewer answers requests for this machine's own names and addresses only")
+                return
             if path not in routes:
                 self.send_error(404, f"no such file: {path}")
                 return
@@ -146,13 +182,24 @@ def serve(*items: Any, labels: Sequence[str] | None = None, colors: Sequence[Seq
               "/scene.bin": ("application/octet-stream", blob)}
     log: list[str] = []
     try:
-        server = ThreadingHTTPServer((host, int(port)), _handler(routes, log))
+        server = _Server((host, int(port)), _handler(routes, log))
     except OSError as err:
-        raise ValueError(f"port: cannot listen on {host}:{port} ({err.strerror or err}); pick another with --port "
-                         "or 0 for any free port") from err
-    server.daemon_threads = True
+        if err.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise ValueError(f"port: cannot listen on port {port} of {host} ({err.strerror or err}); pick another "
+                             "with --port or 0 for any free port") from err
+        raise ValueError(f"host: cannot listen on {host!r} ({err.strerror or err}); give an address of this machine "
+                         "(127.0.0.1, ::1, 0.0.0.0 or :: for every interface)") from err
     thread = threading.Thread(target=server.serve_forever, name="shapediff-web-viewer", daemon=True)
     thread.start()
     bound_host, bound_port = server.server_address[:2]
-    shown = "localhost" if bound_host in ("127.0.0.1", "0.0.0.0", "::1", "::") else bound_host
-    return WebViewer(server, thread, f"http://{shown}:{bound_port}/", log)
+    return WebViewer(server, thread, f"http://{_url_host(bound_host)}:{bound_port}/", log)
+
+
+def _url_host(bound: str) -> str:
+    """The host part of a URL that reaches a server bound to ``bound``: localhost for a loopback address, this
+    machine's name for every interface (0.0.0.0 / ::, which no browser can open), else the address itself."""
+    if bound in ("127.0.0.1", "::1"):
+        return "localhost"
+    if bound in ("0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{bound}]" if ":" in bound else bound

@@ -78,6 +78,69 @@ def test_server_routes_and_errors():
         serve(np.ones((4, 3)), port=0, up="x")
 
 
+def _get(port: int, path: str, host_header: str, host: str = "127.0.0.1") -> int:
+    """HTTP status of GET ``path`` sent with ``Host: host_header``."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.putrequest("GET", path, skip_host=True)
+    conn.putheader("Host", host_header)
+    conn.endheaders()
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_dns_rebinding_host_header_is_refused():
+    """A page on evil.example whose name rebinds to 127.0.0.1 sends ``Host: evil.example``: refused (403); the
+    machine's own names and any IP address are served."""
+    viewer = serve(np.ones((5, 3)), port=0)
+    port = viewer.server.server_address[1]
+    try:
+        assert _get(port, "/scene.bin", "evil.example") == 403
+        assert _get(port, "/scene.bin", f"evil.example:{port}") == 403
+        for ok in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost", f"{socket.gethostname()}:{port}",
+                   f"[::1]:{port}", f"10.1.2.3:{port}"):
+            assert _get(port, "/scene.bin", ok) == 200, ok
+    finally:
+        viewer.close()
+
+
+def test_every_interface_prints_a_usable_url_and_ipv6_is_not_blamed_on_the_port():
+    viewer = serve(np.ones((5, 3)), host="0.0.0.0", port=0)
+    try:
+        assert "localhost" not in viewer.url and "0.0.0.0" not in viewer.url and socket.gethostname() in viewer.url
+    finally:
+        viewer.close()
+    try:
+        viewer = serve(np.ones((5, 3)), host="::", port=0)
+    except ValueError as err:  # a machine without IPv6: the host is named, not the port
+        assert str(err).startswith("host: cannot listen on '::'"), err
+    else:
+        try:
+            assert _get(viewer.server.server_address[1], "/", "localhost", host="::1") == 200
+        finally:
+            viewer.close()
+    with pytest.raises(ValueError, match=r"^host: cannot listen on 'no.such.host.invalid'"):
+        serve(np.ones((5, 3)), host="no.such.host.invalid", port=0)
+
+
+def test_an_aborted_download_prints_no_traceback(capfd):
+    viewer = serve(np.random.default_rng(0).normal(size=(300_000, 3)), port=0)  # a 3.6 MB scene.bin
+    port = viewer.server.server_address[1]
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.sendall(b"GET /scene.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                conn.recv(1024)  # the download started; closing now resets the connection
+        time.sleep(1.0)
+        assert _get(port, "/", "localhost") == 200  # still serving
+    finally:
+        viewer.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def _wait_for_line(proc: subprocess.Popen, marker: str, timeout: float) -> str:
     """Everything ``proc`` printed up to and including the first line holding ``marker`` (or until it
     exits or ``timeout`` seconds pass)."""
