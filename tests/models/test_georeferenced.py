@@ -42,11 +42,16 @@ def test_a_scan_at_utm_is_completed_in_its_own_coordinates(tmp_path):
     save_points(tmp_path / "scan.ply", local + UTM)
     scan = load_points(tmp_path / "scan.ply")  # float64, every point kept to 1e-6
     assert np.abs(scan - (local + UTM)).max() < 1e-6
-    near = model.complete(local, n=2, steps=3, seed=0).points
-    far = model.complete(scan, n=2, steps=3, seed=0).points
+    origin = scan.mean(0)  # where split_origin moves it (scan-keeping, compared apart below, picks points by ties)
+    near = model.complete(scan - origin, n=2, steps=3, seed=0, keep_scan=False).points
+    far = model.complete(scan, n=2, steps=3, seed=0, keep_scan=False).points
     assert far.dtype == torch.float64 and far.shape == near.shape
-    torch.testing.assert_close(far - torch.from_numpy(UTM), near.double(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(far - torch.from_numpy(origin), near.double(), rtol=0, atol=1e-4)
     assert len(torch.unique(far[0, 0, :, 1])) > 100  # float32 at y = 4e6 would leave a handful of values
+    kept = model.complete(scan, n=1, steps=3, seed=0).points  # the scan's own points kept: exactly, in float64
+    assert kept.dtype == torch.float64 and len(torch.unique(kept[0, 0, :, 1])) > 100
+    o = torch.from_numpy(origin)
+    assert float(torch.cdist(torch.from_numpy(scan) - o, kept[0, 0] - o).min(1).values.max()) < 1e-6
     shifted = model.complete(scan, n=2, steps=3, seed=0, frame=known_frame(center=UTM.tolist())).points
     assert shifted.dtype == torch.float64 and float((shifted[..., 1] - UTM[1]).abs().max()) < 50
 
