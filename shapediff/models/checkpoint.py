@@ -8,6 +8,7 @@ the resolved training config.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -23,8 +24,25 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through :func:`shapediff.io_atomic.write_atomic`: ``path`` is either the old file or the whole new one."""
-    return write_atomic(path, lambda fh: torch.save(obj, fh), "checkpoint")
+    """torch.save through :func:`shapediff.io_atomic.write_atomic`: ``path`` is either the old file or the whole new one.
+
+    A full disk surfaces from torch's zip writer as a RuntimeError ("unexpected pos ..."): it becomes the OSError it
+    is (ENOSPC, or EIO naming torch's message), which write_atomic words as one line naming the file.
+    """
+    def write(fh) -> None:
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as err:
+            fh.flush()  # raises the OSError behind a short write, when the buffer still holds it
+            stats = os.fstatvfs(fh.fileno())
+            full = stats.f_bavail * stats.f_frsize < _FULL_BYTES
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code) if full else f"torch.save failed: {str(err).splitlines()[0]}") from err
+
+    return write_atomic(path, write, "checkpoint")
+
+
+_FULL_BYTES = 1 << 20  # a torch.save that fails with less free space than this failed for the lack of it
 
 
 _POINTER_MAX_BYTES = 4096

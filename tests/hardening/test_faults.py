@@ -86,11 +86,19 @@ def test_disk_full_on_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
         torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7)
 
 
-def test_train_script_reports_disk_full_in_one_line(tmp_path):
+_FULL = {  # how a full disk reaches torch.save's caller
+    "oserror": "def full(*a, **k):\n    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n",
+    # a real full disk (a 256 kB tmpfs): torch's zip writer raises this RuntimeError, and statvfs shows no space
+    "zip_writer": ("def full(*a, **k):\n    raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598')\n"
+                   "os.fstatvfs = lambda fd: types.SimpleNamespace(f_bavail=0, f_frsize=4096)\n"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(_FULL))
+def test_train_script_reports_disk_full_in_one_line(tmp_path, how):
     """The same fault through scripts/train.py: a one-line error, exit 2 (an OSError: shapediff.cli), no traceback."""
     code = (
-        "import errno, os, runpy, sys, torch\n"
-        "def full(*a, **k):\n    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "import errno, os, runpy, sys, types, torch\n" + _FULL[how] +
         "torch.save = full\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
     args = [str(ROOT / "scripts" / "train.py"), "experiment=quickstart", "trainer.max_steps=2", "trainer.batch_size=4",
@@ -99,6 +107,8 @@ def test_train_script_reports_disk_full_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could not write checkpoint" in errors[0], proc.stderr[-2000:]
     assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
 
 
