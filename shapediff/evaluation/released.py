@@ -16,6 +16,7 @@ Layouts accepted (all (S, N, C) point arrays, C = 3, or 6 with normals/colours t
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 SamplesFrame = Literal["auto", "normalized", "data"]
+_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 
 
 def load_cloud_file(path: str | Path, key: str | None = None) -> tuple[torch.Tensor, dict]:
@@ -34,24 +36,37 @@ def load_cloud_file(path: str | Path, key: str | None = None) -> tuple[torch.Ten
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r}: no such file (expected a .npy, .npz, .pt or .pth point-cloud set)")
+    if path.suffix.lower() not in _SUFFIXES:
+        raise ValueError(f"{str(path)!r}: expected a point-cloud set file ending in {', '.join(_SUFFIXES)}, "
+                         f"got {path.suffix or 'no suffix'!r}")
     extras: dict = {}
     try:
-        if path.suffix in (".npy", ".npz"):
+        if path.suffix.lower() in (".npy", ".npz"):
             data = np.load(path, allow_pickle=False)
             data = _npz_array(data, key, path) if isinstance(data, np.lib.npyio.NpzFile) else data
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except KeyError as err:
         raise ValueError(str(err.args[0])) from None
-    except (OSError, ValueError, RuntimeError, EOFError) as err:
-        raise ValueError(f"{str(path)!r}: could not read a point-cloud set ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError as err:  # weights_only: objects other than tensors and plain data, never run
+        raise ValueError(f"{str(path)!r}: refused: it holds pickled objects other than tensors and plain data, or is "
+                         "not a PyTorch file (read with weights_only=True; nothing in it was run)") from err
+    except Exception as err:  # noqa: BLE001  (torch.load / np.load raise many types for files that are not theirs)
+        raise ValueError(f"{str(path)!r}: could not read a point-cloud set ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if isinstance(data, dict):
         if "ref" not in data:
             raise ValueError(f"{str(path)!r}: a dict file must be LION's reference layout with keys "
                              f"'ref', 'mean', 'std'; got keys {sorted(map(str, data))}")
         extras = {k: torch.as_tensor(data[k]).float() for k in ("mean", "std") if k in data}
         data = data["ref"]
-    clouds = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).float()
+    if isinstance(data, torch.Tensor) and data.layout != torch.strided:
+        raise ValueError(f"{str(path)!r}: expected a dense (S, N, 3) tensor, got a {data.layout} tensor")
+    array = data if isinstance(data, torch.Tensor) else np.asarray(data)
+    if array.dtype in (torch.bool, np.bool_) or getattr(array, "is_complex", lambda: False)() or (
+            isinstance(array, np.ndarray) and array.dtype.kind not in "fiu"):
+        raise ValueError(f"{str(path)!r}: expected real point coordinates, got dtype {array.dtype}")
+    clouds = torch.as_tensor(array).float()
     if clouds.dim() != 3 or clouds.shape[-1] not in (3, 4, 6, 9) or clouds.shape[0] == 0 or clouds.shape[1] == 0:
         raise ValueError(f"{str(path)!r}: expected a non-empty (S, N, 3) array (or (S, N, 6) with normals), "
                          f"got shape {tuple(clouds.shape)}")
@@ -61,6 +76,8 @@ def load_cloud_file(path: str | Path, key: str | None = None) -> tuple[torch.Ten
 def _npz_array(data, key: str | None, path: Path) -> np.ndarray:
     """The array ``key`` of an npz, or its only array; a KeyError (message) for a missing key or several arrays."""
     names = list(data.files)
+    if not names:
+        raise KeyError(f"{str(path)!r}: an .npz that holds no arrays")
     if key is None and len(names) == 1:
         return data[names[0]]
     if key is None:
