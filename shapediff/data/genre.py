@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from shapediff.config import register
-from shapediff.data._common import check_index, check_positive_int
+from shapediff.data._common import check_index
+from shapediff.geometry.validation import check_positive_int
 from shapediff.data.shapenet import ShapeNetPC15k
 from shapediff.geometry.partial_scan import resample_points
 from shapediff.randomness import mix_seed

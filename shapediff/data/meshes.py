@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import Dataset
 
 from shapediff.config import register
-from shapediff.data._common import (BadFiles, check_choice, check_index, check_positive_int, check_ratios,
+from shapediff.data._common import (BadFiles, check_choice, check_index, check_ratios,
                                     check_seed, check_split, default_sampling, shape_stats, split_of,
                                     stable_fraction, subset_indices, to_y_up)
+from shapediff.geometry.validation import check_positive_int
 from shapediff.data.synsets import category_name, resolve_categories
 from shapediff.geometry import load_mesh, load_points
 from shapediff.geometry.normalization import PER_SHAPE

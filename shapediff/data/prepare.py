@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shapediff.data._common import check_positive_int, check_ratios, check_seed, split_of, stable_fraction
+from shapediff.data._common import check_ratios, check_seed, split_of, stable_fraction
+from shapediff.geometry.validation import check_positive_int
 from shapediff.data.meshes import find_shapenet_models, sample_surface
 from shapediff.geometry import load_mesh
 from shapediff.io_atomic import write_atomic

@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from shapediff.config import register
-from shapediff.data._common import (BadFiles, check_choice, check_index, check_positive_int,
+from shapediff.data._common import (BadFiles, check_choice, check_index,
                                     check_split, default_sampling, shape_stats, subset_indices)
+from shapediff.geometry.validation import check_positive_int
 from shapediff.data.synsets import category_name, resolve_categories
 from shapediff.geometry.normalization import NORMALIZATIONS
 

@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from shapediff.config import register
-from shapediff.data._common import (SPLITS, check_choice, check_index, check_positive_int, check_seed,
+from shapediff.data._common import (SPLITS, check_choice, check_index, check_seed,
                                     default_sampling, subset_indices)
+from shapediff.geometry.validation import check_positive_int
 
 from shapediff.data.primitives import Primitive, sample_union_surface, union_bounds, union_sdf
 from shapediff.data.shapes import BUILDERS, build_shape

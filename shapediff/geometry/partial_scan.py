@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from shapediff._optional import require_open3d
+from shapediff.geometry.validation import check_points
 
 __all__ = ["DepthScan", "random_viewpoint", "virtual_scan", "hidden_point_removal", "visible_subset", "resample_points"]
 
@@ -172,15 +173,9 @@ def virtual_scan(
 
 
 def _as_cloud(points, name: str) -> np.ndarray:
-    arr = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-    if arr.ndim != 2 or arr.shape[-1] != 3:
-        raise ValueError(f"{name}: expected an (N, 3) point cloud, got shape {tuple(arr.shape)}")
-    if arr.shape[0] < 4:
-        raise ValueError(f"{name}: expected at least 4 points for a visibility test, got {arr.shape[0]}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return arr
+    """(N, 3) float64 points, N >= 4 (a visibility test), checked by the one cloud validator."""
+    x = points.detach().cpu() if isinstance(points, torch.Tensor) else torch.from_numpy(np.asarray(points, np.float64))
+    return check_points(x.double(), name, batched=False, min_points=4).numpy()
 
 
 def hidden_point_removal(points, viewpoint, *, radius_factor: float = 100.0) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # Largest |coordinate| accepted per floating dtype: beyond it squared distances can overflow.
@@ -87,6 +88,7 @@ def check_points(
     batched: bool = True,
     min_points: int = 1,
     check_finite: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Validate a point cloud tensor and return it unchanged.
 
@@ -98,6 +100,7 @@ def check_points(
         min_points: the smallest accepted N (and B must be >= 1).
         check_finite: reject NaN / Inf values and |coordinates| above ``coordinate_limit(x.dtype)``
             (1e15 for float32, 1e149 for float64, 32 for float16; one reduction over the tensor).
+        compute_dtype: the dtype the caller computes in, whose bound applies (a model casts to float32).
 
     Raises:
         ValueError: not a floating tensor, wrong rank, wrong last axis, empty, too few points,
@@ -118,7 +121,7 @@ def check_points(
     if x.shape[-2] < min_points:
         raise ValueError(f"{name}: expected at least {min_points} points, got shape {tuple(x.shape)}")
     if check_finite:
-        check_coordinates(x, name)
+        check_coordinates(x, name, compute_dtype)
     return x
 
 
@@ -135,10 +138,12 @@ def check_same_batch(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str)
 
 
 def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` as int when it is an integer >= ``minimum``, else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
+    """Return ``value`` as int when it is an integer (Python or NumPy, not bool) >= ``minimum``, else raise
+    ValueError naming ``name``: "expected a positive int" (minimum 1) or "expected an integer >= minimum"."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        expected = "a positive int" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return int(value)
 
 
 def check_lengths(lengths: object, name: str, batch: int, max_len: int, device: torch.device) -> torch.Tensor | None:

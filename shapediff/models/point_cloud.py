@@ -12,7 +12,7 @@ from torch import nn
 
 from shapediff.config import instantiate, register
 from shapediff.geometry.frames import Frame, scan_centric_batch, split_origin
-from shapediff.geometry.validation import check_coordinates
+from shapediff.geometry.validation import check_points
 from shapediff.models.base import Samples, SamplerSettings, ShapeModel, sampler_config
 from shapediff.models.completion import COMPLETION_MODES, KNOWN_POINTS, complete
 from shapediff.models.latent_prior import GivenLatent, LatentPrior, seeded_loss
@@ -142,7 +142,7 @@ class PointCloudDiffusion(ShapeModel):
         if self.class_conditional:
             self.class_prior.copy_(class_frequencies(train_set, self.class_prior.numel()))
         if self.summary is not None:
-            self.summary.fit(self.normalizer.normalize(_check_cloud(train_set[i]["points"][None], "data points"))
+            self.summary.fit(self.normalizer.normalize(_float_cloud(train_set[i]["points"][None], "data points"))
                              for i in range(len(train_set)))
 
     def fit_normalization(self, dataset: Iterable, max_items: int | None = None) -> "PointCloudDiffusion":
@@ -165,7 +165,7 @@ class PointCloudDiffusion(ShapeModel):
             raise ValueError(f"batch: expected a mapping with a 'points' (B, N, 3) tensor, got {got}")
         if self.frame == "scan":
             batch = scan_centric_batch(batch)
-        x0 = self.normalizer.normalize(_check_cloud(batch["points"], "batch['points']").to(self.device))
+        x0 = self.normalizer.normalize(_float_cloud(batch["points"], "batch['points']").to(self.device))
         cond = None
         if self.class_conditional:
             if "label" not in batch:
@@ -175,7 +175,7 @@ class PointCloudDiffusion(ShapeModel):
         if self.completion in KNOWN_POINTS:  # completion: the scan's known points are a condition of the generator
             if "partial" not in batch:
                 raise ValueError(f"batch: completion={self.completion!r} needs a 'partial' entry (use a partial-scan dataset)")
-            partial = self.normalizer.normalize(_check_cloud(batch["partial"], "batch['partial']").to(self.device))
+            partial = self.normalizer.normalize(_float_cloud(batch["partial"], "batch['partial']").to(self.device))
             x0, cond, mask = KNOWN_POINTS[self.completion](x0, partial, cond, self.num_partial_points)
         if self.latent_prior is None:
             return seeded_loss(self.diffusion, self.denoiser, x0, cond, seeds=batch.get("seed"), mask=mask,
@@ -265,13 +265,12 @@ class PointCloudDiffusion(ShapeModel):
         return Samples(points=out if origin is None else out.double() + origin.to(out.device)[:, None, None, :])
 
 
-def _check_cloud(x: Any, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor of shape (B, N, 3), got {type(x).__name__}")
-    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected shape (B, N, 3) with N >= 1, got {tuple(x.shape)}")
-    check_coordinates(x, name, compute_dtype=torch.float32)  # NaN / Inf, and |coordinates| > 1e15
-    return x.float()
+def _float_cloud(x: Any, name: str) -> torch.Tensor:
+    """(B, N, 3) points (integer coordinates accepted) checked by the one cloud validator, with float32's bound: the
+    model computes in float32."""
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        x = x.double()
+    return check_points(x, name, compute_dtype=torch.float32).float()
 
 
 def _plain(obj: Any) -> Any:

@@ -79,7 +79,7 @@ def test_knn_gradient_matches_closed_form():
         (torch.rand(1, 10, 3), torch.rand(1, 10, 2), 1, r"y: expected a \(B, N, 3\)"),
         (torch.rand(1, 10, 3), torch.rand(2, 10, 3), 1, "y: expected batch size 1"),
         (torch.rand(1, 10, 3), torch.rand(1, 4, 3), 5, "k: expected at most 4"),
-        (torch.rand(1, 10, 3), torch.rand(1, 4, 3), 0, "k: expected an integer >= 1"),
+        (torch.rand(1, 10, 3), torch.rand(1, 4, 3), 0, "k: expected a positive int"),
         (torch.rand(1, 0, 3), torch.rand(1, 4, 3), 1, "x: expected a non-empty"),
         (torch.full((1, 3, 3), float("nan")), torch.rand(1, 4, 3), 1, "x: contains NaN"),
         (torch.zeros(1, 3, 3, dtype=torch.long), torch.rand(1, 4, 3), 1, "x: expected a floating-point"),
