@@ -23,7 +23,7 @@ from shapediff.randomness import make_generator
 TRAINING_FRAMES = ("data", "scan")
 
 
-@register("model")
+@register("model", bounds={"num_points": (1, 1_000_000)})
 class PointCloudDiffusion(ShapeModel):
     """Generate (and complete) point clouds of ``num_points`` points.
 
