@@ -6,7 +6,7 @@ Valid seed files (.ply binary points, .ply/.obj/.off meshes, .pcd binary_compres
 .xyz, .npy, .pt checkpoint) are mutated (truncation, byte flips, inserted / deleted / repeated
 chunks, header numbers replaced) and fed to the readers in a persistent worker process. Outcomes:
 
-- ``ok``: returned a sound result (finite float32 (N, 3) points / a Trimesh with faces / a dict);
+- ``ok``: returned a sound result (finite float64 (N, 3) points / a Trimesh with faces / a dict);
 - ``expected``: ValueError or FileNotFoundError naming the file;
 - ``finding``: any other exception, an unsound return value, a message not naming the file, a
   worker crash, or a hang past ``--timeout`` seconds (the worker is then killed and restarted).
@@ -135,7 +135,7 @@ for line in sys.stdin:
     try:
         if job["reader"] == "load_points":
             r = load_points(path)
-            sound = isinstance(r, np.ndarray) and r.dtype == np.float32 and r.ndim == 2 and r.shape[1] == 3 and len(r) > 0 and bool(np.isfinite(r).all())
+            sound = isinstance(r, np.ndarray) and r.dtype == np.float64 and r.ndim == 2 and r.shape[1] == 3 and len(r) > 0 and bool(np.isfinite(r).all())
         elif job["reader"] == "load_mesh":
             r = load_mesh(path)
             sound = isinstance(r, trimesh.Trimesh) and len(r.faces) > 0

@@ -39,7 +39,8 @@ _CHUNK_ROWS = 1_000_000
 
 def load_scan(path: str | os.PathLike, max_points: int = DEFAULT_MAX_POINTS, method: str = "random", seed: int = 0,
               voxel_size: float | None = None, chunk_rows: int = _CHUNK_ROWS) -> np.ndarray:
-    """Read a scan as float32 (K, 3), K <= ``max_points``, in bounded memory (see the module docstring).
+    """Read a scan as float64 (K, 3), K <= ``max_points``, in bounded memory (see the module docstring); float64
+    as :func:`~shapediff.geometry.load_points`: a georeferenced scan keeps its shape.
 
     Raises FileNotFoundError for a missing file, ValueError naming the file for one that is corrupt,
     holds no finite point or a |coordinate| above float32's safe bound, and for bad arguments.
@@ -68,7 +69,7 @@ def load_scan(path: str | os.PathLike, max_points: int = DEFAULT_MAX_POINTS, met
     if len(kept) == 0:
         raise ValueError(f"path: {str(p)!r} holds no points (every row holds NaN/Inf)")
     log.info("load_scan: kept %d of %d points of %s (%s)", len(kept), len(rows), p, method)
-    return kept.astype(np.float32)
+    return np.asarray(kept, dtype=np.float64)
 
 
 def downsample_points(points: np.ndarray, max_points: int = DEFAULT_MAX_POINTS, method: str = "random", seed: int = 0,

@@ -31,7 +31,7 @@ def test_random_subset_is_uniform_seeded_and_drops_nan_rows(tmp_path):
     x[::7, 1] = np.nan
     np.save(tmp_path / "scan.npy", x)
     a = load_scan(tmp_path / "scan.npy", max_points=5000, seed=1, chunk_rows=40_000)
-    assert a.shape == (5000, 3) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert a.shape == (5000, 3) and a.dtype == np.float64 and np.isfinite(a).all()
     rows = np.rint(a[:, 0].astype(np.float64) * len(x)).astype(int)
     assert len(set(rows)) == 5000 and not np.any(rows % 7 == 0)  # distinct, finite rows only
     np.testing.assert_array_equal(a, x[rows])  # exact rows of the file, in file order

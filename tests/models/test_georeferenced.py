@@ -13,6 +13,7 @@ import torch
 import shapediff
 from shapediff.geometry import load_points, save_points
 from shapediff.geometry.frames import known_frame, split_origin
+from shapediff.geometry.large_scans import load_scan
 from shapediff.models import PointCloudDiffusion
 from tests.hardening.test_matrix import TINY
 
@@ -42,6 +43,8 @@ def test_a_scan_at_utm_is_completed_in_its_own_coordinates(tmp_path):
     save_points(tmp_path / "scan.ply", local + UTM)
     scan = load_points(tmp_path / "scan.ply")  # float64, every point kept to 1e-6
     assert np.abs(scan - (local + UTM)).max() < 1e-6
+    np.save(tmp_path / "scan.npy", scan)  # complete.py reads scans with load_scan (streamed for .npy)
+    assert load_scan(tmp_path / "scan.npy").dtype == np.float64 and np.abs(load_scan(tmp_path / "scan.npy") - scan).max() == 0
     origin = scan.mean(0)  # where split_origin moves it (scan-keeping, compared apart below, picks points by ties)
     near = model.complete(scan - origin, n=2, steps=3, seed=0, keep_scan=False).points
     far = model.complete(scan, n=2, steps=3, seed=0, keep_scan=False).points
