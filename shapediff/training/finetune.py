@@ -169,8 +169,9 @@ def check_state(source: InitSource, model: nn.Module, state: Mapping[str, torch.
 def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     """Set ``requires_grad=False`` on every parameter under one of ``prefixes`` (module names such as
     ``denoiser.layers.0``; a prefix matches the module itself and everything inside it). Returns the frozen
-    parameter names. A prefix that names no parameter is a ValueError naming the model's top-level modules."""
-    _check_prefixes(model, prefixes, "trainer.freeze")
+    parameter names. A prefix that covers no parameter is a ValueError naming the model's top-level modules that
+    have parameters."""
+    _check_prefixes(model, prefixes, "trainer.freeze", [n for n, _ in model.named_parameters()])
     frozen = []
     for name, param in model.named_parameters():
         if _under(name, prefixes):
@@ -188,10 +189,11 @@ def _under(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _check_prefixes(model: nn.Module, prefixes: Sequence[str], where: str) -> None:
+def _check_prefixes(model: nn.Module, prefixes: Sequence[str], where: str, names: Sequence[str] | None = None) -> None:
+    """ValueError unless every prefix covers one of ``names`` (default: the model's state-dict keys)."""
     if isinstance(prefixes, str) or not all(isinstance(p, str) and p for p in prefixes):
         raise ValueError(f"{where}: expected a list of module-name prefixes, got {prefixes!r}")
-    names = list(model.state_dict())
+    names = list(model.state_dict()) if names is None else list(names)
     unknown = [p for p in prefixes if not any(_under(n, [p]) for n in names)]
     if unknown:
         top = sorted({n.split(".", 1)[0] for n in names})

@@ -228,8 +228,10 @@ def test_freeze_keeps_named_modules_exactly_and_trains_the_rest(tmp_path):
     for name, param in model.named_parameters():
         frozen = name.startswith(prefix + ".")
         assert torch.equal(param, before[name]) == frozen, name
-    with pytest.raises(ValueError, match=r"top-level modules are \['denoiser', 'normalizer'\]"):
+    with pytest.raises(ValueError, match=r"\['decoder'\] name\(s\) no module .* top-level modules are \['denoiser'\]"):
         freeze(point_model(), ["decoder"])
+    with pytest.raises(ValueError, match="top-level modules"):
+        freeze(point_model(), ["normalizer"])  # buffers only: nothing to freeze
 
 
 def test_init_classes_maps_source_rows_and_starts_new_classes_from_the_null_row(tmp_path):
