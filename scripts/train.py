@@ -4,6 +4,8 @@
     python scripts/train.py experiment=quickstart
     python scripts/train.py experiment=quickstart model=pvcnn_small trainer.max_steps=500 name=pvcnn_try
     torchrun --nproc_per_node=4 scripts/train.py experiment=...      # multi-GPU (DDP)
+    python scripts/train.py experiment=quickstart finetune=default data=mesh_folder data.root=my_shapes \
+        trainer.init_from=runs/quickstart/checkpoints/last trainer.refit_normalization=true   # fine-tune (docs/finetuning.md)
 
 Writes into run_dir (runs/<name>): checkpoints/, samples/*.ply, meshes/*.obj, samples.pt,
 metrics.json, preview.png, train_log.jsonl, tb/ (TensorBoard).
@@ -11,7 +13,7 @@ metrics.json, preview.png, train_log.jsonl, tb/ (TensorBoard).
 Exit status (shapediff.cli): 0 done; 1 training diverged, or it finished but an end-of-run output (samples,
 a mesh, metrics.json, preview.png) could not be made (named on stderr; the checkpoints and every other output
 are written); 2 a config or file error (an unknown key, a key left at '???' such as data.root, a missing data
-folder, a full disk), Hydra's own included.
+folder, a full disk, trainer.init_from weights that do not fit the configured model), Hydra's own included.
 Before anything is built it checks what the run needs (shapediff.preflight): data roots, a writable
 run_dir, Open3D where the data needs it (virtual partial scans, mesh TSDFs). Fallbacks used where Open3D
 cannot be imported (e.g. meshes) are printed at the end.
