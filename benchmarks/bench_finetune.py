@@ -176,6 +176,26 @@ def summarise(arms: dict, key: str, paired: str, facts: dict) -> dict:
             "finetuned better beyond the interval": diff["mean"] + diff["ci95"] < 0}
 
 
+def table(report: dict) -> str:
+    """The report as markdown: one row per arm (mean +- 95 % half-width), then the paired differences."""
+    lines = []
+    for part, keys in (("generation", ("MMD-CD", "COV-CD", "1-NNA-CD")), ("completion", ("CD", "EMD", "F-score@0.01"))):
+        if part not in report:
+            continue
+        r = report[part]
+        lines += ["", f"**{part}** ({r.get('num_held_out')} held-out shapes)", "",
+                  "| arm | " + " | ".join(keys) + " | train s | eval s |", "| --- |" + " --- |" * (len(keys) + 2)]
+        for name, arm in r["arms"].items():
+            cells = [f"{arm[k]['mean']:.5f} ± {arm[k]['ci95']:.5f}" if arm[k]["ci95"] is not None else f"{arm[k]['mean']:.5f}"
+                     for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {arm['train_seconds']} | {arm['eval_seconds']} |")
+        diff = next(v for k, v in r.items() if "finetuned - scratch" in k)
+        lines += ["", f"{r['best_finetuned']} - {r['best_scratch']}, paired over held-out shapes: "
+                  f"{diff['mean']:.5f} ± {diff['ci95']:.5f} (better beyond the interval: "
+                  f"{r['finetuned better beyond the interval']})"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quickstart", default="/work/baseline/quickstart/checkpoints/last")
@@ -199,7 +219,9 @@ def main() -> None:
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(table(report) + "\n")
     print(json.dumps(report, indent=2))
+    print(table(report))
 
 
 if __name__ == "__main__":
