@@ -14,7 +14,8 @@ in place): its train split (by shape) trains, its val + test splits are held out
   / F-score@0.01 per held-out shape, 95 % intervals over shapes and of the paired difference.
 
 Each arm is run with two schedules: the preset's own (what a from-scratch run uses) and ``finetune=default``
-(short warm-up, 5x smaller learning rate); the report compares the best scratch arm with the fine-tuned one.
+(short warm-up, 5x smaller learning rate); the headline compares the finetune=default arm with the better
+of the two scratch arms (paired over the held-out shapes).
 
     flock /work/team/heavy.lock env OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_finetune.py \\
         --quickstart /work/baseline/quickstart/checkpoints/last --completion runs/cq_pre/checkpoints/last --steps 300
