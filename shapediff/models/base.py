@@ -164,8 +164,7 @@ class ShapeModel(nn.Module, metaclass=ABCMeta):
         if not self.can_complete:
             raise ValueError(f"complete: a {type(self).__name__} ({self.family} model) does not complete shapes")
         if self.partial_input != partial_input:
-            raise ValueError(f"complete: a {type(self).__name__} completes {self.partial_input} inputs, not "
-                             f"{partial_input}; call its complete() from Python")
+            raise ValueError(f"complete: a {type(self).__name__} completes {self.partial_input} inputs, not {partial_input}")
 
     def condition_kwargs(self, **given: Any) -> dict[str, Any]:
         """The conditions of ``given`` that are set, for ``sample``; one not in ``conditions`` is a ValueError."""

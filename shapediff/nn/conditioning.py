@@ -24,16 +24,12 @@ __all__ = ["Conditions", "ConditionedDenoiser", "SummaryEmbedder", "drop_labels"
 
 
 def guidance_keep(batch: int, drop_prob: float, training: bool, device: torch.device) -> torch.Tensor | None:
-    """(B,) bool, False for the examples whose guidance condition is dropped: one ``torch.rand(B)`` of torch's global
-    generator in training with ``drop_prob`` > 0; None (nothing dropped) otherwise."""
-    if not training or drop_prob <= 0:
-        return None
-    return torch.rand(batch, device=device) >= drop_prob
+    """(B,) bool, False where the guidance condition is dropped (one global ``torch.rand(B)``); None: nothing is."""
+    return torch.rand(batch, device=device) >= drop_prob if training and drop_prob > 0 else None
 
 
 def drop_labels(labels: torch.Tensor, num_classes: int, drop_prob: float, training: bool) -> torch.Tensor:
-    """(B,) class labels with the dropped ones (:func:`guidance_keep`) replaced by the null class ``num_classes``:
-    for models that drop labels before a network that does not (the latent-voxel UNet)."""
+    """(B,) labels, the dropped ones (:func:`guidance_keep`) set to the null class (for the latent-voxel UNet)."""
     keep = guidance_keep(labels.shape[0], drop_prob, training, labels.device)
     return labels if keep is None else torch.where(keep, labels, torch.full_like(labels, num_classes))
 
