@@ -51,9 +51,10 @@ def overlap_warnings(metrics: dict, matrices: dict) -> list[str]:
         key = generation_key(one_nna, distance)
         if key in metrics and metrics[key] < 0.5:
             cause = "; ".join(causes) if causes else (
-                "no overlap or size difference found: chance at these set sizes (see the interval), or samples that "
-                "sit between the references (e.g. near each class's average shape: too little diversity, see COV); "
-                "a 1-NN classifier does not fall below 50 % by skill")
+                "no overlap or size difference found: chance at these set sizes (see the interval), few references "
+                "per class (a reference's nearest other shape is then a sample of its class), or samples that sit "
+                "between the references (near each class's average shape: too little diversity, see COV); a 1-NN "
+                "classifier does not fall below 50 % by skill")
             out.append(f"{key} is {100 * metrics[key]:.1f} %, below 50 %: {cause}")
     return out
 

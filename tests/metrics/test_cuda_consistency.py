@@ -37,3 +37,18 @@ def test_emd_and_matrices_match_cpu():
     cpu = generation_metrics(x, y)
     gpu = generation_metrics(x.cuda(), y.cuda())
     assert cpu == pytest.approx(gpu, rel=1e-5)
+
+
+def test_intervals_run_on_the_matrices_device_and_match_cpu():
+    """The intervals are computed where the matrices are (no copy to the host) and equal the CPU ones."""
+    from shapediff.metrics.generation import set_statistics
+    from shapediff.metrics.intervals import set_intervals
+
+    refs, samples = (torch.randn(40, 3, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2))
+    cpu = (torch.cdist(refs, refs), torch.cdist(refs, samples), torch.cdist(samples, samples))
+    gpu = tuple(m.cuda() for m in cpu)
+    values = set_statistics(*cpu, "cd")
+    a = set_intervals([cpu], [values], "cd", rounds=50)
+    b = set_intervals([gpu], [values], "cd", rounds=50)
+    for key in a:
+        assert b[key]["se"] == pytest.approx(a[key]["se"], rel=1e-9), key
