@@ -46,12 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PC15K = ROOT / ".." / "shared" / "data" / "derived_pc15k_layout" / "ShapeNetCore.v2.PC15k"
 CATEGORIES = ["chair", "table"]
 HELD_OUT = ("val", "test")
-T95 = {n: q for n, q in [(5, 2.571), (10, 2.228), (15, 2.131), (20, 2.086), (25, 2.060), (30, 2.042)]}
+T95 = {n: q for n, q in [(2, 12.706), (3, 4.303), (4, 3.182), (5, 2.776), (6, 2.571), (10, 2.262), (15, 2.145),
+                          (21, 2.086), (25, 2.064), (30, 2.045)]}  # n entries -> t(0.975, n - 1)
 
 
 def t95(n: int) -> float:
     """Two-sided 95 % Student-t quantile for n - 1 degrees of freedom (nearest tabulated n at or below)."""
-    return T95[max([k for k in T95 if k <= n] or [5])] if n <= 30 else 1.96
+    return T95[max(k for k in T95 if k <= n)] if n <= 30 else 1.96
 
 
 def interval(values: torch.Tensor) -> dict[str, float]:
