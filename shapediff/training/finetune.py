@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shapediff.models.base import ShapeModel
+
 log = logging.getLogger("shapediff.training")
 
 LABEL_STATISTICS = ("class_prior",)  # buffers prepare() fits from labels: always the fine-tuning data's
@@ -94,7 +96,7 @@ def read_init_source(path: str | os.PathLike) -> InitSource:
     return InitSource(where, "checkpoint", payload["class"], payload["config"], state, facts)
 
 
-def start_from(model: nn.Module, path: str | os.PathLike, train_set=None, *, refit_normalization: bool = False,
+def start_from(model: ShapeModel, path: str | os.PathLike, train_set=None, *, refit_normalization: bool = False,
                init_classes: Sequence[int | None] | None = None, keep: Sequence[str] = ()) -> dict[str, Any]:
     """Load the weights at ``path`` into ``model`` and fit its data statistics (see the module docstring).
 
@@ -126,12 +128,12 @@ def start_from(model: nn.Module, path: str | os.PathLike, train_set=None, *, ref
     return facts
 
 
-def adapt_state(source: InitSource, model: nn.Module,
+def adapt_state(source: InitSource, model: ShapeModel,
                 init_classes: Sequence[int | None] | None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The source's tensors renamed / resized where one of the two known adaptations is the difference."""
     state, notes = dict(source.state), []
     target = model.state_dict()
-    if _wraps_known_indicator(getattr(model, "config", {}), source.config):
+    if _wraps_known_indicator(model.config, source.config):
         state, note = _into_known_indicator(state, target)
         notes.append(note)
     if init_classes is not None:
@@ -144,14 +146,14 @@ def adapt_state(source: InitSource, model: nn.Module,
     return state, notes
 
 
-def check_state(source: InitSource, model: nn.Module, state: Mapping[str, torch.Tensor], ignore: Sequence[str] = ()) -> None:
+def check_state(source: InitSource, model: ShapeModel, state: Mapping[str, torch.Tensor], ignore: Sequence[str] = ()) -> None:
     """Raise one ValueError naming every missing / unexpected / wrong-shape key and each differing data setting."""
     target = {k: v for k, v in model.state_dict().items() if k not in set(ignore)}
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in sorted(set(state) & set(target))
               if state[k].shape != target[k].shape]
-    config = getattr(model, "config", {}) or {}
+    config = model.config or {}
     settings = [f"{k} {source.config.get(k)!r} vs {config.get(k)!r}" for k in DATA_MEANING_KEYS
                 if k in source.config and k in config and source.config[k] != config[k]]
     if not (missing or unexpected or shapes or settings):
