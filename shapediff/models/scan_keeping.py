@@ -287,7 +287,7 @@ def keeps_scan(model, keep_scan) -> bool:
     frame (``frame="scan"``, made for raw scans) keep it; data-frame models return their N points."""
     if keep_scan not in KEEP_SCAN_CHOICES or not isinstance(keep_scan, (bool, str)):
         raise ValueError(f"keep_scan: expected 'auto', True or False, got {keep_scan!r}")
-    return getattr(model, "frame", "data") == "scan" if keep_scan == "auto" else bool(keep_scan)
+    return model.config.get("frame", "data") == "scan" if keep_scan == "auto" else bool(keep_scan)
 
 
 def scans_as_given(partial) -> list[torch.Tensor]:
