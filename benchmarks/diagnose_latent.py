@@ -43,17 +43,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-exact", action="store_true", help="score the VAE row only")
+    p.add_argument("overrides", nargs="*", help="config overrides of the data node, e.g. data.cache_dir=/tmp/cache")
     return p.parse_args(argv)
 
 
-def preset_data() -> dict:
+def preset_data(overrides=()) -> dict:
     """The ``data`` node of ``experiment=lvd_quickstart`` (TSDFs of SyntheticShapes, 512 reference points)."""
     from hydra import compose, initialize_config_dir  # noqa: PLC0415
     from omegaconf import OmegaConf  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
-        cfg = compose("train", overrides=["experiment=lvd_quickstart"])
+        cfg = compose("train", overrides=["experiment=lvd_quickstart", *overrides])
     return OmegaConf.to_container(cfg.data, resolve=True)
 
 
@@ -79,7 +80,7 @@ def score_row(name: str, grids: torch.Tensor, bounds, refs: torch.Tensor, points
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    data = preset_data()
+    data = preset_data(args.overrides)
     train = instantiate(data, where="data", split="train")
     val = instantiate(data, where="data", split="val")
     refs = reference_clouds(val, args.n, args.seed)

@@ -36,7 +36,7 @@ def test_stage_config_of_the_quickstart():
     cfg = _compose("experiment=lvd_quickstart", "trainer.progress=false")
     vae = stage_config(cfg, "vae")
     assert vae.run_dir == "runs/lvd_quickstart/vae" and vae.name == "lvd_quickstart/vae"
-    assert vae.trainer.max_steps == 500 and vae.trainer.batch_size == 8  # the stage's own trainer keys
+    assert vae.trainer.max_steps == 600 and vae.trainer.batch_size == 8  # the stage's own trainer keys
     assert vae.trainer.progress is False  # the rest merged from the main config (its command-line overrides too)
     assert "stages" not in vae and "checkpoint_to" not in str(vae)
     ae = build_model(vae)
