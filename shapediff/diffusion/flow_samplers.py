@@ -20,8 +20,9 @@ def _velocity(pred: Prediction) -> torch.Tensor:
 def sample_flow_euler(denoise: Any, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
                       hold: Any, progress: bool = False, callback=None) -> torch.Tensor:
     """Euler: x_s = x_t + (s - t) v(x_t, t); one model call per step (for a 1-step schedule: x0 = x_1 - v)."""
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        t, s = float(steps.level[i]), float(steps.level[i + 1])
+        t, s = level[i], level[i + 1]
         return x + (s - t) * _velocity(denoise(x, i)), None
     return run_steps(step, x, steps, hold, generator, progress, callback)
 
@@ -30,8 +31,9 @@ def sample_flow_heun(denoise: Any, x: torch.Tensor, steps: StepSchedule, *, gene
                      hold: Any, progress: bool = False, callback=None) -> torch.Tensor:
     """Heun (trapezoid predictor-corrector): x_s = x_t + (s - t) (v(x_t, t) + v(x', s)) / 2 with the Euler
     predictor x'; the last step to s = 0 is Euler."""
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        t, s = float(steps.level[i]), float(steps.level[i + 1])
+        t, s = level[i], level[i + 1]
         v = _velocity(denoise(x, i))
         x_euler = x + (s - t) * v
         if s == 0.0:
@@ -44,8 +46,9 @@ def sample_flow_heun(denoise: Any, x: torch.Tensor, steps: StepSchedule, *, gene
 def sample_flow_midpoint(denoise: Any, x: torch.Tensor, steps: StepSchedule, *, generator: torch.Generator,
                          hold: Any, progress: bool = False, callback=None) -> torch.Tensor:
     """Explicit midpoint (RK2): x_s = x_t + (s - t) v(x_t + (s - t)/2 v(x_t, t), (t + s)/2); 2 calls per step."""
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        t, s = float(steps.level[i]), float(steps.level[i + 1])
+        t, s = level[i], level[i + 1]
         half = 0.5 * (s - t)
         x_mid = hold.at(x + half * _velocity(denoise(x, i)), 1.0 - (t + half), t + half, generator)
         return x + (s - t) * _velocity(denoise.at(x_mid, t + half)), None

@@ -182,8 +182,9 @@ def sample_ddpm(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
     Variance "fixedsmall" is the posterior's beta~; "fixedlarge" is beta_{t|s} (= beta_t on the full
     schedule). On a subsequence of timesteps this is improved-DDPM's respacing.
     """
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
+        a_t, a_s = level[i], level[i + 1]
         c_x0, c_xt, var = posterior_coefficients(a_t, a_s)
         if steps.posterior_variance == "fixedlarge":
             var = 1.0 - a_t / a_s
@@ -202,8 +203,9 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
     sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s); eta = 0 is deterministic,
     eta = 1 is ancestral sampling with the posterior variance.
     """
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
+        a_t, a_s = level[i], level[i + 1]
         pred = denoise(x, i)
         sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
         out = math.sqrt(a_s) * pred.x0 + math.sqrt(max(1.0 - a_s - sigma**2, 0.0)) * pred.eps
@@ -221,8 +223,9 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, g
     D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev, r = h_prev / h (D = x0_t on the first step). The last
     step to the clean level (sigma = 0, h = inf) is first order and returns x0_t, as in k-diffusion.
     """
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
+        a_t, a_s = level[i], level[i + 1]
         x0 = denoise(x, i).x0
         if a_s == 1.0:
             return x0, None
@@ -244,8 +247,9 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, steps: StepSchedule, *, gener
     In y = x / alpha and sigma: d = (y - x0) / sigma; y' = y + (sigma_s - sigma_t) d;
     y_s = y + (sigma_s - sigma_t) (d + d') / 2 with d' evaluated at (y', sigma_s) by the model at t[i+1].
     """
+    level = steps.level.tolist()  # Python floats: no tensor indexing per step
     def step(x, i, carry):
-        a_t, a_s = float(steps.level[i]), float(steps.level[i + 1])
+        a_t, a_s = level[i], level[i + 1]
         sig_t, sig_s = math.sqrt((1 - a_t) / a_t), math.sqrt((1 - a_s) / a_s)
         y = x / math.sqrt(a_t)
         d = (y - denoise(x, i).x0) / sig_t

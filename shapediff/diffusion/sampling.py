@@ -8,6 +8,7 @@ runs the sampler through the one loop ``samplers.run_steps`` (known values, RePa
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from shapediff.diffusion.guidance import clamp_x0, classifier_free
 from shapediff.diffusion.inpainting import KEEP_KNOWN_MODES, KnownValues
 from shapediff.diffusion.process import check_mask, check_tensor
 from shapediff.diffusion.samplers import Prediction, StepSchedule, check_sampler
+from shapediff.value_checks import values_checked
 
 __all__ = ["Denoiser", "sample"]
 
@@ -32,10 +34,12 @@ class Denoiser:
         self.process, self.model, self.steps, self.cond, self.guidance_scale = process, model, steps, cond, guidance_scale
         self.clip_x0, self.batch, self.device = clip_x0, batch, device
         self.model_t = process.model_times(steps.t).to(device)
+        self.alpha, self.sigma = steps.alpha.tolist(), steps.sigma.tolist()
         self.last_x0: torch.Tensor | None = None
+        self.calls = 0
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
-        return self._predict(x, self.model_t[i].expand(self.batch), float(self.steps.alpha[i]), float(self.steps.sigma[i]))
+        return self._predict(x, self.model_t[i].expand(self.batch), self.alpha[i], self.sigma[i])
 
     def at(self, x: torch.Tensor, t: Any) -> Prediction:
         """The prediction at process time ``t`` (a scalar), between the schedule's levels."""
@@ -43,8 +47,11 @@ class Denoiser:
         return self._predict(x, model_t.to(self.device).expand(self.batch), *self.process.alpha_sigma(t))
 
     def model_output(self, x: torch.Tensor, model_t: torch.Tensor) -> torch.Tensor:
-        """The guided model output at model times (B,), shaped like x (checked)."""
-        out = classifier_free(self.model, x, model_t, self.cond, self.guidance_scale)
+        """The guided model output at model times (B,), shaped like x (checked). The first call's inputs are checked
+        in full by the model; later calls skip the value checks (:func:`shapediff.value_checks.values_checked`)."""
+        with values_checked() if self.calls else contextlib.nullcontext():
+            out = classifier_free(self.model, x, model_t, self.cond, self.guidance_scale)
+        self.calls += 1
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model: expected an output shaped like x_t {tuple(x.shape)}, got {got}")
