@@ -9,7 +9,9 @@ scored against the complete shape there (CD, F-score@0.05), so all rows share on
 Rows for scans in the sensor frame: the data-frame model taking the scan as it comes (the old
 silent failure), with the true unit and position given (``known_frame``: an oracle a user rarely
 has), and with test-time scan statistics (centroid and RMS radius matched to the training scans'
-mean: what a user could do without retraining); the scan-frame model with nothing given.
+mean: what a user could do without retraining); the scan-frame model with nothing given. Each cell is the mean
+over the scans with its 95 % interval over scans (``shapediff.metrics.intervals``; ``--scans`` at least 8), and
+each row's CD is compared with the first row's, paired by scan.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from shapediff.geometry.frames import Frame, known_frame, scan_frame
 from shapediff.metrics import chamfer_distance
+from shapediff.metrics.intervals import interval_cell, mean_interval, paired_mean_interval
 from tests.completion.tiny_completion import M, half_scan, pair_batch, shape_pools, train_tiny
 
 SENSOR_SCALE, SENSOR_OFFSET = 1000.0, torch.tensor([150.0, -80.0, 900.0])  # mm, the object ~0.9 m in front
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--scans", type=int, default=32)
     args = parser.parse_args()
+    if args.scans < 8:
+        parser.error(f"--scans: the intervals over scans need at least 8, got {args.scans}")
     torch.set_num_threads(1)
     pools = shape_pools("train", 64)
     models, seconds = {}, {}
@@ -89,8 +94,10 @@ def main() -> None:
     matched = _stat_matched(reference)
     print(f"training: {args.steps} steps of batch 32 each; data-frame model {seconds['data']:.0f} s, "
           f"scan-frame model {seconds['scan']:.0f} s (1 thread)\n")
-    print("| model, scan | CD (data frame) | F-score@0.05 | extent completion / shape |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| model, scan | CD (data frame) [95 %] | F-score@0.05 [95 %] | extent completion / shape [95 %] "
+          "| CD minus the first row's, paired [95 %] |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    first = None
     for name, (model_frame, sensor, how) in rows.items():
         cds, fs, ratios = [], [], []
         for shape, (cloud, scan) in enumerate(zip(full, scans)):
@@ -107,8 +114,11 @@ def main() -> None:
             fs.append(f)
             pred = back(out)
             ratios.append(float((pred.max(0).values - pred.min(0).values).norm() / (cloud.max(0).values - cloud.min(0).values).norm()))
-        mean = lambda v: sum(v) / len(v)  # noqa: E731
-        print(f"| {name} | {mean(cds):.4f} | {mean(fs):.3f} | {mean(ratios):.2f} |")
+        first = cds if first is None else first
+        diff = paired_mean_interval("CD", torch.tensor(first), torch.tensor(cds))  # > 0: this row is worse
+        print(f"| {name} | {interval_cell(mean_interval(torch.tensor(cds)))} | "
+              f"{interval_cell(mean_interval(torch.tensor(fs)), '.3f')} | "
+              f"{interval_cell(mean_interval(torch.tensor(ratios)), '.2f')} | {interval_cell(diff)} |", flush=True)
     print(f"\n{args.scans} held-out SyntheticShapes (chair, table, airplane, mug), one half-surface scan each, "
           f"M={M} scan points kept, DDPM 50 steps, seed = scan index.")
 

@@ -9,7 +9,9 @@ known-surface voxels) -- prints per completion variant the occupancy IoU (tsdf <
 the known voxels without and with ``paste_known``, on the hidden voxels and on the whole grid, and seconds per
 shape. "known vs observation" is the issue's "completion keeps the known region" (for the half observation the
 observation is the truth; a scan's known voxels are approximate). Reference rows: the VAE's reconstruction of the
-observation alone and of the full shape. Occupancy IoU of the known / hidden voxels (``occupancy_iou`` with a mask).
+observation alone and of the full shape. Occupancy IoU of the known / hidden voxels (``occupancy_iou`` with a mask);
+each cell is the mean over the shapes with its 95 % interval over shapes (``shapediff.metrics.intervals``), so
+``--shapes`` must be at least 8.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from shapediff.autoencoders import occupancy_iou
 from shapediff.geometry import virtual_scan
 from shapediff.geometry.tsdf import partial_points_to_tsdf
 from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset
+from shapediff.metrics.intervals import interval_cell, mean_interval
 
 VARIANTS = {  # name -> complete() keyword arguments
     "known latents replaced (min-pooled mask) only": {"refine_steps": 0, "refine_feature_steps": 0},
@@ -54,10 +57,13 @@ def observations(model, dataset, count: int) -> tuple[torch.Tensor, dict[str, tu
 
 def row(name: str, out: torch.Tensor, pasted: torch.Tensor | None, truth: torch.Tensor, observed: torch.Tensor,
         mask: torch.Tensor, seconds: float) -> str:
-    iou = lambda a, m=None, ref=truth: float(occupancy_iou(a, ref, m).mean())  # noqa: E731
-    with_paste = f"{iou(pasted, mask):.3f}" if pasted is not None else ""
-    return (f"| {name} | {iou(out, mask, observed):.3f} | {iou(out, mask):.3f} | {with_paste} | {iou(out, ~mask):.3f} "
-            f"| {iou(pasted if pasted is not None else out):.3f} | {seconds:.1f} |")
+    def iou(a: torch.Tensor, m: torch.Tensor | None = None, ref: torch.Tensor = truth) -> str:
+        """Mean IoU over the shapes [95 % interval over shapes]."""
+        return interval_cell(mean_interval(occupancy_iou(a, ref, m)), ".3f")
+
+    with_paste = iou(pasted, mask) if pasted is not None else ""
+    return (f"| {name} | {iou(out, mask, observed)} | {iou(out, mask)} | {with_paste} | {iou(out, ~mask)} "
+            f"| {iou(pasted if pasted is not None else out)} | {seconds:.1f} |")
 
 
 def main() -> None:
@@ -69,6 +75,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--jumps", type=int, default=3, help="RePaint resample_jumps")
     args = parser.parse_args()
+    if args.shapes < 8:
+        parser.error(f"--shapes: the intervals over shapes need at least 8, got {args.shapes}")
     model = shapediff.load_model(args.checkpoint, device="cpu").eval()
     dataset = run_dataset(checkpoint_run_config(args.checkpoint), "val")
     truth, kinds = observations(model, dataset, args.shapes)

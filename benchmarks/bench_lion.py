@@ -5,7 +5,10 @@
     python benchmarks/bench_lion.py samplers   # the fixture LION's global prior: 1000 DDPM steps vs 25-step samplers
 
 ``steps`` times ``training_loss`` + backward + an Adam step at batch 16 (median of the last steps) for the
-two-level quickstart and both LION stages in one process and prints the ratios. ``samplers`` needs
+two-level quickstart and both LION stages in one process, the three taking turns step by step (a shared machine's
+load falls on all three alike), prints the ratios and the lion_quickstart steps whose training compute equals
+``--base-steps`` quickstart steps (``--vae-share`` of it to the VAE, the rest to the priors; the VAE's KL
+annealing over half of its steps, as LION's). ``samplers`` needs
 ``../shared/data/anchor_fixtures`` (LION's recorded weights) and prints distances between sample sets.
 Heavy: run under ``flock /work/team/heavy.lock`` with OMP_NUM_THREADS set.
 """
@@ -31,21 +34,26 @@ def _config(experiment: str):
         return compose(config_name="train", overrides=[f"experiment={experiment}"])
 
 
-def _step_time(model, batch: dict, steps: int) -> float:
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    times = []
+def _step_times(models: list, batch: dict, steps: int) -> list[float]:
+    """Median seconds of one training step (loss + backward + AdamW) of each model, the models taking turns.
+
+    Interleaving the models step by step exposes them to the same load of a shared machine, so the ratios hold
+    even where the absolute seconds do not. The first two rounds (allocations, caches) are dropped.
+    """
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for m in models]
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(steps):
-        start = time.perf_counter()
-        model.training_loss(batch).backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - start)
-    kept = sorted(times[2:])
-    return kept[len(kept) // 2]
+        for model, opt, kept in zip(models, opts, times):
+            model.train()
+            start = time.perf_counter()
+            model.training_loss(batch).backward()
+            opt.step()
+            opt.zero_grad()
+            kept.append(time.perf_counter() - start)
+    return [sorted(t[2:])[len(t[2:]) // 2] for t in times]
 
 
-def bench_steps(steps: int) -> None:
+def bench_steps(steps: int, base_steps: int, vae_share: float) -> None:
     from shapediff.training.experiment import build_dataset, build_model, stage_config
 
     quick = _config("quickstart")
@@ -60,10 +68,15 @@ def bench_steps(steps: int) -> None:
     vae.prepare(data)
     priors = build_model(lion)
     priors.normalizer.load_state_dict(vae.normalizer.state_dict())
-    tb, t1, t2 = (_step_time(m, batch, steps) for m in (base, vae, priors))
+    tb, t1, t2 = _step_times([base, vae, priors], batch, steps)
     print(f"| step (batch 16) | seconds | x quickstart |\n| --- | --- | --- |\n| quickstart (two-level) | {tb:.3f} | 1 |\n"
           f"| lion_quickstart VAE | {t1:.3f} | {t1 / tb:.2f} |\n| lion_quickstart priors | {t2:.3f} | {t2 / tb:.2f} |")
-    print(f"at 4500 quickstart steps of time: {int(0.4 * 4500 * tb / t1)} VAE steps + {int(0.6 * 4500 * tb / t2)} prior steps")
+    n_vae = round(vae_share * base_steps * tb / t1)
+    n_priors = round((1 - vae_share) * base_steps * tb / t2)
+    print(f"at {base_steps} quickstart steps of compute ({vae_share:.0%} to the VAE): {n_vae} VAE steps + "
+          f"{n_priors} prior steps:\n  python scripts/train.py experiment=lion_quickstart "
+          f"stages.vae.trainer.max_steps={n_vae} stages.vae.pipeline.kl.anneal_steps={max(1, n_vae // 2)} "
+          f"trainer.max_steps={n_priors}")
 
 
 def _energy(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -97,11 +110,13 @@ def bench_samplers(num: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["steps", "samplers"])
-    p.add_argument("--steps", type=int, default=8, help="training steps timed per model (steps)")
+    p.add_argument("--steps", type=int, default=8, help="training steps timed per model, interleaved (steps)")
+    p.add_argument("--base-steps", type=int, default=4500, help="the quickstart's training steps to match (steps)")
+    p.add_argument("--vae-share", type=float, default=0.4, help="share of that compute given to the VAE (steps)")
     p.add_argument("--num", type=int, default=512, help="samples per set (samplers)")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    bench_steps(args.steps) if args.what == "steps" else bench_samplers(args.num)
+    bench_steps(args.steps, args.base_steps, args.vae_share) if args.what == "steps" else bench_samplers(args.num)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from shapediff.metrics.registry import GENERATION_STATISTICS, generation_key, metric_spec
 
 __all__ = ["split_permutations", "batched_set_statistics", "split_se", "set_intervals", "paired_set_intervals",
-           "mean_interval", "paired_mean_interval", "badness", "z_value", "DEFAULT_ROUNDS"]
+           "mean_interval", "paired_mean_interval", "interval_cell", "badness", "z_value", "DEFAULT_ROUNDS"]
 
 Matrices = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (m_rr (R, R), m_rs (R, S), m_ss (S, S)), rows = lookups
 DEFAULT_ROUNDS = 200
@@ -197,3 +197,10 @@ def paired_mean_interval(key: str, values_a: torch.Tensor, values_b: torch.Tenso
     return mean_interval(diff, rounds=rounds, level=level, seed=seed) | {
         "a": float(torch.as_tensor(values_a).double().mean()), "b": float(torch.as_tensor(values_b).double().mean())}
 
+
+
+def interval_cell(interval: dict[str, float], digits: str = ".4f", scale: float = 1.0) -> str:
+    """A table cell "value [low, high]" (``scale`` times each, ``digits`` a format spec) from any interval dict of
+    this module (``mean_interval``, ``set_intervals``, the paired ones): the one way benchmarks print an interval."""
+    value, low, high = (scale * interval[k] for k in ("value", "low", "high"))
+    return f"{value:{digits}} [{low:{digits}}, {high:{digits}}]"
