@@ -103,10 +103,12 @@ class ConditionedDenoiser(nn.Module):
             time = time + self.summary_embed(cond["summary"])
         label = None
         if self.class_embed is not None:
-            null = torch.full((batch,), self.num_classes, dtype=torch.long, device=t.device)
-            given = cond.get("class_label")
-            labels = null if given is None else given.to(t.device).long()
-            label = self.class_embed(labels if keep is None else torch.where(keep, labels, null))
+            labels = cond.get("class_label")
+            labels = None if labels is None else labels.to(t.device).long()
+            if labels is None or keep is not None:  # the null class where absent or dropped
+                null = torch.full((batch,), self.num_classes, dtype=torch.long, device=t.device)
+                labels = null if labels is None else torch.where(keep, labels, null)
+            label = self.class_embed(labels)
         partial, mask = self._partial_tokens(cond.get("partial"), keep, batch)
         return Conditions(time, label, partial, mask)
 
