@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-exact", action="store_true", help="score the VAE row only")
+    p.add_argument("--levels", type=float, nargs="+", default=[0.0],
+                   help="marching-cubes levels (in tsdf / truncation units) of the grid rows, one row each")
     p.add_argument("overrides", nargs="*", help="config overrides of the data node, e.g. data.cache_dir=/tmp/cache")
     return p.parse_args(argv)
 
@@ -66,10 +68,11 @@ def load_vae(path: str):
     return model.vae, model.grid["bounds"]
 
 
-def score_row(name: str, grids: torch.Tensor, bounds, refs: torch.Tensor, points: int, seed: int) -> None:
-    """Mesh (n, R, R, R) TSDFs, draw points on them, score against ``refs``; print one row."""
+def score_row(name: str, grids: torch.Tensor, bounds, refs: torch.Tensor, points: int, seed: int,
+              level: float = 0.0) -> None:
+    """Mesh (n, R, R, R) TSDFs at ``level``, draw points on them, score against ``refs``; print one row."""
     start = time.perf_counter()
-    meshes = [sdf_to_mesh(g, level=0.0, bounds=bounds) for g in grids]
+    meshes = [sdf_to_mesh(g, level=level, bounds=bounds) for g in grids]
     pieces = [mesh_components(m) for m in meshes]
     clouds = meshes_to_points(meshes, points, seed)
     m = generation_metrics(clouds, refs, metrics=("cd",))
@@ -95,7 +98,9 @@ def main(argv=None) -> None:
         m = generation_metrics(real, refs, metrics=("cd",))
         print(f"| training shapes' own points | {100 * m['1-NNA-CD']:.1f} | {100 * m['COV-CD']:.1f} | "
               f"{1e3 * m['MMD-CD']:.2f} | - | - | - |", flush=True)
-        score_row(f"exact grid {data['resolution']}^3, marching cubes", x_train[:, 0], bounds, refs, args.points, args.seed)
+        for level in args.levels:
+            score_row(f"exact grid {data['resolution']}^3, marching cubes at {level:g}", x_train[:, 0], bounds, refs,
+                      args.points, args.seed, level)
     if args.vae is None:
         return
     vae, bounds = load_vae(args.vae)
@@ -104,7 +109,8 @@ def main(argv=None) -> None:
         x_val = torch.stack([val[i]["tsdf"] for i in range(len(refs))])
         iou = torch.cat([occupancy_iou(vae.decode(vae.encode(x_val[i:i + 16]).mean), x_val[i:i + 16])
                          for i in range(0, len(x_val), 16)])
-    score_row("VAE reconstruction (posterior mean)", recon, bounds, refs, args.points, args.seed)
+    for level in args.levels:
+        score_row(f"VAE reconstruction (posterior mean) at {level:g}", recon, bounds, refs, args.points, args.seed, level)
     cats = [str(val[i]["category"]) for i in range(len(refs))]
     per = defaultdict(list)
     for c, v in zip(cats, iou.tolist()):

@@ -3,8 +3,8 @@
 In the line of SDFusion's and Diffusion-SDF's autoencoders (LDM's KL autoencoder made 3D): ResBlocks
 with GroupNorm + SiLU, stride-2 convolutions (f = 2^(len(channel_mult) - 1); 32^3 -> 8^3 with the
 default (1, 2, 4)), self-attention only at the lowest resolution. Loss = L1 on the TSDF, optionally
-weighted near the surface, + kl_weight * KL(q(z|x) || N(0, I)); both terms are means over their
-elements (voxels, latent entries).
+weighted near the surface, + sign_weight * a hinge on the occupancy sign (:func:`sign_hinge`) + kl_weight *
+KL(q(z|x) || N(0, I)); every term is a mean over its elements (voxels, latent entries).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from torch import nn
 from shapediff.config import register
 from shapediff.nn.blocks3d import AttentionBlock3d, Downsample3d, ResBlock3d, Upsample3d, group_norm
 
-__all__ = ["DiagonalGaussian", "TSDFVAE", "occupancy_iou"]
+__all__ = ["DiagonalGaussian", "TSDFVAE", "occupancy_iou", "sign_hinge"]
+
+SIGN_MARGIN = 0.2  # sign_hinge's margin, in tsdf / truncation units (0.6 voxel at the presets' truncation of 3)
 
 
 class DiagonalGaussian(NamedTuple):
@@ -68,6 +70,9 @@ class TSDFVAE(nn.Module):
         num_heads, num_groups: attention heads, GroupNorm groups.
         kl_weight: beta_KL.
         surface_weight: extra L1 weight on voxels with |tsdf| < 1 (within the truncation band).
+        sign_weight: weight of the occupancy-sign hinge (:func:`sign_hinge`, mean over voxels): asks each voxel
+            for the right side of the surface by ``SIGN_MARGIN``, which the L1 alone lets thin parts (whose
+            few inside voxels hold values near 0) lose; 0 = off.
         resample_channels: True = the stride-2 down/up convolutions change the channel count to the next
             level's, so a level only ever holds its own channels (cheap few-channel full-resolution levels
             on a CPU); False = the level's first ResBlock changes it (LDM's layout).
@@ -77,18 +82,19 @@ class TSDFVAE(nn.Module):
     def __init__(self, resolution: int = 32, in_channels: int = 1, base_channels: int = 16,
                  channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int | Sequence[int] = 1,
                  latent_channels: int = 4, attention: bool = True, num_heads: int = 4, num_groups: int = 8,
-                 kl_weight: float = 1e-6, surface_weight: float = 2.0, resample_channels: bool = False):
+                 kl_weight: float = 1e-6, surface_weight: float = 2.0, resample_channels: bool = False,
+                 sign_weight: float = 0.0):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
         if not isinstance(resolution, int) or resolution < self.factor or resolution % self.factor:
             raise ValueError(f"resolution: expected an int divisible by the downsampling factor {self.factor}, got {resolution!r}")
-        if not channel_mult or kl_weight < 0 or surface_weight < 0:
-            raise ValueError(f"channel_mult/kl_weight/surface_weight: expected a non-empty list and non-negative weights, "
-                             f"got {channel_mult!r}, {kl_weight!r}, {surface_weight!r}")
+        if not channel_mult or kl_weight < 0 or surface_weight < 0 or sign_weight < 0:
+            raise ValueError(f"channel_mult/kl_weight/surface_weight/sign_weight: expected a non-empty list and non-negative "
+                             f"weights, got {channel_mult!r}, {kl_weight!r}, {surface_weight!r}, {sign_weight!r}")
         blocks = _per_level(num_res_blocks, len(channel_mult))
         self.resolution, self.in_channels, self.latent_channels = resolution, in_channels, latent_channels
         self.latent_resolution = resolution // self.factor
-        self.kl_weight, self.surface_weight = float(kl_weight), float(surface_weight)
+        self.kl_weight, self.surface_weight, self.sign_weight = float(kl_weight), float(surface_weight), float(sign_weight)
         chans = [base_channels * m for m in channel_mult]
         g = num_groups
         # encoder
@@ -190,19 +196,29 @@ class TSDFVAE(nn.Module):
         return self.decode(z, clamp=False), post
 
     def loss_terms(self, tsdf: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{"l1": weighted L1, "kl": mean KL, "loss": l1 + kl_weight * kl} for a (B, 1, R, R, R) batch."""
+        """{"l1": weighted L1, "sign": mean sign hinge, "kl": mean KL, "loss": l1 + sign_weight * sign + kl_weight * kl}
+        for a (B, 1, R, R, R) batch."""
         tsdf = self._check_grid(tsdf)
         recon, post = self(tsdf, noise)
         weight = 1.0 + self.surface_weight * (tsdf.abs() < 1.0).float()
         l1 = (weight * (recon - tsdf).abs()).sum() / weight.sum()
+        sign = sign_hinge(recon, tsdf).mean()
         kl = post.kl().mean()
-        return {"l1": l1, "kl": kl, "loss": l1 + self.kl_weight * kl}
+        return {"l1": l1, "sign": sign, "kl": kl, "loss": l1 + self.sign_weight * sign + self.kl_weight * kl}
 
     def training_loss(self, batch: Mapping[str, torch.Tensor] | torch.Tensor,
                       noise: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar VAE loss of ``batch["tsdf"]`` (B, 1, R, R, R); ``noise`` (B, C, r, r, r) draws z (mean if None)."""
         tsdf = batch["tsdf"] if isinstance(batch, Mapping) else batch
         return self.loss_terms(tsdf.to(self.enc_in.weight.device), noise)["loss"]
+
+
+def sign_hinge(recon: torch.Tensor, tsdf: torch.Tensor, margin: float = SIGN_MARGIN) -> torch.Tensor:
+    """Per-voxel occupancy hinge ``relu(margin - side * recon)``, side = -1 where ``tsdf < 0`` (inside), else +1:
+    zero where ``recon`` is on the right side of the surface by ``margin`` (tsdf / truncation units). Same shape
+    as the inputs (any matching shapes)."""
+    side = torch.where(tsdf < 0, -1.0, 1.0)
+    return torch.relu(margin - side * recon)
 
 
 def occupancy_iou(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

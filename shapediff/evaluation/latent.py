@@ -85,18 +85,19 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
             log.attempt(f"meshes/sample_{i:03d}.obj", save_mesh, run_dir / "meshes" / f"sample_{i:03d}.obj", mesh)
     if eval_cfg.get("preview", True) and any(len(m.faces) for m in out.meshes[:8]):
         log.attempt("preview.png", render_mesh_preview, out.meshes[:8], pieces[:8], ref_dataset, model.grid["bounds"],
-                    run_dir / "preview.png")
+                    run_dir / "preview.png", level=model.mesh_level)
     return log.write_metrics(metrics, run_dir / "metrics.json")
 
 
-def render_mesh_preview(meshes: list, pieces: list[int], ref_dataset, bounds, path: Path, num_real: int = 4) -> None:
+def render_mesh_preview(meshes: list, pieces: list[int], ref_dataset, bounds, path: Path, num_real: int = 4,
+                        level: float = 0.0) -> None:
     """The first samples' meshes (non-empty ones; each labelled with its number of pieces when it has more than
-    one) under a row of ``num_real`` real held-out shapes (their TSDF grids meshed the same way), all in one frame
-    (``shapediff.viz.render_samples``), as a PNG at ``path``."""
+    one) under a row of ``num_real`` real held-out shapes (their TSDF grids meshed the same way, at the samples'
+    ``level``), all in one frame (``shapediff.viz.render_samples``), as a PNG at ``path``."""
     from shapediff.geometry import sdf_to_mesh  # noqa: PLC0415
     from shapediff.viz import render_samples  # noqa: PLC0415
 
-    real = [sdf_to_mesh(ref_dataset[i]["tsdf"][0], level=0.0, bounds=bounds) for i in range(min(num_real, len(ref_dataset)))]
+    real = [sdf_to_mesh(ref_dataset[i]["tsdf"][0], level=level, bounds=bounds) for i in range(min(num_real, len(ref_dataset)))]
     shown = [(m, p) for m, p in zip(meshes, pieces) if len(m.faces)]
     render_samples([m for m, _ in shown], path, references=[m for m in real if len(m.faces)] or None, ncols=4,
                    notes=[f"{p} pieces" if p > 1 else "" for _, p in shown])

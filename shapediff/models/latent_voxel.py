@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shapediff.autoencoders import TSDFVAE, occupancy_iou
+from shapediff.autoencoders import TSDFVAE, occupancy_iou, sign_hinge
 from shapediff.config import instantiate, register
 from shapediff.diffusion.guidance import ClippedDenoiser, ObservationGuided
 from shapediff.models.base import Samples, ShapeModel, sampler_config
@@ -53,7 +53,7 @@ from shapediff.randomness import make_generator, per_example_randn
 __all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder"]
 
 log = logging.getLogger("shapediff.models")
-SIGN_MARGIN, SIGN_WEIGHT = 0.2, 3.0  # observation_misfit's occupancy hinge: margin (in tsdf / tau) and weight
+SIGN_WEIGHT = 3.0  # observation_misfit's weight of the occupancy hinge (shapediff.autoencoders.sign_hinge)
 DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]}
 
 
@@ -97,10 +97,10 @@ def _check_tsdf_batch(x: Any, r: int, name: str) -> torch.Tensor:
     return y
 
 
-def _to_meshes(tsdf: torch.Tensor, bounds: Sequence) -> list:
+def _to_meshes(tsdf: torch.Tensor, bounds: Sequence, level: float = 0.0) -> list:
     from shapediff.geometry import sdf_to_mesh  # noqa: PLC0415
 
-    return [sdf_to_mesh(g, level=0.0, bounds=bounds) for g in tsdf.detach().float().cpu()]
+    return [sdf_to_mesh(g, level=level, bounds=bounds) for g in tsdf.detach().float().cpu()]
 
 
 @register("model")
@@ -193,6 +193,10 @@ class LatentVoxelDiffusion(ShapeModel):
             each label replaced by the null class with probability ``cond_drop_prob``; :meth:`prepare` fits the
             training split's class frequencies, from which :meth:`sample` draws labels when given none.
             :meth:`complete` uses the null class.
+        mesh_level: the iso-level (in tsdf / truncation units) that :meth:`sample` and :meth:`complete` mesh at.
+            A level above 0 thickens every part by ``mesh_level * truncation`` voxels, so parts thinner than a
+            voxel (whose grid values stay just above 0) stay whole; on the quickstart's 32^3 grids 0.1 scores
+            better than 0 even for the exact grids (docs/lvd_quickstart_quality.md).
     """
 
     can_sample = True
@@ -203,8 +207,12 @@ class LatentVoxelDiffusion(ShapeModel):
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
                  latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
                  sampler: Mapping[str, Any] | None = None, num_points: int = 2048, clip_latent: float | None = 4.0,
-                 pre_encode: bool = True, class_conditional: bool = False, cond_drop_prob: float = 0.1):
+                 pre_encode: bool = True, class_conditional: bool = False, cond_drop_prob: float = 0.1,
+                 mesh_level: float = 0.0):
         super().__init__()
+        if isinstance(mesh_level, bool) or not isinstance(mesh_level, (int, float)) or not -1.0 < mesh_level < 1.0:
+            raise ValueError(f"mesh_level: expected a number in (-1, 1) (tsdf / truncation units), got {mesh_level!r}")
+        self.mesh_level = float(mesh_level)
         weights = None
         if vae_checkpoint is not None:
             vae, ckpt_grid, weights = _vae_from_checkpoint(str(vae_checkpoint))
@@ -239,7 +247,8 @@ class LatentVoxelDiffusion(ShapeModel):
             "scale_num_shapes": scale_num_shapes,
             "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}, self.diffusion),
             "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode),
-            "class_conditional": self.class_conditional, "cond_drop_prob": self.cond_drop_prob}))
+            "class_conditional": self.class_conditional, "cond_drop_prob": self.cond_drop_prob,
+            "mesh_level": self.mesh_level}))
 
     def _check_denoiser(self) -> None:
         c, r = self.vae.latent_channels, self.vae.latent_resolution
@@ -371,7 +380,7 @@ class LatentVoxelDiffusion(ShapeModel):
                batch_size: int | None = None, meshes: bool = True, progress: bool = False, callback: Any = None,
                class_label: int | torch.Tensor | None = None, **sampler_options: Any) -> Samples:
         """Generate ``n`` shapes -> :class:`Samples` with grids: TSDF (n, R, R, R) decoded from sampled latents, and
-        meshes: their level-0 meshes (marching cubes; an empty or sign-free volume gives an empty mesh;
+        meshes: their ``mesh_level`` meshes (marching cubes; an empty or sign-free volume gives an empty mesh;
         ``meshes=False`` skips meshing). Points are drawn on the meshes on demand (``Samples.points_on_surface``).
         ``class_label`` (int or (n,), class-conditional models): None draws labels from the training split's
         class frequencies. Sampler settings: :meth:`sampler_settings`; ``callback``: see ``shapediff.diffusion.sampling.sample``."""
@@ -389,7 +398,7 @@ class LatentVoxelDiffusion(ShapeModel):
                                   progress=progress, callback=callback, cond=cond)
             out.append(self.decode(z))
         tsdf = torch.cat(out)
-        return Samples(grids=tsdf, meshes=_to_meshes(tsdf, self.grid["bounds"]) if meshes else [])
+        return Samples(grids=tsdf, meshes=_to_meshes(tsdf, self.grid["bounds"], self.mesh_level) if meshes else [])
 
     def latent_mask(self, mask: torch.Tensor, erode: int = 0) -> torch.Tensor:
         """Voxel mask (B, 1, R, R, R) bool (True = observed) -> latent mask (B, 1, r, r, r): a latent cell is
@@ -449,7 +458,7 @@ class LatentVoxelDiffusion(ShapeModel):
         tsdf = self.fit_observation(z, obs, obs_mask, refine_steps, refine_feature_steps)
         if paste_known:
             tsdf = torch.where(m[:, 0].repeat_interleave(n, 0), x[:, 0].repeat_interleave(n, 0), tsdf)
-        found = _to_meshes(tsdf, self.grid["bounds"]) if meshes else []
+        found = _to_meshes(tsdf, self.grid["bounds"], self.mesh_level) if meshes else []
         return Samples(grids=tsdf.reshape(x.shape[0], n, *tsdf.shape[1:]),
                        meshes=[found[i * n: (i + 1) * n] for i in range(x.shape[0])] if meshes else [])
 
@@ -460,15 +469,14 @@ class LatentVoxelDiffusion(ShapeModel):
     def observation_misfit(self, recon: torch.Tensor, tsdf: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) misfit of an unclamped decoded TSDF ``recon`` (B, 1, R, R, R) to ``tsdf`` on the voxels where
         ``mask`` is True, a mean over each item's observed voxels: the VAE's L1 (weight ``1 + surface_weight``
-        in the truncation band) + ``SIGN_WEIGHT`` x hinge ``relu(SIGN_MARGIN - sign(tsdf) * recon)``, which asks
+        in the truncation band) + ``SIGN_WEIGHT`` x :func:`shapediff.autoencoders.sign_hinge`, which asks
         for the right side of the surface (the occupancy IoU) rather than the exact value. Nothing outside
         ``mask`` is read."""
         observed = torch.where(mask, tsdf, torch.zeros_like(tsdf))
         weight = mask * (1.0 + self.vae.surface_weight * (observed.abs() < 1.0))
-        side = torch.where(observed < 0, -1.0, 1.0)
         dims = tuple(range(1, recon.ndim))
         l1 = (weight * (recon - observed).abs()).sum(dims) / weight.sum(dims).clamp(min=1.0)
-        hinge = (mask * F.relu(SIGN_MARGIN - side * recon)).sum(dims) / mask.sum(dims).clamp(min=1)
+        hinge = (mask * sign_hinge(recon, observed)).sum(dims) / mask.sum(dims).clamp(min=1)
         return l1 + SIGN_WEIGHT * hinge
 
     def fit_observation(self, z: torch.Tensor, tsdf: torch.Tensor, mask: torch.Tensor, steps: int = 60,

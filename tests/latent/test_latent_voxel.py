@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import shapediff
-from shapediff.geometry import sdf_to_mesh
+from shapediff.geometry import mesh_components, sdf_to_mesh
 from shapediff.geometry.tsdf import tsdf_from_sdf
 from shapediff.models import LatentVoxelDiffusion, TSDFAutoencoder
 from shapediff.data.meshes import meshes_to_points
@@ -126,6 +126,28 @@ def test_empty_volume_gives_empty_mesh(tiny_model):
     assert (out.grids == 1).all()
     assert all(len(m.faces) == 0 for m in out.meshes)
     assert torch.equal(meshes_to_points(out.meshes, 16), torch.zeros(2, 16, 3))
+
+
+def test_mesh_level_keeps_parts_just_above_zero(tmp_path, tsdf_train):
+    """A thin part whose grid values stay just above 0 is lost at level 0 and kept at mesh_level 0.1; the level
+    is saved with the model and bounded."""
+    model = LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16, "truncation": 2.0},
+                                 sampler={"name": "ddim", "steps": 2}, mesh_level=0.1)
+    model.prepare(tsdf_train)
+    ax = torch.linspace(-1, 1, 16)
+    p = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1)
+    pole = ((p[..., [0, 2]].norm(dim=-1) - 0.07) / 0.3).clamp(-1, 1)  # a pole along y, between the voxel centres
+    assert 0 < pole.min() < 0.1 and len(sdf_to_mesh(pole).faces) == 0
+    # the decoder outputs the pole's grid whatever the latent
+    model.vae.decode_from_features = lambda h, clamp=True: pole.expand(h.shape[0], 1, 16, 16, 16)
+    model.save(tmp_path / "lvd.pt")
+    assert shapediff.load_model(tmp_path / "lvd.pt", device="cpu").mesh_level == 0.1
+    thick = model.eval().sample(2, seed=0).meshes
+    assert all(len(m.faces) and mesh_components(m) == 1 for m in thick)
+    model.mesh_level = 0.0
+    assert all(len(m.faces) == 0 for m in model.sample(2, seed=0).meshes)
+    with pytest.raises(ValueError, match="mesh_level"):
+        LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16}, mesh_level=1.5)
 
 
 def test_meshes_watertight_where_tsdf_closed():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shapediff.autoencoders import TSDFVAE, occupancy_iou
+from shapediff.autoencoders import TSDFVAE, occupancy_iou, sign_hinge
 from shapediff.autoencoders.vae import DiagonalGaussian
 from shapediff.config import instantiate
 from shapediff.denoisers import UNet3D
@@ -53,15 +53,26 @@ def test_kl_matches_torch_distributions():
 
 
 def test_vae_loss_terms_by_hand():
-    vae = instantiate(VAE)
+    vae = instantiate({**VAE, "sign_weight": 0.5})
     x = torch.rand(2, 1, 16, 16, 16) * 2 - 1
     x[0, 0, :4] = 1.0  # truncated voxels get weight 1, band voxels 1 + surface_weight
     terms = vae.loss_terms(x)
     recon, post = vae(x)
-    w = np.where(np.abs(x.numpy()) < 1, 1 + vae.surface_weight, 1.0)
-    l1 = (w * np.abs(recon.detach().numpy() - x.numpy())).sum() / w.sum()
+    r, t = recon.detach().numpy(), x.numpy()
+    w = np.where(np.abs(t) < 1, 1 + vae.surface_weight, 1.0)
+    l1 = (w * np.abs(r - t)).sum() / w.sum()
+    sign = np.maximum(0.2 - np.where(t < 0, -1.0, 1.0) * r, 0.0).mean()  # inside wants recon <= -0.2, outside >= 0.2
     assert terms["l1"].item() == pytest.approx(l1, rel=1e-5)
-    assert terms["loss"].item() == pytest.approx(l1 + vae.kl_weight * post.kl().mean().item(), rel=1e-5)
+    assert terms["sign"].item() == pytest.approx(sign, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(l1 + 0.5 * sign + vae.kl_weight * post.kl().mean().item(), rel=1e-5)
+
+
+def test_sign_hinge_is_zero_on_the_right_side_only():
+    tsdf = torch.tensor([-0.5, -0.5, 0.5, 0.5, 0.0])
+    recon = torch.tensor([-0.3, 0.1, 0.3, -0.1, 0.25])
+    assert torch.allclose(sign_hinge(recon, tsdf), torch.tensor([0.0, 0.3, 0.0, 0.3, 0.0]))
+    with pytest.raises(ValueError, match="sign_weight"):
+        TSDFVAE(resolution=16, channel_mult=(1, 2), sign_weight=-1.0)
 
 
 @pytest.mark.slow
