@@ -10,10 +10,13 @@
    the shape's 15,000 surface points and the truth is the other half, so a scan point is never a truth point.
    Per scan: CD (squared, to the truth), EMD (1024-point random resamples of both), F-score at 0.01 and 0.02;
    means with 95 % intervals over the scans (t-interval), and paired differences against each baseline.
-   Methods: ``complete(scan)`` with its defaults (the scan kept, generated points where it has no coverage), the
-   model's raw N points, and the baselines: the scan, scan + mirror (x = 0), retrieval (nearest training shape by
-   one-sided CD; training shapes are in the same canonical frame, so aligned) and retrieval + scan (the same
-   merging as the completion, with the retrieved shape as the generated part).
+   Methods: ``complete(scan)`` with its defaults (the scan kept, its mirror image where the model agrees,
+   generated points where neither covers, midpoints), the same started from the nearest training shape
+   (``retrieval_bank=``: the scans are in the training shapes' coordinates here), the model's raw N points, and the
+   baselines: the scan, scan + mirror (x = 0), retrieval (nearest training shape by one-sided CD; training shapes
+   are in the same canonical frame, so aligned) and retrieval + scan (the scan plus retrieved points where it has
+   no coverage, at the scan's density). References, not baselines: retrieval through the completion's own merge,
+   and the scan / scan + mirror upsampled by the same midpoints (F-score at 0.01 grows with density alone).
 3. The real sensor scans (``pcn_demo``, ``pointr_demo``, ``pcl_test_scans``; no truth), completed in their own
    frame and unit with n completions: fidelity (largest scan-to-output distance over the output's own point
    spacing), plausibility (one-sided CD from the completion, bbox-normalised, to the nearest training shape), the
@@ -46,7 +49,7 @@ from shapediff.io_atomic import write_path_atomic
 from shapediff.metrics.completion import f_score
 from shapediff.models import PointCloudDiffusion, load_model
 from shapediff.models.completion import retrieve_nearest
-from shapediff.models.scan_keeping import covering_subset, keep_scan, point_spacing, point_spread
+from shapediff.models.scan_keeping import covering_subset, keep_scan, midpoints, point_spacing, point_spread
 from shapediff.viz import render_overlay
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -211,15 +214,25 @@ def evaluate_virtual(model, test: list[torch.Tensor], bank: torch.Tensor, n_comp
     start = time.perf_counter()
     done = [model.complete(sc, n=n_completions, seed=seed).points[0, 0] for sc in scans]
     seconds = time.perf_counter() - start
+    started = [model.complete(sc, n=n_completions, seed=seed, retrieval_bank=bank).points[0, 0] for sc in scans]
     raw = [model.complete(sc, seed=seed, keep_scan=False).points[0, 0] for sc in scans]
     retrieved = [retrieve_nearest(sc[None], bank)[0][0] for sc in scans]
+    old_merge = dict(mirror=False, fill_share=None, midpoints_per_point=0)  # the scan, retrieved points where it has none
+
+    def dense(points: np.ndarray) -> np.ndarray:
+        return np.concatenate([points, midpoints(points)])
+
     methods = {
         "completion (default: scan kept)": lambda i: done[i].numpy(),
+        "completion from the nearest training shape (retrieval_bank=)": lambda i: started[i].numpy(),
         "model's N points (keep_scan=False)": lambda i: raw[i].numpy(),
         "baseline: scan": lambda i: scans[i].numpy(),
         "baseline: scan + mirror": lambda i: _mirror(scans[i].numpy()),
         "baseline: retrieval": lambda i: retrieved[i].numpy(),
-        "baseline: retrieval + scan": lambda i: keep_scan(scans[i], retrieved[i][None]).points[0].numpy(),
+        "baseline: retrieval + scan": lambda i: keep_scan(scans[i], retrieved[i][None], **old_merge).points[0].numpy(),
+        "reference: retrieval through the completion's merge": lambda i: keep_scan(scans[i], retrieved[i][None], support=retrieved[i]).points[0].numpy(),
+        "reference (density): scan + midpoints": lambda i: dense(scans[i].numpy().astype(np.float64)),
+        "reference (density): scan + mirror + midpoints": lambda i: dense(_mirror(scans[i].numpy().astype(np.float64))),
     }
     scores = {name: [_metrics(fn(i), truths[i], seed=i) for i in range(len(scans))] for name, fn in methods.items()}
     examples = [(scans[i].numpy(), done[i].numpy(), truths[i]) for i in range(0, len(scans), max(1, len(scans) // 4))][:4]
@@ -267,9 +280,17 @@ def evaluate_real(model, bank: torch.Tensor, n_completions: int, seed: int, max_
                      "plausibility (model's N points)": _plausibility(raw, bank),
                      "mean spread / diagonal": float(spread[best].mean()) / float(np.linalg.norm(np.ptp(scan.numpy(), 0))),
                      "seconds": seconds}
-        generated = out[len(scan):] if len(out) > len(scan) else out[:0]
-        preview.append((rel, scan.numpy(), generated))
+        preview.append((rel, scan.numpy(), _completed(scan.numpy(), out)))
     return real, preview
+
+
+def _completed(scan: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The output's points off the scan (farther than one scan spacing from it): the completed part to draw in
+    blue (the midpoints between scan points would hide the scan's own colour)."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    rest = out[len(scan):]
+    return rest[cKDTree(scan).query(rest)[0] > point_spacing(scan)] if len(rest) else rest
 
 
 def _preview(rows: list[tuple[str, np.ndarray, np.ndarray]], examples: list, path: Path, size: int = 240) -> None:
@@ -282,7 +303,7 @@ def _preview(rows: list[tuple[str, np.ndarray, np.ndarray]], examples: list, pat
     tiles = [t for row in rows for t in pair(*row)]
     lines = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles), 4)]
     for scan, done, truth in examples:
-        lines.append(np.concatenate(pair("held-out virtual scan", scan, done[len(scan):])
+        lines.append(np.concatenate(pair("held-out virtual scan", scan, _completed(scan, done))
                                     + [render_overlay([truth], [(0.3, 0.3, 0.3)], label="truth", size=size)], axis=1))
     width = max(line.shape[1] for line in lines)
     image = np.full((size * len(lines), width, 3), 255, dtype=np.uint8)

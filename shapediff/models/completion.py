@@ -330,7 +330,7 @@ def complete(
     mapping = completion_frame(model, pts, frame)
     partial_n = model.normalizer.normalize(mapping.to_frame(pts.double()).float().to(device))
     kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0)
-    init_n = None
+    init_n, init_pts = None, None
     if method == "pvd":
         if retrieval_bank is not None:
             bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank")
@@ -347,7 +347,8 @@ def complete(
     if spec.holds_partial:  # bit-exact input points, free of normalise/denormalise rounding
         out[:, :, :m] = pts.to(device)[:, None]
     if keep:
-        out = keep_scans(scans, out, m if spec.holds_partial else 0, n_points, coverage, draws=draws)
+        supports = None if init_pts is None else (init if retrieval_bank is not None else init_pts).to(device)  # where the object is
+        out = keep_scans(scans, out, m if spec.holds_partial else 0, n_points, coverage, draws=draws, supports=supports)
     return out[0] if unbatched else out
 
 

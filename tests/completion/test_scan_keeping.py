@@ -17,16 +17,20 @@ from shapediff._optional import open3d_available
 from shapediff.models import load_model
 from shapediff.models.scan_keeping import (
     COVERAGE,
+    FILL_SHARE,
     coverage_scale,
     covering_subset,
     densify,
     farthest_subset,
     keep_scan,
     keeps_scan,
+    midpoints,
+    mirror_scan,
     observed_mask,
     point_spacing,
     point_spread,
     sampling_draws,
+    symmetry_plane,
 )
 from tests.completion.tiny_completion import FIXTURE, M, half_scan, shape_pools
 
@@ -84,23 +88,53 @@ def test_covering_subset_spreads_over_the_scan_where_the_first_m_do_not():
     assert covering_subset(scan[:5], 16).shape == (16, 3)  # fewer than M: all of them plus repeats
 
 
-def test_keep_scan_returns_every_scan_point_and_generated_points_only_off_the_scan():
+def test_keep_scan_returns_every_scan_point_its_mirror_and_generated_points_only_off_both():
     gen = torch.Generator().manual_seed(0)
     sphere = torch.nn.functional.normalize(torch.randn(6000, 3, generator=gen), dim=1)
-    scan = sphere[:3000][sphere[:3000, 0] > 0]  # the x > 0 half, about 1500 points
+    scan = sphere[:3000][sphere[:3000, 0] > 0.2]  # the x > 0.2 cap, about 1200 points
     generated = sphere[3000:][None]  # a whole sphere, independent points
+    k = len(scan)
+    # the parts alone: generated points only (no mirror, no midpoints) lie off the scan, fill_share x K of them
+    bare = keep_scan(scan, generated, mirror=False, midpoints_per_point=0)
+    assert bare.num_observed == k and torch.equal(bare.points[0, :k], scan)
+    new = bare.points[0, k:].numpy()
+    s = scan.numpy().astype(np.float64)
+    radius = COVERAGE * coverage_scale(s, [generated[0].numpy().astype(np.float64)])
+    assert len(new) == round(FILL_SHARE * k)
+    assert _pairwise(new, scan.numpy()).min() > radius  # each generated point is off the scan (brute force)
+    # the default: the mirror image x -> -x (the sphere's plane of symmetry) fills the x < -0.2 cap from the scan
     kept = keep_scan(scan, generated)
     out = kept.points[0].numpy()
-    k = len(scan)
-    assert kept.num_observed == k and torch.equal(kept.points[0, :k], scan)
-    new = out[k:]
-    assert len(new) > 0.6 * k  # the hidden half, at about the scan's density
-    s = scan.numpy().astype(np.float64)
-    radius = COVERAGE * coverage_scale(s, [densify(generated[0].numpy().astype(np.float64), 0.8 * point_spacing(s))])
-    assert _pairwise(new, scan.numpy()).min() > radius  # each generated point is off the scan (brute force)
-    assert (new[:, 0] < 0.1).mean() > 0.97  # i.e. on the hidden half, bar a few in the random scan's widest gaps
-    assert point_spacing(new) == pytest.approx(point_spacing(scan.numpy()), rel=0.5)
-    assert observed_mask(out, scan).numpy()[:k].all() and not observed_mask(out, scan).numpy()[k:].any()
+    assert torch.equal(kept.points[0, :k], scan) and observed_mask(out, scan).numpy()[:k].all()
+    mirrored = s * np.array([-1.0, 1.0, 1.0])
+    assert cKDTree(out).query(mirrored)[0].max() < 0.01 * point_spacing(s)  # the mirror image is in the output
+    assert np.abs(np.linalg.norm(out, axis=1) - 1).max() < 0.02  # midpoints of neighbours stay on the sphere
+    assert len(out) > 1.5 * (1 + FILL_SHARE) * 2 * k  # upsampled: about 1.8x scan + mirror + generated
+    assert point_spacing(out[k:]) < point_spacing(scan.numpy())  # denser than the scan
+
+
+def test_symmetry_plane_and_mirror_follow_the_object_not_the_origin():
+    gen = torch.Generator().manual_seed(5)
+    box = (torch.rand(8000, 3, generator=gen, dtype=torch.float64) * 2 - 1).numpy()
+    box[np.arange(8000), np.arange(8000) % 3] = np.sign(box[np.arange(8000), np.arange(8000) % 3])  # on the faces
+    box *= np.array([1.0, 0.5, 0.7])
+    box[:, 0] += 0.3  # plane of symmetry x = 0.3
+    scan, support = box[:4000][box[:4000, 0] > 0.5], box[4000:]
+    assert symmetry_plane(scan, support) == pytest.approx(0.3, abs=0.02)
+    mirrored = mirror_scan(scan, support)
+    assert len(mirrored) > 0.95 * len(scan) and (mirrored[:, 0] < 0.1 + 1e-9).all()
+    lifted = support.copy()
+    lifted[lifted[:, 0] < 0.3, 1] += 0.5  # the object's other half is not where the mirror image lands
+    assert len(mirror_scan(scan, lifted)) < 0.6 * len(scan)  # mirrored points off the object are dropped
+
+
+def test_midpoints_lie_between_neighbours_and_are_bounded():
+    gen = torch.Generator().manual_seed(6)
+    sphere = torch.nn.functional.normalize(torch.randn(500, 3, generator=gen, dtype=torch.float64), dim=1).numpy()
+    mids = midpoints(sphere, 2)
+    assert 500 < len(mids) <= 1000  # k = 2 per point, mutual pairs once
+    assert (np.linalg.norm(mids, axis=1) > 0.97).all()  # near neighbours' midpoints stay by the sphere
+    assert len(midpoints(sphere, 2, limit=600)) == 100 and len(midpoints(sphere, 0)) == 0
 
 
 def test_keep_scan_at_a_requested_size_keeps_a_covering_subset_of_a_dense_scan():
@@ -116,7 +150,7 @@ def test_keep_scan_at_a_requested_size_keeps_a_covering_subset_of_a_dense_scan()
         if n_points > len(scan):
             assert kept.num_observed == len(scan)
         else:
-            assert 0.3 * n_points < kept.num_observed < 0.8 * n_points  # the scan keeps its share
+            assert 0.15 * n_points < kept.num_observed < 0.8 * n_points  # the scan keeps its share (midpoints aside)
     with pytest.raises(ValueError, match="n_points"):
         keep_scan(scan, generated, 0)
     with pytest.raises(ValueError, match="coverage"):
@@ -261,11 +295,13 @@ def test_densify_reaches_the_spacing_on_the_surface():
     assert (dense == sphere[:, None]).all(-1).any(0).sum() == len(sphere)  # the original points kept
 
 
-def test_the_default_density_is_the_scans_even_from_a_sparse_model_cloud():
+def test_the_former_density_rule_carries_the_scans_density_even_from_a_sparse_model_cloud():
     gen = torch.Generator().manual_seed(4)
     sphere = torch.nn.functional.normalize(torch.randn(6300, 3, generator=gen, dtype=torch.float64), dim=1)
     scan, generated = sphere[:6000][sphere[:6000, 0] > 0], sphere[6000:][None]  # ~3000 observed, 300 generated
-    kept = keep_scan(scan, generated)
+    kept = keep_scan(scan, generated, mirror=False, fill_share=None, midpoints_per_point=0)
     new = kept.points[0, len(scan):].numpy()
     assert len(new) > 5 * 300  # upsampled
     assert point_spacing(new) < 1.5 * point_spacing(scan.numpy())  # at about the scan's density
+    with pytest.raises(ValueError, match="fill_share"):
+        keep_scan(scan, generated, fill_share=-1.0)
