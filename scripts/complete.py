@@ -13,8 +13,8 @@ coordinates or ``--scale``/``--center`` saying how the scan's unit and origin ma
 of more than --max-points points are reduced on reading (a seeded random subset, or voxel
 centroids with --downsample voxel; a .npy is streamed through a memory map, so a 10^7-point scan
 needs about 120 MB). A scan-frame model keeps the scan (``--keep-scan auto``): each completion is the scan's
-points plus generated points only where the scan has none, ``--n-points`` points in all (default: the scan's own
-density over the completed shape). Writes OUT/<scan name>/: partial.ply, completion_K.ply, spread.npy (each
+points, their mirror image where the object agrees, generated points only where neither covers and midpoints of
+neighbours (docs/completion_scan_keeping.md), ``--n-points`` points in all (default: all of them). Writes OUT/<scan name>/: partial.ply, completion_K.ply, spread.npy (each
 point's spread over the --n completions), completion_best.obj (a mesh of the completion nearest the others; all
 of them with --mesh-all), ground_truth.ply (with --gt) and preview.png (scan | completions with the scan orange
 and the completed part blue | gt).
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-scan", choices=("auto", "yes", "no"), default="auto",
                    help="return the scan plus generated points where it has none (auto: scan-frame models)")
     p.add_argument("--n-points", type=int, default=None,
-                   help="points per completion with the scan kept (default: the scan's density over the completed shape)")
+                   help="points per completion with the scan kept (default: scan, mirror, generated part and midpoints)")
     p.add_argument("--mesh-all", action="store_true", help="mesh every completion, not only the best")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth cloud for the preview (single scan only)")
     p.add_argument("--seed", type=int, default=0)

@@ -294,12 +294,13 @@ def complete(
         :class:`~shapediff.geometry.frames.Frame` (e.g. ``known_frame(scale=1000)`` for a mm scan
         of a model trained in metres). ``init`` and ``retrieval_bank`` are mapped with the scan.
         A scan that lands far outside the training data's extent gets a warning.
-    keep_scan: True: each completion is the whole scan plus generated points only where the scan has no
-        coverage (:mod:`shapediff.models.scan_keeping`): the model's M known points are a farthest point subset
-        of the scan, it is sampled at enough points to match the scan's density, and the output has
-        ``n_points`` points (default: the scan's density carried over the completed extent), the scan's first,
-        bit for bit (all of them, or a farthest point subset when ``n_points`` is below the scan's size).
-        "auto" (default): True for scan-frame models (made for raw scans), False for data-frame ones.
+    keep_scan: True: each completion is the whole scan, its mirror image where the object agrees, generated
+        points only where neither covers, and midpoints of neighbours (:mod:`shapediff.models.scan_keeping`): the
+        model's M known points are a farthest point subset of the scan, several draws are merged, and the output
+        has ``n_points`` points (default: all of that), the scan's first, bit for bit (all of them, or a farthest
+        point subset when ``n_points`` is below the scan's size). With ``init`` / ``retrieval_bank`` the
+        retrieved shape is the mirror's support (where the object is). "auto" (default): True for scan-frame
+        models (made for raw scans), False for data-frame ones.
     coverage: with keep_scan, a generated point within ``coverage`` x the scan/model spacing of a scan point is
         dropped as already observed.
     Returns (B, n, N, 3), or (n, N, 3) for one unbatched (M, 3) scan (N = ``n_points`` with keep_scan). For
