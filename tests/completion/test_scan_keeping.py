@@ -189,6 +189,17 @@ def test_complete_keeps_the_whole_scan_by_default_on_a_scan_frame_model(tiny_mod
         tiny_model.complete(scan, steps=1, keep_scan="yes")
 
 
+def test_a_retrieval_start_keeps_the_scan_and_mirrors_it_about_the_retrieved_shape(tiny_model):
+    full = shape_pools("test", 4)[1]
+    bank = shape_pools("train", 4)
+    scan = half_scan(full, torch.tensor([1.0, 0.0, 0.0]))  # the x > median side: its mirror is the other side
+    out = tiny_model.complete(scan, seed=0, steps=5, retrieval_bank=bank).points[0, 0]
+    k = len(scan)
+    assert torch.equal(out[:k], scan) and len(out) > 2 * k
+    far_side = out[k:][out[k:, 0] < float(scan[:, 0].min())].numpy()  # completed points beyond what the scan saw
+    assert len(far_side) > 0.3 * k
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the real sensor scans in ../shared/data")
 @pytest.mark.parametrize("rel", REAL_SCANS)
 def test_every_real_scan_point_is_within_the_outputs_own_spacing(tiny_model, rel):
