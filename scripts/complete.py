@@ -20,7 +20,9 @@ of them with --mesh-all), ground_truth.ply (with --gt) and preview.png (scan | c
 and the completed part blue | gt).
 --retrieval-init-t T starts PVD from the training shape nearest to each scan (one-sided Chamfer),
 noised to timestep T; the shapes come from --bank (an (S, K, 3) .npy/.pt) or else from the
-training split of the data config saved in a training checkpoint.
+training split of the data config saved in a training checkpoint. The bank is in the training data's
+coordinates: a scan in another unit or pose needs --scale/--center (how it maps to them; also for a
+scan-frame model), else it is refused with its extent and the bank's.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Frame", "known_frame", "scan_frame", "scan_centric_batch", "scan_extent_warning", "split_origin", "FAR_OUTSIDE"]
+__all__ = ["Frame", "IDENTITY", "known_frame", "scan_frame", "scan_centric_batch", "scan_extent_warning", "bank_extent_error",
+           "split_origin", "FAR_OUTSIDE"]
 
 FAR_OUTSIDE = 4.0  # a scan this many times larger (or this many squared times smaller) than the training data is "far outside"
 
@@ -59,6 +60,9 @@ class Frame(NamedTuple):
         if self.rotation is not None:
             x = x @ self.rotation.to(y).T
         return x + self.center.to(y)
+
+
+IDENTITY = Frame(torch.zeros(3, dtype=torch.float64), torch.ones((), dtype=torch.float64))  # scan coordinates are the model's
 
 
 def known_frame(scale: float = 1.0, center: Any = (0.0, 0.0, 0.0), rotation: Any = None) -> Frame:
@@ -160,3 +164,32 @@ def scan_extent_warning(scan_in_model: torch.Tensor, training_center: torch.Tens
             f"model's units, whose training data lie within {training_radius:.4g} of their centre); its completion "
             "will not fit the scan. Pass frame=known_frame(scale=..., center=...) with the scan's unit and position, "
             "or use a model trained with frame='scan'")
+
+
+def bank_extent_error(scans: torch.Tensor, bank: torch.Tensor) -> str | None:
+    """A message when scans do not lie in the coordinates of a bank of complete shapes, else None.
+
+    scans: (B, M, 3) partial scans mapped into the bank's coordinates; bank: (S, K, 3) complete shapes (a
+    retrieval bank: the training shapes). A partial scan sees part of one bank-like object, so it lies in the
+    bank's coordinates when its bounding-box diagonal is at most ``FAR_OUTSIDE x`` the largest shape's and at
+    least ``1 / FAR_OUTSIDE**2`` x the median shape's, and its centroid lies within one median shape diagonal of
+    the box holding every bank shape. A scan in another unit (mm against metres: 1000x) or pose (a georeferenced
+    scan, 10^5 away) fails; comparing it with the bank would retrieve against the wrong frame.
+    """
+    x, s = scans.double(), bank.double().to(scans.device)
+    diag = (x.amax(-2) - x.amin(-2)).norm(dim=-1)  # (B,)
+    shape_diag = (s.amax(-2) - s.amin(-2)).norm(dim=-1)  # (S,)
+    lo, hi = s.flatten(0, 1).amin(0), s.flatten(0, 1).amax(0)
+    median, largest = float(shape_diag.median()), float(shape_diag.max())
+    centroid = x.mean(-2)
+    outside = (torch.clamp(lo - centroid, min=0) + torch.clamp(centroid - hi, min=0)).norm(dim=-1)
+    bad = ((diag > FAR_OUTSIDE * largest) | (diag < median / FAR_OUTSIDE**2) | (outside > median)).nonzero().flatten().tolist()
+    if not bad:
+        return None
+    b = bad[0]
+    fmt = lambda v: "(" + ", ".join(f"{float(c):.4g}" for c in v) + ")"  # noqa: E731
+    return (f"retrieval_bank: expected the scans in the bank's coordinates (the same unit and pose as its shapes, "
+            f"after frame=), got {len(bad)} of {x.shape[0]} scans outside them (scan {b}: extent {float(diag[b]):.4g} "
+            f"centred at {fmt(centroid[b])}; the bank's shapes: extents {float(shape_diag.min()):.4g}-{largest:.4g} "
+            f"within the box {fmt(lo)} to {fmt(hi)}). Pass frame=known_frame(scale=..., center=...) mapping the scan's "
+            "unit and origin to the bank's (scripts/complete.py: --scale / --center), or a bank in the scan's coordinates")

@@ -34,6 +34,7 @@ import torch
 
 from shapediff.diffusion.inpainting import known_first
 from shapediff.geometry import knn_points
+from shapediff.geometry.frames import IDENTITY, Frame, bank_extent_error
 from shapediff.models.completion_frame import completion_frame
 from shapediff.models.partial_input import prepare_partial
 from shapediff.models.scan_keeping import COVERAGE, covering_subset, keep_scans, keeps_scan, sampling_draws, scans_as_given
@@ -280,19 +281,23 @@ def complete(
     n: hypotheses per scan. method: "pvd" | "training_free" | "tokens"; default from the
         model's ``completion`` setting ("none" -> "training_free"). num_known: points held for
         "training_free" (default: the model's ``num_partial_points``).
-    init: "pvd" only: starting shapes (B, K, 3) or (K, 3) in data coordinates (e.g. retrieved
+    init: "pvd" only: starting shapes (B, K, 3) or (K, 3) in the scan's coordinates (e.g. retrieved
         training shapes), resampled to N - M points and denoised from timestep ``init_t`` (SDEdit;
         default 10, the best of 1/10/25/50/100/200 on the completion quickstart's validation scans).
     retrieval_bank: "pvd" only, instead of ``init``: (S, K, 3) complete shapes (the training set)
-        in data coordinates; each scan starts from its nearest shape by one-sided Chamfer distance
-        (:func:`retrieve_nearest`), i.e. retrieval-initialised SDEdit from ``init_t``.
+        in the training data's coordinates, where ``frame`` puts the scan (a :class:`Frame`: its mapping;
+        otherwise the scan is taken to be in them, also for a scan-frame model); each scan starts from its
+        nearest shape by one-sided Chamfer distance there (:func:`retrieve_nearest`), i.e. retrieval-initialised
+        SDEdit from ``init_t``. A scan outside the bank's coordinates (another unit or pose: extent or centroid
+        off, :func:`~shapediff.geometry.frames.bank_extent_error`) is a ValueError, not a retrieval against the
+        wrong frame.
     clip_x0: clamp of the denoiser's clean-cloud estimates: "auto" (1.2 x the largest normalised
         training coordinate), a number, or None.
     frame: how the scan's coordinates map to the model's (:mod:`shapediff.geometry.frames`):
         "auto" (the model's training frame: scan-centric for ``frame="scan"`` models, else the
         scan is taken to be in the training data's coordinates), "scan", "training", or a
         :class:`~shapediff.geometry.frames.Frame` (e.g. ``known_frame(scale=1000)`` for a mm scan
-        of a model trained in metres). ``init`` and ``retrieval_bank`` are mapped with the scan.
+        of a model trained in metres). ``init`` is in the scan's coordinates and mapped with it.
         A scan that lands far outside the training data's extent gets a warning.
     keep_scan: True: each completion is the whole scan, its mirror image where the object agrees, generated
         points only where neither covers, and midpoints of neighbours (:mod:`shapediff.models.scan_keeping`): the
@@ -333,9 +338,14 @@ def complete(
     kwargs = dict(steps=steps, sampler=sampler, generator=gen, batch_size=batch_size, progress=progress, clip_x0=clip_x0)
     init_n, init_pts = None, None
     if method == "pvd":
-        if retrieval_bank is not None:
-            bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank")
-            init = retrieve_nearest(pts, bank.to(pts.device))[0]
+        if retrieval_bank is not None:  # compared in the bank's coordinates, where frame= puts the scan
+            bank = prepare_partial(retrieval_bank, _num_points(retrieval_bank), name="retrieval_bank").to(pts.device)
+            to_bank = frame if isinstance(frame, Frame) else IDENTITY
+            pts_bank = to_bank.to_frame(pts.double())
+            message = bank_extent_error(pts_bank, bank)
+            if message:
+                raise ValueError(message)
+            init = to_bank.from_frame(retrieve_nearest(pts_bank.float(), bank)[0].double()).float()  # scan coordinates
         if init is not None:
             init_pts = prepare_partial(init, model.num_points - m, make_generator(mix_seed(seed, 0x1417)), name="init")
             if init_pts.shape[0] != pts.shape[0]:

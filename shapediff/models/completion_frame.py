@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from shapediff.geometry.frames import Frame, scan_extent_warning, scan_frame
+from shapediff.geometry.frames import IDENTITY, Frame, scan_extent_warning, scan_frame
 
 __all__ = ["FRAME_CHOICES", "completion_frame", "training_extent"]
 
@@ -43,7 +43,7 @@ def completion_frame(model, partial: torch.Tensor, frame: Any = "auto") -> Frame
                          "this one was trained in its data's frame: pass frame=known_frame(scale=..., center=...) "
                          "with the scan's unit and position, or 'training'")
     x = partial.double()
-    mapping = frame if isinstance(frame, Frame) else Frame(torch.zeros(3, dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    mapping = frame if isinstance(frame, Frame) else IDENTITY
     if model_frame == "scan" and frame != "training":
         mapping = _then(mapping, scan_frame(mapping.to_frame(x)))
     message = scan_extent_warning(mapping.to_frame(x), *training_extent(model))

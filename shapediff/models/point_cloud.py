@@ -260,6 +260,10 @@ class PointCloudDiffusion(ShapeModel):
             partial, origin = split_origin(partial)  # a georeferenced scan: completed around a float64 local origin
         if origin is not None and isinstance(frame, Frame):
             options["frame"] = frame._replace(center=frame.center.double() - origin[:, None, :])
+        elif origin is not None and options.get("retrieval_bank") is not None:  # the bank is compared in the scan's
+            options["frame"] = Frame(-origin[:, None, :], torch.ones((), dtype=torch.float64))  # own coordinates
+        if origin is not None and options.get("init") is not None:  # init is in the scan's coordinates: moved with it
+            options["init"] = torch.as_tensor(options["init"]).double() - origin[:, None, :]
         out = complete(self, partial, n=n, steps=steps, sampler=sampler, seed=seed, **options)
         out = out if out.ndim == 4 else out[None]
         return Samples(points=out if origin is None else out.double() + origin.to(out.device)[:, None, None, :])

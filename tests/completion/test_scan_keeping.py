@@ -6,6 +6,7 @@ copies. The trained model is the committed tiny scan-frame checkpoint (``tiny_co
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from scipy.spatial import cKDTree
 
 from shapediff._optional import open3d_available
+from shapediff.geometry import load_points
+from shapediff.geometry.frames import known_frame
 from shapediff.models import load_model
 from shapediff.models.scan_keeping import (
     COVERAGE,
@@ -47,6 +50,13 @@ def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _extent(cloud) -> float:
     cloud = np.asarray(cloud, dtype=np.float64)
     return float(np.linalg.norm(cloud.max(0) - cloud.min(0)))
+
+
+def _complete_script():
+    spec = importlib.util.spec_from_file_location("complete", Path(__file__).resolve().parents[2] / "scripts" / "complete.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +210,37 @@ def test_a_retrieval_start_keeps_the_scan_and_mirrors_it_about_the_retrieved_sha
     assert len(far_side) > 0.3 * k
 
 
+def test_a_retrieval_bank_is_compared_in_its_own_coordinates_for_scans_in_another_unit_or_pose(tiny_model, tmp_path, capsys):
+    """The bank (the training shapes, metres) against a scan in millimetres or georeferenced: with frame= saying how
+    the scan maps to the bank's coordinates, the completion is the metre scan's, scaled / moved (up to float32
+    rounding); without it, one clear error naming retrieval_bank, the scan's extent and the bank's."""
+    full, bank = shape_pools("test", 4)[1], shape_pools("train", 4)
+    scan = half_scan(full, torch.tensor([1.0, 0.0, 0.0])).double()
+    metres = tiny_model.complete(scan, seed=0, steps=5, retrieval_bank=bank).points
+    mm = tiny_model.complete(scan * 1000, seed=0, steps=5, retrieval_bank=bank, frame=known_frame(scale=1000.0)).points
+    assert mm.shape == metres.shape and len(metres[0, 0]) > 2 * len(scan)
+    extent = _extent(metres[0, 0])
+    assert float((mm.double() / 1000 - metres.double()).abs().max()) < 1e-5 * extent
+    offset = torch.tensor([4.5e5, 5.3e6, 120.0], dtype=torch.float64)  # a georeferenced scan (UTM metres)
+    geo = tiny_model.complete(scan + offset, seed=0, steps=5, retrieval_bank=bank, frame=known_frame(center=offset.tolist())).points
+    assert float((geo.double() - offset - metres.double()).abs().max()) < 1e-5 * extent
+    for wrong, what in ((scan * 1000, r"extent 2\d\d\d"), (scan + offset, r"centred at \(4\.5e\+05")):
+        with pytest.raises(ValueError, match=rf"retrieval_bank: expected the scans in the bank's coordinates.*{what}.*"
+                                             r"the bank's shapes: extents \d\.\d+-\d\.\d+.*known_frame"):
+            tiny_model.complete(wrong, seed=0, steps=5, retrieval_bank=bank)
+    # the script: a mm scan with --retrieval-init-t and a metre bank is a user error unless --scale says the unit
+    np.save(tmp_path / "bank.npy", bank.numpy())
+    np.save(tmp_path / "scan_mm.npy", (scan * 1000).numpy())
+    args = [str(FIXTURE), str(tmp_path / "scan_mm.npy"), "--n", "1", "--steps", "5", "--no-mesh", "--no-preview",
+            "--retrieval-init-t", "10", "--bank", str(tmp_path / "bank.npy")]
+    capsys.readouterr()
+    assert _complete_script().main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "retrieval_bank: expected the scans in the bank's coordinates" in capsys.readouterr().err
+    assert _complete_script().main([*args, "--out", str(tmp_path / "b"), "--scale", "1000"]) == 0
+    written = np.asarray(load_points(tmp_path / "b" / "scan_mm" / "completion_0.ply"), dtype=np.float64)
+    assert written.shape == tuple(mm[0, 0].shape) and np.abs(written / 1000 - metres[0, 0].double().numpy()).max() < 1e-5 * extent
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the real sensor scans in ../shared/data")
 @pytest.mark.parametrize("rel", REAL_SCANS)
 def test_every_real_scan_point_is_within_the_outputs_own_spacing(tiny_model, rel):
@@ -266,8 +307,6 @@ def test_complete_script_on_a_million_point_scan_writes_dense_completions_spread
     import resource
     import subprocess
     import sys
-
-    from shapediff.geometry import load_points
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1_000_000, 3))
