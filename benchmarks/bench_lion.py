@@ -8,7 +8,9 @@
 two-level quickstart and both LION stages in one process, the three taking turns step by step (a shared machine's
 load falls on all three alike), prints the ratios and the lion_quickstart steps whose training compute equals
 ``--base-steps`` quickstart steps (``--vae-share`` of it to the VAE, the rest to the priors; the VAE's KL
-annealing over half of its steps, as LION's). ``samplers`` needs
+annealing over half of its steps, as LION's). It times the model's step only: the trainer adds data, EMA, logging
+and clipping per step, a large share of the small quickstart's step and little of LION's, so equal compute by this
+ratio gave LION about half the quickstart's trainer time (docs/converting.md, "Training LION"). ``samplers`` needs
 ``../shared/data/anchor_fixtures`` (LION's recorded weights) and prints distances between sample sets.
 Heavy: run under ``flock /work/team/heavy.lock`` with OMP_NUM_THREADS set.
 """
