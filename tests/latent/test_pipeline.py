@@ -40,7 +40,7 @@ def test_stage_config_of_the_quickstart():
     assert vae.trainer.progress is False  # the rest merged from the main config (its command-line overrides too)
     assert "stages" not in vae and "checkpoint_to" not in str(vae)
     ae = build_model(vae)
-    assert type(ae).__name__ == "TSDFAutoencoder" and ae.vae.resolution == 32 and ae.vae.latent_shape == (4, 8, 8, 8)
+    assert type(ae).__name__ == "TSDFAutoencoder" and ae.vae.resolution == 32 and ae.vae.latent_shape == (8, 8, 8, 8)
     assert ae.config["vae"] == dict(vae.model)  # ${model} in the stage's pipeline means the stage's model
     assert cfg.pipeline.vae_checkpoint is None and "stages" not in _compose("experiment=lvd_quickstart", "~stages")
     with pytest.raises(ValueError, match="no stage"):
