@@ -20,6 +20,7 @@ from shapediff.geometry.frames import known_frame
 from shapediff.models import load_model
 from shapediff.models.scan_keeping import (
     COVERAGE,
+    agreeing_draws,
     FILL_SHARE,
     coverage_scale,
     covering_subset,
@@ -197,6 +198,20 @@ def test_complete_keeps_the_whole_scan_by_default_on_a_scan_frame_model(tiny_mod
     assert sized.shape == (400, 3) and cKDTree(sized.numpy()).query(scan.numpy())[0].max() <= 2 * point_spacing(sized)
     with pytest.raises(ValueError, match="keep_scan"):
         tiny_model.complete(scan, steps=1, keep_scan="yes")
+
+
+def test_agreeing_draws_keeps_the_half_that_reproduces_the_scan_best_first():
+    rng = np.random.default_rng(3)
+    scan = rng.normal(size=(60, 3))
+    shifts = np.array([0.5, 0.05, 2.0, 0.2, 1.0])  # draw i: the scan moved by shifts[i] along x (its cost: shift^2)
+    draws = np.stack([scan + [d, 0.0, 0.0] for d in shifts])
+    kept = agreeing_draws(scan, draws)
+    assert kept.shape == (2, 60, 3)  # round(0.5 x 5) = 2 (banker's rounding: 2.5 -> 2)
+    assert np.array_equal(kept, draws[[1, 3]])
+    assert np.array_equal(agreeing_draws(scan, draws, share=1.0), draws)
+    assert np.array_equal(agreeing_draws(scan, draws[:1]), draws[:1])
+    with pytest.raises(ValueError, match="share"):
+        agreeing_draws(scan, draws, share=0.0)
 
 
 def test_a_retrieval_start_keeps_the_scan_and_mirrors_it_about_the_retrieved_shape(tiny_model):
