@@ -102,6 +102,24 @@ def held_out(num_points: int) -> list[dict]:
     return [d[i] for d in sets for i in range(len(d))]
 
 
+def trained_arms(cfg, preset: str, checkpoint, train_set, args, out: Path, source: str | None = None, **start_kwargs):
+    """Yield (arm name, trained model, training seconds) for each (start, schedule) arm of ``arm_order(source)``
+    (default: ``preset``): built from ``cfg`` with seed 0, from scratch (its normaliser fitted) or from
+    ``checkpoint`` (``start_from`` with a refitted normalisation and ``start_kwargs``), trained with ``preset``'s
+    schedule into ``out / arm``."""
+    plans = schedules(preset)
+    for start, schedule in arm_order(source or preset):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        if start == "scratch":
+            model.prepare(train_set)
+        else:
+            start_from(model, checkpoint, train_set, refit_normalization=True, **start_kwargs)
+        name = f"{start}/{schedule}"
+        model, seconds = train(model, train_set, plans[schedule], args.steps, out / name.replace("/", "_"), args.threads)
+        yield name, model, seconds
+
+
 # ------------------------------------------------------------------------------------------- generation
 def generation(args, out: Path) -> dict:
     cfg = run_config(args.quickstart, **{"model.num_classes": len(CATEGORIES)})
@@ -109,17 +127,8 @@ def generation(args, out: Path) -> dict:
     train_set = ShapeNetPC15k(PC15K, CATEGORIES, split="train", num_points=n_points)
     refs = torch.stack([item["ref_points"] for item in held_out(n_points)])
     arms = {}
-    plans = schedules("quickstart")
-    for start, schedule in arm_order("quickstart"):
-        settings = plans[schedule]
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        if start == "scratch":
-            model.prepare(train_set)
-        else:
-            start_from(model, args.quickstart, train_set, refit_normalization=True, init_classes=[0, 1])
-        name = f"{start}/{schedule}"
-        model, seconds = train(model, train_set, settings, args.steps, out / "gen" / name.replace("/", "_"), args.threads)
+    for name, model, seconds in trained_arms(cfg, "quickstart", args.quickstart, train_set, args, out / "gen",
+                                             init_classes=[0, 1]):
         arms[name] = score_generation(model, refs, args.seeds) | {"train_seconds": round(seconds, 1)}
         print(name, {k: v for k, v in arms[name].items() if k != "per_ref"}, flush=True)
     return summarise(arms, "MMD-CD", "per_ref", {"num_train_shapes": len(train_set), "num_held_out": len(refs)})
@@ -155,19 +164,11 @@ def completion(args, out: Path) -> dict:
     partial = torch.stack([torch.as_tensor(it["partial"]).float() for it in items])
     gt = torch.stack([torch.as_tensor(it["points"]).float() for it in items])
     arms = {}
-    plans = schedules("completion_quickstart")
-    for start, schedule in arm_order("synthetic"):
-        settings = plans[schedule]
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        if start == "scratch":
-            model.prepare(train_set)
-        else:
-            start_from(model, args.completion, train_set, refit_normalization=True)
-        name = f"{start}/{schedule}"
-        model, seconds = train(model, train_set, settings, args.steps, out / "cmp" / name.replace("/", "_"), args.threads)
+    for name, model, seconds in trained_arms(cfg, "completion_quickstart", args.completion, train_set, args,
+                                             out / "cmp", source="synthetic"):
         begin = time.perf_counter()
-        pred = model.complete(partial, n=1, seed=args.seeds[0]).points[:, 0].cpu()
+        # the model's own N points (keep_scan=False): what fine-tuning changes, at the truth's size for EMD
+        pred = model.complete(partial, n=1, seed=args.seeds[0], keep_scan=False).points[:, 0].cpu()
         values = completion_metrics(pred, gt, metrics=("cd", "emd", "f_score"))
         arms[name] = {k: interval(v) for k, v in values.items()} | {
             "per_shape": values["CD"], "train_seconds": round(seconds, 1),

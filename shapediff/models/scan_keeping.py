@@ -31,7 +31,7 @@ are the scan's. All functions take one scan; ``shapediff.models.completion.compl
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -200,9 +200,7 @@ def densify(points: np.ndarray, spacing: float, limit: int = 4 * MAX_SAMPLING_PO
         if len(points) < 2 or spacing <= 0 or h <= spacing or len(points) >= limit:
             break
         k = int(min(8, len(points) - 1, max(1, limit // len(points) - 1), math.ceil((h / spacing) ** 2 - 1)))
-        idx = nearest_indices(points, points, k + 1)[:, 1:]
-        mids = (points[:, None, :] + points[idx]) / 2.0
-        points = np.unique(np.concatenate([points, mids.reshape(-1, 3)]), axis=0)
+        points = np.unique(np.concatenate([points, midpoints(points, k, limit=math.inf)]), axis=0)
     return points
 
 
@@ -255,7 +253,7 @@ def mirror_scan(scan: np.ndarray, support: np.ndarray, agree: float = MIRROR_AGR
     return mirrored[_nearest_distance(support, mirrored) <= agree * float(np.linalg.norm(np.ptp(support, 0)))]
 
 
-def midpoints(points: np.ndarray, k: int = MIDPOINTS, limit: int = 4 * MAX_SAMPLING_POINTS) -> np.ndarray:
+def midpoints(points: np.ndarray, k: int = MIDPOINTS, limit: float = 4 * MAX_SAMPLING_POINTS) -> np.ndarray:
     """The output's upsampling: the midpoints (G', 3) of each point of (G, 3) and its ``k`` nearest others (each
     pair once), at most ``limit`` - G of them (a seeded random choice). On a sampled surface they lie on it
     within its curvature over one spacing: the completion comes back denser than the scan it was given."""
@@ -332,6 +330,13 @@ def keep_scan(
     when fewer); P < K keeps a farthest point subset of the scan in proportion to its share at the default.
     Returns :class:`KeptScan` with points (n, P, 3) in the scan's dtype.
     """
+    _check_merge(coverage, n_points, fill_share, midpoints_per_point)
+    return _assemble(scan, _completed_parts(scan, generated, support, coverage, mirror, fill_share,
+                                            midpoints_per_point), n_points)
+
+
+def _check_merge(coverage: Any, n_points: Any, fill_share: Any, midpoints_per_point: Any) -> None:
+    """ValueError naming the argument of :func:`keep_scan` / :func:`keep_scans` that is out of range."""
     if not (isinstance(coverage, (int, float)) and coverage > 0):
         raise ValueError(f"coverage: expected a number > 0, got {coverage!r}")
     if n_points is not None and not (isinstance(n_points, int) and n_points >= 1):
@@ -340,12 +345,22 @@ def keep_scan(
         raise ValueError(f"fill_share: expected a number >= 0 or None, got {fill_share!r}")
     if not (isinstance(midpoints_per_point, int) and midpoints_per_point >= 0):
         raise ValueError(f"midpoints_per_point: expected an int >= 0, got {midpoints_per_point!r}")
+
+
+def _completed_parts(scan: torch.Tensor, generated: torch.Tensor, support: torch.Tensor | None, coverage: float,
+                     mirror: bool, fill_share: float | None, k_mid: int) -> list[np.ndarray]:
+    """:func:`_completed_part` of each of the n generated clouds (n, G, 3) of one scan (K, 3)."""
     s = _np(scan)
     h_scan = point_spacing(s)
     gens = [_np(g) for g in generated]
     supports = [None] * len(gens) if support is None else [_np(support)] * len(gens) if support.ndim == 2 else list(map(_np, support))
-    parts = [_completed_part(s, g, sup, h_scan, coverage, mirror, fill_share, midpoints_per_point)
-             for g, sup in zip(gens, supports)]
+    return [_completed_part(s, g, sup, h_scan, coverage, mirror, fill_share, k_mid) for g, sup in zip(gens, supports)]
+
+
+def _assemble(scan: torch.Tensor, parts: list[np.ndarray], n_points: int | None) -> KeptScan:
+    """The scan (K, 3) first, then ``n_points`` - K points of each completed part (R_i, 3) (a seeded random choice;
+    repeats where a part has too few): see :func:`keep_scan`."""
+    s = _np(scan)
     k = len(s)
     if n_points is None:
         n_points = k + min(len(p) for p in parts)
@@ -428,8 +443,9 @@ def keep_scans(scans: list[torch.Tensor], completions: torch.Tensor, held: int, 
     share = DRAW_SHARE if supports is None else 1.0  # a retrieval start: every draw refines the same retrieved shape
     gens = [torch.from_numpy(np.stack([agreeing_draws(s, c, share).reshape(-1, 3) for c in row])) for s, row in zip(scans, per_draw)]
     sups = [None] * b if supports is None else list(supports)
-    kept = [keep_scan(s, g, n_points, coverage=coverage, support=u) for s, g, u in zip(scans, gens, sups)]
-    size = max(k.points.shape[1] for k in kept)
-    kept = [k if k.points.shape[1] == size else keep_scan(s, g, size, coverage=coverage, support=u)
-            for k, s, g, u in zip(kept, scans, gens, sups)]
+    _check_merge(coverage, n_points, FILL_SHARE, MIDPOINTS)
+    parts = [_completed_parts(s, g, u, coverage, True, FILL_SHARE, MIDPOINTS) for s, g, u in zip(scans, gens, sups)]
+    kept = [_assemble(s, p, n_points) for s, p in zip(scans, parts)]
+    size = max(k.points.shape[1] for k in kept)  # the mirror, fill and midpoints are computed once per scan
+    kept = [k if k.points.shape[1] == size else _assemble(s, p, size) for k, s, p in zip(kept, scans, parts)]
     return torch.stack([k.points for k in kept]).to(completions.device)
