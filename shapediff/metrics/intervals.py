@@ -198,7 +198,6 @@ def paired_mean_interval(key: str, values_a: torch.Tensor, values_b: torch.Tenso
         "a": float(torch.as_tensor(values_a).double().mean()), "b": float(torch.as_tensor(values_b).double().mean())}
 
 
-
 def interval_cell(interval: dict[str, float], digits: str = ".4f", scale: float = 1.0) -> str:
     """A table cell "value [low, high]" (``scale`` times each, ``digits`` a format spec) from any interval dict of
     this module (``mean_interval``, ``set_intervals``, the paired ones): the one way benchmarks print an interval."""
