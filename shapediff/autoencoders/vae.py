@@ -3,8 +3,9 @@
 In the line of SDFusion's and Diffusion-SDF's autoencoders (LDM's KL autoencoder made 3D): ResBlocks
 with GroupNorm + SiLU, stride-2 convolutions (f = 2^(len(channel_mult) - 1); 32^3 -> 8^3 with the
 default (1, 2, 4)), self-attention only at the lowest resolution. Loss = L1 on the TSDF, optionally
-weighted near the surface, + sign_weight * a hinge on the occupancy sign (:func:`sign_hinge`) + kl_weight *
-KL(q(z|x) || N(0, I)); every term is a mean over its elements (voxels, latent entries).
+weighted near the surface, + sign_weight * a hinge on the occupancy sign at ``sign_level`` (:func:`sign_hinge`)
++ kl_weight * KL(q(z|x) || N(0, I)); every term is a mean over its elements (voxels, latent entries), the hinge
+optionally a per-shape mean over inside and outside voxels apart (``sign_balance``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,18 @@ class TSDFVAE(nn.Module):
         sign_weight: weight of the occupancy-sign hinge (:func:`sign_hinge`, mean over voxels): asks each voxel
             for the right side of the surface by ``SIGN_MARGIN``, which the L1 alone lets thin parts (whose
             few inside voxels hold values near 0) lose; 0 = off.
+        sign_level: the iso-level (tsdf / truncation units) whose side the hinge asks for: the level the
+            grids are meshed at (``LatentVoxelDiffusion.mesh_level``), so a part thinner than a voxel, whose
+            voxels hold values between 0 and that level, is asked to stay inside it.
+        sign_balance: the hinge as the mean of its per-shape means over the inside voxels (tsdf < sign_level)
+            and over the outside ones, instead of one mean over all voxels: a shape of thin parts, with few
+            inside voxels, weighs its inside as much as a solid does.
         resample_channels: True = the stride-2 down/up convolutions change the channel count to the next
             level's, so a level only ever holds its own channels (cheap few-channel full-resolution levels
             on a CPU); False = the level's first ResBlock changes it (LDM's layout).
+        upsample: the decoder's x2 upsamplings, :class:`shapediff.nn.blocks3d.Upsample3d` ``kind``: "nearest"
+            (nearest + 3x3x3 convolution) or "transposed" (kernel-4 stride-2 transposed convolution, 3.4x fewer
+            multiply-adds: the last one, at full resolution, is the costliest layer of the light VAE).
         logvar_clamp: logvar is clamped to [-30, 20] as in LDM.
     """
 
@@ -83,7 +93,8 @@ class TSDFVAE(nn.Module):
                  channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int | Sequence[int] = 1,
                  latent_channels: int = 4, attention: bool = True, num_heads: int = 4, num_groups: int = 8,
                  kl_weight: float = 1e-6, surface_weight: float = 2.0, resample_channels: bool = False,
-                 sign_weight: float = 0.0):
+                 sign_weight: float = 0.0, sign_level: float = 0.0, sign_balance: bool = False,
+                 upsample: str = "nearest"):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
         if not isinstance(resolution, int) or resolution < self.factor or resolution % self.factor:
@@ -91,7 +102,10 @@ class TSDFVAE(nn.Module):
         if not channel_mult or kl_weight < 0 or surface_weight < 0 or sign_weight < 0:
             raise ValueError(f"channel_mult/kl_weight/surface_weight/sign_weight: expected a non-empty list and non-negative "
                              f"weights, got {channel_mult!r}, {kl_weight!r}, {surface_weight!r}, {sign_weight!r}")
+        if isinstance(sign_level, bool) or not isinstance(sign_level, (int, float)) or not -1.0 < sign_level < 1.0:
+            raise ValueError(f"sign_level: expected a number in (-1, 1) (tsdf / truncation units), got {sign_level!r}")
         blocks = _per_level(num_res_blocks, len(channel_mult))
+        self.sign_level, self.sign_balance = float(sign_level), bool(sign_balance)
         self.resolution, self.in_channels, self.latent_channels = resolution, in_channels, latent_channels
         self.latent_resolution = resolution // self.factor
         self.kl_weight, self.surface_weight, self.sign_weight = float(kl_weight), float(surface_weight), float(sign_weight)
@@ -118,7 +132,7 @@ class TSDFVAE(nn.Module):
             stage, c = _stage((c, ci), blocks[i], g)
             self.dec_blocks.append(stage)
             c_next = chans[i - 1] if resample_channels and i > 0 else c
-            self.dec_up.append(Upsample3d(c, c_next) if i > 0 else nn.Identity())
+            self.dec_up.append(Upsample3d(c, c_next, kind=upsample) if i > 0 else nn.Identity())
             c = c_next
         self.dec_out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv3d(c, in_channels, 3, padding=1))
 
@@ -196,13 +210,21 @@ class TSDFVAE(nn.Module):
         return self.decode(z, clamp=False), post
 
     def loss_terms(self, tsdf: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{"l1": weighted L1, "sign": mean sign hinge, "kl": mean KL, "loss": l1 + sign_weight * sign + kl_weight * kl}
-        for a (B, 1, R, R, R) batch."""
+        """{"l1": weighted L1, "sign": sign hinge at ``sign_level`` (a mean over voxels, or with ``sign_balance`` the
+        mean over shapes of (inside mean + outside mean) / 2), "kl": mean KL,
+        "loss": l1 + sign_weight * sign + kl_weight * kl} for a (B, 1, R, R, R) batch."""
         tsdf = self._check_grid(tsdf)
         recon, post = self(tsdf, noise)
         weight = 1.0 + self.surface_weight * (tsdf.abs() < 1.0).float()
         l1 = (weight * (recon - tsdf).abs()).sum() / weight.sum()
-        sign = sign_hinge(recon, tsdf).mean()
+        hinge = sign_hinge(recon, tsdf, level=self.sign_level)
+        if self.sign_balance:
+            inside = (tsdf < self.sign_level).float()
+            dims = tuple(range(1, tsdf.ndim))
+            per_side = [(m * hinge).sum(dims) / m.sum(dims).clamp(min=1) for m in (inside, 1.0 - inside)]
+            sign = (0.5 * (per_side[0] + per_side[1])).mean()
+        else:
+            sign = hinge.mean()
         kl = post.kl().mean()
         return {"l1": l1, "sign": sign, "kl": kl, "loss": l1 + self.sign_weight * sign + self.kl_weight * kl}
 
@@ -213,12 +235,12 @@ class TSDFVAE(nn.Module):
         return self.loss_terms(tsdf.to(self.enc_in.weight.device), noise)["loss"]
 
 
-def sign_hinge(recon: torch.Tensor, tsdf: torch.Tensor, margin: float = SIGN_MARGIN) -> torch.Tensor:
-    """Per-voxel occupancy hinge ``relu(margin - side * recon)``, side = -1 where ``tsdf < 0`` (inside), else +1:
-    zero where ``recon`` is on the right side of the surface by ``margin`` (tsdf / truncation units). Same shape
-    as the inputs (any matching shapes)."""
-    side = torch.where(tsdf < 0, -1.0, 1.0)
-    return torch.relu(margin - side * recon)
+def sign_hinge(recon: torch.Tensor, tsdf: torch.Tensor, margin: float = SIGN_MARGIN, level: float = 0.0) -> torch.Tensor:
+    """Per-voxel occupancy hinge ``relu(margin - side * (recon - level))``, side = -1 where ``tsdf < level``
+    (inside at that iso-level), else +1: zero where ``recon`` is on the right side of the level by ``margin``
+    (tsdf / truncation units). Same shape as the inputs (any matching shapes)."""
+    side = torch.where(tsdf < level, -1.0, 1.0)
+    return torch.relu(margin - side * (recon - level))
 
 
 def occupancy_iou(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

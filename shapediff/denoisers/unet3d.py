@@ -33,6 +33,8 @@ class UNet3D(nn.Module):
         num_res_blocks: ResBlocks per level on the way down (one more on the way up, as in ADM).
         attention_levels: levels with self-attention (the middle block always has it when ``mid_attention``).
         num_heads, num_groups, dropout: attention heads, GroupNorm groups, ResBlock dropout.
+        upsample: :class:`shapediff.nn.blocks3d.Upsample3d` ``kind`` of the x2 upsamplings ("nearest" or "transposed",
+            3.4x fewer multiply-adds).
         num_classes: >0 adds a class embedding for ``cond={"class_label": (B,) long}``; label ``num_classes``
             is the null class used for classifier-free guidance. 0 = unconditional (a non-None cond is an error).
     """
@@ -40,7 +42,7 @@ class UNet3D(nn.Module):
     def __init__(self, in_channels: int = 4, out_channels: int | None = None, resolution: int = 8,
                  base_channels: int = 64, channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1,
                  attention_levels: Sequence[int] = (1,), mid_attention: bool = True, num_heads: int = 4,
-                 num_groups: int = 8, dropout: float = 0.0, num_classes: int = 0):
+                 num_groups: int = 8, dropout: float = 0.0, num_classes: int = 0, upsample: str = "nearest"):
         super().__init__()
         levels = len(channel_mult)
         if not isinstance(resolution, int) or resolution % (2 ** (levels - 1)):
@@ -73,7 +75,7 @@ class UNet3D(nn.Module):
                 self.up.append(self._block(c + skips.pop(), ch, emb, lvl in attention_levels, num_heads, num_groups, dropout))
                 c = ch
             if lvl > 0:
-                self.up.append(Upsample3d(c))
+                self.up.append(Upsample3d(c, kind=upsample))
         self.out = nn.Sequential(group_norm(c, num_groups), nn.SiLU(), nn.Conv3d(c, self.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)

@@ -91,12 +91,26 @@ class Downsample3d(nn.Module):
         return self.conv(x)
 
 
-class Upsample3d(nn.Module):
-    """Nearest-neighbour x2 then a 3x3x3 convolution: (B, C, R, R, R) -> (B, C_out, 2R, 2R, 2R)."""
+UPSAMPLE_KINDS = ("nearest", "transposed")
 
-    def __init__(self, channels: int, out_channels: int | None = None):
+
+class Upsample3d(nn.Module):
+    """x2 upsampling: (B, C, R, R, R) -> (B, C_out, 2R, 2R, 2R).
+
+    ``kind="nearest"``: nearest-neighbour x2 then a 3x3x3 convolution at 2R (27 C C_out multiply-adds per output
+    voxel). ``kind="transposed"``: a stride-2 transposed convolution with kernel 4 (padding 1), which holds every
+    function of the nearest kind (each of the 8 output phases is a 2x2x2 convolution of the input; nearest + 3x3x3
+    ties the phases' weights) at 8 C C_out multiply-adds per output voxel, 3.4x fewer.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, kind: str = "nearest"):
         super().__init__()
-        self.conv = nn.Conv3d(channels, out_channels or channels, 3, padding=1)
+        if kind not in UPSAMPLE_KINDS:
+            raise ValueError(f"upsample kind: expected one of {UPSAMPLE_KINDS}, got {kind!r}")
+        self.kind = kind
+        out = out_channels or channels
+        self.conv = (nn.Conv3d(channels, out, 3, padding=1) if kind == "nearest"
+                     else nn.ConvTranspose3d(channels, out, 4, stride=2, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest") if self.kind == "nearest" else x)

@@ -14,14 +14,22 @@ from shapediff.denoisers import UNet3D
 from .conftest import UNET, VAE
 
 
-def test_vae_shapes_and_downsampling():
-    vae = TSDFVAE(resolution=32, base_channels=4, channel_mult=(1, 2, 4), latent_channels=3, num_groups=4)
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_vae_shapes_and_downsampling(upsample):
+    vae = TSDFVAE(resolution=32, base_channels=4, channel_mult=(1, 2, 4), latent_channels=3, num_groups=4,
+                  upsample=upsample)
     x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
     post = vae.encode(x)
     assert post.mean.shape == (2, 3, 8, 8, 8) == post.logvar.shape  # 32^3 -> 8^3 x C
     out = vae.decode(post.mean)
     assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
     assert vae.latent_shape == (3, 8, 8, 8)
+    assert vae.decode_features(post.mean).shape == (2, 8, 16, 16, 16)  # up to the last upsampling
+    assert torch.allclose(vae.decode_from_features(vae.decode_features(post.mean)), out)
+    transposed = sum(isinstance(m, torch.nn.ConvTranspose3d) for m in vae.modules())
+    assert transposed == (2 if upsample == "transposed" else 0)
+    with pytest.raises(ValueError, match="kind"):
+        TSDFVAE(resolution=32, channel_mult=(1, 2, 4), upsample="trilinear")
 
 
 def test_light_vae_keeps_full_resolution_narrow():
@@ -73,6 +81,33 @@ def test_sign_hinge_is_zero_on_the_right_side_only():
     assert torch.allclose(sign_hinge(recon, tsdf), torch.tensor([0.0, 0.3, 0.0, 0.3, 0.0]))
     with pytest.raises(ValueError, match="sign_weight"):
         TSDFVAE(resolution=16, channel_mult=(1, 2), sign_weight=-1.0)
+
+
+def test_sign_hinge_at_a_level():
+    """At level 0.1 a voxel at tsdf 0.05 (a part thinner than a voxel) is inside: asked for recon <= 0.1 - 0.2."""
+    tsdf = torch.tensor([0.05, 0.05, 0.3, -0.5])
+    recon = torch.tensor([0.05, -0.2, 0.25, 0.0])
+    assert torch.allclose(sign_hinge(recon, tsdf, level=0.1), torch.tensor([0.15, 0.0, 0.05, 0.1]))
+    assert torch.allclose(sign_hinge(recon, tsdf, level=0.0), sign_hinge(recon, tsdf))
+    for bad in (1.0, -1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="sign_level"):
+            TSDFVAE(resolution=16, channel_mult=(1, 2), sign_level=bad)
+
+
+def test_balanced_sign_hinge_by_hand():
+    """sign_balance: per shape, (mean hinge over inside voxels + mean over outside voxels) / 2, then over shapes."""
+    vae = instantiate({**VAE, "sign_weight": 1.0, "sign_level": 0.1, "sign_balance": True})
+    x = torch.ones(2, 1, 16, 16, 16)
+    x[0, 0, 2:4, 2:4, 2:12] = 0.05   # a thin bar: 40 inside voxels at level 0.1
+    x[1, 0, 2:10, 2:10, 2:10] = -0.6  # a solid: 512
+    terms = vae.loss_terms(x)
+    r, t = vae(x)[0].detach().numpy(), x.numpy()
+    hinge = np.maximum(0.2 - np.where(t < 0.1, -1.0, 1.0) * (r - 0.1), 0.0)
+    per = [(hinge[i][t[i] < 0.1].mean() + hinge[i][t[i] >= 0.1].mean()) / 2 for i in range(2)]
+    assert terms["sign"].item() == pytest.approx(np.mean(per), rel=1e-5)
+    plain = instantiate({**VAE, "sign_weight": 1.0, "sign_level": 0.1})
+    plain.load_state_dict(vae.state_dict())
+    assert plain.loss_terms(x)["sign"].item() == pytest.approx(hinge.mean(), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -132,9 +167,10 @@ def test_vae_errors():
         TSDFVAE(resolution=30, channel_mult=(1, 2, 4))
 
 
-def test_unet_shapes_gradients_and_time_dependence():
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_unet_shapes_gradients_and_time_dependence(upsample):
     torch.manual_seed(0)
-    net = instantiate(UNET)
+    net = instantiate({**UNET, "upsample": upsample})
     x, t, target = torch.randn(2, 2, 8, 8, 8), torch.tensor([3, 70]), torch.randn(2, 2, 8, 8, 8)
     opt = torch.optim.SGD(net.parameters(), 0.1)
     for _ in range(3):  # zero-initialised output and residual-branch layers: all parameters get gradient by step 3
