@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Arms of experiment=lvd_quickstart measured piece by piece (docs/lvd_quickstart_quality.md, third round).
+
+    python benchmarks/bench_lvd_arms.py vae RUN +stages.vae.model.sign_balance=true ...   # the VAE stage alone
+    python benchmarks/bench_lvd_arms.py fragments RUN/checkpoints/step_00001000.pt --seeds 0 1 2
+    python benchmarks/bench_lvd_arms.py cost --reps 8                                      # step-time ratios
+
+``vae``: trains ``stage_config(cfg, "vae")`` of ``experiment=lvd_quickstart`` (with the given overrides) into
+RUN/vae, exactly the stage the full command would train (score it with ``diagnose_latent.py --vae``; train stage 2 on
+it with ``scripts/train.py experiment=lvd_quickstart '~stages' pipeline.vae_checkpoint=...``).
+``fragments``: per sampling seed, how many of ``--n`` sampled meshes (and of the first 8, the preview's) are in more
+than one face-connected piece (``mesh_components``), at the checkpoint's mesh level or ``--levels``.
+``cost``: training-step times of VAE and UNet arms, interleaved in one process on one thread, as ratios to the
+preset's (shared cores inflate wall times, not these ratios much).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+VAE = dict(resolution=32, base_channels=8, channel_mult=[1, 2, 4], num_res_blocks=[0, 1, 1], resample_channels=True,
+           attention=False, num_groups=8, latent_channels=8, sign_weight=1.0)
+UNET = dict(in_channels=8, out_channels=8, resolution=8, base_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+            attention_levels=[1], mid_attention=True, num_heads=4, num_groups=8, num_classes=12)
+VAE_ARMS = {"VAE preset": {}, "VAE transposed + level 0.1 balanced": dict(upsample="transposed", sign_level=0.1,
+                                                                         sign_balance=True)}
+UNET_ARMS = {"UNet preset": ({}, 32), "UNet transposed": (dict(upsample="transposed"), 32),
+             "UNet base 16 [1, 4] transposed": (dict(base_channels=16, channel_mult=[1, 4], upsample="transposed"), 32),
+             "UNet base 24 transposed": (dict(base_channels=24, upsample="transposed"), 32),
+             "UNet base 24 transposed, batch 16": (dict(base_channels=24, upsample="transposed"), 16),
+             "UNet preset, batch 16": ({}, 16)}
+
+
+def train_vae(run: str, overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    from shapediff.training.experiment import run_training, stage_config  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("train", overrides=["experiment=lvd_quickstart", f"run_dir={run}", *overrides])
+    summary = run_training(stage_config(cfg, "vae"))
+    print("train_seconds", summary.get("train_seconds"), "metrics", summary.get("metrics"))
+
+
+def fragments(ckpt: str, seeds: list[int], levels: list[float] | None, n: int) -> None:
+    from shapediff.geometry import mesh_components, sdf_to_mesh  # noqa: PLC0415
+    from shapediff.models import load_model  # noqa: PLC0415
+
+    model = load_model(ckpt, device="cpu").eval()
+    for seed in seeds:
+        with torch.no_grad():
+            grids = model.sample(n, seed=seed, meshes=False).grids
+        for level in levels or [model.mesh_level]:
+            pieces = [mesh_components(sdf_to_mesh(g, level=level, bounds=model.grid["bounds"])) for g in grids]
+            print(f"seed {seed} level {level:g}: {sum(p > 1 for p in pieces)}/{n} in pieces, first 8: "
+                  f"{sum(p > 1 for p in pieces[:8])}/8, empty {sum(p == 0 for p in pieces)}", flush=True)
+
+
+def cost(reps: int) -> None:
+    from shapediff.autoencoders import TSDFVAE  # noqa: PLC0415
+    from shapediff.denoisers import UNet3D  # noqa: PLC0415
+    from shapediff.diffusion import FlowMatching  # noqa: PLC0415
+
+    nets = {k: (TSDFVAE(**VAE, **o), 8) for k, o in VAE_ARMS.items()}
+    nets.update({k: (UNet3D(**{**UNET, **o}), b) for k, (o, b) in UNET_ARMS.items()})
+    opts = {k: torch.optim.Adam(m.parameters(), 1e-3) for k, (m, _) in nets.items()}
+    fm, times = FlowMatching(), {k: [] for k in nets}
+    x = torch.rand(8, 1, 32, 32, 32) * 2 - 1
+    for rep in range(reps + 1):  # the first round is a warm-up
+        for k, (m, b) in nets.items():
+            start = time.perf_counter()
+            opts[k].zero_grad()
+            if isinstance(m, TSDFVAE):
+                loss = m.training_loss(x, torch.randn(b, *m.latent_shape))
+            else:
+                loss = fm.training_loss(m, torch.randn(b, 8, 8, 8, 8), cond={"class_label": torch.randint(0, 12, (b,))})
+            loss.backward()
+            opts[k].step()
+            if rep:
+                times[k].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("| arm | s / step | ratio to the preset's |\n| --- | ---: | ---: |")
+    for k, v in med.items():
+        print(f"| {k} | {v:.3f} | {v / med['VAE preset' if k.startswith('VAE') else 'UNet preset']:.3f} |")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    v = sub.add_parser("vae")
+    v.add_argument("run")
+    v.add_argument("overrides", nargs="*")
+    f = sub.add_parser("fragments")
+    f.add_argument("ckpt")
+    f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    f.add_argument("--levels", type=float, nargs="+", default=None)
+    f.add_argument("--n", type=int, default=128)
+    c = sub.add_parser("cost")
+    c.add_argument("--reps", type=int, default=8)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.what == "vae":
+        train_vae(args.run, args.overrides)
+    elif args.what == "fragments":
+        fragments(args.ckpt, args.seeds, args.levels, args.n)
+    else:
+        cost(args.reps)
+
+
+if __name__ == "__main__":
+    main()
