@@ -4,12 +4,17 @@
     python benchmarks/bench_lvd_arms.py vae RUN +stages.vae.model.sign_balance=true ...   # the VAE stage alone
     python benchmarks/bench_lvd_arms.py fragments RUN/checkpoints/step_00001000.pt --seeds 0 1 2
     python benchmarks/bench_lvd_arms.py cost --reps 8                                      # step-time ratios
+    python benchmarks/bench_lvd_arms.py sampler CKPT --arm uniform '{}' --arm shift3 '{"spacing": "shift", "shift": 3}'
 
 ``vae``: trains ``stage_config(cfg, "vae")`` of ``experiment=lvd_quickstart`` (with the given overrides) into
 RUN/vae, exactly the stage the full command would train (score it with ``diagnose_latent.py --vae``; train stage 2 on
 it with ``scripts/train.py experiment=lvd_quickstart '~stages' pipeline.vae_checkpoint=...``).
 ``fragments``: per sampling seed, how many of ``--n`` sampled meshes (and of the first 8, the preview's) are in more
 than one face-connected piece (``mesh_components``), at the checkpoint's mesh level or ``--levels``.
+``sampler``: sampling-side arms of one checkpoint (sampler keywords such as ``steps``, ``spacing``, ``shift``,
+``guidance_scale``; or the model's ``mesh_level`` / ``clip_latent``), per seed scored as ``scripts/evaluate.py`` scores
+(``evaluate_generation``'s steps: the same references, samples and points, so its rows equal evaluate.py's) together
+with the meshes in pieces, then the mean and spread over the seeds.
 ``cost``: training-step times of VAE and UNet arms, interleaved in one process on one thread, as ratios to the
 second round's VAE and the preset's UNet (shared cores inflate wall times, not these ratios much).
 """
@@ -64,6 +69,41 @@ def fragments(ckpt: str, seeds: list[int], levels: list[float] | None, n: int) -
                   f"{sum(p > 1 for p in pieces[:8])}/8, empty {sum(p == 0 for p in pieces)}", flush=True)
 
 
+def sampler_arms(ckpt: str, arms: list[tuple[str, str]], seeds: list[int], n: int) -> None:
+    import json  # noqa: PLC0415
+
+    from shapediff.data.references import reference_clouds  # noqa: PLC0415
+    from shapediff.evaluation.generation import score_sample_set  # noqa: PLC0415
+    from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset  # noqa: PLC0415
+    from shapediff.geometry import mesh_components  # noqa: PLC0415
+    from shapediff.models import load_model  # noqa: PLC0415
+
+    model = load_model(ckpt, device="cpu").eval()
+    refs_set = run_dataset(checkpoint_run_config(ckpt), "val")
+    saved = {"mesh_level": model.mesh_level, "clip_latent": model.clip_latent}
+    for name, spec in arms:
+        kwargs = json.loads(spec)
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--arm {name}: expected a JSON object of sampler keywords, got {spec!r}")
+        for attr, value in saved.items():  # model attributes, not sampler keywords
+            setattr(model, attr, kwargs.pop(attr, value))
+        rows = []
+        for seed in seeds:
+            refs = reference_clouds(refs_set, n, seed)  # as evaluate_generation: references, samples, points, score
+            with torch.no_grad():
+                samples = model.sample(n, seed=seed, batch_size=n, **kwargs)
+            score = score_sample_set(samples.points_on_surface(refs.shape[1], seed).float().cpu(), refs, ("cd",), seed)
+            pieces = [mesh_components(m) > 1 for m in samples.meshes]
+            rows.append((100 * score["1-NNA-CD"], 100 * score["COV-CD"], 1e3 * score["MMD-CD"], sum(pieces), sum(pieces[:8])))
+            print(f"{name} seed {seed}: 1-NNA-CD {rows[-1][0]:.1f} COV {rows[-1][1]:.1f} MMD(x1e3) {rows[-1][2]:.2f} "
+                  f"in pieces {rows[-1][3]}/{n}, first 8: {rows[-1][4]}/8", flush=True)
+        nna = [r[0] for r in rows]
+        spread = statistics.stdev(nna) if len(nna) > 1 else 0.0
+        print(f"== {name} {spec}: 1-NNA-CD {statistics.mean(nna):.1f} +- {spread:.1f} ({' / '.join(f'{v:.1f}' for v in nna)}), "
+              f"COV {statistics.mean(r[1] for r in rows):.1f}, MMD(x1e3) {statistics.mean(r[2] for r in rows):.2f}, "
+              f"in pieces {[r[3] for r in rows]}, first 8 {[r[4] for r in rows]}", flush=True)
+
+
 def cost(reps: int) -> None:
     from shapediff.autoencoders import TSDFVAE  # noqa: PLC0415
     from shapediff.denoisers import UNet3D  # noqa: PLC0415
@@ -103,6 +143,12 @@ def main(argv=None) -> None:
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--levels", type=float, nargs="+", default=None)
     f.add_argument("--n", type=int, default=128)
+    s = sub.add_parser("sampler")
+    s.add_argument("ckpt")
+    s.add_argument("--arm", nargs=2, action="append", required=True, metavar=("NAME", "JSON"),
+                   help="sampler keywords (and mesh_level / clip_latent) as a JSON object; repeatable")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--n", type=int, default=128)
     c = sub.add_parser("cost")
     c.add_argument("--reps", type=int, default=8)
     args = p.parse_args(argv)
@@ -111,6 +157,8 @@ def main(argv=None) -> None:
         train_vae(args.run, args.overrides)
     elif args.what == "fragments":
         fragments(args.ckpt, args.seeds, args.levels, args.n)
+    elif args.what == "sampler":
+        sampler_arms(args.ckpt, args.arm, args.seeds, args.n)
     else:
         cost(args.reps)
 
