@@ -115,13 +115,52 @@ def virtual_scan_of(source: np.ndarray, kind: str, seed: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- model
-def _model(n: int, m: int, width: int, depth: int) -> PointCloudDiffusion:
+DENOISERS = ("pointnet", "pvcnn", "transformer")
+PVCNN_SA = (((16, 1, 8), (256, 0.2, 16, (16, 32))), ((32, 1, 8), (64, 0.4, 16, (32, 64))), (None, (16, 0.8, 16, (64, 96))))
+PVCNN_FP = (((64, 32), (32, 1, 4)), ((48, 32), (32, 1, 8)), ((32, 32), (16, 1, 8)))
+
+
+def _inner(denoiser: str, width: int, depth: int, knn: int = 0) -> dict:
+    """Config of the network inside ``KnownIndicatorDenoiser`` (xyz + known flag in, 4 channels):
+    "pointnet": ``PointNetDenoiser`` (hidden width, residual set blocks; ``knn`` K > 0 also gives each point its
+    offset from the mean of its K nearest points, a local surface cue); "pvcnn": PVD's point-voxel U-Net, the
+    stages of ``configs/model/pvcnn_small.yaml`` (3 SA / 3 FP, one PVConv each, voxel grids 4-8^3) with every
+    channel count scaled by ``width / 32`` (32: the preset; ``depth`` must be 3: its stages are fixed); "transformer":
+    ``PointTransformer`` (one token per point, ``width // 32`` heads, ``depth`` blocks, the time as a token)."""
+    if denoiser == "pointnet":
+        return {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": width, "depth": depth,
+                "knn_neighbours": knn}
+    if knn:
+        raise ValueError(f"knn: only the pointnet denoiser takes it (the others see neighbourhoods), got {knn} for {denoiser!r}")
+    if denoiser == "pvcnn":
+        if depth != 3 or width % 16:
+            raise ValueError(f"pvcnn: expected depth 3 (its 3 SA / 3 FP stages) and a width divisible by 16, got "
+                             f"width {width}, depth {depth}")
+        return {"_target_": "shapediff.denoisers.PVCNN2", "in_channels": 4, "embed_dim": 32, "sa_blocks": PVCNN_SA,
+                "fp_blocks": PVCNN_FP, "head_channels": 64, "width_multiplier": width / 32,
+                "point_ops": "plain"}
+    if denoiser == "transformer":
+        if width % 32:
+            raise ValueError(f"transformer: expected a width divisible by 32 (heads of 32 channels), got {width}")
+        return {"_target_": "shapediff.denoisers.PointTransformer", "in_channels": 4, "width": width, "depth": depth,
+                "heads": width // 32, "cond_drop_prob": 0.0, "time_embed_dim": width}
+    raise ValueError(f"denoiser: expected one of {DENOISERS}, got {denoiser!r}")
+
+
+def _model(n: int, m: int, width: int, depth: int, denoiser: str = "pointnet", knn: int = 0) -> PointCloudDiffusion:
+    """The benchmark's scan-frame PVD completion model: N points of which the first M known, the known-point flag
+    around the ``denoiser`` network (:func:`_inner`), v-prediction, T = 200, DDPM sampling in 50 steps."""
     return PointCloudDiffusion(
         denoiser={"_target_": "shapediff.models.completion.KnownIndicatorDenoiser", "num_known": m,
-                  "denoiser": {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": width,
-                               "depth": depth}},
+                  "denoiser": _inner(denoiser, width, depth, knn)},
         diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 200, "prediction": "v"},
         num_points=n, completion="pvd", num_partial_points=m, sampler={"name": "ddpm", "steps": 50}, frame="scan")
+
+
+def _network(model: PointCloudDiffusion) -> str:
+    """The denoiser inside the known-point flag and its parameter count, for the report."""
+    inner = getattr(model.denoiser, "denoiser", model.denoiser)
+    return f"{type(inner).__name__} ({sum(p.numel() for p in inner.parameters()) / 1e3:.0f} k parameters)"
 
 
 def _training_pairs(shapes: list[torch.Tensor], views: int, m: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
@@ -161,28 +200,57 @@ def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0) 
     return time.perf_counter() - start
 
 
-def training_step_ratio(n: int = 512, m: int = 128, width: int = 96, depth: int = 2, batch: int = 32,
-                        rounds: int = 5) -> float:
-    """Seconds per training step of this benchmark's model over those of the issue's original benchmark model (N 256,
-    M 64, PointNet width 64, depth 2, batch 32: 2500 steps took 54 s on an idle thread), both timed here, interleaved
-    (``rounds`` x 10 steps each after one warm-up round, random clouds): a cost ratio that shared cores do not skew."""
-    cfgs = [(256, 64, 64, 2, 32), (n, m, width, depth, batch)]
-    models = [_model(*c[:4]) for c in cfgs]
-    opts = [torch.optim.Adam(model.parameters(), lr=1e-3) for model in models]
-    for model, c in zip(models, cfgs):
-        model.fit_normalization([{"points": torch.randn(c[0], 3), "partial": torch.randn(c[1], 3)} for _ in range(4)])
-    seconds = [0.0, 0.0]
+ORIGINAL = (256, 64, 64, 2, "pointnet", 0, 32)  # the issue's original benchmark model: N, M, width, depth, denoiser, knn, batch
+
+
+def training_step_ratios(configs: dict[str, tuple[int, int, int, int, str, int, int]], rounds: int = 5) -> dict[str, float]:
+    """Seconds per training step of each model (name -> (N, M, width, depth, denoiser, knn, batch)) over those of the
+    issue's original benchmark model (``ORIGINAL``: N 256, M 64, PointNet width 64, depth 2, batch 32; 2500 steps
+    took 54 s on an idle thread), all timed here, interleaved (``rounds`` x 10 steps each after one warm-up round,
+    random clouds): cost ratios that shared cores do not skew."""
+    cfgs = {"original": ORIGINAL, **configs}
+    models = {k: _model(*c[:6]) for k, c in cfgs.items()}
+    opts = {k: torch.optim.Adam(model.parameters(), lr=1e-3) for k, model in models.items()}
+    for k, c in cfgs.items():
+        models[k].fit_normalization([{"points": torch.randn(c[0], 3), "partial": torch.randn(c[1], 3)} for _ in range(4)])
+    seconds = dict.fromkeys(cfgs, 0.0)
     for r in range(rounds + 1):
-        for i, (model, opt, c) in enumerate(zip(models, opts, cfgs)):
-            data = {"points": torch.randn(c[4], c[0], 3), "partial": torch.randn(c[4], c[1], 3)}
+        for k, c in cfgs.items():
+            data = {"points": torch.randn(c[6], c[0], 3), "partial": torch.randn(c[6], c[1], 3)}
             start = time.perf_counter()
             for _ in range(10):
-                loss = model.training_loss(data)
-                opt.zero_grad()
+                loss = models[k].training_loss(data)
+                opts[k].zero_grad()
                 loss.backward()
-                opt.step()
-            seconds[i] += (time.perf_counter() - start) if r else 0.0
-    return seconds[1] / seconds[0]
+                opts[k].step()
+            seconds[k] += (time.perf_counter() - start) if r else 0.0
+    return {k: seconds[k] / seconds["original"] for k in configs}
+
+
+def training_step_ratio(n: int = 512, m: int = 128, width: int = 96, depth: int = 2, batch: int = 32,
+                        rounds: int = 5, denoiser: str = "pointnet", knn: int = 0) -> float:
+    """One model's :func:`training_step_ratios`: its step's cost over the original's."""
+    return training_step_ratios({"model": (n, m, width, depth, denoiser, knn, batch)}, rounds)["model"]
+
+
+def step_costs(specs: list[str], n: int, m: int, batch: int, rounds: int = 5) -> str:
+    """A markdown table of training step costs, timed in one process (:func:`training_step_ratios`), of the models
+    ``specs`` ("denoiser:width:depth[:knn]", e.g. "pvcnn:32:3", "pointnet:96:2:16"), each against the original and the first, with the steps
+    that 10x the original's compute (25,000 of its steps) buys."""
+    configs = {}
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in DENOISERS or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"--step-costs: expected denoiser:width:depth[:knn] with a denoiser in {DENOISERS}, got {spec!r}")
+        configs[spec] = (n, m, int(parts[1]), int(parts[2]), parts[0], int(parts[3]) if len(parts) == 4 else 0, batch)
+    ratios = training_step_ratios(configs, rounds)
+    first = ratios[specs[0]]
+    lines = [f"| model (N {n}, M {m}, batch {batch}) | parameters | step vs the original | step vs {specs[0]} | steps in 10x |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for spec, ratio in ratios.items():
+        params = sum(p.numel() for p in _model(*configs[spec][:6]).parameters())
+        lines.append(f"| {spec} | {params} | {ratio:.2f} | {ratio / first:.2f} | {25000 / ratio:.0f} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -369,6 +437,11 @@ def main() -> None:
     parser.add_argument("--partial", type=int, default=128, help="M")
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--denoiser", choices=DENOISERS, default="pointnet",
+                        help="the network inside the known-point flag (--width / --depth size it: _inner)")
+    parser.add_argument("--knn", type=int, default=0, help="pointnet: each point's offset from its K nearest points' mean")
+    parser.add_argument("--step-costs", nargs="+", default=None, metavar="DENOISER:WIDTH:DEPTH[:KNN]",
+                        help="only time the training steps of these models against the original's and print the table")
     parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
     parser.add_argument("--n", type=int, default=3, help="completions per real scan (spread)")
     parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
@@ -381,6 +454,9 @@ def main() -> None:
     parser.add_argument("--emd-resample", choices=EMD_RESAMPLES, default="random",
                         help="EMD's 1024-point resamples of every output and the truth: random (the default) or even")
     args = parser.parse_args()
+    if args.step_costs:
+        print(step_costs(args.step_costs, args.points, args.partial, args.batch))
+        return
     if not SHARED.is_dir():
         raise SystemExit(f"needs the shared real data at {SHARED}")
     start = time.perf_counter()
@@ -392,11 +468,12 @@ def main() -> None:
     else:
         dense, partial, owner = _training_pairs(train, args.views, args.partial)
         prep = time.perf_counter() - start
-        model = _model(args.points, args.partial, args.width, args.depth)
+        model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn)
         seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed)
         if args.model is not None:
             model.save(args.model)
-        ratio = training_step_ratio(args.points, args.partial, args.width, args.depth, args.batch)
+        ratio = training_step_ratio(args.points, args.partial, args.width, args.depth, args.batch, denoiser=args.denoiser,
+                                    knn=args.knn)
         note = (f"{args.steps} steps of batch {args.batch} in {seconds:.0f} s ({torch.get_num_threads()} threads), "
                 f"{ratio * args.steps / 2500:.1f}x the training compute of the issue's original benchmark model (a step "
                 f"{ratio:.2f}x its, timed here), {len(partial)} training scans of {len(train)} shapes, data preparation {prep:.0f} s")
@@ -404,7 +481,7 @@ def main() -> None:
     scores, examples, per_scan = evaluate_virtual(model, test, bank, 1, args.seed, emd_resample=args.emd_resample)
     ours = "completion (default: scan kept)"
     print(f"## Held-out real shapes: {len(test)} shapes x {len(KINDS)} scan kinds ({', '.join(KINDS)}); N={model.num_points}, "
-          f"M={model.num_partial_points}; {note}; completion {per_scan:.1f} s per scan\n")
+          f"M={model.num_partial_points}, {_network(model)}; {note}; completion {per_scan:.1f} s per scan\n")
     print(f"Means over the {len(test)} shapes (each the mean of its {len(KINDS)} scans), 95 % t-intervals over shapes; "
           f"EMD on {args.emd_resample} 1024-point resamples:\n")
     print(_table(per_shape(scores, len(KINDS)), ours))
