@@ -313,6 +313,28 @@ def _table(scores: dict[str, list[dict[str, float]]], ours: str) -> str:
     return "\n".join(lines)
 
 
+def against_run(scores: dict[str, list[dict[str, float]]], other: dict[str, list[dict[str, float]]], kinds: int,
+                methods: tuple[str, ...]) -> str:
+    """Paired differences, this run minus ``other`` (another run's ``--json`` "virtual" scores on the same scans, e.g.
+    another denoiser), of ``methods``: over shapes (each the mean of its ``kinds`` scans) and EMD per scan kind."""
+    keys = ("CD", "EMD", "F@0.01", "F@0.02")
+    if any(len(other.get(name, ())) != len(scores[name]) for name in methods):
+        raise ValueError("--against: expected a run on the same scans (same --split and --max-test)")
+    mine, theirs = per_shape(scores, kinds), per_shape(other, kinds)
+    lines = ["| method | " + " | ".join(f"d{k} [95 %]" for k in keys) + " | " + " | ".join(f"dEMD {k}" for k in KINDS) + " |",
+             "| --- |" + " ---: |" * (len(keys) + len(KINDS))]
+    for name in methods:
+        cells = []
+        for k in keys:
+            m, lo, hi = _interval([a[k] - b[k] for a, b in zip(mine[name], theirs[name])])
+            cells.append(f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        for i in range(len(KINDS)):
+            diffs = [a["EMD"] - b["EMD"] for a, b in zip(scores[name][i::kinds], other[name][i::kinds])]
+            cells.append(f"{np.mean(diffs):+.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _mirror(scan: np.ndarray) -> np.ndarray:
     flipped = scan.copy()
     flipped[:, 0] = -flipped[:, 0]
@@ -447,6 +469,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
     parser.add_argument("--preview", type=Path, default=Path("docs/real_scans_preview.png"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another run's --json on the same scans: print paired differences against it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-test", type=int, default=None, help="score only this many held-out shapes (smoke runs)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="the held-out shapes scored")
@@ -491,6 +515,11 @@ def main() -> None:
         sub = {name: rows[kind_index:: len(KINDS)] for name, rows in scores.items()}
         print(f"\n### {kind} ({len(sub[ours])} scans)\n")
         print(_table(sub, ours).split("\n\nPaired")[0])
+    if args.against is not None:
+        other = json.loads(args.against.read_text())["virtual"]
+        print(f"\n## Against {args.against} (this run minus that one, paired over the {len(test)} shapes; "
+              f"EMD per kind: means over its {len(test)} scans)\n")
+        print(against_run(scores, other, len(KINDS), (ours, started, "model's N points (keep_scan=False)")))
     real, rows = evaluate_real(model, bank, args.n, args.seed, args.real_max_points)
     print(f"\n## Real sensor scans (no truth), n={args.n} completions each, in their own frame and unit\n")
     keys = list(next(iter(real.values())).keys()) if real else []

@@ -1,0 +1,67 @@
+"""benchmarks/bench_real_scans.py's model builder: every denoiser it offers trains and completes, its cost table and
+its paired comparison against another run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_real_scans", ROOT / "benchmarks" / "bench_real_scans.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("denoiser, width, depth, knn", [("pointnet", 16, 1, 0), ("pointnet", 16, 1, 4),
+                                                         ("pvcnn", 16, 3, 0), ("transformer", 32, 1, 0)])
+def test_each_denoiser_trains_a_step_and_keeps_the_scan(bench, denoiser, width, depth, knn):
+    torch.manual_seed(0)
+    model = bench._model(64, 16, width, depth, denoiser, knn)
+    model.fit_normalization([{"points": torch.randn(64, 3), "partial": torch.randn(16, 3)} for _ in range(2)])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model.training_loss({"points": torch.randn(2, 64, 3), "partial": torch.randn(2, 16, 3)})
+    loss.backward()
+    torch.optim.Adam(model.parameters(), lr=1e-3).step()
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    scan = torch.randn(40, 3) * 0.5
+    out = model.eval().complete(scan, seed=0, steps=2).points[0, 0]
+    assert torch.equal(out[:40], scan) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("denoiser, width, depth, knn, match", [
+    ("mlp", 16, 1, 0, "denoiser: expected one of"), ("pvcnn", 24, 3, 0, "divisible by 16"),
+    ("pvcnn", 32, 2, 0, "depth 3"), ("transformer", 48, 1, 0, "divisible by 32"), ("pvcnn", 32, 3, 8, "only the pointnet")])
+def test_a_denoiser_size_it_cannot_build_is_one_clear_error(bench, denoiser, width, depth, knn, match):
+    with pytest.raises(ValueError, match=match):
+        bench._model(64, 16, width, depth, denoiser, knn)
+
+
+def test_step_costs_table_has_a_row_per_candidate_against_the_first(bench):
+    table = bench.step_costs(["pointnet:16:1", "transformer:32:1"], n=64, m=16, batch=2, rounds=1)
+    rows = [line for line in table.splitlines() if line.startswith("| pointnet:") or line.startswith("| transformer:")]
+    assert len(rows) == 2 and rows[0].split("|")[4].strip() == "1.00"
+    assert all(float(r.split("|")[3]) > 0 for r in rows)
+    with pytest.raises(ValueError, match="denoiser:width:depth"):
+        bench.step_costs(["pointnet:16"], n=64, m=16, batch=2, rounds=1)
+
+
+def test_against_run_pairs_each_method_with_the_same_scans_of_another_run(bench):
+    rng = np.random.default_rng(0)
+    kinds = len(bench.KINDS)
+    mine = {"a": [{"CD": float(v), "EMD": float(v), "F@0.01": 0.1, "F@0.02": 0.2, "points": 10} for v in rng.random(3 * kinds)]}
+    other = {"a": [dict(r, EMD=r["EMD"] + 0.5) for r in mine["a"]]}
+    table = bench.against_run(mine, other, kinds, ("a",))
+    cells = [c.strip() for c in table.splitlines()[-1].split("|")[1:-1]]
+    assert cells[0] == "a" and cells[1].startswith("+0.0000 [+0.0000") and cells[2].startswith("-0.5000 [-0.5000")
+    assert cells[5:] == ["-0.5000"] * kinds
+    with pytest.raises(ValueError, match="same scans"):
+        bench.against_run(mine, {"a": other["a"][:kinds]}, kinds, ("a",))
