@@ -5,6 +5,10 @@
    points sampled on real meshes: the fine-grained chairs and tables, ModelNet, ShapeNet singletons),
    bbox-normalised into [-1, 1]^3, its train split. ``--model PATH`` reuses a model this script trained before
    (it is saved there after training). ``--split val`` scores the validation shapes (for choosing settings).
+   ``--denoiser pointnet|pvcnn|transformer`` (sized by ``--width`` / ``--depth``, ``--knn`` for the PointNet)
+   chooses the network; ``--step-costs`` only times candidates' training steps against the issue's original model
+   in one process (the compute budget is a multiple of the original's); ``--against RUN.json`` pairs this run with
+   another run's ``--json`` on the same scans (e.g. another denoiser).
 2. Held-out shapes (the test split), each scanned four ways: one view, two
    views, a planar cut, and a sensor-like view (depth noise, dropout, holes). Every scan is drawn from one half of
    the shape's 15,000 surface points and the truth is the other half, so a scan point is never a truth point.
