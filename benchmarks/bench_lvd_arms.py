@@ -13,8 +13,7 @@ it with ``scripts/train.py experiment=lvd_quickstart '~stages' pipeline.vae_chec
 than one face-connected piece (``mesh_components``), at the checkpoint's mesh level or ``--levels``.
 ``sampler``: sampling-side arms of one checkpoint (sampler keywords such as ``steps``, ``spacing``, ``shift``,
 ``guidance_scale``; or the model's ``mesh_level`` / ``clip_latent``), per seed scored as ``scripts/evaluate.py`` scores
-(``evaluate_generation``'s steps: the same references, samples and points, so its rows equal evaluate.py's) together
-with the meshes in pieces, then the mean and spread over the seeds.
+(``evaluate_generation``, whose result also counts the meshes in pieces), then the mean and spread over the seeds.
 ``cost``: training-step times of VAE and UNet arms, interleaved in one process on one thread, as ratios to the
 second round's VAE and the preset's UNet (shared cores inflate wall times, not these ratios much).
 """
@@ -56,7 +55,8 @@ def train_vae(run: str, overrides: list[str]) -> None:
 
 
 def fragments(ckpt: str, seeds: list[int], levels: list[float] | None, n: int) -> None:
-    from shapediff.geometry import mesh_components, sdf_to_mesh  # noqa: PLC0415
+    from shapediff.evaluation.generation import mesh_counts  # noqa: PLC0415
+    from shapediff.geometry import sdf_to_mesh  # noqa: PLC0415
     from shapediff.models import load_model  # noqa: PLC0415
 
     model = load_model(ckpt, device="cpu").eval()
@@ -64,18 +64,16 @@ def fragments(ckpt: str, seeds: list[int], levels: list[float] | None, n: int) -
         with torch.no_grad():
             grids = model.sample(n, seed=seed, meshes=False).grids
         for level in levels or [model.mesh_level]:
-            pieces = [mesh_components(sdf_to_mesh(g, level=level, bounds=model.grid["bounds"])) for g in grids]
-            print(f"seed {seed} level {level:g}: {sum(p > 1 for p in pieces)}/{n} in pieces, first 8: "
-                  f"{sum(p > 1 for p in pieces[:8])}/8, empty {sum(p == 0 for p in pieces)}", flush=True)
+            counts = mesh_counts([sdf_to_mesh(g, level=level, bounds=model.grid["bounds"]) for g in grids])
+            print(f"seed {seed} level {level:g}: {counts['fragmented_meshes']}/{n} in pieces, first 8: "
+                  f"{counts['preview_fragmented_meshes']}/8, empty {counts['empty_meshes']}", flush=True)
 
 
 def sampler_arms(ckpt: str, arms: list[tuple[str, str]], seeds: list[int], n: int) -> None:
     import json  # noqa: PLC0415
 
-    from shapediff.data.references import reference_clouds  # noqa: PLC0415
-    from shapediff.evaluation.generation import score_sample_set  # noqa: PLC0415
+    from shapediff.evaluation import evaluate_generation  # noqa: PLC0415
     from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset  # noqa: PLC0415
-    from shapediff.geometry import mesh_components  # noqa: PLC0415
     from shapediff.models import load_model  # noqa: PLC0415
 
     model = load_model(ckpt, device="cpu").eval()
@@ -88,13 +86,11 @@ def sampler_arms(ckpt: str, arms: list[tuple[str, str]], seeds: list[int], n: in
         for attr, value in saved.items():  # model attributes, not sampler keywords
             setattr(model, attr, kwargs.pop(attr, value))
         rows = []
-        for seed in seeds:
-            refs = reference_clouds(refs_set, n, seed)  # as evaluate_generation: references, samples, points, score
+        for seed in seeds:  # scored as scripts/evaluate.py scores (evaluate_generation), with its mesh counts
             with torch.no_grad():
-                samples = model.sample(n, seed=seed, batch_size=n, **kwargs)
-            score = score_sample_set(samples.points_on_surface(refs.shape[1], seed).float().cpu(), refs, ("cd",), seed)
-            pieces = [mesh_components(m) > 1 for m in samples.meshes]
-            rows.append((100 * score["1-NNA-CD"], 100 * score["COV-CD"], 1e3 * score["MMD-CD"], sum(pieces), sum(pieces[:8])))
+                _, score = evaluate_generation(model, refs_set, n, ("cd",), seed, **kwargs)
+            rows.append((100 * score["1-NNA-CD"], 100 * score["COV-CD"], 1e3 * score["MMD-CD"],
+                         score["fragmented_meshes"], score["preview_fragmented_meshes"]))
             print(f"{name} seed {seed}: 1-NNA-CD {rows[-1][0]:.1f} COV {rows[-1][1]:.1f} MMD(x1e3) {rows[-1][2]:.2f} "
                   f"in pieces {rows[-1][3]}/{n}, first 8: {rows[-1][4]}/8", flush=True)
         nna = [r[0] for r in rows]

@@ -29,6 +29,7 @@ from pathlib import Path
 from shapediff.cli import USER_ERROR, run_main
 from shapediff.evaluation import (GENERATION_PROTOCOLS, evaluate, generation_table, get_protocol,
                                   load_samples_and_refs)
+from shapediff.evaluation.generation import MESH_COUNT_KEYS
 from shapediff.evaluation.uncertainty import score_seeds, seed_summary, summary_table
 from shapediff.evaluation.run_data import checkpoint_run_config, run_dataset
 from shapediff.models import load_model
@@ -124,6 +125,9 @@ def _scores_with_intervals(args) -> tuple[dict, list[str]]:
     warnings = list(dict.fromkeys(w for s in scores for w in s.get("warnings", [])))
     metrics.update(summary)
     if len(scores) > 1:
+        for key in MESH_COUNT_KEYS:  # mesh samples: one count per seed at the top level, not the first seed's
+            if key in metrics:
+                metrics[key] = [s[key] for s in scores]
         metrics["per_seed_results"] = [{k: v for k, v in s.items() if k != "protocol_settings"} for s in scores]
     if warnings:
         metrics["warnings"] = warnings

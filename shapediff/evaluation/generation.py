@@ -16,7 +16,7 @@ from shapediff.evaluation.reporting import OutputLog
 from shapediff.evaluation.set_checks import overlap_warnings, reference_warnings
 from shapediff.models.checkpoint import atomic_torch_save
 
-__all__ = ["evaluate_generation", "score_sample_set", "write_generation_outputs", "render_preview"]
+__all__ = ["evaluate_generation", "score_sample_set", "mesh_counts", "write_generation_outputs", "render_preview"]
 
 log = logging.getLogger("shapediff.evaluation")
 
@@ -31,7 +31,8 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
 
     Returns the sample points (S, N, 3) in data coordinates (CPU) and a dict with MMD / COV / 1-NNA for
     each metric (PointFlow protocol, COV and 1-NNA as fractions), counts and timings in seconds
-    (:func:`score_sample_set`; ``matrices`` receives the distance matrices).
+    (:func:`score_sample_set`; ``matrices`` receives the distance matrices), and for mesh samples their
+    :func:`mesh_counts`.
     """
     refs = reference_clouds(ref_dataset, num_samples, seed)  # before sampling: a bad split fails fast
     start = time.perf_counter()
@@ -40,7 +41,24 @@ def evaluate_generation(model, ref_dataset, num_samples: int, metrics: tuple[str
     points = samples.points_on_surface(refs.shape[1], seed).float().cpu()
     result = score_sample_set(points, refs, metrics, seed, matrices=matrices)
     result["sample_seconds"] = round(sample_seconds, 2)
+    if samples.meshes is not None:
+        result.update(mesh_counts(samples.meshes))
     return points, result
+
+
+MESH_COUNT_KEYS = ("empty_meshes", "watertight_meshes", "fragmented_meshes", "preview_fragmented_meshes")
+
+
+def mesh_counts(meshes: list, pieces: list[int] | None = None, preview: int = 8) -> dict[str, int]:
+    """How many of the sampled ``meshes`` (trimesh) are empty, watertight (of the non-empty ones) and in more than
+    one face-connected piece (``fragmented_meshes``; nothing is dropped to hide them), and how many of the first
+    ``preview`` (the preview's) are in pieces. ``pieces``: their ``mesh_components`` counts, when already known."""
+    from shapediff.geometry import mesh_components  # noqa: PLC0415
+
+    pieces = [mesh_components(m) for m in meshes] if pieces is None else pieces
+    counts = (sum(len(m.faces) == 0 for m in meshes), sum(bool(m.is_watertight) for m in meshes if len(m.faces)),
+              sum(p > 1 for p in pieces), sum(p > 1 for p in pieces[:preview]))
+    return dict(zip(MESH_COUNT_KEYS, counts))
 
 
 def score_sample_set(points: torch.Tensor, refs: torch.Tensor, metrics: tuple[str, ...] = ("cd",), seed: int = 0, *,

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from shapediff.data.references import reference_clouds
-from shapediff.evaluation.generation import score_sample_set
+from shapediff.evaluation.generation import mesh_counts, score_sample_set
 from shapediff.evaluation.reporting import OutputLog
 from shapediff.io_atomic import write_path_atomic
 
@@ -73,11 +73,8 @@ def write_latent_outputs(model, ref_dataset, run_dir: str | Path, eval_cfg: Mapp
     refs = reference_clouds(ref_dataset, n, seed)
     points = out.points_on_surface(refs.shape[1], seed)
     metrics = score_sample_set(points, refs, tuple(eval_cfg["metrics"]), seed)  # with the reference warnings
-    metrics.update(empty_meshes=sum(len(m.faces) == 0 for m in out.meshes),
-                   watertight_meshes=sum(bool(m.is_watertight) for m in out.meshes if len(m.faces)),
-                   sample_seconds=round(sample_seconds, 2))
     pieces = [mesh_components(m) for m in out.meshes]
-    metrics.update(fragmented_meshes=sum(p > 1 for p in pieces), preview_fragmented_meshes=sum(p > 1 for p in pieces[:8]))
+    metrics.update(mesh_counts(out.meshes, pieces), sample_seconds=round(sample_seconds, 2))
     samples = {"tsdf": out.grids.cpu(), "points": points}
     log.attempt("samples.pt", write_path_atomic, run_dir / "samples.pt", lambda tmp: torch.save(samples, tmp))
     for i, mesh in enumerate(out.meshes[: int(eval_cfg.get("num_meshes", 4))]):

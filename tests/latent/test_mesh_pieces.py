@@ -57,3 +57,22 @@ def test_preview_notes_one_per_sample(tmp_path):
     with pytest.raises(ValueError, match="notes"):
         render_samples(meshes, tmp_path / "p.png", notes=["2 pieces"], tile_size=64)
     assert render_samples(meshes, tmp_path / "p.png", notes=["", "2 pieces"], tile_size=64).exists()
+
+
+def test_evaluate_generation_reports_the_same_mesh_counts_as_the_run(tiny_model, tsdf_train, monkeypatch):
+    """scripts/evaluate.py's scorer counts mesh samples' pieces as the run's metrics.json does (one home:
+    ``mesh_counts``); point samples carry no mesh counts."""
+    from shapediff.evaluation import evaluate_generation
+    from shapediff.evaluation.generation import MESH_COUNT_KEYS, mesh_counts
+
+    grids = torch.stack([_balls([(-0.5, 0, 0), (0.5, 0, 0)]), _balls([(0, 0, 0)]), torch.ones(R, R, R)])
+    meshes = [sdf_to_mesh(g) for g in grids]  # in 2 pieces, whole, empty
+    assert mesh_counts(meshes, preview=1) == {"empty_meshes": 1, "watertight_meshes": 2, "fragmented_meshes": 1,
+                                              "preview_fragmented_meshes": 1}
+    monkeypatch.setattr(tiny_model, "sample", lambda n, **kw: Samples(grids=grids[:n], meshes=meshes[:n]))
+    _, score = evaluate_generation(tiny_model, tsdf_train, 3, seed=0)
+    assert {k: score[k] for k in MESH_COUNT_KEYS} == mesh_counts(meshes)
+    points = torch.randn(3, 64, 3)
+    monkeypatch.setattr(tiny_model, "sample", lambda n, **kw: Samples(points=points[:n]))
+    _, score = evaluate_generation(tiny_model, tsdf_train, 3, seed=0)
+    assert not set(MESH_COUNT_KEYS) & set(score)
