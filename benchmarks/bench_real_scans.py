@@ -180,7 +180,29 @@ def _training_pairs(shapes: list[torch.Tensor], views: int, m: int) -> tuple[lis
     return dense, torch.stack(partial), torch.tensor(owner)
 
 
-def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0) -> float:
+def _augment_low(low: float) -> float:
+    """``low`` if it is a smallest per-axis scale :func:`scale_pairs` takes, else one clear error."""
+    if not 0.0 < low <= 1.0:
+        raise ValueError(f"augment: expected the smallest per-axis scale in (0, 1] (e.g. 0.8 for [0.8, 1.25]), got {low}")
+    return low
+
+
+def scale_pairs(points: torch.Tensor, partial: torch.Tensor, low: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-shape augmentation: each pair (a dense cloud (B, N, 3) and its scan's known points (B, M, 3), same
+    unit) scaled by one random factor per axis, log-uniform in [low, 1 / low], the cloud and its scan alike (so the
+    scan stays a scan of the scaled shape; a diagonal scale keeps the x = 0 mirror plane). ``low`` = 1 is no
+    augmentation; ``low`` in (0, 1]."""
+    if _augment_low(low) == 1.0:
+        return points, partial
+    factor = torch.exp((torch.rand(len(points), 1, 3, generator=gen) * 2.0 - 1.0) * math.log(1.0 / low))
+    return points * factor, partial * factor
+
+
+def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, augment: float = 1.0) -> float:
+    """Trains ``model`` for ``steps`` Adam steps (lr 2e-3, cosine) of ``batch`` pairs (a random training scan's known
+    points and N random points of its shape); ``augment`` < 1 scales each pair per axis (:func:`scale_pairs`).
+    Returns the training seconds."""
+    _augment_low(augment)  # before any work
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     n = model.num_points
@@ -196,7 +218,8 @@ def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0) 
     start = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(len(partial), (batch,), generator=gen)
-        loss = model.training_loss({"points": points_of(idx), "partial": partial[idx]})
+        points, known = scale_pairs(points_of(idx), partial[idx], augment, gen)
+        loss = model.training_loss({"points": points, "partial": known})
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -468,6 +491,9 @@ def main() -> None:
     parser.add_argument("--knn", type=int, default=0, help="pointnet: each point's offset from its K nearest points' mean")
     parser.add_argument("--step-costs", nargs="+", default=None, metavar="DENOISER:WIDTH:DEPTH[:KNN]",
                         help="only time the training steps of these models against the original's and print the table")
+    parser.add_argument("--augment", type=float, default=1.0, metavar="LOW",
+                        help="training: scale each pair (shape and scan alike) per axis by a log-uniform factor in "
+                             "[LOW, 1/LOW] (1: none)")
     parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
     parser.add_argument("--n", type=int, default=3, help="completions per real scan (spread)")
     parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
@@ -482,6 +508,7 @@ def main() -> None:
     parser.add_argument("--emd-resample", choices=EMD_RESAMPLES, default="random",
                         help="EMD's 1024-point resamples of every output and the truth: random (the default) or even")
     args = parser.parse_args()
+    _augment_low(args.augment)
     if args.step_costs:
         print(step_costs(args.step_costs, args.points, args.partial, args.batch))
         return
@@ -497,14 +524,16 @@ def main() -> None:
         dense, partial, owner = _training_pairs(train, args.views, args.partial)
         prep = time.perf_counter() - start
         model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn)
-        seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed)
+        seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed, augment=args.augment)
         if args.model is not None:
             model.save(args.model)
         ratio = training_step_ratio(args.points, args.partial, args.width, args.depth, args.batch, denoiser=args.denoiser,
                                     knn=args.knn)
         note = (f"{args.steps} steps of batch {args.batch} in {seconds:.0f} s ({torch.get_num_threads()} threads), "
                 f"{ratio * args.steps / 2500:.1f}x the training compute of the issue's original benchmark model (a step "
-                f"{ratio:.2f}x its, timed here), {len(partial)} training scans of {len(train)} shapes, data preparation {prep:.0f} s")
+                f"{ratio:.2f}x its, timed here), {len(partial)} training scans of {len(train)} shapes"
+                + (f" scaled per axis in [{args.augment:g}, {1 / args.augment:.3g}]" if args.augment < 1 else "")
+                + f", data preparation {prep:.0f} s")
     model.eval()
     scores, examples, per_scan = evaluate_virtual(model, test, bank, 1, args.seed, emd_resample=args.emd_resample)
     ours = "completion (default: scan kept)"

@@ -65,3 +65,38 @@ def test_against_run_pairs_each_method_with_the_same_scans_of_another_run(bench)
     assert cells[5:] == ["-0.5000"] * kinds
     with pytest.raises(ValueError, match="same scans"):
         bench.against_run(mine, {"a": other["a"][:kinds]}, kinds, ("a",))
+
+
+def test_scale_pairs_scales_each_shape_and_its_scan_by_one_factor_per_axis_within_the_range(bench):
+    gen = torch.Generator().manual_seed(0)
+    points, partial = torch.rand(64, 50, 3) + 0.5, torch.rand(64, 10, 3) + 0.5
+    scaled, known = bench.scale_pairs(points, partial, 0.8, gen)
+    factor = scaled / points  # (64, 50, 3): one factor per pair and axis
+    assert torch.allclose(factor, factor[:, :1].expand_as(factor))
+    assert torch.allclose(known / partial, factor[:, :1].expand_as(partial))
+    f = factor[:, 0]
+    assert f.min() >= 0.8 - 1e-6 and f.max() <= 1.25 + 1e-6 and f.min() < 0.9 and f.max() > 1.1
+    assert not torch.allclose(f[:, 0], f[:, 1])  # anisotropic: the axes differ
+    same = bench.scale_pairs(points, partial, 1.0, gen)
+    assert same[0] is points and same[1] is partial
+
+
+@pytest.mark.parametrize("low", [0.0, -0.5, 1.25])
+def test_an_augment_outside_0_1_is_one_clear_error(bench, low):
+    with pytest.raises(ValueError, match="augment: expected the smallest per-axis scale in"):
+        bench.scale_pairs(torch.ones(1, 4, 3), torch.ones(1, 2, 3), low, torch.Generator())
+    with pytest.raises(ValueError, match="augment: expected"):
+        bench._train(None, [], torch.ones(1, 2, 3), torch.zeros(1), steps=1, batch=1, augment=low)
+
+
+def test_training_with_augmentation_changes_the_model_and_without_it_is_unchanged(bench):
+    dense = [np.random.default_rng(s).normal(size=(bench.POOL, 3)).astype(np.float32) for s in range(2)]
+    partial, owner = torch.randn(4, 16, 3), torch.tensor([0, 0, 1, 1])
+    states = {}
+    for low in (1.0, 1.0, 0.8):
+        torch.manual_seed(1)
+        model = bench._model(64, 16, 16, 1)
+        bench._train(model, dense, partial, owner, steps=2, batch=2, augment=low)
+        states.setdefault(low, []).append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(states[1.0][0], states[1.0][1])  # seeded: the same run twice
+    assert not torch.allclose(states[1.0][0], states[0.8][0])  # the scaled pairs train another model
