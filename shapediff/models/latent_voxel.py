@@ -55,6 +55,7 @@ __all__ = ["EncodedLatents", "LatentVoxelDiffusion", "TSDFAutoencoder"]
 log = logging.getLogger("shapediff.models")
 SIGN_WEIGHT = 3.0  # observation_misfit's weight of the occupancy hinge (shapediff.autoencoders.sign_hinge)
 DEFAULT_GRID = {"resolution": 32, "truncation": 3.0, "bounds": [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]}
+STANDARDIZE = ("global", "channel")  # LatentVoxelDiffusion(latent_standardize=): what one shift / scale pair covers
 
 
 class EncodedLatents(torch.utils.data.Dataset):
@@ -95,6 +96,24 @@ def _check_tsdf_batch(x: Any, r: int, name: str) -> torch.Tensor:
     if y.is_floating_point() and not torch.isfinite(y).all():
         raise ValueError(f"{name}: contains NaN or Inf")
     return y
+
+
+def _statistic(value: Any, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """A latent shift or scale as a float32 buffer of ``shape`` (() or (C,)); None = 0 (not fitted yet)."""
+    if value is None:
+        return torch.zeros(shape)
+    try:
+        t = torch.as_tensor(_plain(value), dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected a number or {shape[0] if shape else 1} numbers, got {value!r}") from err
+    if t.ndim > 1 or (t.ndim == 1 and tuple(t.shape) != shape) or not torch.isfinite(t).all():
+        raise ValueError(f"{name}: expected a finite number" + (f" or {shape[0]} of them (one per latent channel)"
+                         if shape else " (latent_standardize='global')") + f", got {value!r}")
+    return t.float().expand(shape).clone()
+
+
+def _rounded(t: torch.Tensor) -> str:
+    return f"{float(t):.4f}" if t.ndim == 0 else "[" + ", ".join(f"{float(v):.3f}" for v in t) + "]"
 
 
 def _to_meshes(tsdf: torch.Tensor, bounds: Sequence, level: float = 0.0) -> list:
@@ -182,7 +201,13 @@ class LatentVoxelDiffusion(ShapeModel):
             (EMA) weights are used, and the saved config of this model no longer needs the file.
         grid: TSDF frame (taken from the VAE checkpoint when given there).
         latent_scale, latent_shift: z = (mean - shift) * scale; None = fit with :meth:`prepare` on the training
-            split (scale = 1 / std of all latent entries, shift = their mean). Kept as buffers in the weights.
+            split (scale = 1 / std, shift = mean, see ``latent_standardize``). Kept as buffers in the weights.
+            A number, or with ``latent_standardize="channel"`` also a sequence of C numbers.
+        latent_standardize: what one shift / scale pair covers: "global" (the default; scalar buffers: one
+            mean and std over all latent entries, as every earlier checkpoint) or "channel" ((C,) buffers: each
+            latent channel's mean and std over the training latents, so every channel of z is ~N(0, 1) like
+            the prior's source; the quickstart VAE's channels have means -1.2..1.1 and stds 0.5-1.3 after
+            the global pair, docs/lvd_quickstart_quality.md).
         scale_num_shapes: training shapes used to fit them.
         sampler: default sampler settings ``{"name": "ddim", "steps": 50}``.
         num_points: N points sampled from each generated mesh for evaluation.
@@ -205,7 +230,8 @@ class LatentVoxelDiffusion(ShapeModel):
 
     def __init__(self, denoiser: Mapping[str, Any], diffusion: Mapping[str, Any], vae: Mapping[str, Any] | None = None,
                  vae_checkpoint: str | None = None, grid: Mapping[str, Any] | None = None,
-                 latent_scale: float | None = None, latent_shift: float | None = None, scale_num_shapes: int = 64,
+                 latent_scale: float | Sequence[float] | None = None, latent_shift: float | Sequence[float] | None = None,
+                 latent_standardize: str = "global", scale_num_shapes: int = 64,
                  sampler: Mapping[str, Any] | None = None, num_points: int = 2048, clip_latent: float | None = 4.0,
                  pre_encode: bool = True, class_conditional: bool = False, cond_drop_prob: float = 0.1,
                  mesh_level: float = 0.0):
@@ -237,14 +263,18 @@ class LatentVoxelDiffusion(ShapeModel):
             if not 0.0 <= self.cond_drop_prob < 1.0:
                 raise ValueError(f"cond_drop_prob: expected a probability in [0, 1), got {cond_drop_prob!r}")
             self.register_buffer("class_prior", torch.zeros(num_classes))
-        self.register_buffer("latent_scale", torch.tensor(float(latent_scale or 0.0)))
-        self.register_buffer("latent_shift", torch.tensor(float(latent_shift or 0.0)))
+        if latent_standardize not in STANDARDIZE:
+            raise ValueError(f"latent_standardize: expected one of {STANDARDIZE}, got {latent_standardize!r}")
+        self.latent_standardize = latent_standardize
+        shape = () if latent_standardize == "global" else (self.vae.latent_channels,)
+        self.register_buffer("latent_scale", _statistic(latent_scale, shape, "latent_scale"))
+        self.register_buffer("latent_shift", _statistic(latent_shift, shape, "latent_shift"))
         self.scale_num_shapes, self.num_points = int(scale_num_shapes), int(num_points)
         self.clip_latent, self.pre_encode = clip_latent, bool(pre_encode)
         self.config = copy.deepcopy(_plain({
             "denoiser": dict(denoiser), "diffusion": dict(diffusion), "vae": dict(vae), "vae_checkpoint": None,
             "grid": self.grid, "latent_scale": latent_scale, "latent_shift": latent_shift,
-            "scale_num_shapes": scale_num_shapes,
+            "latent_standardize": latent_standardize, "scale_num_shapes": scale_num_shapes,
             "sampler": sampler_config(_plain(sampler), {"name": "ddim", "steps": 50}, self.diffusion),
             "num_points": num_points, "clip_latent": clip_latent, "pre_encode": bool(pre_encode),
             "class_conditional": self.class_conditional, "cond_drop_prob": self.cond_drop_prob,
@@ -302,16 +332,35 @@ class LatentVoxelDiffusion(ShapeModel):
         if mask is not None:
             x = torch.where(mask.to(self.device), x, torch.full_like(x, fill))
         self._check_fitted()
-        return (self.vae.encode(x).mean - self.latent_shift) * self.latent_scale
+        return self._standardize(self.vae.encode(x).mean)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent (B, C, r, r, r) -> TSDF (B, R, R, R) in [-1, 1]."""
         self._check_fitted()
-        return self.vae.decode(z / self.latent_scale + self.latent_shift)[:, 0]
+        return self.vae.decode(self._unstandardize(z))[:, 0]
+
+    def _statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale) shaped to broadcast against latents (B, C, r, r, r): scalars, or (C, 1, 1, 1)."""
+        if self.latent_scale.ndim == 0:
+            return self.latent_shift, self.latent_scale
+        return self.latent_shift.view(-1, 1, 1, 1), self.latent_scale.view(-1, 1, 1, 1)
+
+    def _standardize(self, mean: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean (B, C, r, r, r) -> scaled latent z = (mean - shift) * scale, same shape."""
+        shift, scale = self._statistics()
+        return (mean - shift) * scale
+
+    def _unstandardize(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B, C, r, r, r) -> the VAE's latent z / scale + shift, same shape (differentiable)."""
+        shift, scale = self._statistics()
+        return z / scale + shift
+
+    def _fitted(self) -> bool:
+        return bool((self.latent_scale > 0).all())
 
     def _check_fitted(self) -> None:
-        if float(self.latent_scale) <= 0:
+        if not self._fitted():
             raise ValueError("latent_scale: not fitted; call model.prepare(train_dataset) or pass latent_scale=")
 
     @torch.no_grad()
@@ -326,19 +375,24 @@ class LatentVoxelDiffusion(ShapeModel):
         return torch.cat(zs)
 
     @torch.no_grad()
-    def fit_latent_scale(self, dataset: Iterable, max_items: int | None = None, batch_size: int = 16) -> float:
-        """Set shift = mean and scale = 1 / std of the VAE posterior means over ``dataset``'s ``tsdf`` items."""
+    def fit_latent_scale(self, dataset: Iterable, max_items: int | None = None,
+                         batch_size: int = 16) -> float | list[float]:
+        """Set shift = mean and scale = 1 / std of the VAE posterior means over ``dataset``'s ``tsdf`` items:
+        over all entries (``latent_standardize="global"``) or per channel over items and voxels ("channel").
+        Returns the scale (a float, or a list of C floats)."""
         n = len(dataset) if max_items is None else min(max_items, len(dataset))
         z = self._posterior_means(dataset, n, batch_size).double()
-        self.latent_shift.fill_(float(z.mean()))
-        self.latent_scale.fill_(float(1.0 / z.std().clamp(min=1e-8)))
-        log.info("latent shift %.4f, scale %.4f from %d shapes", float(self.latent_shift), float(self.latent_scale), n)
-        return float(self.latent_scale)
+        dims = tuple(range(z.ndim)) if self.latent_standardize == "global" else (0, 2, 3, 4)
+        self.latent_shift.copy_(z.mean(dims))
+        self.latent_scale.copy_(1.0 / z.std(dims).clamp(min=1e-8))
+        log.info("latent shift %s, scale %s (%s) from %d shapes", _rounded(self.latent_shift),
+                 _rounded(self.latent_scale), self.latent_standardize, n)
+        return self.latent_scale.tolist()
 
     def prepare(self, train_set) -> None:
         """Trainer hook: fit the latent scale on the training split unless it is set already (and a
         class-conditional model's class frequencies)."""
-        if float(self.latent_scale) <= 0:
+        if not self._fitted():
             self.fit_latent_scale(train_set, self.scale_num_shapes)
         if self.class_conditional:
             self.class_prior.copy_(class_frequencies(train_set, self.class_prior.numel()))
@@ -360,7 +414,7 @@ class LatentVoxelDiffusion(ShapeModel):
         ``batch["seed"]`` when present (the trainer sets it)."""
         if "latent" in batch:
             self._check_fitted()
-            z = (batch["latent"].to(self.device) - self.latent_shift) * self.latent_scale
+            z = self._standardize(batch["latent"].to(self.device))
         else:
             z = self.encode(batch["tsdf"])
         cond = None
@@ -464,7 +518,7 @@ class LatentVoxelDiffusion(ShapeModel):
 
     def _decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent (B, C, r, r, r) -> unclamped TSDF (B, 1, R, R, R), differentiable."""
-        return self.vae.decode(z / self.latent_scale + self.latent_shift, clamp=False)
+        return self.vae.decode(self._unstandardize(z), clamp=False)
 
     def observation_misfit(self, recon: torch.Tensor, tsdf: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) misfit of an unclamped decoded TSDF ``recon`` (B, 1, R, R, R) to ``tsdf`` on the voxels where
@@ -494,7 +548,7 @@ class LatentVoxelDiffusion(ShapeModel):
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         z = self._invert(z, self._decode_raw, tsdf, mask, steps, lr)
         with torch.no_grad():
-            h = self.vae.decode_features(z / self.latent_scale + self.latent_shift)
+            h = self.vae.decode_features(self._unstandardize(z))
         h = self._invert(h, lambda f: self.vae.decode_from_features(f, clamp=False), tsdf, mask, feature_steps, feature_lr)
         with torch.no_grad():
             return self.vae.decode_from_features(h)[:, 0]

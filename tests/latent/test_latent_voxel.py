@@ -253,3 +253,77 @@ def test_evaluate_generation_scores_points_on_sampled_meshes(tiny_model, tsdf_tr
     assert metrics["num_samples"] == 3 and 0.0 <= metrics["1-NNA-CD"] <= 1.0 and metrics["MMD-CD"] >= 0
     again = meshes_to_points(tiny_model.sample(3, seed=5).meshes, samples.shape[1], 5)
     torch.testing.assert_close(samples, again)
+
+
+@pytest.fixture
+def channel_model(tsdf_train):
+    """The tiny model with one latent shift / scale per channel, fitted on the tiny training set."""
+    model = LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16, "truncation": 2.0},
+                                 sampler={"name": "ddim", "steps": 4}, latent_standardize="channel")
+    model.prepare(tsdf_train)
+    return model.eval()
+
+
+def test_channel_standardisation_gives_per_channel_zero_mean_unit_std(channel_model, tiny_model, tsdf_train):
+    x = torch.stack([tsdf_train[i]["tsdf"] for i in range(len(tsdf_train))])
+    assert channel_model.latent_scale.shape == channel_model.latent_shift.shape == (2,)
+    assert tiny_model.latent_scale.shape == ()
+    z = channel_model.encode(x)
+    mean, std = z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4))
+    assert torch.allclose(mean, torch.zeros(2), atol=1e-4) and torch.allclose(std, torch.ones(2), atol=1e-3)
+    # one global pair over the same latents leaves the channels' means apart
+    raw = channel_model.vae.encode(x).mean.double()
+    assert not torch.allclose(((raw - raw.mean()) / raw.std()).mean(dim=(0, 2, 3, 4)), torch.zeros(2, dtype=torch.float64),
+                              atol=1e-2)
+
+
+def test_channel_round_trip_and_training_batches(channel_model, tsdf_train):
+    x = torch.stack([tsdf_train[i]["tsdf"] for i in range(3)])
+    with torch.no_grad():
+        direct = channel_model.vae.decode(channel_model.vae.encode(x).mean)[:, 0]
+        assert torch.allclose(channel_model.decode(channel_model.encode(x)), direct, atol=1e-5)
+        assert torch.allclose(channel_model._decode_raw(channel_model.encode(x)).clamp(-1, 1)[:, 0], direct, atol=1e-5)
+    batch = {"tsdf": x, "seed": torch.tensor([5, 6, 7])}
+    channel_model.train()
+    loss = channel_model.training_loss(batch)
+    encoded = channel_model.training_dataset(tsdf_train)
+    pre = {"latent": torch.stack([encoded[i]["latent"] for i in range(3)]), "seed": batch["seed"]}
+    assert torch.allclose(channel_model.training_loss(pre), loss, rtol=1e-5)
+    channel_model.eval()
+    mask = _half_mask(x[0])
+    done = channel_model.complete(x[0], mask=mask, n=2, seed=3, meshes=False, refine_steps=2, refine_feature_steps=2)
+    assert done.grids.shape == (1, 2, 16, 16, 16) and torch.isfinite(done.grids).all()
+
+
+def test_channel_buffers_survive_save_load(channel_model, tmp_path):
+    channel_model.save(tmp_path / "lvd.pt")
+    loaded = shapediff.load_model(tmp_path / "lvd.pt", device="cpu")
+    assert loaded.latent_standardize == "channel" and loaded.config["latent_standardize"] == "channel"
+    assert torch.equal(loaded.latent_scale, channel_model.latent_scale)
+    assert torch.equal(loaded.latent_shift, channel_model.latent_shift)
+    assert torch.equal(loaded.sample(2, seed=4, meshes=False).grids, channel_model.sample(2, seed=4, meshes=False).grids)
+
+
+def test_checkpoint_from_before_the_option_loads(tiny_model, tmp_path):
+    """A checkpoint written before ``latent_standardize`` existed: scalar buffers, no config key."""
+    tiny_model.save(tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=False)
+    del payload["config"]["latent_standardize"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = shapediff.load_model(tmp_path / "old.pt", device="cpu")
+    assert loaded.latent_standardize == "global" and loaded.latent_scale.shape == ()
+    assert float(loaded.latent_scale) == float(tiny_model.latent_scale) > 0
+    assert torch.equal(loaded.sample(2, seed=4, meshes=False).grids, tiny_model.sample(2, seed=4, meshes=False).grids)
+
+
+def test_latent_standardize_errors():
+    with pytest.raises(ValueError, match="latent_standardize"):
+        LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16}, latent_standardize="voxel")
+    with pytest.raises(ValueError, match="latent_scale"):
+        LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16}, latent_standardize="channel",
+                             latent_scale=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="latent_shift"):
+        LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16}, latent_shift=[0.0, 1.0])
+    given = LatentVoxelDiffusion(UNET, DIFFUSION, vae=VAE, grid={"resolution": 16}, latent_standardize="channel",
+                                 latent_scale=[1.0, 2.0], latent_shift=0.5)
+    assert given.latent_scale.tolist() == [1.0, 2.0] and given.latent_shift.tolist() == [0.5, 0.5]
