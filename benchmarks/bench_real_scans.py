@@ -7,7 +7,9 @@
    (it is saved there after training). ``--split val`` scores the validation shapes (for choosing settings).
    ``--denoiser pointnet|pvcnn|transformer`` (sized by ``--width`` / ``--depth``, ``--knn`` for the PointNet)
    chooses the network; ``--step-costs`` only times candidates' training steps against the issue's original model
-   in one process (the compute budget is a multiple of the original's); ``--against RUN.json`` pairs this run with
+   in one process (the compute budget is a multiple of the original's), ``--completion-costs A.pt B.pt`` only times
+   saved models' completions against the first's in one process; ``--augment LOW`` scales each training pair per
+   axis (shape and scan alike) by a factor in [LOW, 1 / LOW]; ``--against RUN.json`` pairs this run with
    another run's ``--json`` on the same scans (e.g. another denoiser).
 2. Held-out shapes (the test split), each scanned four ways: one view, two
    views, a planar cut, and a sensor-like view (depth noise, dropout, holes). Every scan is drawn from one half of
@@ -280,6 +282,27 @@ def step_costs(specs: list[str], n: int, m: int, batch: int, rounds: int = 5) ->
     return "\n".join(lines)
 
 
+def completion_costs(models: dict[str, PointCloudDiffusion], scans: list[torch.Tensor], n: int = 1) -> str:
+    """A markdown table of each model's seconds per default ``complete(scan, n=n)`` over ``scans`` ((K, 3) each),
+    timed in one process, interleaved scan by scan after one warm-up completion each, and its cost over the first
+    model's (a ratio that a shared core does not skew)."""
+    if not models or not scans:
+        raise ValueError(f"completion_costs: expected at least one model and one scan, got {len(models)} and {len(scans)}")
+    for model in models.values():
+        model.complete(scans[0], n=n, seed=0)
+    seconds = dict.fromkeys(models, 0.0)
+    for scan in scans:
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.complete(scan, n=n, seed=0)
+            seconds[name] += time.perf_counter() - start
+    first = next(iter(models))
+    lines = [f"| model | seconds per completion ({len(scans)} scans, {torch.get_num_threads()} threads) | vs {first} |",
+             "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {seconds[name] / len(scans):.2f} | {seconds[name] / seconds[first]:.2f} |" for name in models]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------- metrics
 EMD_RESAMPLES = ("random", "even")
 
@@ -494,6 +517,9 @@ def main() -> None:
     parser.add_argument("--augment", type=float, default=1.0, metavar="LOW",
                         help="training: scale each pair (shape and scan alike) per axis by a log-uniform factor in "
                              "[LOW, 1/LOW] (1: none)")
+    parser.add_argument("--completion-costs", nargs="+", type=Path, default=None, metavar="MODEL.pt",
+                        help="only time these saved models' default completions of the first 4 --split shapes' scans "
+                             "(every kind), interleaved in one process, against the first model, and print the table")
     parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
     parser.add_argument("--n", type=int, default=3, help="completions per real scan (spread)")
     parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
@@ -514,6 +540,17 @@ def main() -> None:
         return
     if not SHARED.is_dir():
         raise SystemExit(f"needs the shared real data at {SHARED}")
+    if args.completion_costs:
+        missing = [str(path) for path in args.completion_costs if not path.is_file()]
+        if missing:
+            raise SystemExit(f"--completion-costs: no saved model at {', '.join(missing)}")
+        scans = []
+        for s, cloud in enumerate(_shapes(args.split)[:4]):
+            source, _ = _halves(cloud, seed=10_000 + s)
+            scans += [torch.from_numpy(virtual_scan_of(source, kind, seed=7919 * s + k)) for k, kind in enumerate(KINDS)]
+        models = {str(path): load_model(path, device="cpu").eval() for path in args.completion_costs}
+        print(completion_costs(models, scans))
+        return
     start = time.perf_counter()
     train, test = _shapes("train"), _shapes(args.split)[: args.max_test]
     bank = torch.stack([t[torch.randperm(POOL, generator=torch.Generator().manual_seed(i))[:2048]] for i, t in enumerate(train)])

@@ -100,3 +100,18 @@ def test_training_with_augmentation_changes_the_model_and_without_it_is_unchange
         states.setdefault(low, []).append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(states[1.0][0], states[1.0][1])  # seeded: the same run twice
     assert not torch.allclose(states[1.0][0], states[0.8][0])  # the scaled pairs train another model
+
+
+def test_completion_costs_table_has_a_row_per_model_against_the_first(bench):
+    torch.manual_seed(0)
+    models = {}
+    for name, denoiser, width in (("a", "pointnet", 16), ("b", "transformer", 32)):
+        model = bench._model(64, 16, width, 1, denoiser)
+        model.fit_normalization([{"points": torch.randn(64, 3), "partial": torch.randn(16, 3)} for _ in range(2)])
+        models[name] = model.eval()
+    table = bench.completion_costs(models, [torch.randn(40, 3) * 0.5 for _ in range(2)])
+    rows = [line.split("|") for line in table.splitlines()[2:]]
+    assert [r[1].strip() for r in rows] == ["a", "b"] and rows[0][3].strip() == "1.00"
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    with pytest.raises(ValueError, match="at least one model and one scan"):
+        bench.completion_costs(models, [])
