@@ -1,6 +1,6 @@
 """The CPU quickstart of latent-voxel diffusion, for real: experiment=lvd_quickstart (32^3, both stages).
 
-Trains the light VAE (600 steps) and the class-conditional flow-matching latent UNet (1000 steps) exactly as
+Trains the light VAE (600 steps) and the class-conditional flow-matching latent UNet (2000 steps of batch 16) exactly as
 ``python scripts/train.py experiment=lvd_quickstart`` does (about 20 minutes on the 2-core CPU), then checks
 the VAE's held-out IoU, the latent statistics after scaling, completion of held-out shapes and the samples.
 """
