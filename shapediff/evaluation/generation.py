@@ -84,8 +84,8 @@ def score_sample_set(points: torch.Tensor, refs: torch.Tensor, metrics: tuple[st
     warnings += overlap_warnings(result, matrices)
     for warning in warnings:
         log.warning("evaluation: %s", warning)
-    exact = get_protocol("exact")  # generation_metrics computes the `exact` preset (docs/protocols.md)
-    result.update(protocol=exact.name, protocol_settings=exact.settings())
+    exact = get_protocol("exact")  # generation_metrics computes the `exact` preset's scores (docs/protocols.md) on the
+    result.update(protocol=exact.name, protocol_settings=exact.scoring_settings())  # given sets, sized below
     result.update(num_samples=len(points), num_references=len(refs), num_points=points.shape[1],
                   metric_seconds=round(time.perf_counter() - start, 2))
     if warnings:

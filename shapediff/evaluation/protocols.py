@@ -38,6 +38,10 @@ logger = logging.getLogger("shapediff.evaluation")
 TABLE_UNITS = {key: spec.scale for key, spec in METRICS.items() if spec.kind == "generation"}  # the registry's table scales
 
 
+SCORING_SETTINGS = ("name", "follows", "code", "normalization", "chamfer", "emd_method", "emd_cost", "full_matrices",
+                    "units")
+
+
 @dataclass(frozen=True)
 class GenerationProtocol:
     """How a generation table was scored: MMD / COV / 1-NNA over reference and sample sets.
@@ -84,6 +88,12 @@ class GenerationProtocol:
     def settings(self) -> dict:
         """Every setting as plain data, for metrics.json."""
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items()}
+
+    def scoring_settings(self) -> dict:
+        """The settings that say how the scores are computed (frame, Chamfer, EMD, matrices, units), without the
+        paper's data setting (reference split and sizes, sample rule, point count, notes on them): for sets the
+        caller chose, whose sizes and point count are recorded beside the scores instead."""
+        return {k: v for k, v in self.settings().items() if k in SCORING_SETTINGS}
 
     def normalize(self, clouds: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) clouds in the frame this protocol scores in."""

@@ -184,3 +184,18 @@ def test_evaluate_samples_model_and_dataset():
     assert as_dataset["MMD-EMD"] == again["MMD-EMD"] and as_dataset["num_points"] == 32
     with pytest.raises(ValueError, match="model_or_samples"):
         evaluate("samples.npy", refs, "pvd")
+
+
+def test_run_output_scores_record_the_sets_they_scored_not_the_papers_data_setting():
+    """A run's metrics.json scores the sets it was given (here 5 vs 4 clouds of 64 points) with the `exact` preset's
+    distances: its protocol_settings must not claim the paper's 2048 points or ShapeNet's reference sizes."""
+    from shapediff.evaluation.generation import score_sample_set
+
+    got = score_sample_set(_clouds(5, 64, 0), _clouds(4, 64, 1), metrics=("cd",))
+    exact = get_protocol("exact")
+    assert got["protocol"] == "exact" and (got["num_samples"], got["num_references"], got["num_points"]) == (5, 4, 64)
+    assert got["protocol_settings"] == exact.scoring_settings()
+    assert got["protocol_settings"]["emd_method"] == "exact" and got["protocol_settings"]["chamfer"] == "squared"
+    for paper_setting in ("num_points", "reference_sizes", "reference_split", "samples", "notes"):
+        assert paper_setting not in got["protocol_settings"]
+    assert exact.settings()["num_points"] == 2048  # the preset itself keeps them (score_generation applies them)
