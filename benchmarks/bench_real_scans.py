@@ -57,6 +57,7 @@ from shapediff.metrics.completion import f_score
 from shapediff.models import PointCloudDiffusion, load_model
 from shapediff.models.completion import retrieve_nearest
 from shapediff.models.scan_keeping import covering_subset, keep_scan, midpoints, point_spacing, point_spread, spread_subset
+from shapediff.models.scan_retrieval import ScanBank, build_scan_bank, retrieve_in_scan_frame
 from shapediff.viz import render_overlay
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -180,6 +181,20 @@ def _training_pairs(shapes: list[torch.Tensor], views: int, m: int) -> tuple[lis
             partial.append(covering_subset(scan, m, torch.Generator().manual_seed(v)))
             owner.append(s)
     return dense, torch.stack(partial), torch.tensor(owner)
+
+
+def scan_bank_of(train: list[torch.Tensor], shapes: torch.Tensor, views: int) -> ScanBank:
+    """The scan-frame retrieval bank (:mod:`shapediff.models.scan_retrieval`) of the training shapes: ``views``
+    virtual scans per shape, the kinds in turn (``KINDS``; the first 12 are the model's training scans, seeds
+    1000 s + v), each stored with the shape's ``shapes[s]`` ((K, 3), the canonical retrieval bank's points), both in
+    that scan's frame."""
+    if not (isinstance(views, int) and views >= 1):
+        raise ValueError(f"views: expected a positive int of virtual scans per training shape, got {views!r}")
+    scans = []
+    for s, cloud in enumerate(train):
+        source, _ = _halves(cloud, seed=s)
+        scans.append([virtual_scan_of(source, KINDS[v % len(KINDS)], seed=1000 * s + v) for v in range(views)])
+    return build_scan_bank(list(shapes), scans)
 
 
 def _augment_low(low: float) -> float:
@@ -391,18 +406,36 @@ def _mirror(scan: np.ndarray) -> np.ndarray:
     return np.concatenate([scan, flipped])
 
 
+SCAN_FRAME_START = "completion from the scan-frame retrieval (init=)"
+
+
 def evaluate_virtual(model, test: list[torch.Tensor], bank: torch.Tensor, n_completions: int, seed: int,
-                     kinds=KINDS, emd_resample: str = "random") -> tuple[dict[str, list[dict[str, float]]], list]:
-    """Scores of every method on every (held-out shape, scan kind); and a few (scan, completion, truth) triples."""
+                     kinds=KINDS, emd_resample: str = "random", scan_bank: ScanBank | None = None,
+                     icp_steps: int = 0) -> tuple[dict[str, list[dict[str, float]]], list, float, dict[str, float]]:
+    """Scores of every method on every (held-out shape, scan kind); a few (scan, completion, truth) triples; the
+    default completion's seconds per scan; and, with a ``scan_bank``, the seconds per scan of the default and of the
+    scan-frame retrieval start (retrieval included), timed interleaved scan by scan in this process, and their ratio.
+    ``scan_bank`` adds the scan-frame retrieval rows (:mod:`shapediff.models.scan_retrieval`, ``icp_steps`` of scale
+    and translation after the match): the retrieved shape, it + scan (the retrieval + scan merge), and
+    ``complete(scan, init=retrieved)``."""
     scans, truths = [], []
     for s, cloud in enumerate(test):
         source, truth = _halves(cloud, seed=10_000 + s)
         for k, kind in enumerate(kinds):
             scans.append(torch.from_numpy(virtual_scan_of(source, kind, seed=7919 * s + k)))
             truths.append(truth)
-    start = time.perf_counter()
-    done = [model.complete(sc, n=n_completions, seed=seed).points[0, 0] for sc in scans]
-    seconds = time.perf_counter() - start
+    done, framed, framed_done, seconds, costs = [], [], [], 0.0, {"default": 0.0, "scan-frame retrieval start": 0.0}
+    for sc in scans:
+        start = time.perf_counter()
+        done.append(model.complete(sc, n=n_completions, seed=seed).points[0, 0])
+        seconds += time.perf_counter() - start
+        if scan_bank is not None:
+            start = time.perf_counter()
+            framed.append(retrieve_in_scan_frame(sc, scan_bank, icp_steps)[0])
+            framed_done.append(model.complete(sc, n=n_completions, seed=seed, init=framed[-1]).points[0, 0])
+            costs["scan-frame retrieval start"] += time.perf_counter() - start
+    costs["default"] = seconds
+    costs = {k: v / len(scans) for k, v in costs.items()} | {"ratio": costs["scan-frame retrieval start"] / seconds}
     started = [model.complete(sc, n=n_completions, seed=seed, retrieval_bank=bank).points[0, 0] for sc in scans]
     raw = [model.complete(sc, seed=seed, keep_scan=False).points[0, 0] for sc in scans]
     retrieved = [retrieve_nearest(sc[None], bank)[0][0] for sc in scans]
@@ -423,9 +456,15 @@ def evaluate_virtual(model, test: list[torch.Tensor], bank: torch.Tensor, n_comp
         "reference (density): scan + midpoints": lambda i: dense(scans[i].numpy().astype(np.float64)),
         "reference (density): scan + mirror + midpoints": lambda i: dense(_mirror(scans[i].numpy().astype(np.float64))),
     }
+    if scan_bank is not None:
+        methods |= {
+            SCAN_FRAME_START: lambda i: framed_done[i].numpy(),
+            "baseline: scan-frame retrieval": lambda i: framed[i].numpy(),
+            "baseline: scan-frame retrieval + scan": lambda i: keep_scan(scans[i], framed[i][None], **old_merge).points[0].numpy(),
+        }
     scores = {name: [_metrics(fn(i), truths[i], seed=i, emd_resample=emd_resample) for i in range(len(scans))] for name, fn in methods.items()}
     examples = [(scans[i].numpy(), done[i].numpy(), truths[i]) for i in range(0, len(scans), max(1, len(scans) // 4))][:4]
-    return scores, examples, seconds / len(scans)
+    return scores, examples, seconds / len(scans), costs
 
 
 # ------------------------------------------------------------------------------------ real scans
@@ -521,6 +560,11 @@ def main() -> None:
                         help="only time these saved models' default completions of the first 4 --split shapes' scans "
                              "(every kind), interleaved in one process, against the first model, and print the table")
     parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
+    parser.add_argument("--scan-bank-views", type=int, default=32, metavar="V",
+                        help="scan-frame retrieval rows: a bank of V virtual scans per training shape, each with its "
+                             "shape in its own scan frame (0: no such rows)")
+    parser.add_argument("--scan-bank-icp", type=int, default=0, metavar="STEPS",
+                        help="scan-frame retrieval: ICP steps of scale and translation after the match")
     parser.add_argument("--n", type=int, default=3, help="completions per real scan (spread)")
     parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
     parser.add_argument("--preview", type=Path, default=Path("docs/real_scans_preview.png"))
@@ -572,7 +616,9 @@ def main() -> None:
                 + (f" scaled per axis in [{args.augment:g}, {1 / args.augment:.3g}]" if args.augment < 1 else "")
                 + f", data preparation {prep:.0f} s")
     model.eval()
-    scores, examples, per_scan = evaluate_virtual(model, test, bank, 1, args.seed, emd_resample=args.emd_resample)
+    scan_bank = scan_bank_of(train, bank, args.scan_bank_views) if args.scan_bank_views else None
+    scores, examples, per_scan, costs = evaluate_virtual(model, test, bank, 1, args.seed, emd_resample=args.emd_resample,
+                                                         scan_bank=scan_bank, icp_steps=args.scan_bank_icp)
     ours = "completion (default: scan kept)"
     print(f"## Held-out real shapes: {len(test)} shapes x {len(KINDS)} scan kinds ({', '.join(KINDS)}); N={model.num_points}, "
           f"M={model.num_partial_points}, {_network(model)}; {note}; completion {per_scan:.1f} s per scan\n")
@@ -581,6 +627,13 @@ def main() -> None:
     print(_table(per_shape(scores, len(KINDS)), ours))
     started = "completion from the nearest training shape (retrieval_bank=)"
     print("\n" + _table(per_shape(scores, len(KINDS)), started).split("\n\n", 1)[1])
+    if scan_bank is not None:
+        print("\n" + _table(per_shape(scores, len(KINDS)), SCAN_FRAME_START).split("\n\n", 1)[1])
+        print(f"\nScan-frame retrieval bank: {len(scan_bank.scans)} scans ({args.scan_bank_views} per training shape) of "
+              f"{scan_bank.scans.shape[1]} points, shapes of {scan_bank.shapes.shape[1]} points, {args.scan_bank_icp} ICP "
+              f"steps. Seconds per completion, interleaved in this process ({torch.get_num_threads()} threads): default "
+              f"{costs['default']:.2f}, scan-frame retrieval start (retrieval included) "
+              f"{costs['scan-frame retrieval start']:.2f}: {costs['ratio']:.2f}x the default")
     for kind_index, kind in enumerate(KINDS):
         sub = {name: rows[kind_index:: len(KINDS)] for name, rows in scores.items()}
         print(f"\n### {kind} ({len(sub[ours])} scans)\n")

@@ -115,3 +115,35 @@ def test_completion_costs_table_has_a_row_per_model_against_the_first(bench):
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
     with pytest.raises(ValueError, match="at least one model and one scan"):
         bench.completion_costs(models, [])
+
+
+def _sphere(count: int, seed: int, squash: float = 1.0) -> torch.Tensor:
+    x = torch.randn(count, 3, generator=torch.Generator().manual_seed(seed))
+    return x / x.norm(dim=1, keepdim=True) * torch.tensor([1.0, squash, 1.0]) * 0.8
+
+
+def test_scan_bank_of_scans_every_training_shape_in_turn_by_kind(bench):
+    train = [_sphere(3000, 0), _sphere(3000, 1, squash=0.4)]
+    bank = bench.scan_bank_of(train, torch.stack([t[:300] for t in train]), views=5)
+    assert bank.scans.shape == (10, 256, 3) and bank.shapes.shape == (10, 300, 3)
+    assert bank.owner.tolist() == [0] * 5 + [1] * 5
+    assert torch.allclose(bank.scans.square().sum(-1).mean(-1), torch.ones(10), atol=1e-4)
+    with pytest.raises(ValueError, match="views: expected a positive int"):
+        bench.scan_bank_of(train, torch.stack([t[:300] for t in train]), views=0)
+
+
+def test_evaluate_virtual_with_a_scan_bank_scores_the_scan_frame_retrieval_rows_and_their_cost(bench):
+    torch.manual_seed(0)
+    model = bench._model(64, 16, 16, 1)
+    model.fit_normalization([{"points": torch.randn(64, 3), "partial": torch.randn(16, 3)} for _ in range(2)])
+    train = [_sphere(600, 0), _sphere(600, 1, squash=0.4)]
+    shapes = torch.stack([t[:300] for t in train])
+    bank = bench.scan_bank_of(train, shapes, views=4)
+    scores, _, per_scan, costs = bench.evaluate_virtual(model.eval(), [_sphere(600, 2, squash=0.5)], shapes, 1, 0,
+                                                        kinds=("cut",), scan_bank=bank, icp_steps=2)
+    rows = (bench.SCAN_FRAME_START, "baseline: scan-frame retrieval", "baseline: scan-frame retrieval + scan")
+    assert all(len(scores[name]) == 1 and np.isfinite(scores[name][0]["EMD"]) for name in rows)
+    assert scores["baseline: scan-frame retrieval"][0]["points"] == 300
+    assert costs["ratio"] > 0 and costs["default"] == pytest.approx(per_scan)
+    plain, _, _, _ = bench.evaluate_virtual(model, [_sphere(600, 2, squash=0.5)], shapes, 1, 0, kinds=("cut",))
+    assert not any(name in plain for name in rows)
