@@ -10,7 +10,10 @@
    in one process (the compute budget is a multiple of the original's), ``--completion-costs A.pt B.pt`` only times
    saved models' completions against the first's in one process; ``--augment LOW`` scales each training pair per
    axis (shape and scan alike) by a factor in [LOW, 1 / LOW]; ``--against RUN.json`` pairs this run with
-   another run's ``--json`` on the same scans (e.g. another denoiser).
+   another run's ``--json`` on the same scans (e.g. another denoiser). ``--scan-bank-views V`` (default 96; 0: off)
+   adds retrieval in the scan frame through V virtual scans per training shape (``shapediff.models.scan_retrieval``,
+   no canonical frame; ``--scan-bank-icp`` steps of scale and translation after the match): the retrieved shape, it
+   + scan, and ``complete(scan, init=)`` from it, with its cost against the default's.
 2. Held-out shapes (the test split), each scanned four ways: one view, two
    views, a planar cut, and a sensor-like view (depth noise, dropout, holes). Every scan is drawn from one half of
    the shape's 15,000 surface points and the truth is the other half, so a scan point is never a truth point.
@@ -560,10 +563,10 @@ def main() -> None:
                         help="only time these saved models' default completions of the first 4 --split shapes' scans "
                              "(every kind), interleaved in one process, against the first model, and print the table")
     parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
-    parser.add_argument("--scan-bank-views", type=int, default=32, metavar="V",
+    parser.add_argument("--scan-bank-views", type=int, default=96, metavar="V",
                         help="scan-frame retrieval rows: a bank of V virtual scans per training shape, each with its "
                              "shape in its own scan frame (0: no such rows)")
-    parser.add_argument("--scan-bank-icp", type=int, default=0, metavar="STEPS",
+    parser.add_argument("--scan-bank-icp", type=int, default=4, metavar="STEPS",
                         help="scan-frame retrieval: ICP steps of scale and translation after the match")
     parser.add_argument("--n", type=int, default=3, help="completions per real scan (spread)")
     parser.add_argument("--model", type=Path, default=None, help="load this model if it exists, else train and save it there")
