@@ -645,7 +645,9 @@ def main() -> None:
         other = json.loads(args.against.read_text())["virtual"]
         print(f"\n## Against {args.against} (this run minus that one, paired over the {len(test)} shapes; "
               f"EMD per kind: means over its {len(test)} scans)\n")
-        print(against_run(scores, other, len(KINDS), (ours, started, "model's N points (keep_scan=False)")))
+        paired = (ours, started, "model's N points (keep_scan=False)")
+        paired += (SCAN_FRAME_START,) if SCAN_FRAME_START in other and SCAN_FRAME_START in scores else ()
+        print(against_run(scores, other, len(KINDS), paired))
     real, rows = evaluate_real(model, bank, args.n, args.seed, args.real_max_points)
     print(f"\n## Real sensor scans (no truth), n={args.n} completions each, in their own frame and unit\n")
     keys = list(next(iter(real.values())).keys()) if real else []
