@@ -23,8 +23,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.frames import Frame, scan_frame
 from shapediff.geometry.knn import knn_points
+from shapediff.geometry.validation import check_points
 from shapediff.models.scan_keeping import farthest_subset
 
 __all__ = ["BANK_SCAN_POINTS", "BANK_SHAPE_POINTS", "ScanBank", "build_scan_bank", "query_frame", "retrieve_in_scan_frame"]
@@ -51,8 +53,7 @@ def query_frame(scan, points: int = BANK_SCAN_POINTS) -> tuple[Frame, torch.Tens
     and the :func:`~shapediff.geometry.frames.scan_frame` of that subset, in which the subset (also returned, (S, 3)
     float32, mapped) has centroid 0 and RMS radius 1."""
     pts = torch.as_tensor(np.asarray(scan, dtype=np.float64) if not torch.is_tensor(scan) else scan).double()
-    if pts.ndim != 2 or pts.shape[-1] != 3 or len(pts) < 2 or not bool(torch.isfinite(pts).all()):
-        raise ValueError(f"scan: expected (K, 3) finite points with K >= 2, got shape {tuple(pts.shape)}")
+    check_points(pts, "scan", batched=False, min_points=2)
     sub = pts[farthest_subset(pts, points)]
     frame = scan_frame(sub)
     return frame, frame.to_frame(sub).float()
@@ -109,10 +110,7 @@ def retrieve_in_scan_frame(scan, bank: ScanBank, icp_steps: int = 0, chunk: int 
     costs = []
     for i in range(0, len(bank.scans), chunk):
         entries = bank.scans[i:i + chunk]
-        q = query[None].expand(len(entries), -1, -1).contiguous()
-        forward = knn_points(q, entries, 1).dists[..., 0].mean(1)
-        backward = knn_points(entries, q, 1).dists[..., 0].mean(1)
-        costs.append(forward + backward)
+        costs.append(chamfer_distance(query[None].expand(len(entries), -1, -1), entries))
     best = int(torch.cat(costs).argmin())
     shape = bank.shapes[best].double()
     if icp_steps:

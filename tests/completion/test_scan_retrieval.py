@@ -60,7 +60,9 @@ def test_icp_moves_a_retrieved_shape_onto_a_scan_of_a_scaled_shifted_copy():
 @pytest.mark.parametrize("call, match", [
     (lambda b: retrieve_in_scan_frame(torch.rand(20, 3), torch.rand(3, 10, 3)), "bank: expected a ScanBank"),
     (lambda b: retrieve_in_scan_frame(torch.rand(20, 3), b, icp_steps=-1), "icp_steps"),
-    (lambda b: retrieve_in_scan_frame(torch.rand(20, 2), b), r"scan: expected \(K, 3\)"),
+    (lambda b: retrieve_in_scan_frame(torch.rand(20, 2), b), r"scan: expected a \(N, 3\) tensor, got shape \(20, 2\)"),
+    (lambda b: retrieve_in_scan_frame(torch.rand(1, 3), b), "scan: expected at least 2 points"),
+    (lambda b: retrieve_in_scan_frame(torch.full((20, 3), float("nan")), b), "scan: .*(NaN|finite)"),
     (lambda b: build_scan_bank([torch.rand(10, 3)], []), "one list of scans per shape"),
     (lambda b: build_scan_bank([torch.rand(10, 3), torch.rand(11, 3)], [[], []]), "one size K"),
     (lambda b: build_scan_bank([torch.rand(10, 3)], [[]]), "at least one scan"),
