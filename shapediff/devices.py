@@ -36,11 +36,12 @@ def place_model(model: torch.nn.Module, device: torch.device, memory_format: str
 
     ``memory_format``: "channels_last" stores every 5-D parameter and buffer as ``torch.channels_last_3d``
     (N, D, H, W, C in memory), so oneDNN's 3D convolutions skip their layout reorders. Measured on this project's
-    2-core AVX2 CPU (``benchmarks/bench_lvd_arms.py cost``, training steps of experiment=lvd_quickstart's nets): the
-    TSDF VAE's step 0.73x on one thread, 0.77x on two; the latent UNet's (batch 16) 0.97x on one, 0.80x on two;
-    PVCNN2 level. "contiguous" keeps PyTorch's default layout; "auto" = channels_last on the CPU for models with 3D
-    convolutions, contiguous everywhere else (not measured on GPUs). Inputs need no change: a convolution follows
-    its weight's layout, and values differ from the contiguous layout's by float rounding only.
+    2-core AVX2 CPU: a training step of experiment=lvd_quickstart's TSDF VAE 0.73x, its latent UNet's (batch 16)
+    0.97x (``benchmarks/bench_lvd_arms.py cost``, one thread, interleaved in one process); in the one-command run
+    alone on two threads, VAE steps 2.00 against 1.78 per second, UNet steps level (2.18 / 2.28); PVCNN2 level.
+    "contiguous" keeps PyTorch's default layout; "auto" = channels_last on the CPU for models with 3D convolutions,
+    contiguous everywhere else (not measured on GPUs). Inputs need no change: a convolution follows its weight's
+    layout, and values differ from the contiguous layout's by float rounding only.
     """
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format: expected one of {MEMORY_FORMATS}, got {memory_format!r}")
