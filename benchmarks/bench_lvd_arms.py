@@ -21,7 +21,6 @@ second round's VAE and the preset's UNet (shared cores inflate wall times, not t
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from pathlib import Path
@@ -42,9 +41,6 @@ UNET_ARMS = {"UNet preset": ({}, 32), "UNet transposed": (dict(upsample="transpo
              "UNet base 24 transposed": (dict(base_channels=24, upsample="transposed"), 32),
              "UNet base 24 transposed, batch 16": (dict(base_channels=24, upsample="transposed"), 16),
              "UNet preset, batch 16": ({}, 16)}
-# timed again with their 3D-convolution weights in channels_last_3d (what trainer.memory_format=auto does on a CPU)
-CHANNELS_LAST_ARMS = ("VAE second round", "VAE shipped: transposed, hinge at 0.1 balanced", "UNet preset",
-                      "UNet preset, batch 16")
 
 
 def train_vae(run: str, overrides: list[str]) -> None:
@@ -107,14 +103,10 @@ def sampler_arms(ckpt: str, arms: list[tuple[str, str]], seeds: list[int], n: in
 def cost(reps: int) -> None:
     from shapediff.autoencoders import TSDFVAE  # noqa: PLC0415
     from shapediff.denoisers import UNet3D  # noqa: PLC0415
-    from shapediff.devices import place_model  # noqa: PLC0415
     from shapediff.diffusion import FlowMatching  # noqa: PLC0415
 
     nets = {k: (TSDFVAE(**VAE, **o), 8) for k, o in VAE_ARMS.items()}
     nets.update({k: (UNet3D(**{**UNET, **o}), b) for k, (o, b) in UNET_ARMS.items()})
-    for k in CHANNELS_LAST_ARMS:  # the arms above run in PyTorch's default layout (trainer.memory_format=contiguous)
-        net, b = nets[k]
-        nets[f"{k}, channels_last"] = (place_model(copy.deepcopy(net), torch.device("cpu"), "channels_last"), b)
     opts = {k: torch.optim.Adam(m.parameters(), 1e-3) for k, (m, _) in nets.items()}
     fm, times = FlowMatching(), {k: [] for k in nets}
     x = torch.rand(8, 1, 32, 32, 32) * 2 - 1

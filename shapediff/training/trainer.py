@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from shapediff.devices import MEMORY_FORMATS, place_model
 from shapediff.randomness import mix_seed
 from shapediff.threads import check_num_threads, configure_threads
 from shapediff.training.checkpoints import CheckpointManager
@@ -56,7 +55,6 @@ class TrainerConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True
     amp: str = "auto"                     # auto (bf16 on CUDA that supports it, else off) | bf16 | off
-    memory_format: str = "auto"           # auto (channels_last for 3D convolutions on the CPU) | channels_last | contiguous
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 25
@@ -111,8 +109,6 @@ class TrainerConfig:
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"trainer.lr_schedule: expected one of {SCHEDULES}, got {self.lr_schedule!r}")
         check_num_threads(self.num_threads)
-        if self.memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"trainer.memory_format: expected one of {MEMORY_FORMATS}, got {self.memory_format!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"trainer.amp: expected 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
@@ -172,7 +168,7 @@ class Trainer:
         if self.cfg.batch_size % (self.dist.world_size * self.cfg.grad_accum):
             raise ValueError(f"trainer.batch_size ({self.cfg.batch_size}) must be divisible by world_size x grad_accum "
                              f"({self.dist.world_size} x {self.cfg.grad_accum})")
-        self.model = place_model(model, self.dist.device, self.cfg.memory_format)
+        self.model = model.to(self.dist.device)
         freeze(self.model, self.cfg.freeze)  # before the optimiser and DDP see the parameters
         self.dataset = dataset
         self.run_dir = Path(run_dir)
