@@ -1,10 +1,12 @@
 """One quickstart training step on the CPU, idle and beside a competing busy process, per thread setting.
 
-Usage: python benchmarks/bench_threads.py [--settings auto 1 2 2:passive] [--steps 20] [--busy 1]
+Usage: python benchmarks/bench_threads.py [--settings auto 1 2 2:passive] [--steps 20] [--busy 1] [--net quickstart|latent_unet]
 
 Each setting runs in a fresh process (OpenMP reads its environment once, at start): it builds the
 quickstart model and data (``experiment=quickstart``: PointNet, batch 16 x 512 points), applies the
 setting through ``shapediff.threads.configure_threads`` and times ``--steps`` optimiser steps
+(``--net latent_unet``: instead, experiment=lvd_quickstart's 3D UNet prior, flow matching on batch 16 x 8 x 8^3
+random latents with class labels, the stage-2 step without the data)
 (loss + backward + Adam, the trainer's step without logging) twice: alone, then while ``--busy``
 processes of this benchmark spin on a CPU each (a pure-Python loop, like any other program a user
 runs beside training). Prints the median step in ms, idle and contended, and their ratio; the
@@ -45,31 +47,33 @@ def _steps(step, n: int) -> list[float]:
     return times
 
 
-def _worker(setting: str, steps: int, busy: int) -> dict:
-    """Runs in the child process; the OpenMP environment was set by the parent (see ``main``)."""
+def _latent_unet_step():
+    """experiment=lvd_quickstart's prior step (configs/model/latent_unet3d_small.yaml with the preset's overrides)."""
     import torch
-    from hydra import compose, initialize_config_dir
-    from torch.utils.data import default_collate
 
-    from shapediff.threads import configure_threads
-    from shapediff.training.experiment import build_dataset, build_model
+    from shapediff.denoisers import UNet3D
+    from shapediff.diffusion import FlowMatching
 
-    threads = configure_threads(setting.split(":")[0])
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=quickstart"])
     torch.manual_seed(0)
-    data = build_dataset(cfg, "train")
-    model = build_model(cfg)
-    model.fit_normalization(data) if hasattr(model, "fit_normalization") else None
-    batch_size = int(cfg.trainer.batch_size)
-    batch = default_collate([data[i] for i in range(batch_size)])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    unet = UNet3D(in_channels=8, out_channels=8, resolution=8, base_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+                  attention_levels=[1], mid_attention=True, num_heads=4, num_groups=8, num_classes=12)
+    opt, flow = torch.optim.Adam(unet.parameters(), lr=1e-3), FlowMatching()
+    z, cond = torch.randn(16, 8, 8, 8, 8), {"class_label": torch.randint(0, 12, (16,))}
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        model.training_loss(batch).backward()
+        flow.training_loss(unet, z, cond=cond).backward()
         opt.step()
 
+    return step
+
+
+def _worker(setting: str, steps: int, busy: int, net: str = "quickstart") -> dict:
+    """Runs in the child process; the OpenMP environment was set by the parent (see ``main``)."""
+    from shapediff.threads import configure_threads
+
+    threads = configure_threads(setting.split(":")[0])
+    step = _latent_unet_step() if net == "latent_unet" else _quickstart_step()
     _steps(step, 3)  # warm-up: allocator, OpenMP pool
     idle = statistics.median(_steps(step, steps))
     stop = mp.Event()
@@ -85,6 +89,33 @@ def _worker(setting: str, steps: int, busy: int) -> dict:
             p.join()
     return {"setting": setting, "threads": threads, "idle_ms": 1e3 * idle, "contended_ms": 1e3 * contended,
             "ratio": contended / idle}
+
+
+def _quickstart_step():
+    """experiment=quickstart's training step on its first batch (loss + backward + Adam)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from torch.utils.data import default_collate
+
+    from shapediff.training.experiment import build_dataset, build_model
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=quickstart"])
+    torch.manual_seed(0)
+    data = build_dataset(cfg, "train")
+    model = build_model(cfg)
+    model.prepare(data)  # the model contract: normalisation, shape summary, whatever the family fits first
+    data = model.training_dataset(data)
+    batch_size = int(cfg.trainer.batch_size)
+    batch = default_collate([data[i] for i in range(batch_size)])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model.training_loss(batch).backward()
+        opt.step()
+
+    return step
 
 
 def _environment(setting: str) -> dict[str, str]:
@@ -104,10 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--settings", nargs="+", default=["auto", "1", "2", "2:passive"])
     p.add_argument("--steps", type=int, default=20, help="timed steps per phase (median reported)")
     p.add_argument("--busy", type=int, default=1, help="competing busy processes")
+    p.add_argument("--net", choices=["quickstart", "latent_unet"], default="quickstart",
+                   help="whose training step: experiment=quickstart's, or lvd_quickstart's UNet prior")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(_worker(args.worker, args.steps, args.busy)))
+        print(json.dumps(_worker(args.worker, args.steps, args.busy, args.net)))
         return 0
     print(f"CPUs: {os.cpu_count()} (usable: {len(os.sched_getaffinity(0))}); load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.busy} competing busy process(es)")
@@ -115,7 +148,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|")
     for setting in args.settings:
         out = subprocess.run([sys.executable, __file__, "--worker", setting, "--steps", str(args.steps),
-                              "--busy", str(args.busy)], env=_environment(setting), capture_output=True, text=True)
+                              "--busy", str(args.busy), "--net", args.net], env=_environment(setting), capture_output=True, text=True)
         if out.returncode:
             print(f"| {setting} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode} |")
             continue
