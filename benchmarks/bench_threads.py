@@ -5,12 +5,11 @@ Usage: python benchmarks/bench_threads.py [--settings auto 1 2 2:passive] [--ste
 Each setting runs in a fresh process (OpenMP reads its environment once, at start): it builds the
 quickstart model and data (``experiment=quickstart``: PointNet, batch 16 x 512 points), applies the
 setting through ``shapediff.threads.configure_threads`` and times ``--steps`` optimiser steps
-(``--net latent_unet``: instead, experiment=lvd_quickstart's 3D UNet prior, flow matching on batch 16 x 8 x 8^3
-random latents with class labels, the stage-2 step without the data)
 (loss + backward + Adam, the trainer's step without logging) twice: alone, then while ``--busy``
 processes of this benchmark spin on a CPU each (a pure-Python loop, like any other program a user
 runs beside training). Prints the median step in ms, idle and contended, and their ratio; the
-target is a ratio <= 2.5 for the default setting ``auto``.
+target is a ratio <= 2.5 for the default setting ``auto``. ``--net latent_unet`` times experiment=lvd_quickstart's
+3D UNet prior instead (its flow-matching step on random latents with class labels, built from the same config).
 
 A setting is what ``trainer.num_threads`` accepts: ``auto``, or ``T`` threads, optionally with
 ``:passive`` / ``:active`` for the OpenMP wait policy (``T`` alone keeps the library default).
@@ -48,17 +47,18 @@ def _steps(step, n: int) -> list[float]:
 
 
 def _latent_unet_step():
-    """experiment=lvd_quickstart's prior step (configs/model/latent_unet3d_small.yaml with the preset's overrides)."""
+    """experiment=lvd_quickstart's prior step: its ``model`` (the UNet) and ``diffusion`` nodes as configured, on
+    batch-size random latents of the UNet's shape with class labels (the stage-2 step without the VAE's encoding)."""
     import torch
+    from hydra.utils import instantiate
 
-    from shapediff.denoisers import UNet3D
-    from shapediff.diffusion import FlowMatching
-
+    cfg = _compose("lvd_quickstart")
     torch.manual_seed(0)
-    unet = UNet3D(in_channels=8, out_channels=8, resolution=8, base_channels=32, channel_mult=[1, 2], num_res_blocks=1,
-                  attention_levels=[1], mid_attention=True, num_heads=4, num_groups=8, num_classes=12)
-    opt, flow = torch.optim.Adam(unet.parameters(), lr=1e-3), FlowMatching()
-    z, cond = torch.randn(16, 8, 8, 8, 8), {"class_label": torch.randint(0, 12, (16,))}
+    unet, flow = instantiate(cfg.model), instantiate(cfg.diffusion)
+    b, r = int(cfg.trainer.batch_size), int(cfg.model.resolution)
+    z = torch.randn(b, int(cfg.model.in_channels), r, r, r)
+    cond = {"class_label": torch.randint(0, int(cfg.model.num_classes), (b,))}
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -66,6 +66,13 @@ def _latent_unet_step():
         opt.step()
 
     return step
+
+
+def _compose(experiment: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"experiment={experiment}"])
 
 
 def _worker(setting: str, steps: int, busy: int, net: str = "quickstart") -> dict:
@@ -94,13 +101,11 @@ def _worker(setting: str, steps: int, busy: int, net: str = "quickstart") -> dic
 def _quickstart_step():
     """experiment=quickstart's training step on its first batch (loss + backward + Adam)."""
     import torch
-    from hydra import compose, initialize_config_dir
     from torch.utils.data import default_collate
 
     from shapediff.training.experiment import build_dataset, build_model
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=quickstart"])
+    cfg = _compose("quickstart")
     torch.manual_seed(0)
     data = build_dataset(cfg, "train")
     model = build_model(cfg)
