@@ -26,3 +26,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device: {device!r} was requested but MPS is not available on this machine")
     return dev
+
+
+def cpu_bf16_supported() -> bool:
+    """True when this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX, as oneDNN reports it), so
+    that CPU autocast to bf16 is faster than float32 rather than emulated."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN or without the query
+        return False

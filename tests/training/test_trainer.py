@@ -118,3 +118,39 @@ def test_unknown_trainer_key_is_an_error():
         TrainerConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="divisible"):
         TrainerConfig.from_dict({"batch_size": 10, "grad_accum": 3})
+
+
+def _losses(result):
+    return [r["loss"] for r in result.history]
+
+
+@pytest.mark.skipif(not __import__("shapediff.devices").devices.cpu_bf16_supported(),
+                    reason="this CPU has no bf16 instructions (AVX512-BF16 / AMX): trainer.amp=bf16 stays float32 here")
+def test_cpu_bf16_autocast_trains_in_bf16_with_float32_weights(tmp_path):
+    trainer, bf16 = _train(tmp_path / "bf16", amp="bf16", max_steps=40)
+    _, fp32 = _train(tmp_path / "fp32", amp="off", max_steps=40)
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast: weights, optimiser, EMA in fp32
+    assert _losses(bf16) != _losses(fp32)  # the products did run in bf16 ...
+    assert _losses(bf16)[-1] == pytest.approx(_losses(fp32)[-1], rel=0.05)  # ... and trained as far
+    assert _losses(bf16)[-1] < 0.7 * _losses(bf16)[0]
+    payload = load_checkpoint(bf16.last_checkpoint)
+    assert all(v.dtype == torch.float32 for v in payload["state_dict"].values() if v.is_floating_point())
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_trains_in_float32_and_says_so(tmp_path, monkeypatch, caplog):
+    import shapediff.devices
+
+    monkeypatch.setattr(shapediff.devices, "cpu_bf16_supported", lambda: False)
+    with caplog.at_level("WARNING", logger="shapediff.training"):
+        trainer, asked = _train(tmp_path / "asked", amp="bf16", max_steps=6)
+    assert trainer.autocast_dtype is None
+    assert "trainer.amp=bf16 ignored on cpu: this CPU has no bf16 instructions" in caplog.text
+    _, off = _train(tmp_path / "off", amp="off", max_steps=6)
+    assert _losses(asked) == _losses(off)
+
+
+def test_amp_auto_on_the_cpu_is_float32(tmp_path):
+    trainer, auto = _train(tmp_path / "auto", amp="auto", max_steps=6)
+    _, off = _train(tmp_path / "off", amp="off", max_steps=6)
+    assert trainer.autocast_dtype is None and _losses(auto) == _losses(off)
