@@ -3,7 +3,7 @@
 
     python benchmarks/bench_lvd_arms.py vae RUN +stages.vae.model.sign_balance=true ...   # the VAE stage alone
     python benchmarks/bench_lvd_arms.py fragments RUN/checkpoints/step_00001000.pt --seeds 0 1 2
-    python benchmarks/bench_lvd_arms.py cost --reps 8                                      # step-time ratios
+    python benchmarks/bench_lvd_arms.py cost --reps 8 [--amp]                              # step-time ratios
     python benchmarks/bench_lvd_arms.py sampler CKPT --arm uniform '{}' --arm shift3 '{"spacing": "shift", "shift": 3}'
 
 ``vae``: trains ``stage_config(cfg, "vae")`` of ``experiment=lvd_quickstart`` (with the given overrides) into
@@ -15,7 +15,8 @@ than one face-connected piece (``mesh_components``), at the checkpoint's mesh le
 ``guidance_scale``; or the model's ``mesh_level`` / ``clip_latent``), per seed scored as ``scripts/evaluate.py`` scores
 (``evaluate_generation``, whose result also counts the meshes in pieces), then the mean and spread over the seeds.
 ``cost``: training-step times of VAE and UNet arms, interleaved in one process on one thread, as ratios to the
-second round's VAE and the preset's UNet (shared cores inflate wall times, not these ratios much).
+second round's VAE and the preset's UNet (shared cores inflate wall times, not these ratios much); ``--amp`` adds each
+arm under CPU bf16 autocast (``trainer.amp=bf16``) with its ratio to float32.
 """
 
 from __future__ import annotations
@@ -100,32 +101,44 @@ def sampler_arms(ckpt: str, arms: list[tuple[str, str]], seeds: list[int], n: in
               f"in pieces {[r[3] for r in rows]}, first 8 {[r[4] for r in rows]}", flush=True)
 
 
-def cost(reps: int) -> None:
+def cost(reps: int, amp: bool = False) -> None:
+    """Median step times of the arms, interleaved; with ``amp`` each arm also under CPU bf16 autocast (what
+    ``trainer.amp=bf16`` runs), printed with its ratio to the same arm in float32."""
+    import contextlib  # noqa: PLC0415
+
     from shapediff.autoencoders import TSDFVAE  # noqa: PLC0415
     from shapediff.denoisers import UNet3D  # noqa: PLC0415
+    from shapediff.devices import cpu_bf16_supported  # noqa: PLC0415
     from shapediff.diffusion import FlowMatching  # noqa: PLC0415
 
+    if amp and not cpu_bf16_supported():
+        raise SystemExit("--amp: this CPU has no bf16 instructions (AVX512-BF16 / AMX); trainer.amp=bf16 trains in float32 here")
     nets = {k: (TSDFVAE(**VAE, **o), 8) for k, o in VAE_ARMS.items()}
     nets.update({k: (UNet3D(**{**UNET, **o}), b) for k, (o, b) in UNET_ARMS.items()})
-    opts = {k: torch.optim.Adam(m.parameters(), 1e-3) for k, (m, _) in nets.items()}
-    fm, times = FlowMatching(), {k: [] for k in nets}
+    arms = [(k, False) for k in nets] + ([(k, True) for k in nets] if amp else [])
+    opts = {arm: torch.optim.Adam(nets[arm[0]][0].parameters(), 1e-3) for arm in arms}
+    fm, times = FlowMatching(), {arm: [] for arm in arms}
     x = torch.rand(8, 1, 32, 32, 32) * 2 - 1
     for rep in range(reps + 1):  # the first round is a warm-up
-        for k, (m, b) in nets.items():
+        for arm in arms:
+            (m, b), bf16 = nets[arm[0]], arm[1]
             start = time.perf_counter()
-            opts[k].zero_grad()
-            if isinstance(m, TSDFVAE):
-                loss = m.training_loss(x, torch.randn(b, *m.latent_shape))
-            else:
-                loss = fm.training_loss(m, torch.randn(b, 8, 8, 8, 8), cond={"class_label": torch.randint(0, 12, (b,))})
+            opts[arm].zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                if isinstance(m, TSDFVAE):
+                    loss = m.training_loss(x, torch.randn(b, *m.latent_shape))
+                else:
+                    loss = fm.training_loss(m, torch.randn(b, 8, 8, 8, 8), cond={"class_label": torch.randint(0, 12, (b,))})
             loss.backward()
-            opts[k].step()
+            opts[arm].step()
             if rep:
-                times[k].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print("| arm | s / step | ratio to the first arm of its kind |\n| --- | ---: | ---: |")
-    for k, v in med.items():
-        print(f"| {k} | {v:.3f} | {v / med['VAE second round' if k.startswith('VAE') else 'UNet preset']:.3f} |")
+                times[arm].append(time.perf_counter() - start)
+    med = {arm: statistics.median(v) for arm, v in times.items()}
+    print("| arm | s / step | ratio to the first arm of its kind |" + (" bf16 / float32 |" if amp else "")
+          + "\n| --- | ---: | ---: |" + (" ---: |" if amp else ""))
+    for (k, bf16), v in med.items():
+        ref = med[("VAE second round" if k.startswith("VAE") else "UNet preset", bf16)]
+        print(f"| {k}{', bf16' if bf16 else ''} | {v:.3f} | {v / ref:.3f} |" + (f" {v / med[(k, False)]:.3f} |" if amp else ""))
 
 
 def main(argv=None) -> None:
@@ -147,6 +160,7 @@ def main(argv=None) -> None:
     s.add_argument("--n", type=int, default=128)
     c = sub.add_parser("cost")
     c.add_argument("--reps", type=int, default=8)
+    c.add_argument("--amp", action="store_true", help="also each arm under CPU bf16 autocast (trainer.amp=bf16)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.what == "vae":
@@ -156,7 +170,7 @@ def main(argv=None) -> None:
     elif args.what == "sampler":
         sampler_arms(args.ckpt, args.arm, args.seeds, args.n)
     else:
-        cost(args.reps)
+        cost(args.reps, args.amp)
 
 
 if __name__ == "__main__":
