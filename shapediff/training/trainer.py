@@ -185,6 +185,9 @@ class Trainer:
             self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids,
                                                                    find_unused_parameters=self.cfg.find_unused_parameters)
         self.autocast_dtype = _amp_dtype(self.cfg.amp, self.dist.device)
+        if self.autocast_dtype is not None:
+            log.info("trainer.amp=%s: losses computed under %s autocast on %s (weights, optimiser and EMA in float32)",
+                     self.cfg.amp, str(self.autocast_dtype).replace("torch.", ""), self.dist.device)
         self.steps_per_epoch = max(1, len(dataset) // self.cfg.batch_size)
         self.step = 0
         self.last_checkpoint: Path | None = None
