@@ -385,7 +385,7 @@ def _device(name: str) -> torch.device:
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``trainer.amp`` on ``device``: bf16 on CUDA that supports it ("auto" or "bf16"); on the
-    CPU only when asked ("bf16") and the CPU has bf16 instructions (the 3D convolutions then take ~0.55-0.8 of their
+    CPU only when asked ("bf16") and the CPU has bf16 instructions (the lvd quickstart's steps then take 0.6-0.9 of their
     float32 time, docs/install.md); otherwise None (float32), said in the log when "bf16" was asked for."""
     from shapediff.devices import cpu_bf16_supported  # noqa: PLC0415
 
