@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from shapediff.devices import cpu_bf16_supported
 from shapediff.models.checkpoint import load_checkpoint
 from shapediff.training import EMA, CheckpointManager, Trainer, TrainerConfig, TrainingDiverged
 from shapediff.training.lr_schedules import lr_at
@@ -124,7 +125,7 @@ def _losses(result):
     return [r["loss"] for r in result.history]
 
 
-@pytest.mark.skipif(not __import__("shapediff.devices").devices.cpu_bf16_supported(),
+@pytest.mark.skipif(not cpu_bf16_supported(),
                     reason="this CPU has no bf16 instructions (AVX512-BF16 / AMX): trainer.amp=bf16 stays float32 here")
 def test_cpu_bf16_autocast_trains_in_bf16_with_float32_weights(tmp_path):
     trainer, bf16 = _train(tmp_path / "bf16", amp="bf16", max_steps=40)
