@@ -104,14 +104,14 @@ def sampler_arms(ckpt: str, arms: list[tuple[str, str]], seeds: list[int], n: in
 def cost(reps: int, amp: bool = False) -> None:
     """Median step times of the arms, interleaved; with ``amp`` each arm also under CPU bf16 autocast (what
     ``trainer.amp=bf16`` runs), printed with its ratio to the same arm in float32."""
-    import contextlib  # noqa: PLC0415
-
     from shapediff.autoencoders import TSDFVAE  # noqa: PLC0415
     from shapediff.denoisers import UNet3D  # noqa: PLC0415
-    from shapediff.devices import cpu_bf16_supported  # noqa: PLC0415
     from shapediff.diffusion import FlowMatching  # noqa: PLC0415
+    from shapediff.training.trainer import _amp_dtype, _autocast  # noqa: PLC0415  the trainer's own autocast
 
-    if amp and not cpu_bf16_supported():
+    cpu = torch.device("cpu")
+    bf16_dtype = _amp_dtype("bf16", cpu) if amp else None
+    if amp and bf16_dtype is None:
         raise SystemExit("--amp: this CPU has no bf16 instructions (AVX512-BF16 / AMX); trainer.amp=bf16 trains in float32 here")
     nets = {k: (TSDFVAE(**VAE, **o), 8) for k, o in VAE_ARMS.items()}
     nets.update({k: (UNet3D(**{**UNET, **o}), b) for k, (o, b) in UNET_ARMS.items()})
@@ -124,7 +124,7 @@ def cost(reps: int, amp: bool = False) -> None:
             (m, b), bf16 = nets[arm[0]], arm[1]
             start = time.perf_counter()
             opts[arm].zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            with _autocast(cpu, bf16_dtype if bf16 else None):
                 if isinstance(m, TSDFVAE):
                     loss = m.training_loss(x, torch.randn(b, *m.latent_shape))
                 else:
