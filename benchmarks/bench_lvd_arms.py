@@ -14,7 +14,8 @@ than one face-connected piece (``mesh_components``), at the checkpoint's mesh le
 ``sampler``: sampling-side arms of one checkpoint (sampler keywords such as ``steps``, ``spacing``, ``shift``,
 ``guidance_scale``; or the model's ``mesh_level`` / ``clip_latent``), per seed scored as ``scripts/evaluate.py`` scores
 (``evaluate_generation``, whose result also counts the meshes in pieces), then the mean and spread over the seeds.
-``cost``: training-step times of VAE and UNet arms, interleaved in one process on one thread, as ratios to the
+``cost``: training-step times of VAE and UNet arms (two of them also in channels_last_3d, as ``trainer.memory_format=auto``
+lays them out on a CPU), interleaved in one process on one thread, as ratios to the
 second round's VAE and the preset's UNet (shared cores inflate wall times, not these ratios much); ``--amp`` adds each
 arm under CPU bf16 autocast (``trainer.amp=bf16``) with its ratio to float32.
 """
@@ -22,6 +23,7 @@ arm under CPU bf16 autocast (``trainer.amp=bf16``) with its ratio to float32.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -42,6 +44,8 @@ UNET_ARMS = {"UNet preset": ({}, 32), "UNet transposed": (dict(upsample="transpo
              "UNet base 24 transposed": (dict(base_channels=24, upsample="transposed"), 32),
              "UNet base 24 transposed, batch 16": (dict(base_channels=24, upsample="transposed"), 16),
              "UNet preset, batch 16": ({}, 16)}
+# timed again with their 3D-convolution weights in channels_last_3d (what trainer.memory_format=auto does on a CPU)
+CHANNELS_LAST_ARMS = ("VAE shipped: transposed, hinge at 0.1 balanced", "UNet preset, batch 16")
 
 
 def train_vae(run: str, overrides: list[str]) -> None:
@@ -106,6 +110,7 @@ def cost(reps: int, amp: bool = False) -> None:
     ``trainer.amp=bf16`` runs), printed with its ratio to the same arm in float32."""
     from shapediff.autoencoders import TSDFVAE  # noqa: PLC0415
     from shapediff.denoisers import UNet3D  # noqa: PLC0415
+    from shapediff.devices import place_model  # noqa: PLC0415
     from shapediff.diffusion import FlowMatching  # noqa: PLC0415
     from shapediff.training.trainer import _amp_dtype, _autocast  # noqa: PLC0415  the trainer's own autocast
 
@@ -115,6 +120,9 @@ def cost(reps: int, amp: bool = False) -> None:
         raise SystemExit("--amp: this CPU has no bf16 instructions (AVX512-BF16 / AMX); trainer.amp=bf16 trains in float32 here")
     nets = {k: (TSDFVAE(**VAE, **o), 8) for k, o in VAE_ARMS.items()}
     nets.update({k: (UNet3D(**{**UNET, **o}), b) for k, (o, b) in UNET_ARMS.items()})
+    for k in CHANNELS_LAST_ARMS:  # the arms above run in PyTorch's default layout (trainer.memory_format=contiguous)
+        net, b = nets[k]
+        nets[f"{k}, channels_last"] = (place_model(copy.deepcopy(net), torch.device("cpu"), "channels_last"), b)
     arms = [(k, False) for k in nets] + ([(k, True) for k in nets] if amp else [])
     opts = {arm: torch.optim.Adam(nets[arm[0]][0].parameters(), 1e-3) for arm in arms}
     fm, times = FlowMatching(), {arm: [] for arm in arms}

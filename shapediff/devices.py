@@ -35,3 +35,28 @@ def cpu_bf16_supported() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN or without the query
         return False
+
+
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+
+
+def place_model(model: torch.nn.Module, device: torch.device, memory_format: str = "auto") -> torch.nn.Module:
+    """Move ``model`` to ``device`` and lay out its 3D-convolution weights for the fastest kernels there.
+
+    ``memory_format``: "channels_last" stores every 5-D parameter and buffer as ``torch.channels_last_3d``
+    (N, D, H, W, C in memory), so oneDNN's 3D convolutions skip their layout reorders; a convolution's output follows
+    its weight's layout, so inputs need no change. Values differ from the default layout's by float rounding only.
+    "contiguous" keeps PyTorch's default layout; "auto" = channels_last on the CPU for models with 3D convolutions,
+    contiguous everywhere else (not measured on GPUs). Measured in the one-command run of experiment=lvd_quickstart
+    (2 threads, alone, runs alternated contiguous / channels_last / channels_last / contiguous, docs/install.md):
+    0.87x the wall time; VAE steps 0.87x, UNet steps 0.92x.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format: expected one of {MEMORY_FORMATS}, got {memory_format!r}")
+    model = model.to(device)
+    has_3d = any(p.dim() == 5 for p in model.parameters())
+    if memory_format == "channels_last" or (memory_format == "auto" and device.type == "cpu" and has_3d):
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dim() == 5:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
+    return model

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from shapediff.devices import MEMORY_FORMATS, place_model
 from shapediff.randomness import mix_seed
 from shapediff.threads import check_num_threads, configure_threads
 from shapediff.training.checkpoints import CheckpointManager
@@ -56,6 +57,7 @@ class TrainerConfig:
     ema_warmup: bool = True
     amp: str = "auto"                     # auto (bf16 on CUDA that supports it, else off) | bf16 (also on CPUs with
                                           # bf16 instructions: shapediff.devices.cpu_bf16_supported) | off
+    memory_format: str = "auto"           # auto (channels_last for 3D convolutions on the CPU) | channels_last | contiguous
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 25
@@ -110,6 +112,8 @@ class TrainerConfig:
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"trainer.lr_schedule: expected one of {SCHEDULES}, got {self.lr_schedule!r}")
         check_num_threads(self.num_threads)
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"trainer.memory_format: expected one of {MEMORY_FORMATS}, got {self.memory_format!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"trainer.amp: expected 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
@@ -169,7 +173,7 @@ class Trainer:
         if self.cfg.batch_size % (self.dist.world_size * self.cfg.grad_accum):
             raise ValueError(f"trainer.batch_size ({self.cfg.batch_size}) must be divisible by world_size x grad_accum "
                              f"({self.dist.world_size} x {self.cfg.grad_accum})")
-        self.model = model.to(self.dist.device)
+        self.model = place_model(model, self.dist.device, self.cfg.memory_format)
         freeze(self.model, self.cfg.freeze)  # before the optimiser and DDP see the parameters
         self.dataset = dataset
         self.run_dir = Path(run_dir)
@@ -177,7 +181,7 @@ class Trainer:
         self.extra_payload = extra_payload or {}
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.cfg.keep_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
-                                           weight_decay=self.cfg.weight_decay)
+                                           weight_decay=self.cfg.weight_decay, fused=_fused_adamw(self.model))
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.loss_module: nn.Module = _LossModule(self.model)
         if self.dist.enabled:
@@ -298,7 +302,9 @@ class Trainer:
         items = []
         for pos in positions:
             seed = mix_seed(self.cfg.seed, self.step, pos, 1)
-            torch.manual_seed(seed)  # datasets that draw random subsets do so reproducibly
+            # datasets that draw random subsets do so reproducibly; items are made on the CPU, so its generator is
+            # the one to seed (torch.manual_seed also walks every accelerator's: 0.26 ms, 16 times a step)
+            torch.default_generator.manual_seed(seed)
             np.random.seed(seed % 2**32)
             random.seed(seed)
             item = dict(self.dataset[indices[pos]])
@@ -381,6 +387,15 @@ def _device(name: str) -> torch.device:
     from shapediff.devices import resolve_device  # noqa: PLC0415
 
     return resolve_device(name)
+
+
+def _fused_adamw(model: nn.Module) -> bool | None:
+    """True when every parameter is a float tensor on the CPU or a CUDA device: AdamW's fused kernel updates all of
+    them in one pass (the per-tensor loop it replaces was 10.5 ms of a 0.3 s latent-UNet step on two CPU threads,
+    fused 2.7 ms; results differ by float rounding only). None lets PyTorch choose elsewhere."""
+    params = list(model.parameters())
+    ok = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return True if ok else None
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

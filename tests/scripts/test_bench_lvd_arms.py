@@ -19,6 +19,7 @@ def _bench(monkeypatch):
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "VAE_ARMS", {"VAE second round": dict(sign_weight=1.0)})  # one arm of each kind: fast
     monkeypatch.setattr(bench, "UNET_ARMS", {"UNet preset": ({}, 2)})
+    monkeypatch.setattr(bench, "CHANNELS_LAST_ARMS", ("UNet preset",))
     return bench
 
 
@@ -30,15 +31,18 @@ def _rows(text):
 def test_cost_times_every_arm(monkeypatch, capsys):
     _bench(monkeypatch).cost(reps=1)
     rows = _rows(capsys.readouterr().out)
-    assert set(rows) == {"VAE second round", "UNet preset"}
-    assert all(r[0] > 0 and r[1] == 1.0 for r in rows.values())
+    assert set(rows) == {"VAE second round", "UNet preset", "UNet preset, channels_last"}
+    assert all(r[0] > 0 for r in rows.values())
+    assert rows["VAE second round"][1] == rows["UNet preset"][1] == 1.0  # each kind's ratios are to its first arm
+    assert rows["UNet preset, channels_last"][1] == pytest.approx(rows["UNet preset, channels_last"][0] / rows["UNet preset"][0], rel=0.01)
 
 
 @pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no bf16 instructions (AVX512-BF16 / AMX)")
 def test_cost_with_amp_adds_each_arm_in_bf16_with_its_ratio_to_float32(monkeypatch, capsys):
     _bench(monkeypatch).cost(reps=1, amp=True)
     rows = _rows(capsys.readouterr().out)
-    assert set(rows) == {"VAE second round", "UNet preset", "VAE second round, bf16", "UNet preset, bf16"}
+    assert set(rows) == {"VAE second round", "UNet preset", "UNet preset, channels_last", "VAE second round, bf16",
+                         "UNet preset, bf16", "UNet preset, channels_last, bf16"}
     for name in ("VAE second round", "UNet preset"):
         seconds, bf16_seconds, ratio = rows[name][0], rows[f"{name}, bf16"][0], rows[f"{name}, bf16"][2]
         assert ratio == pytest.approx(bf16_seconds / seconds, rel=0.03)  # of the printed, rounded seconds
