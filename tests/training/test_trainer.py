@@ -105,6 +105,31 @@ def test_ema_matches_closed_form():
     assert ema.weights()["weight"].item() == pytest.approx(expected)
 
 
+def test_ema_update_is_the_per_tensor_formula_bit_for_bit_and_copies_integer_buffers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
+    ema = EMA(net, decay=0.9, warmup=True)
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net(torch.randn(4, 5))  # moves the BatchNorm's running statistics and its integer step count
+        decay = ema.current_decay()
+        ema.update(net)
+        for k, v in net.state_dict().items():
+            expected[k] = expected[k].mul(decay).add(v, alpha=1 - decay) if v.dtype.is_floating_point else v.clone()
+    for k, v in ema.weights().items():
+        assert torch.equal(v, expected[k]), k
+    assert ema.weights()["1.num_batches_tracked"].item() == 3
+
+
+def test_the_optimizer_updates_cpu_float_weights_in_adamws_fused_kernel(tmp_path):
+    trainer = Trainer(ToyRegression(), ToyData(), TrainerConfig.from_dict(
+        {"max_steps": 1, "batch_size": 8, "progress": False, "tensorboard": False, "device": "cpu"}), tmp_path)
+    assert [g["fused"] for g in trainer.optimizer.param_groups] == [True]
+
+
 def test_lr_schedules():
     assert lr_at(0, base_lr=1.0, name="exponential", steps_per_epoch=10, gamma=0.5) == 1.0
     assert lr_at(25, base_lr=1.0, name="exponential", steps_per_epoch=10, gamma=0.5) == 0.25
