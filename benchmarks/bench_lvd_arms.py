@@ -14,8 +14,8 @@ than one face-connected piece (``mesh_components``), at the checkpoint's mesh le
 ``sampler``: sampling-side arms of one checkpoint (sampler keywords such as ``steps``, ``spacing``, ``shift``,
 ``guidance_scale``; or the model's ``mesh_level`` / ``clip_latent``), per seed scored as ``scripts/evaluate.py`` scores
 (``evaluate_generation``, whose result also counts the meshes in pieces), then the mean and spread over the seeds.
-``cost``: training-step times of VAE and UNet arms (two of them also in channels_last_3d, as ``trainer.memory_format=auto``
-lays them out on a CPU), interleaved in one process on one thread, as ratios to the
+``cost``: training-step times of VAE and UNet arms (two of them also in channels_last_3d, as
+``trainer.memory_format=auto`` lays them out on a CPU), interleaved in one process on one thread, as ratios to the
 second round's VAE and the preset's UNet (shared cores inflate wall times, not these ratios much); ``--amp`` adds each
 arm under CPU bf16 autocast (``trainer.amp=bf16``) with its ratio to float32.
 """

@@ -57,7 +57,8 @@ class TrainerConfig:
     ema_warmup: bool = True
     amp: str = "auto"                     # auto (bf16 on CUDA that supports it, else off) | bf16 (also on CPUs with
                                           # bf16 instructions: shapediff.devices.cpu_bf16_supported) | off
-    memory_format: str = "auto"           # auto (channels_last for 3D convolutions on the CPU) | channels_last | contiguous
+    memory_format: str = "auto"           # auto (channels_last for 3D convolutions on the CPU: devices.place_model)
+                                          # | channels_last | contiguous
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 25
