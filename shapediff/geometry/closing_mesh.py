@@ -30,6 +30,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from shapediff.geometry.marching_cubes import keep_components, sdf_to_mesh
+from shapediff.geometry.validation import as_points_array
 
 __all__ = ["closing_mesh"]
 
@@ -43,9 +44,7 @@ def closing_mesh(unit_points: np.ndarray, *, resolution: int = 64, radius: float
     radius eroded back (less, down to none, where that leaves no surface). Returns a ``trimesh.Trimesh``
     in the same unit frame.
     """
-    pts = np.asarray(unit_points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) < 2:
-        raise ValueError(f"unit_points: expected an (N, 3) array with N >= 2, got shape {pts.shape}")
+    pts = as_points_array(unit_points, "unit_points", min_points=2)
     if not 8 <= resolution <= 512:
         raise ValueError(f"resolution: expected an int in [8, 512], got {resolution}")
     pts = np.unique(np.round(pts, 7), axis=0)  # duplicates (e.g. samples clipped to a bound) fake a zero spacing

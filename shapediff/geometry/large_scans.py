@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from shapediff.geometry.mesh_io import load_points
-from shapediff.geometry.validation import FLOAT32_LIMIT
+from shapediff.geometry.validation import FLOAT32_LIMIT, as_points_array
 
 __all__ = ["DEFAULT_MAX_POINTS", "DOWNSAMPLE_METHODS", "downsample_points", "load_scan"]
 
@@ -78,8 +78,7 @@ def downsample_points(points: np.ndarray, max_points: int = DEFAULT_MAX_POINTS, 
     docstring); clouds of at most ``max_points`` points come back unchanged for ``"random"``."""
     _check_args(max_points, method, seed, voxel_size)
     pts = np.asarray(points)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise ValueError(f"points: expected an (N, 3) array, got shape {pts.shape}")
+    as_points_array(pts, "points")  # checked in float64; the points keep their dtype
     if method == "voxel":
         size = voxel_size or _bbox_diagonal([pts]) / 512.0
         pts = _voxel_stream([pts], size)

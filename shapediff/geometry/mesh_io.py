@@ -28,7 +28,7 @@ import trimesh
 
 from shapediff._optional import require_open3d
 from shapediff.geometry.pcd import read_pcd
-from shapediff.geometry.validation import FLOAT64_LIMIT, check_coordinates, float32_precision_warning
+from shapediff.geometry.validation import as_points_array, check_coordinates, float32_precision_warning
 from shapediff.io_atomic import file_kind, write_bytes_atomic, write_path_atomic
 
 __all__ = [
@@ -48,31 +48,6 @@ MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".stl", ".glb", ".off")
 POINT_SUFFIXES: tuple[str, ...] = (".ply", ".xyz", ".npy", ".pcd")
 _POINT_READ_SUFFIXES = POINT_SUFFIXES + (".obj", ".stl", ".glb", ".gltf", ".off", ".zip")
 _MESH_READ_SUFFIXES = MESH_SUFFIXES + (".gltf", ".zip")  # .gltf (JSON + buffers beside it) is read, not written
-
-
-def as_points_array(points: Any, name: str = "points") -> np.ndarray:
-    """Validate an (N, 3) array or tensor of finite points; return it as float64 numpy (N, 3).
-
-    |coordinates| above float64's bound (``validation.FLOAT64_LIMIT``, 1e149) are refused:
-    squared distances and bounding-box diagonals overflow beyond it (Open3D then crashes).
-    """
-    if hasattr(points, "detach"):  # torch.Tensor, without importing torch here
-        points = points.detach().cpu().numpy()
-    try:
-        arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected an (N, 3) array of numbers, got {type(points).__name__}") from err
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{name}: expected an (N, 3) array, got shape {tuple(arr.shape)}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one point, got shape {tuple(arr.shape)}")
-    top = float(np.abs(arr).max())
-    if not np.isfinite(top):
-        raise ValueError(f"{name}: contains NaN or Inf values")
-    if top > FLOAT64_LIMIT:
-        raise ValueError(f"{name}: expected |coordinates| <= {FLOAT64_LIMIT:g} (squared distances overflow beyond it), "
-                         f"got a largest |coordinate| of {top:.4g}")
-    return arr
 
 
 def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:

@@ -7,6 +7,7 @@ Public functions call these at their boundary and trust their inputs afterwards;
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,6 +124,33 @@ def check_points(
     if check_finite:
         check_coordinates(x, name, compute_dtype)
     return x
+
+
+def as_points_array(points: Any, name: str = "points", *, min_points: int = 1) -> np.ndarray:
+    """Validate an (N, 3) array or tensor of finite points, N >= ``min_points``; return it as float64 numpy (N, 3).
+    The NumPy twin of :func:`check_points` (which checks a tensor and returns it unchanged).
+
+    |coordinates| above float64's bound (``validation.FLOAT64_LIMIT``, 1e149) are refused:
+    squared distances and bounding-box diagonals overflow beyond it (Open3D then crashes).
+    """
+    if isinstance(points, torch.Tensor):
+        points = points.detach().cpu().numpy()
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected an (N, 3) array of numbers, got {type(points).__name__}") from err
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name}: expected an (N, 3) array, got shape {tuple(arr.shape)}")
+    if arr.shape[0] < max(1, min_points):
+        count = "one point" if min_points <= 1 else f"{min_points} points"
+        raise ValueError(f"{name}: expected at least {count}, got shape {tuple(arr.shape)}")
+    top = float(np.abs(arr).max())
+    if not np.isfinite(top):
+        raise ValueError(f"{name}: contains NaN or Inf values")
+    if top > FLOAT64_LIMIT:
+        raise ValueError(f"{name}: expected |coordinates| <= {FLOAT64_LIMIT:g} (squared distances overflow beyond it), "
+                         f"got a largest |coordinate| of {top:.4g}")
+    return arr
 
 
 def check_same_batch(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> None:

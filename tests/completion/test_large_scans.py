@@ -97,6 +97,12 @@ def test_bad_arguments_and_missing_files():
             downsample_points(np.zeros((5, 3)), **kwargs)
     with pytest.raises(ValueError, match="points"):
         downsample_points(np.zeros((5, 2)))
+    for bad, match in [(np.zeros((0, 3)), "points: expected at least one point"),
+                       (np.array([[0.0, 0.0, 0.0], [np.inf, 1.0, 2.0]]), "points: contains NaN or Inf")]:
+        with pytest.raises(ValueError, match=match):
+            downsample_points(bad, method="voxel")
+    kept = np.random.default_rng(0).random((10, 3), dtype=np.float32)
+    assert downsample_points(kept) is kept  # checked, not converted: the points keep their dtype
 
 
 def test_complete_script_on_a_million_point_mm_scan(tmp_path, capsys):

@@ -41,6 +41,12 @@ def test_torus_keeps_its_hole():
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="unit_points"):
         closing_mesh(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="unit_points: expected at least 2 points"):
+        closing_mesh(np.zeros((1, 3)))
+    nan = _sphere_points(64, 0.3)
+    nan[3, 1] = np.nan
+    with pytest.raises(ValueError, match="unit_points: contains NaN"):
+        closing_mesh(nan)
     with pytest.raises(ValueError, match="resolution"):
         closing_mesh(_sphere_points(64, 0.3), resolution=4)
 
