@@ -4,6 +4,7 @@
     python scripts/train.py experiment=quickstart
     python scripts/train.py experiment=quickstart model=pvcnn_small trainer.max_steps=500 name=pvcnn_try
     torchrun --nproc_per_node=4 scripts/train.py experiment=...      # multi-GPU (DDP)
+    python scripts/train.py experiment=quickstart trainer.cpu_processes=2   # 2 data-parallel CPU processes
     python scripts/train.py experiment=quickstart finetune=default data=mesh_folder data.root=my_shapes \
         trainer.init_from=runs/quickstart/checkpoints/last trainer.refit_normalization=true   # fine-tune (docs/finetuning.md)
 
@@ -23,10 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -34,6 +38,7 @@ from shapediff.cli import RUNTIME_FAILURE, USER_ERROR
 from shapediff._optional import fallbacks_used
 from shapediff.preflight import check_training_config
 from shapediff.training.experiment import check_required, required_values_message, run_training
+from shapediff.training.local_launch import launch_local, planned_processes
 from shapediff.training.trainer import TrainingDiverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -45,9 +50,18 @@ def main(cfg: DictConfig) -> None:
     global _started
     _started = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not _main_rank():  # rank 0 logs for the run; the others only warnings and errors (into the same files)
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         check_required(cfg)
         check_training_config(OmegaConf.to_container(cfg, resolve=True))
+        processes = planned_processes(cfg)
+        if processes > 1 and _one_run():  # trainer.cpu_processes: this process launches the ranks and waits
+            command = [sys.executable, str(Path(sys.argv[0]).resolve()), *sys.argv[1:]]
+            code = launch_local(command, processes, cfg.trainer.num_threads)
+            if code:
+                sys.exit(code)
+            return
         summary = run_training(cfg)
     except TrainingDiverged as err:  # the config was fine; the run failed (shapediff.cli: exit statuses)
         print(f"error: {err}", file=sys.stderr)
@@ -60,6 +74,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(USER_ERROR)
     if fallbacks_used():
         summary["fallbacks"] = fallbacks_used()
+    if not _main_rank():  # rank 0 reports for the run (torchrun, trainer.cpu_processes)
+        return
     print(json.dumps(summary, indent=2, default=str))
     for feature, used in fallbacks_used().items():
         print(f"fallback: {feature}: {used}", file=sys.stderr)
@@ -69,6 +85,20 @@ def main(cfg: DictConfig) -> None:
         print(f"error: training finished (checkpoint {summary.get('checkpoint')}), but {len(summary['output_errors'])} "
               "end-of-run output(s) could not be made; the others are written", file=sys.stderr)
         sys.exit(RUNTIME_FAILURE)
+
+
+def _main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _one_run() -> bool:
+    """Whether Hydra runs one job (a sweep's jobs each train in one process: relaunching argv would rerun the
+    sweep)."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        logging.getLogger("shapediff.training").warning(
+            "trainer.cpu_processes: a --multirun sweep trains each job in one process")
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["auto_threads", "check_num_threads", "configure_threads", "prefer_passive_openmp"]
+__all__ = ["auto_threads", "check_num_threads", "configure_threads", "prefer_passive_openmp", "usable_cpus"]
 
 
 def prefer_passive_openmp() -> bool:
@@ -36,7 +36,8 @@ def prefer_passive_openmp() -> bool:
     return "torch" not in sys.modules
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or ``taskset``'s CPU set)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -54,7 +55,7 @@ def auto_threads() -> int:
 
     if _torch_default is None:
         _torch_default = torch.get_num_threads()  # before any set_num_threads of ours
-    return max(1, min(_torch_default, _usable_cpus()))
+    return max(1, min(_torch_default, usable_cpus()))
 
 
 def check_num_threads(setting: int | str | None) -> None:

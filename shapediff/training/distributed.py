@@ -28,7 +28,7 @@ class DistInfo:
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
+    """Initialise the process group when launched by torchrun or ``trainer.cpu_processes`` (WORLD_SIZE > 1).
 
     Backend: NCCL on CUDA, gloo otherwise. Each rank uses ``cuda:LOCAL_RANK`` when CUDA is used.
     """
@@ -41,7 +41,12 @@ def setup_distributed(device: str = "auto") -> DistInfo:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        store = os.environ.get("SHAPEDIFF_DIST_STORE")  # set by shapediff.training.local_launch
+        if store:  # a file rendezvous: no TCP port to pick, none to lose to another program
+            dist.init_process_group(backend=backend, init_method=f"file://{store}", rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

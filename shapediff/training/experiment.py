@@ -17,6 +17,7 @@ from shapediff.models.base import ShapeModel
 from shapediff.training.checkpoints import CheckpointManager
 from shapediff.training.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from shapediff.training.finetune import STAGE_OWN_KEYS, start_from
+from shapediff.training.local_launch import evaluation_threads
 from shapediff.training.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger("shapediff.training")
@@ -216,7 +217,7 @@ def _train(cfg: DictConfig | dict, dist: DistInfo) -> dict[str, Any]:
     if dist.is_main:
         from shapediff.evaluation import write_run_outputs  # noqa: PLC0415
 
-        with trainer.ema_weights() as ema_model:
+        with trainer.ema_weights() as ema_model, evaluation_threads(dist):
             ema_model.eval()
             eval_split = cfg["evaluation"]["split"]
             summary["metrics"] = write_run_outputs(ema_model, build_dataset(cfg, eval_split), run_dir,

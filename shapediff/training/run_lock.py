@@ -12,7 +12,8 @@ dead writers left there (``io_atomic``'s hidden ``.<name>.<random>.tmp``, e.g. a
 kill -9) are removed at that moment.
 
 The lock is re-entrant within one process: ``scripts/train.py`` takes it before Hydra writes anything
-(:class:`RunLockCallback`) and the trainer takes it again around ``fit`` for API users.
+(:class:`RunLockCallback`) and the trainer takes it again around ``fit`` for API users. The ranks that
+``trainer.cpu_processes`` starts share their launcher's hold (they are its children; it keeps the file).
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read(self.path)
+                if _held_by_launcher(holder):  # a rank of `trainer.cpu_processes`: its launcher holds the folder
+                    _held[self.path] = 1
+                    return self
                 reason = _stale_reason(holder, self.path)
                 if reason is None:
                     if holder is None:  # being written this very moment: look again shortly
@@ -206,6 +210,14 @@ def _release_at_exit(path: Path) -> None:
     """atexit: a run that ends by sys.exit or an exception past every ``with`` still frees its folder."""
     if _held.pop(path, None):
         _unlink_if_ours(path)
+
+
+def _held_by_launcher(holder: dict[str, Any] | None) -> bool:
+    """Whether ``holder`` is the live process that launched this one as a rank (shapediff.training.local_launch:
+    the launcher takes the lock and its ranks share it; releasing leaves the file to its owner)."""
+    launcher = os.environ.get("SHAPEDIFF_LAUNCHER_PID")
+    return (holder is not None and launcher is not None and str(holder["pid"]) == launcher
+            and holder.get("host") == socket.gethostname() and os.getppid() == holder["pid"])
 
 
 def _is_main_rank() -> bool:

@@ -70,6 +70,8 @@ class TrainerConfig:
     tensorboard: bool = True
     find_unused_parameters: bool = False
     num_threads: int | str = "auto"       # CPU threads of torch: auto | torch (its default) | N (shapediff.threads)
+    cpu_processes: int = 1                # scripts/train.py on a CPU: N data-parallel processes sharing the batch
+                                          # (shapediff.training.local_launch); auto threads are split between them
     # fine-tuning (shapediff.training.finetune, docs/finetuning.md)
     init_from: str | None = None          # model directory or checkpoint to start from (ignored when resuming)
     init_classes: list | None = None      # class i starts from source class init_classes[i]; null = a new class
@@ -90,8 +92,9 @@ class TrainerConfig:
         return cfg
 
     def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "cpu_processes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"trainer.{name}: expected a positive int, got {getattr(self, name)!r}")
         for name in ("lr", "lr_gamma"):
             value = getattr(self, name)

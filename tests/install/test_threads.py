@@ -32,9 +32,9 @@ def test_explicit_and_torch_settings(restore_threads, monkeypatch):
 def test_auto_is_capped_by_the_usable_cpus(restore_threads, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "_torch_default", 8)
-    monkeypatch.setattr(threads, "_usable_cpus", lambda: 3)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 3)
     assert threads.configure_threads("auto") == 3 == torch.get_num_threads()
-    monkeypatch.setattr(threads, "_usable_cpus", lambda: 16)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 16)
     assert threads.auto_threads() == 8
 
 
