@@ -2,7 +2,7 @@
 
 On a CPU, small 3D convolutions scale poorly over threads: the latent quickstart's training step on the
 2-core machine took 0.73-0.88 (its 3D UNet) and 0.58-0.89 (its VAE) of the one-process, two-thread time
-as two processes of one thread each (back to back, docs/lvd_quickstart_quality.md, twelfth round). The
+as two processes of one thread each (back to back; docs/install.md, "Several processes on the CPU"). The
 trainer's global batch, its items and their noise do not depend on the number of processes
 (``Trainer._train_step``), so this changes the arithmetic's rounding, not the training.
 
