@@ -38,8 +38,9 @@ def test_one_process_unless_asked(four_cpus):
     assert planned_processes(_compose("experiment=quickstart")) == 1
 
 
-def test_the_latent_quickstart_trains_as_two_processes_capped_at_the_usable_cpus(four_cpus, monkeypatch, caplog):
-    cfg = _compose("experiment=lvd_quickstart")  # the preset's own setting, for both of its stages
+def test_the_count_covers_every_stage_and_is_capped_at_the_usable_cpus(four_cpus, monkeypatch, caplog):
+    assert planned_processes(_compose("experiment=lvd_quickstart")) == 1  # the preset trains in one process
+    cfg = _compose("experiment=lvd_quickstart", "trainer.cpu_processes=2")
     assert planned_processes(cfg) == 2
     monkeypatch.setattr(local_launch, "usable_cpus", lambda: 1)
     assert planned_processes(cfg) == 1
