@@ -5,9 +5,9 @@ On a CPU, small 3D convolutions scale poorly over threads: the latent quickstart
 as two processes of one thread each (back to back; docs/install.md, "Several processes on the CPU"). The
 trainer's global batch, its items and their noise do not depend on the number of processes
 (``Trainer._train_step``); draws each rank makes from its own generator (class-label dropout) are the same in
-distribution only. Not yet shown to train as well: two trainings of the latent quickstart as two processes scored
-~3 points of 1-NNA-CD worse than its one-process trainings (docs/lvd_quickstart_quality.md, twelfth round), so no
-preset sets it.
+distribution only, and a loss normalised over the whole batch (not a mean over items) is computed over each rank's
+share. Not yet shown to train as well: two trainings of the latent quickstart as two processes scored ~3 points of
+1-NNA-CD worse than its one-process trainings (docs/lvd_quickstart_quality.md, twelfth round), so no preset sets it.
 
 ``scripts/train.py`` asks :func:`planned_processes` how many processes the composed config wants; above 1
 it calls :func:`launch_local`, which starts that many copies of the same command as ranks of a gloo
