@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from omegaconf.errors import MissingMandatoryValue
 from shapediff.cli import RUNTIME_FAILURE, USER_ERROR
 from shapediff._optional import fallbacks_used
 from shapediff.preflight import check_training_config
+from shapediff.training.distributed import is_main_process
 from shapediff.training.experiment import check_required, required_values_message, run_training
 from shapediff.training.local_launch import launch_local, planned_processes
 from shapediff.training.trainer import TrainingDiverged
@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> None:
     global _started
     _started = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not _main_rank():  # rank 0 logs for the run; the others only warnings and errors (into the same files)
+    if not is_main_process():  # rank 0 logs for the run; the others only warnings and errors (into the same files)
         logging.getLogger().setLevel(logging.WARNING)
     try:
         check_required(cfg)
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(USER_ERROR)
     if fallbacks_used():
         summary["fallbacks"] = fallbacks_used()
-    if not _main_rank():  # rank 0 reports for the run (torchrun, trainer.cpu_processes)
+    if not is_main_process():  # rank 0 reports for the run (torchrun, trainer.cpu_processes)
         return
     print(json.dumps(summary, indent=2, default=str))
     for feature, used in fallbacks_used().items():
@@ -85,10 +85,6 @@ def main(cfg: DictConfig) -> None:
         print(f"error: training finished (checkpoint {summary.get('checkpoint')}), but {len(summary['output_errors'])} "
               "end-of-run output(s) could not be made; the others are written", file=sys.stderr)
         sys.exit(RUNTIME_FAILURE)
-
-
-def _main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _one_run() -> bool:

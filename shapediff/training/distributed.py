@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from shapediff.devices import resolve_device
+from shapediff.training.local_launch import STORE_ENV
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or the only one), read from torchrun's environment: usable before the
+    process group exists (logging, the run lock, what a script prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun or ``trainer.cpu_processes`` (WORLD_SIZE > 1).
 
@@ -42,7 +49,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        store = os.environ.get("SHAPEDIFF_DIST_STORE")  # set by shapediff.training.local_launch
+        store = os.environ.get(STORE_ENV)  # set by shapediff.training.local_launch
         if store:  # a file rendezvous: no TCP port to pick, none to lose to another program
             dist.init_process_group(backend=backend, init_method=f"file://{store}", rank=rank, world_size=world)
         else:

@@ -116,8 +116,9 @@ def launch_local(command: Sequence[str], processes: int, num_threads: Any = "aut
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 2:
         raise ValueError(f"processes: expected an int >= 2, got {processes!r}")
     per_rank, total = _threads_per_process(num_threads, processes)
-    log.info("training as %d processes x %s thread(s) (trainer.cpu_processes)", processes,
-             per_rank if per_rank is not None else num_threads)
+    log.warning("training as %d processes x %s thread(s) (trainer.cpu_processes): faster on small CPUs, but not yet "
+                "shown to train as well as one process (docs/install.md)", processes,
+                per_rank if per_rank is not None else num_threads)
     with tempfile.TemporaryDirectory(prefix="shapediff-launch-") as tmp:
         base = {**os.environ, "WORLD_SIZE": str(processes), STORE_ENV: str(Path(tmp) / "store"),
                 LAUNCHER_ENV: str(os.getpid()), EVAL_THREADS_ENV: str(total)}

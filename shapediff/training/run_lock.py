@@ -31,6 +31,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from shapediff.io_atomic import remove_stale_temp_files
+from shapediff.training.distributed import is_main_process
+from shapediff.training.local_launch import LAUNCHER_ENV
 
 log = logging.getLogger("shapediff.training")
 
@@ -215,14 +217,9 @@ def _release_at_exit(path: Path) -> None:
 def _held_by_launcher(holder: dict[str, Any] | None) -> bool:
     """Whether ``holder`` is the live process that launched this one as a rank (shapediff.training.local_launch:
     the launcher takes the lock and its ranks share it; releasing leaves the file to its owner)."""
-    launcher = os.environ.get("SHAPEDIFF_LAUNCHER_PID")
+    launcher = os.environ.get(LAUNCHER_ENV)
     return (holder is not None and launcher is not None and str(holder["pid"]) == launcher
             and holder.get("host") == socket.gethostname() and os.getppid() == holder["pid"])
-
-
-def _is_main_rank() -> bool:
-    """Under torchrun every rank runs the script; rank 0 alone holds the lock."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 class RunLockCallback(Callback):
@@ -236,7 +233,7 @@ class RunLockCallback(Callback):
         self.lock: RunLock | None = None
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        if not _is_main_rank():
+        if not is_main_process():  # under torchrun every rank runs the script; rank 0 alone holds the lock
             return
         from shapediff.cli import USER_ERROR  # noqa: PLC0415
 
