@@ -50,3 +50,9 @@ def per_example_randint(high: int, seeds: torch.Tensor, *, device=None, salt: in
         int(torch.randint(high, (1,), generator=torch.Generator().manual_seed(mix_seed(int(s), salt)))) for s in seeds.tolist()
     ]
     return torch.tensor(vals, dtype=torch.long, device=device)
+
+
+def per_example_rand(seeds: torch.Tensor, *, device=None, salt: int = 3) -> torch.Tensor:
+    """(B,) floats uniform in [0, 1), element b drawn from seed mix(seeds[b], salt) (e.g. per-example dropout)."""
+    vals = [float(torch.rand((1,), generator=torch.Generator().manual_seed(mix_seed(int(s), salt)))) for s in seeds.tolist()]
+    return torch.tensor(vals, dtype=torch.float32, device=device)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from shapediff.batch_split import batch_total_share
 from shapediff.config import register
 from shapediff.nn.blocks3d import AttentionBlock3d, Downsample3d, ResBlock3d, Upsample3d, group_norm
 
@@ -216,7 +217,8 @@ class TSDFVAE(nn.Module):
         tsdf = self._check_grid(tsdf)
         recon, post = self(tsdf, noise)
         weight = 1.0 + self.surface_weight * (tsdf.abs() < 1.0).float()
-        l1 = (weight * (recon - tsdf).abs()).sum() / weight.sum()
+        # normalised by the batch's summed weights: on several ranks the whole batch's (shapediff.batch_split)
+        l1 = (weight * (recon - tsdf).abs()).sum() / batch_total_share(weight.sum())
         hinge = sign_hinge(recon, tsdf, level=self.sign_level)
         if self.sign_balance:
             inside = (tsdf < self.sign_level).float()

@@ -422,7 +422,9 @@ class LatentVoxelDiffusion(ShapeModel):
             if "label" not in batch:
                 raise ValueError("batch: class_conditional=True needs a 'label' entry")
             labels = batch["label"].to(self.device).long().reshape(-1)
-            cond = {"class_label": drop_labels(labels, self.class_prior.numel(), self.cond_drop_prob, self.training)}
+            seeds = batch.get("seed")
+            cond = {"class_label": drop_labels(labels, self.class_prior.numel(), self.cond_drop_prob, self.training,
+                                               None if seeds is None else torch.as_tensor(seeds).reshape(-1))}
         return self.prior.loss(z, cond, seeds=batch.get("seed"), generator=generator)
 
     # ------------------------------------------------------------------------- sampling

@@ -19,18 +19,30 @@ import torch
 from torch import nn
 
 from shapediff.nn.embeddings import TimestepEmbedder
+from shapediff.randomness import per_example_rand
 from shapediff.value_checks import values_trusted
 
 __all__ = ["Conditions", "ConditionedDenoiser", "SummaryEmbedder", "drop_labels", "guidance_keep"]
 
-def guidance_keep(batch: int, drop_prob: float, training: bool, device: torch.device) -> torch.Tensor | None:
-    """(B,) bool, False where the guidance condition is dropped (one global ``torch.rand(B)``); None: nothing is."""
-    return torch.rand(batch, device=device) >= drop_prob if training and drop_prob > 0 else None
+def guidance_keep(batch: int, drop_prob: float, training: bool, device: torch.device,
+                  seeds: torch.Tensor | None = None) -> torch.Tensor | None:
+    """(B,) bool, False where the guidance condition is dropped; None: nothing is. Each example's draw comes from its
+    ``seeds`` entry (the trainer's (B,) per-example seeds: the same draws however the batch is split across
+    processes) when given, else from one global ``torch.rand(B)``."""
+    if not training or drop_prob <= 0:
+        return None
+    if seeds is None:
+        return torch.rand(batch, device=device) >= drop_prob
+    if seeds.shape != (batch,):
+        raise ValueError(f"seeds: expected ({batch},) per-example seeds, got {tuple(seeds.shape)}")
+    return per_example_rand(seeds, device=device) >= drop_prob
 
 
-def drop_labels(labels: torch.Tensor, num_classes: int, drop_prob: float, training: bool) -> torch.Tensor:
-    """(B,) labels, the dropped ones (:func:`guidance_keep`) set to the null class (for the latent-voxel UNet)."""
-    keep = guidance_keep(labels.shape[0], drop_prob, training, labels.device)
+def drop_labels(labels: torch.Tensor, num_classes: int, drop_prob: float, training: bool,
+                seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) labels, the dropped ones (:func:`guidance_keep`, per example from ``seeds`` when given) set to the null
+    class (for the latent-voxel UNet)."""
+    keep = guidance_keep(labels.shape[0], drop_prob, training, labels.device, seeds)
     return labels if keep is None else torch.where(keep, labels, torch.full_like(labels, num_classes))
 
 

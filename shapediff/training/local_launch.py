@@ -3,11 +3,11 @@
 On a CPU, small 3D convolutions scale poorly over threads: the latent quickstart's training step on the
 2-core machine took 0.73-0.88 (its 3D UNet) and 0.58-0.89 (its VAE) of the one-process, two-thread time
 as two processes of one thread each (back to back; docs/install.md, "Several processes on the CPU"). The
-trainer's global batch, its items and their noise do not depend on the number of processes
-(``Trainer._train_step``); draws each rank makes from its own generator (class-label dropout) are the same in
-distribution only, and a loss normalised over the whole batch (not a mean over items) is computed over each rank's
-share. Not yet shown to train as well: two trainings of the latent quickstart as two processes scored ~3 points of
-1-NNA-CD worse than its one-process trainings (docs/lvd_quickstart_quality.md, twelfth round), so no preset sets it.
+trainer's global batch, its items and their noise and guidance dropout do not depend on the number of processes
+(``Trainer._train_step``, per-example seeds), and a loss normalised by a total of the batch's data (the latent VAE's
+weighted L1) divides by the whole batch's total (:mod:`shapediff.batch_split`): the latent quickstart's two stages
+end within float rounding of one process (``tests/training/test_local_launch.py``). The point denoiser's guidance
+dropout still draws from each rank's own generator: the same in distribution, not the same examples.
 
 ``scripts/train.py`` asks :func:`planned_processes` how many processes the composed config wants; above 1
 it calls :func:`launch_local`, which starts that many copies of the same command as ranks of a gloo
@@ -116,9 +116,8 @@ def launch_local(command: Sequence[str], processes: int, num_threads: Any = "aut
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 2:
         raise ValueError(f"processes: expected an int >= 2, got {processes!r}")
     per_rank, total = _threads_per_process(num_threads, processes)
-    log.warning("training as %d processes x %s thread(s) (trainer.cpu_processes): faster on small CPUs, but not yet "
-                "shown to train as well as one process (docs/install.md)", processes,
-                per_rank if per_rank is not None else num_threads)
+    log.info("training as %d processes x %s thread(s) (trainer.cpu_processes)", processes,
+             per_rank if per_rank is not None else num_threads)
     with tempfile.TemporaryDirectory(prefix="shapediff-launch-") as tmp:
         base = {**os.environ, "WORLD_SIZE": str(processes), STORE_ENV: str(Path(tmp) / "store"),
                 LAUNCHER_ENV: str(os.getpid()), EVAL_THREADS_ENV: str(total)}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from shapediff.batch_split import split_across_ranks
 from shapediff.devices import MEMORY_FORMATS, place_model
 from shapediff.randomness import mix_seed
 from shapediff.threads import check_num_threads, configure_threads
@@ -274,7 +275,7 @@ class Trainer:
             torch.manual_seed(mix_seed(self.cfg.seed, self.step, self.dist.rank, i, 2))  # dropout
             sync = i == len(micro) - 1 or not self.dist.enabled
             ctx = contextlib.nullcontext() if sync else self.loss_module.no_sync()
-            with ctx, _autocast(self.dist.device, self.autocast_dtype):
+            with ctx, _autocast(self.dist.device, self.autocast_dtype), split_across_ranks(self.dist.world_size):
                 loss = self.loss_module(batch) * (len(chunk) / len(positions))
                 loss.backward()
             total += loss.detach().float()
