@@ -9,7 +9,8 @@ several ranks is the whole batch's total over the number of ranks (one all-reduc
 so a one-process run computes what it always did.
 
 The trainer marks its step with :func:`split_across_ranks`; outside it (evaluation, sampling, a user's own loop)
-nothing is reduced, so a rank computing a loss alone never waits for the others.
+nothing is reduced, so a rank computing a loss alone never waits for the others. Micro-batches
+(``trainer.grad_accum`` > 1) are not covered: each divides by its own share's total, as one process always did.
 """
 
 from __future__ import annotations
