@@ -39,8 +39,8 @@ def test_one_process_unless_asked(four_cpus):
 
 
 def test_the_count_covers_every_stage_and_is_capped_at_the_usable_cpus(four_cpus, monkeypatch, caplog):
-    assert planned_processes(_compose("experiment=lvd_quickstart")) == 1  # the preset trains in one process
-    cfg = _compose("experiment=lvd_quickstart", "trainer.cpu_processes=2")
+    assert planned_processes(_compose("experiment=lvd_quickstart", "trainer.cpu_processes=1")) == 1
+    cfg = _compose("experiment=lvd_quickstart")  # the preset trains as two processes
     assert planned_processes(cfg) == 2
     monkeypatch.setattr(local_launch, "usable_cpus", lambda: 1)
     assert planned_processes(cfg) == 1
