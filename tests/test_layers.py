@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "shapediff"
 
 # Lowest first; a package may import its own modules and those of strictly lower layers.
 LAYERS = [
-    {"_optional", "io_atomic", "config", "devices", "randomness", "threads", "value_checks"},
+    {"_optional", "io_atomic", "batch_split", "config", "devices", "randomness", "threads", "value_checks"},
     {"preflight", "cli"},  # what scripts need before any work: checks, one-line errors, thread settings
     {"diffusion", "nn", "geometry"},
     {"denoisers", "autoencoders", "metrics", "data", "viz"},
