@@ -3,8 +3,8 @@
 On a CPU, small 3D convolutions scale poorly over threads: the latent quickstart's training step on the
 2-core machine took 0.73-0.88 (its 3D UNet) and 0.58-0.89 (its VAE) of the one-process, two-thread time
 as two processes of one thread each (back to back; docs/install.md, "Several processes on the CPU"). The
-trainer's global batch, its items and their noise and guidance dropout do not depend on the number of processes
-(``Trainer._train_step``, per-example seeds), and a loss normalised by a total of the batch's data (the latent VAE's
+trainer's global batch, its items, their noise and the latent pipeline's class-label dropout do not depend on the
+number of processes (``Trainer._train_step``, per-example seeds), and a loss normalised by a total of the batch's data (the latent VAE's
 weighted L1) divides by the whole batch's total (:mod:`shapediff.batch_split`): the latent quickstart's two stages
 end within float rounding of one process (``tests/training/test_local_launch.py``). The point denoiser's guidance
 dropout still draws from each rank's own generator: the same in distribution, not the same examples.
