@@ -73,8 +73,11 @@ class TSDFVAE(nn.Module):
         kl_weight: beta_KL.
         surface_weight: extra L1 weight on voxels with |tsdf| < 1 (within the truncation band).
         sign_weight: weight of the occupancy-sign hinge (:func:`sign_hinge`, mean over voxels): asks each voxel
-            for the right side of the surface by ``SIGN_MARGIN``, which the L1 alone lets thin parts (whose
+            for the right side of the surface by ``sign_margin``, which the L1 alone lets thin parts (whose
             few inside voxels hold values near 0) lose; 0 = off.
+        sign_margin: how far past ``sign_level`` the hinge asks each voxel to be (tsdf / truncation units, > 0;
+            ``SIGN_MARGIN`` = 0.2, i.e. 0.6 voxel at a truncation of 3 voxels: a smaller truncation needs a larger
+            margin for the same distance in voxels).
         sign_level: the iso-level (tsdf / truncation units) whose side the hinge asks for: the level the
             grids are meshed at (``LatentVoxelDiffusion.mesh_level``), so a part thinner than a voxel, whose
             voxels hold values between 0 and that level, is asked to stay inside it.
@@ -95,7 +98,7 @@ class TSDFVAE(nn.Module):
                  latent_channels: int = 4, attention: bool = True, num_heads: int = 4, num_groups: int = 8,
                  kl_weight: float = 1e-6, surface_weight: float = 2.0, resample_channels: bool = False,
                  sign_weight: float = 0.0, sign_level: float = 0.0, sign_balance: bool = False,
-                 upsample: str = "nearest"):
+                 upsample: str = "nearest", sign_margin: float = SIGN_MARGIN):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
         if not isinstance(resolution, int) or resolution < self.factor or resolution % self.factor:
@@ -105,8 +108,10 @@ class TSDFVAE(nn.Module):
                              f"weights, got {channel_mult!r}, {kl_weight!r}, {surface_weight!r}, {sign_weight!r}")
         if isinstance(sign_level, bool) or not isinstance(sign_level, (int, float)) or not -1.0 < sign_level < 1.0:
             raise ValueError(f"sign_level: expected a number in (-1, 1) (tsdf / truncation units), got {sign_level!r}")
+        if isinstance(sign_margin, bool) or not isinstance(sign_margin, (int, float)) or not 0.0 < sign_margin < 2.0:
+            raise ValueError(f"sign_margin: expected a number in (0, 2) (tsdf / truncation units), got {sign_margin!r}")
         blocks = _per_level(num_res_blocks, len(channel_mult))
-        self.sign_level, self.sign_balance = float(sign_level), bool(sign_balance)
+        self.sign_level, self.sign_balance, self.sign_margin = float(sign_level), bool(sign_balance), float(sign_margin)
         self.resolution, self.in_channels, self.latent_channels = resolution, in_channels, latent_channels
         self.latent_resolution = resolution // self.factor
         self.kl_weight, self.surface_weight, self.sign_weight = float(kl_weight), float(surface_weight), float(sign_weight)
@@ -219,7 +224,7 @@ class TSDFVAE(nn.Module):
         weight = 1.0 + self.surface_weight * (tsdf.abs() < 1.0).float()
         # normalised by the batch's summed weights: on several ranks the whole batch's (shapediff.batch_split)
         l1 = (weight * (recon - tsdf).abs()).sum() / batch_total_share(weight.sum())
-        hinge = sign_hinge(recon, tsdf, level=self.sign_level)
+        hinge = sign_hinge(recon, tsdf, margin=self.sign_margin, level=self.sign_level)
         if self.sign_balance:
             inside = (tsdf < self.sign_level).float()
             dims = tuple(range(1, tsdf.ndim))

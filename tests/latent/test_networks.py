@@ -110,6 +110,22 @@ def test_balanced_sign_hinge_by_hand():
     assert plain.loss_terms(x)["sign"].item() == pytest.approx(hinge.mean(), rel=1e-5)
 
 
+def test_sign_margin_is_the_distance_past_the_level_the_hinge_asks_for():
+    """sign_margin: the hinge asks inside voxels for recon <= level - margin (0.2 by default, the earlier constant)."""
+    x = torch.ones(1, 1, 16, 16, 16)
+    x[0, 0, 4:12, 4:12, 4:12] = -0.6
+    default, wide = instantiate({**VAE, "sign_weight": 1.0}), instantiate({**VAE, "sign_weight": 1.0, "sign_margin": 0.4})
+    assert default.sign_margin == 0.2
+    wide.load_state_dict(default.state_dict())
+    r, t = default(x)[0].detach().numpy(), x.numpy()
+    hinge = np.maximum(0.4 - np.where(t < 0, -1.0, 1.0) * r, 0.0)
+    assert wide.loss_terms(x)["sign"].item() == pytest.approx(hinge.mean(), rel=1e-5)
+    assert default.loss_terms(x)["sign"].item() < wide.loss_terms(x)["sign"].item()
+    for bad in (0.0, -0.1, 2.0, True, "0.3"):
+        with pytest.raises(ValueError, match="sign_margin"):
+            TSDFVAE(resolution=16, channel_mult=(1, 2), sign_margin=bad)
+
+
 @pytest.mark.slow
 def test_vae_overfits_one_shape():
     torch.manual_seed(0)
