@@ -10,7 +10,8 @@
    in one process (the compute budget is a multiple of the original's), ``--completion-costs A.pt B.pt`` only times
    saved models' completions against the first's in one process; ``--augment LOW`` scales each training pair per
    axis (shape and scan alike) by a factor in [LOW, 1 / LOW]; ``--against RUN.json`` pairs this run with
-   another run's ``--json`` on the same scans (e.g. another denoiser). ``--scan-bank-views V`` (default 96; 0: off)
+   another run's ``--json`` on the same scans (e.g. another denoiser). ``--synthetic K`` also trains the model on K
+   built-in SyntheticShapes (the retrieval baselines keep the real shapes). ``--scan-bank-views V`` (default 96; 0: off)
    adds retrieval in the scan frame through V virtual scans per training shape (``shapediff.models.scan_retrieval``,
    no canonical frame; ``--scan-bank-icp`` steps of scale and translation after the match): the retrieved shape, it
    + scan, and ``complete(scan, init=)`` from it, with its cost against the default's.
@@ -50,10 +51,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shapediff.data import ShapeNetPC15k
+from shapediff.data import ShapeNetPC15k, SyntheticShapes
 from shapediff.geometry import emd
 from shapediff.geometry.chamfer import chamfer_distance
 from shapediff.geometry.large_scans import load_scan
+from shapediff.geometry.normalization import normalize_points
 from shapediff.geometry.partial_scan import hidden_point_removal, random_viewpoint
 from shapediff.io_atomic import write_path_atomic
 from shapediff.metrics.completion import f_score
@@ -83,6 +85,20 @@ def _shapes(split: str) -> list[torch.Tensor]:
     clouds = ShapeNetPC15k(SHARED / "derived_pc15k_layout", categories=["airplane", "chair", "table"], split=split,
                            num_points=10000, num_ref_points=5000, normalization="bbox", sampling="fixed")
     return [torch.cat([c["points"], c["ref_points"]]) for c in (clouds[i] for i in range(len(clouds)))]
+
+
+def synthetic_shapes(count: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` built-in SyntheticShapes (its train split, round-robin over its 12 categories: chair, table, lamp,
+    vase, mug, airplane, car and five solids; y up as ShapeNet) as dense (POOL, 3) clouds on their exact surfaces,
+    bbox-normalised into [-1, 1]^3 as :func:`_shapes`: extra training shapes for the model only (the retrieval
+    baselines keep the real training shapes)."""
+    if not (isinstance(count, int) and count >= 0):
+        raise ValueError(f"synthetic: expected a count of extra training shapes >= 0, got {count!r}")
+    if count == 0:
+        return []
+    data = SyntheticShapes(num_shapes=count, num_points=16, split="train", seed=seed)
+    clouds = torch.stack([data.surface_points(i, POOL, seed=i) for i in range(count)])
+    return list(normalize_points(clouds, "bbox"))
 
 
 def _halves(dense: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -563,6 +579,9 @@ def main() -> None:
                         help="only time these saved models' default completions of the first 4 --split shapes' scans "
                              "(every kind), interleaved in one process, against the first model, and print the table")
     parser.add_argument("--views", type=int, default=16, help="virtual scans per training shape")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="K",
+                        help="train the model on K built-in SyntheticShapes besides the real training shapes "
+                             "(round-robin over its 12 categories; the retrieval baselines keep the real ones)")
     parser.add_argument("--scan-bank-views", type=int, default=96, metavar="V",
                         help="scan-frame retrieval rows: a bank of V virtual scans per training shape, each with its "
                              "shape in its own scan frame (0: no such rows)")
@@ -605,7 +624,7 @@ def main() -> None:
         model, seconds = load_model(args.model, device="cpu"), float("nan")
         note = f"loaded {args.model}"
     else:
-        dense, partial, owner = _training_pairs(train, args.views, args.partial)
+        dense, partial, owner = _training_pairs(train + synthetic_shapes(args.synthetic), args.views, args.partial)
         prep = time.perf_counter() - start
         model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn)
         seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed, augment=args.augment)
@@ -616,6 +635,7 @@ def main() -> None:
         note = (f"{args.steps} steps of batch {args.batch} in {seconds:.0f} s ({torch.get_num_threads()} threads), "
                 f"{ratio * args.steps / 2500:.1f}x the training compute of the issue's original benchmark model (a step "
                 f"{ratio:.2f}x its, timed here), {len(partial)} training scans of {len(train)} shapes"
+                + (f" and {args.synthetic} SyntheticShapes" if args.synthetic else "")
                 + (f" scaled per axis in [{args.augment:g}, {1 / args.augment:.3g}]" if args.augment < 1 else "")
                 + f", data preparation {prep:.0f} s")
     model.eval()

@@ -147,3 +147,17 @@ def test_evaluate_virtual_with_a_scan_bank_scores_the_scan_frame_retrieval_rows_
     assert costs["ratio"] > 0 and costs["default"] == pytest.approx(per_scan)
     plain, _, _, _ = bench.evaluate_virtual(model, [_sphere(600, 2, squash=0.5)], shapes, 1, 0, kinds=("cut",))
     assert not any(name in plain for name in rows)
+
+
+def test_synthetic_training_shapes_are_dense_bbox_normalised_clouds_of_every_category(bench):
+    clouds = bench.synthetic_shapes(13)
+    assert len(clouds) == 13 and all(c.shape == (bench.POOL, 3) and c.dtype == torch.float32 for c in clouds)
+    for cloud in clouds:  # bbox: centred, the longest side spans [-1, 1] exactly
+        lo, hi = cloud.min(0).values, cloud.max(0).values
+        assert torch.allclose((lo + hi) / 2, torch.zeros(3), atol=1e-6)
+        assert float((hi - lo).max()) == pytest.approx(2.0, abs=1e-5)
+    assert not torch.equal(clouds[0], clouds[12])  # two chairs (round-robin over 12 categories), different shapes
+    assert torch.equal(bench.synthetic_shapes(13)[5], clouds[5])  # reproducible
+    assert bench.synthetic_shapes(0) == []
+    with pytest.raises(ValueError, match="synthetic: expected a count"):
+        bench.synthetic_shapes(-1)
