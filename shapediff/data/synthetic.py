@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,6 +55,8 @@ class SyntheticShapes(Dataset):
         split: "train", "val" or "test".
         seed: dataset seed.
         pool_size: surface points computed once per shape (lazily, cached); items draw N of them.
+        pool_cache: pools kept in memory at once (120 KB each at the default pool_size); beyond it the least
+            recently used is dropped and recomputed, bit for bit, from its seed when asked for again.
         sampling: "random" draws a fresh random subset of the pool on every access from torch's
             global generator (the trainer seeds it before each fetch, a DataLoader per worker, so
             runs and resumed runs repeat); "fixed" returns the same N points for index i every
@@ -73,6 +76,7 @@ class SyntheticShapes(Dataset):
         split: str = "train",
         seed: int = 0,
         pool_size: int = 10000,
+        pool_cache: int = 512,
         sampling: str | None = None,
         mesh_resolution: int = 128,
     ) -> None:
@@ -81,6 +85,7 @@ class SyntheticShapes(Dataset):
         self.num_shapes = check_positive_int(num_shapes, "num_shapes")
         self.num_points = check_positive_int(num_points, "num_points")
         self.pool_size = check_positive_int(pool_size, "pool_size")
+        self.pool_cache = check_positive_int(pool_cache, "pool_cache")
         self.mesh_resolution = check_positive_int(mesh_resolution, "mesh_resolution")
         if self.num_points > self.pool_size:
             raise ValueError(f"num_points: expected at most pool_size={self.pool_size}, got {num_points}")
@@ -89,7 +94,7 @@ class SyntheticShapes(Dataset):
         self.sampling = default_sampling(sampling, self.split)
         self._labels = [i % self.num_classes for i in range(self.num_shapes)]
         self._parts = [build_shape(self.categories[c], self._rng(i, 0)) for i, c in enumerate(self._labels)]
-        self._pools: dict[int, np.ndarray] = {}
+        self._pools: OrderedDict[int, np.ndarray] = OrderedDict()  # least recently used first
         self._meshes: dict[int, object] = {}
 
     # ------------------------------------------------------------------ identity and randomness
@@ -138,11 +143,16 @@ class SyntheticShapes(Dataset):
         return union_bounds(self._parts[self._check_index(index)])
 
     def surface_pool(self, index: int) -> np.ndarray:
-        """float32 (pool_size, 3) points uniform over the surface of shape ``index`` (cached, deterministic)."""
+        """float32 (pool_size, 3) points uniform over the surface of shape ``index`` (deterministic; the last
+        ``pool_cache`` pools asked for are kept in memory)."""
         index = self._check_index(index)
-        if index not in self._pools:
+        if index in self._pools:
+            self._pools.move_to_end(index)
+        else:
             pts = sample_union_surface(self._parts[index], self.pool_size, self._rng(index, 1))
             self._pools[index] = pts.astype(np.float32)
+            while len(self._pools) > self.pool_cache:
+                self._pools.popitem(last=False)
         return self._pools[index]
 
     def surface_points(self, index: int, num_points: int, seed: int | None = None) -> torch.Tensor:

@@ -33,7 +33,9 @@ class TSDFDataset(Dataset):
         sign: sign method for mesh sources ("auto", "open3d", "winding").
         cache_dir: folder for cached grids (None: cache in memory only). Files live in
             ``cache_dir/<key>/<index>.pt`` where ``key`` hashes the base config, split and grid parameters,
-            so changing any of them never reads stale grids; each file is written atomically.
+            so changing any of them never reads stale grids; each file is written atomically. With a
+            cache_dir the grids are read back from it on every access, not kept in memory (thousands of
+            shapes, or a data-parallel process each, would otherwise hold every grid: 128 KB at 32^3).
         cache_key: identifies a dataset *object* ``base`` in the key (needed with cache_dir for objects).
 
     Items are the base item (``points``, ``label``, ...) plus ``"tsdf"``: float32 (1, R, R, R) in
@@ -78,7 +80,8 @@ class TSDFDataset(Dataset):
         return {"resolution": self.resolution, "truncation": self.truncation, "bounds": [list(x) for x in self.bounds]}
 
     def tsdf(self, index: int) -> torch.Tensor:
-        """(R, R, R) float32 TSDF of shape ``index`` (from memory, the disk cache, or computed and cached)."""
+        """(R, R, R) float32 TSDF of shape ``index`` (from the disk cache, or from memory without one; else
+        computed and cached)."""
         if isinstance(index, bool) or not isinstance(index, int) or not -len(self) <= index < len(self):
             raise ValueError(f"index: expected an int in [-{len(self)}, {len(self)}), got {index!r}")
         index %= len(self)
@@ -91,7 +94,8 @@ class TSDFDataset(Dataset):
             grid = self._compute(index)
             if path is not None:
                 write_path_atomic(path, lambda tmp: torch.save(grid.contiguous(), tmp))
-        self._memory[index] = grid
+        if path is None:
+            self._memory[index] = grid
         return grid
 
     def _compute(self, index: int) -> torch.Tensor:

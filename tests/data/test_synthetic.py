@@ -230,3 +230,15 @@ def test_construction_is_fast():
     ds = SyntheticShapes(num_shapes=200)
     assert time.perf_counter() - start < 5.0
     assert not ds._pools and not ds._meshes
+
+
+def test_the_pool_cache_is_bounded_and_a_dropped_pool_comes_back_bit_for_bit():
+    ds = SyntheticShapes(num_shapes=6, num_points=32, pool_size=256, pool_cache=2)
+    first = [ds.surface_pool(i).copy() for i in range(3)]
+    assert list(ds._pools) == [1, 2]  # shape 0, the least recently used, was dropped
+    ds.surface_pool(1)  # used again: shape 2 is now the oldest
+    again = ds.surface_pool(0)
+    assert list(ds._pools) == [1, 0] and np.array_equal(again, first[0])
+    assert np.array_equal(ds.surface_pool(2), first[2])
+    with pytest.raises(ValueError, match="pool_cache"):
+        SyntheticShapes(num_shapes=6, pool_cache=0)
