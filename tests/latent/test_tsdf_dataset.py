@@ -34,7 +34,6 @@ def test_cache_is_read_back_and_keyed_by_parameters(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*"))  # no temporary leftovers
 
 
-
 def test_a_disk_cached_grid_is_read_back_not_held_in_memory(tmp_path, monkeypatch):
     cached = TSDFDataset(SYNTH, split="train", resolution=12, truncation=2.0, cache_dir=tmp_path)
     grids = [cached.tsdf(i) for i in range(3)]
@@ -43,6 +42,7 @@ def test_a_disk_cached_grid_is_read_back_not_held_in_memory(tmp_path, monkeypatc
     assert all(torch.equal(cached.tsdf(i), g) for i, g in enumerate(grids))
     in_memory = TSDFDataset(SYNTH, split="train", resolution=12, truncation=2.0)  # no cache_dir: memory is the cache
     assert torch.equal(in_memory.tsdf(1), grids[1]) and set(in_memory._memory) == {1}
+
 
 class _Meshes(torch.utils.data.Dataset):
     def __init__(self):
