@@ -4,7 +4,8 @@
    the CPU on virtual scans of real shapes: the airplanes, chairs and tables of ``derived_pc15k_layout`` (15,000
    points sampled on real meshes: the fine-grained chairs and tables, ModelNet, ShapeNet singletons),
    bbox-normalised into [-1, 1]^3, its train split. ``--model PATH`` reuses a model this script trained before
-   (it is saved there after training). ``--split val`` scores the validation shapes (for choosing settings).
+   (it is saved there after training). ``--split val`` scores the validation shapes (for choosing settings),
+   ``--split train`` new scans of the training shapes (a diagnostic: does the model fit the shapes it learnt?).
    ``--denoiser pointnet|pvcnn|transformer`` (sized by ``--width`` / ``--depth``, ``--knn`` for the PointNet)
    chooses the network; ``--step-costs`` only times candidates' training steps against the issue's original model
    in one process (the compute budget is a multiple of the original's), ``--completion-costs A.pt B.pt`` only times
@@ -146,16 +147,17 @@ PVCNN_SA = (((16, 1, 8), (256, 0.2, 16, (16, 32))), ((32, 1, 8), (64, 0.4, 16, (
 PVCNN_FP = (((64, 32), (32, 1, 4)), ((48, 32), (32, 1, 8)), ((32, 32), (16, 1, 8)))
 
 
-def _inner(denoiser: str, width: int, depth: int, knn: int = 0) -> dict:
+def _inner(denoiser: str, width: int, depth: int, knn: int = 0, summary_dim: int = 0) -> dict:
     """Config of the network inside ``KnownIndicatorDenoiser`` (xyz + known flag in, 4 channels):
     "pointnet": ``PointNetDenoiser`` (hidden width, residual set blocks; ``knn`` K > 0 also gives each point its
     offset from the mean of its K nearest points, a local surface cue); "pvcnn": PVD's point-voxel U-Net, the
     stages of ``configs/model/pvcnn_small.yaml`` (3 SA / 3 FP, one PVConv each, voxel grids 4-8^3) with every
     channel count scaled by ``width / 32`` (32: the preset; ``depth`` must be 3: its stages are fixed); "transformer":
-    ``PointTransformer`` (one token per point, ``width // 32`` heads, ``depth`` blocks, the time as a token)."""
+    ``PointTransformer`` (one token per point, ``width // 32`` heads, ``depth`` blocks, the time as a token).
+    ``summary_dim`` D > 0: the network takes a (B, D) summary (the scan's code, :func:`_model`'s ``scan_code``)."""
     if denoiser == "pointnet":
         return {"_target_": "shapediff.denoisers.PointNetDenoiser", "in_channels": 4, "width": width, "depth": depth,
-                "knn_neighbours": knn}
+                "knn_neighbours": knn, **({"summary_dim": summary_dim} if summary_dim else {})}
     if knn:
         raise ValueError(f"knn: only the pointnet denoiser takes it (the others see neighbourhoods), got {knn} for {denoiser!r}")
     if denoiser == "pvcnn":
@@ -164,8 +166,11 @@ def _inner(denoiser: str, width: int, depth: int, knn: int = 0) -> dict:
                              f"width {width}, depth {depth}")
         return {"_target_": "shapediff.denoisers.PVCNN2", "in_channels": 4, "embed_dim": 32, "sa_blocks": PVCNN_SA,
                 "fp_blocks": PVCNN_FP, "head_channels": 64, "width_multiplier": width / 32,
-                "point_ops": "plain"}
+                "point_ops": "plain", **({"summary_dim": summary_dim} if summary_dim else {})}
     if denoiser == "transformer":
+        if summary_dim:
+            raise ValueError("scan_code: the transformer takes the scan's points as tokens of its set, not a summary; "
+                             f"expected 0 with it, got {summary_dim}")
         if width % 32:
             raise ValueError(f"transformer: expected a width divisible by 32 (heads of 32 channels), got {width}")
         return {"_target_": "shapediff.denoisers.PointTransformer", "in_channels": 4, "width": width, "depth": depth,
@@ -173,12 +178,17 @@ def _inner(denoiser: str, width: int, depth: int, knn: int = 0) -> dict:
     raise ValueError(f"denoiser: expected one of {DENOISERS}, got {denoiser!r}")
 
 
-def _model(n: int, m: int, width: int, depth: int, denoiser: str = "pointnet", knn: int = 0) -> PointCloudDiffusion:
+def _model(n: int, m: int, width: int, depth: int, denoiser: str = "pointnet", knn: int = 0,
+           scan_code: int = 0) -> PointCloudDiffusion:
     """The benchmark's scan-frame PVD completion model: N points of which the first M known, the known-point flag
-    around the ``denoiser`` network (:func:`_inner`), v-prediction, T = 200, DDPM sampling in 50 steps."""
+    around the ``denoiser`` network (:func:`_inner`), v-prediction, T = 200, DDPM sampling in 50 steps;
+    ``scan_code`` D > 0: the flag's wrapper also encodes the known points into a (B, D) code for the network."""
+    if isinstance(scan_code, bool) or not isinstance(scan_code, int) or scan_code < 0:
+        raise ValueError(f"scan_code: expected an int >= 0 (the scan code's width; 0: none), got {scan_code!r}")
     return PointCloudDiffusion(
         denoiser={"_target_": "shapediff.models.completion.KnownIndicatorDenoiser", "num_known": m,
-                  "denoiser": _inner(denoiser, width, depth, knn)},
+                  **({"scan_code": scan_code} if scan_code else {}),
+                  "denoiser": _inner(denoiser, width, depth, knn, scan_code)},
         diffusion={"_target_": "shapediff.diffusion.GaussianDiffusion", "num_timesteps": 200, "prediction": "v"},
         num_points=n, completion="pvd", num_partial_points=m, sampler={"name": "ddpm", "steps": 50}, frame="scan")
 
@@ -266,13 +276,13 @@ def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, 
 ORIGINAL = (256, 64, 64, 2, "pointnet", 0, 32)  # the issue's original benchmark model: N, M, width, depth, denoiser, knn, batch
 
 
-def training_step_ratios(configs: dict[str, tuple[int, int, int, int, str, int, int]], rounds: int = 5) -> dict[str, float]:
-    """Seconds per training step of each model (name -> (N, M, width, depth, denoiser, knn, batch)) over those of the
-    issue's original benchmark model (``ORIGINAL``: N 256, M 64, PointNet width 64, depth 2, batch 32; 2500 steps
-    took 54 s on an idle thread), all timed here, interleaved (``rounds`` x 10 steps each after one warm-up round,
-    random clouds): cost ratios that shared cores do not skew."""
+def training_step_ratios(configs: dict[str, tuple], rounds: int = 5) -> dict[str, float]:
+    """Seconds per training step of each model (name -> (N, M, width, depth, denoiser, knn, batch[, scan_code])) over
+    those of the issue's original benchmark model (``ORIGINAL``: N 256, M 64, PointNet width 64, depth 2, batch 32;
+    2500 steps took 54 s on an idle thread), all timed here, interleaved (``rounds`` x 10 steps each after one
+    warm-up round, random clouds): cost ratios that shared cores do not skew."""
     cfgs = {"original": ORIGINAL, **configs}
-    models = {k: _model(*c[:6]) for k, c in cfgs.items()}
+    models = {k: _model(*c[:6], scan_code=c[7] if len(c) > 7 else 0) for k, c in cfgs.items()}
     opts = {k: torch.optim.Adam(model.parameters(), lr=1e-3) for k, model in models.items()}
     for k, c in cfgs.items():
         models[k].fit_normalization([{"points": torch.randn(c[0], 3), "partial": torch.randn(c[1], 3)} for _ in range(4)])
@@ -291,9 +301,9 @@ def training_step_ratios(configs: dict[str, tuple[int, int, int, int, str, int, 
 
 
 def training_step_ratio(n: int = 512, m: int = 128, width: int = 96, depth: int = 2, batch: int = 32,
-                        rounds: int = 5, denoiser: str = "pointnet", knn: int = 0) -> float:
+                        rounds: int = 5, denoiser: str = "pointnet", knn: int = 0, scan_code: int = 0) -> float:
     """One model's :func:`training_step_ratios`: its step's cost over the original's."""
-    return training_step_ratios({"model": (n, m, width, depth, denoiser, knn, batch)}, rounds)["model"]
+    return training_step_ratios({"model": (n, m, width, depth, denoiser, knn, batch, scan_code)}, rounds)["model"]
 
 
 def step_costs(specs: list[str], n: int, m: int, batch: int, rounds: int = 5) -> str:
@@ -570,6 +580,8 @@ def main() -> None:
     parser.add_argument("--denoiser", choices=DENOISERS, default="pointnet",
                         help="the network inside the known-point flag (--width / --depth size it: _inner)")
     parser.add_argument("--knn", type=int, default=0, help="pointnet: each point's offset from its K nearest points' mean")
+    parser.add_argument("--scan-code", type=int, default=0, metavar="D",
+                        help="an encoder of the known points gives the network a (B, D) code of the scan (0: none)")
     parser.add_argument("--step-costs", nargs="+", default=None, metavar="DENOISER:WIDTH:DEPTH[:KNN]",
                         help="only time the training steps of these models against the original's and print the table")
     parser.add_argument("--augment", type=float, default=1.0, metavar="LOW",
@@ -595,7 +607,9 @@ def main() -> None:
                         help="another run's --json on the same scans: print paired differences against it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-test", type=int, default=None, help="score only this many held-out shapes (smoke runs)")
-    parser.add_argument("--split", choices=("test", "val"), default="test", help="the held-out shapes scored")
+    parser.add_argument("--split", choices=("test", "val", "train"), default="test",
+                        help="the shapes scored: held-out test or val shapes, or (a diagnostic of the model's fit) new "
+                             "scans of its own training shapes, where retrieval finds the shape itself")
     parser.add_argument("--real-max-points", type=int, default=4096, help="real scans are reduced to this many points")
     parser.add_argument("--emd-resample", choices=EMD_RESAMPLES, default="random",
                         help="EMD's 1024-point resamples of every output and the truth: random (the default) or even")
@@ -626,17 +640,19 @@ def main() -> None:
     else:
         dense, partial, owner = _training_pairs(train + synthetic_shapes(args.synthetic), args.views, args.partial)
         prep = time.perf_counter() - start
-        model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn)
+        torch.manual_seed(args.seed)  # the initial weights: else torch's process-seeded global generator's
+        model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn, args.scan_code)
         seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed, augment=args.augment)
         if args.model is not None:
             model.save(args.model)
         ratio = training_step_ratio(args.points, args.partial, args.width, args.depth, args.batch, denoiser=args.denoiser,
-                                    knn=args.knn)
+                                    knn=args.knn, scan_code=args.scan_code)
         note = (f"{args.steps} steps of batch {args.batch} in {seconds:.0f} s ({torch.get_num_threads()} threads), "
                 f"{ratio * args.steps / 2500:.1f}x the training compute of the issue's original benchmark model (a step "
                 f"{ratio:.2f}x its, timed here), {len(partial)} training scans of {len(train)} shapes"
                 + (f" and {args.synthetic} SyntheticShapes" if args.synthetic else "")
                 + (f" scaled per axis in [{args.augment:g}, {1 / args.augment:.3g}]" if args.augment < 1 else "")
+                + (f", a scan code of {args.scan_code}" if args.scan_code else "")
                 + f", data preparation {prep:.0f} s")
     model.eval()
     scan_bank = scan_bank_of(train, bank, args.scan_bank_views) if args.scan_bank_views else None

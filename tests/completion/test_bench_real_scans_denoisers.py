@@ -21,11 +21,13 @@ def bench():
     return module
 
 
-@pytest.mark.parametrize("denoiser, width, depth, knn", [("pointnet", 16, 1, 0), ("pointnet", 16, 1, 4),
-                                                         ("pvcnn", 16, 3, 0), ("transformer", 32, 1, 0)])
-def test_each_denoiser_trains_a_step_and_keeps_the_scan(bench, denoiser, width, depth, knn):
+@pytest.mark.parametrize("denoiser, width, depth, knn, code", [("pointnet", 16, 1, 0, 0), ("pointnet", 16, 1, 4, 0),
+                                                               ("pvcnn", 16, 3, 0, 0), ("transformer", 32, 1, 0, 0),
+                                                               ("pointnet", 16, 1, 0, 8), ("pvcnn", 16, 3, 0, 8)])
+def test_each_denoiser_trains_a_step_and_keeps_the_scan(bench, denoiser, width, depth, knn, code):
     torch.manual_seed(0)
-    model = bench._model(64, 16, width, depth, denoiser, knn)
+    model = bench._model(64, 16, width, depth, denoiser, knn, scan_code=code)
+    assert (model.denoiser.scan_encoder is not None) == bool(code)
     model.fit_normalization([{"points": torch.randn(64, 3), "partial": torch.randn(16, 3)} for _ in range(2)])
     before = [p.detach().clone() for p in model.parameters()]
     loss = model.training_loss({"points": torch.randn(2, 64, 3), "partial": torch.randn(2, 16, 3)})
@@ -43,6 +45,13 @@ def test_each_denoiser_trains_a_step_and_keeps_the_scan(bench, denoiser, width, 
 def test_a_denoiser_size_it_cannot_build_is_one_clear_error(bench, denoiser, width, depth, knn, match):
     with pytest.raises(ValueError, match=match):
         bench._model(64, 16, width, depth, denoiser, knn)
+
+
+def test_a_scan_code_the_network_cannot_take_is_one_clear_error(bench):
+    with pytest.raises(ValueError, match="scan_code: the transformer takes the scan's points as tokens"):
+        bench._model(64, 16, 32, 1, "transformer", scan_code=8)
+    with pytest.raises(ValueError, match="scan_code: expected an int >= 0"):
+        bench._model(64, 16, 16, 1, "pointnet", scan_code=-1)
 
 
 def test_step_costs_table_has_a_row_per_candidate_against_the_first(bench):

@@ -106,6 +106,9 @@ CASES = {
     "known_indicator": Case(lambda: KnownIndicatorDenoiser(PointNetDenoiser(in_channels=4, width=32, depth=2,
                                                                             time_embed_dim=16), num_known=M),
                             _torus, _within_known_and_rest),
+    "known_indicator_scan_code": Case(lambda: KnownIndicatorDenoiser(
+        PointNetDenoiser(in_channels=4, width=32, depth=2, time_embed_dim=16, summary_dim=8), num_known=M, scan_code=8),
+        _torus, _within_known_and_rest),
 }
 
 
