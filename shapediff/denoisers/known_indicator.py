@@ -29,7 +29,6 @@ class _ScanEncoder(nn.Module):
         return self.head(torch.cat([h.max(dim=1).values, h.mean(dim=1)], dim=-1))
 
 
-
 @register("denoiser", aliases=("shapediff.models.completion.KnownIndicatorDenoiser",))
 class KnownIndicatorDenoiser(nn.Module):
     """Wraps a denoiser built with ``in_channels=4`` so that it sees which points are known.
