@@ -38,21 +38,20 @@ def test_a_summary_of_ones_own_is_refused_where_the_scan_code_is_the_summary():
 
 
 def test_the_code_reads_the_known_points_only():
-    """Moving a noisy point changes the output only through the pooled features of the whole set; the code itself
-    is a function of the first M points: equal known points give equal codes, other known points another code."""
+    """The summary the inner network receives is the encoder's code of the first M points: moving the noisy points
+    leaves it as it was, moving the known points changes it."""
     net = _wrapped()
-    x = torch.randn(2, N, 3)
-    moved = x.clone()
+    seen = []
+    net.denoiser.register_forward_pre_hook(lambda mod, args: seen.append(args[2]["summary"]))
+    x, t = torch.randn(2, N, 3), torch.tensor([3, 7])
+    moved, other = x.clone(), x.clone()
     moved[:, M:] += 1.0
-    assert torch.equal(net.scan_encoder(x[:, :M]), net.scan_encoder(moved[:, :M]))
-    other = x.clone()
     other[:, :M] *= 2.0
-    assert not torch.allclose(net.scan_encoder(x[:, :M]), net.scan_encoder(other[:, :M]))
-    # the inner network receives exactly that code as its summary
-    seen = {}
-    net.denoiser.register_forward_pre_hook(lambda mod, args: seen.update(cond=args[2]))
-    net(x, torch.tensor([3, 7]))
-    assert torch.equal(seen["cond"]["summary"], net.scan_encoder(x[:, :M]))
+    for cloud in (x, moved, other):
+        net(cloud, t)
+    assert torch.equal(seen[0], net.scan_encoder(x[:, :M]))
+    assert torch.equal(seen[0], seen[1])
+    assert not torch.allclose(seen[0], seen[2])
 
 
 def test_scan_code_zero_is_the_flag_alone_with_the_former_parameters():
