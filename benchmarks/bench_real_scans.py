@@ -244,11 +244,16 @@ def scale_pairs(points: torch.Tensor, partial: torch.Tensor, low: float, gen: to
     return points * factor, partial * factor
 
 
-def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, augment: float = 1.0) -> float:
+def train_model(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, augment: float = 1.0,
+                snapshot_steps: tuple[int, ...] = ()) -> tuple[float, dict[int, dict[str, torch.Tensor]]]:
     """Trains ``model`` for ``steps`` Adam steps (lr 2e-3, cosine) of ``batch`` pairs (a random training scan's known
     points and N random points of its shape); ``augment`` < 1 scales each pair per axis (:func:`scale_pairs`).
-    Returns the training seconds."""
+    Returns the training seconds and, for each of ``snapshot_steps`` (1..steps), a copy of the denoiser's weights
+    after that step (the weaker networks ``bench_autoguidance.py`` guides with)."""
     _augment_low(augment)  # before any work
+    bad = [s for s in snapshot_steps if not (isinstance(s, int) and 1 <= s <= steps)]
+    if bad:
+        raise ValueError(f"snapshot_steps: expected steps in [1, {steps}], got {bad}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     n = model.num_points
@@ -261,8 +266,8 @@ def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, 
     model.fit_normalization([{"points": p, "partial": q} for p, q in zip(points_of(fit), partial[fit])])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    start = time.perf_counter()
-    for _ in range(steps):
+    snapshots, start = {}, time.perf_counter()
+    for step in range(1, steps + 1):
         idx = torch.randint(len(partial), (batch,), generator=gen)
         points, known = scale_pairs(points_of(idx), partial[idx], augment, gen)
         loss = model.training_loss({"points": points, "partial": known})
@@ -270,7 +275,14 @@ def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, 
         loss.backward()
         opt.step()
         sched.step()
-    return time.perf_counter() - start
+        if step in snapshot_steps:
+            snapshots[step] = {k: v.detach().clone() for k, v in model.denoiser.state_dict().items()}
+    return time.perf_counter() - start, snapshots
+
+
+def _train(model, dense, partial, owner, steps: int, batch: int, seed: int = 0, augment: float = 1.0) -> float:
+    """:func:`train_model` without snapshots: the training seconds."""
+    return train_model(model, dense, partial, owner, steps, batch, seed, augment)[0]
 
 
 ORIGINAL = (256, 64, 64, 2, "pointnet", 0, 32)  # the issue's original benchmark model: N, M, width, depth, denoiser, knn, batch
