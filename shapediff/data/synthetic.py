@@ -20,6 +20,7 @@ from shapediff.data.shapes import BUILDERS, build_shape
 from shapediff.geometry import sdf_to_mesh
 
 CATEGORIES: tuple[str, ...] = tuple(BUILDERS)
+MESHES_KEPT = 8  # SyntheticShapes.mesh: meshes kept in memory per dataset (the least recently used go first)
 
 
 def _check_categories(categories) -> list[str]:
@@ -95,7 +96,7 @@ class SyntheticShapes(Dataset):
         self._labels = [i % self.num_classes for i in range(self.num_shapes)]
         self._parts = [build_shape(self.categories[c], self._rng(i, 0)) for i, c in enumerate(self._labels)]
         self._pools: OrderedDict[int, np.ndarray] = OrderedDict()  # least recently used first
-        self._meshes: dict[int, object] = {}
+        self._meshes: OrderedDict[int, object] = OrderedDict()  # the last MESHES_KEPT meshes asked for
 
     # ------------------------------------------------------------------ identity and randomness
     def _rng(self, index: int, purpose: int) -> np.random.Generator:
@@ -146,14 +147,8 @@ class SyntheticShapes(Dataset):
         """float32 (pool_size, 3) points uniform over the surface of shape ``index`` (deterministic; the last
         ``pool_cache`` pools asked for are kept in memory)."""
         index = self._check_index(index)
-        if index in self._pools:
-            self._pools.move_to_end(index)
-        else:
-            pts = sample_union_surface(self._parts[index], self.pool_size, self._rng(index, 1))
-            self._pools[index] = pts.astype(np.float32)
-            while len(self._pools) > self.pool_cache:
-                self._pools.popitem(last=False)
-        return self._pools[index]
+        return _remembered(self._pools, index, self.pool_cache, lambda: sample_union_surface(
+            self._parts[index], self.pool_size, self._rng(index, 1)).astype(np.float32))
 
     def surface_points(self, index: int, num_points: int, seed: int | None = None) -> torch.Tensor:
         """float32 (N, 3) fresh points uniform over the exact surface of shape ``index``, independent
@@ -182,11 +177,22 @@ class SyntheticShapes(Dataset):
                                       device=query.device) if is_tensor else d
 
     def mesh(self, index: int):
-        """Watertight ``trimesh.Trimesh`` of shape ``index`` by marching cubes on its exact SDF (cached)."""
+        """Watertight ``trimesh.Trimesh`` of shape ``index`` by marching cubes on its exact SDF (the last
+        :data:`MESHES_KEPT` asked for are kept: 1-2 MB of arrays each at the default resolution)."""
         index = self._check_index(index)
-        if index not in self._meshes:
-            self._meshes[index] = _mesh_from_parts(self._parts[index], 2.0 / self.mesh_resolution)
-        return self._meshes[index]
+        return _remembered(self._meshes, index, MESHES_KEPT,
+                           lambda: _mesh_from_parts(self._parts[index], 2.0 / self.mesh_resolution))
+
+
+def _remembered(cache: OrderedDict, key: int, bound: int, make):
+    """``cache[key]``, made by ``make()`` when absent; the ``bound`` most recently asked for are kept."""
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = make()
+        while len(cache) > bound:
+            cache.popitem(last=False)
+    return cache[key]
 
 
 def _narrow_band_volume(parts: list[Primitive], lo: np.ndarray, counts: np.ndarray, spacing: float) -> np.ndarray:

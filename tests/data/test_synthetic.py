@@ -242,3 +242,17 @@ def test_the_pool_cache_is_bounded_and_a_dropped_pool_comes_back_bit_for_bit():
     assert np.array_equal(ds.surface_pool(2), first[2])
     with pytest.raises(ValueError, match="pool_cache"):
         SyntheticShapes(num_shapes=6, pool_cache=0)
+
+
+def test_the_mesh_cache_is_bounded_and_a_dropped_mesh_comes_back_equal(monkeypatch):
+    """mesh(i) keeps the last MESHES_KEPT meshes (1-2 MB each at the default resolution), not every one asked for."""
+    import shapediff.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "MESHES_KEPT", 2)
+    ds = SyntheticShapes(num_shapes=4, num_points=32, pool_size=256, mesh_resolution=24)
+    first = [ds.mesh(i) for i in range(3)]
+    assert list(ds._meshes) == [1, 2]  # shape 0, the least recently used, was dropped
+    assert ds.mesh(2) is first[2]  # kept: not rebuilt
+    again = ds.mesh(0)
+    assert list(ds._meshes) == [2, 0] and again is not first[0]
+    assert np.array_equal(again.vertices, first[0].vertices) and np.array_equal(again.faces, first[0].faces)
