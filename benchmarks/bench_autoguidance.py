@@ -33,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_real_scans as bench  # noqa: E402
 
 from shapediff.config import instantiate  # noqa: E402
+from shapediff.diffusion.guidance import extrapolate  # noqa: E402
 from shapediff.models import load_model  # noqa: E402
 
 
 class Autoguided(nn.Module):
-    """``forward(x, t, cond) = guide(x, t, cond) + scale * (model(x, t, cond) - guide(x, t, cond))``: a denoiser guided
-    by a weaker version of itself (same input and output layout as ``model``, (B, N, 3) here)."""
+    """``forward(x, t, cond) = guide(x, t, cond) + scale * (model(x, t, cond) - guide(x, t, cond))`` (the core's
+    :func:`~shapediff.diffusion.guidance.extrapolate`): a denoiser guided by a weaker version of itself (same input
+    and output layout as ``model``, (B, N, 3) here)."""
 
     def __init__(self, model: nn.Module, guide: nn.Module, scale: float):
         super().__init__()
@@ -47,8 +49,7 @@ class Autoguided(nn.Module):
         self.model, self.guide, self.scale = model, guide, float(scale)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        weak = self.guide(x, t, cond)
-        return weak + self.scale * (self.model(x, t, cond) - weak)
+        return extrapolate(self.guide(x, t, cond), self.model(x, t, cond), self.scale)
 
 
 def guide_path(model_path: Path, step: int) -> Path:
@@ -78,15 +79,11 @@ def score(model, shapes: list[torch.Tensor], seed: int) -> tuple[dict[str, list[
     """Per scan (shape-major, ``bench.KINDS`` in turn): the default completion's and the model's N points' metrics,
     with the seconds taken."""
     scores, start = {"default": [], "model's N points": []}, time.perf_counter()
-    for s, cloud in enumerate(shapes):
-        source, truth = bench._halves(cloud, seed=10_000 + s)
-        for k, kind in enumerate(bench.KINDS):
-            scan = torch.from_numpy(bench.virtual_scan_of(source, kind, seed=7919 * s + k))
-            i = len(scores["default"])
-            done = model.complete(scan, n=1, seed=seed).points[0, 0].numpy()
-            raw = model.complete(scan, seed=seed, keep_scan=False).points[0, 0].numpy()
-            scores["default"].append(bench._metrics(done, truth, seed=i))
-            scores["model's N points"].append(bench._metrics(raw, truth, seed=i))
+    for i, (scan, truth) in enumerate(zip(*bench.held_out_scans(shapes))):
+        done = model.complete(scan, n=1, seed=seed).points[0, 0].numpy()
+        raw = model.complete(scan, seed=seed, keep_scan=False).points[0, 0].numpy()
+        scores["default"].append(bench._metrics(done, truth, seed=i))
+        scores["model's N points"].append(bench._metrics(raw, truth, seed=i))
     return scores, time.perf_counter() - start
 
 
@@ -153,8 +150,7 @@ def main() -> None:
         note = f"loaded {args.model}"
     else:
         dense, partial, owner = bench._training_pairs(bench._shapes("train"), args.views, 128)
-        torch.manual_seed(args.seed)  # the initial weights, as bench_real_scans seeds them
-        model = bench._model(512, 128, args.width, args.depth)
+        model = bench._model(512, 128, args.width, args.depth, seed=args.seed)
         seconds, snapshots = bench.train_model(model, dense, partial, owner, args.steps, args.batch, seed=args.seed,
                                                snapshot_steps=tuple(args.guide_steps))
         model.save(args.model)

@@ -179,12 +179,14 @@ def _inner(denoiser: str, width: int, depth: int, knn: int = 0, summary_dim: int
 
 
 def _model(n: int, m: int, width: int, depth: int, denoiser: str = "pointnet", knn: int = 0,
-           scan_code: int = 0) -> PointCloudDiffusion:
+           scan_code: int = 0, seed: int | None = None) -> PointCloudDiffusion:
     """The benchmark's scan-frame PVD completion model: N points of which the first M known, the known-point flag
     around the ``denoiser`` network (:func:`_inner`), v-prediction, T = 200, DDPM sampling in 50 steps;
-    ``scan_code`` D > 0: the flag's wrapper also encodes the known points into a (B, D) code for the network."""
-    if isinstance(scan_code, bool) or not isinstance(scan_code, int) or scan_code < 0:
-        raise ValueError(f"scan_code: expected an int >= 0 (the scan code's width; 0: none), got {scan_code!r}")
+    ``scan_code`` D > 0: the flag's wrapper also encodes the known points into a (B, D) code for the network.
+    ``seed``: torch's global generator is seeded with it first, so the initial weights are the same in every process
+    (torch 2.13 seeds that generator differently in each one)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     return PointCloudDiffusion(
         denoiser={"_target_": "shapediff.models.completion.KnownIndicatorDenoiser", "num_known": m,
                   **({"scan_code": scan_code} if scan_code else {}),
@@ -450,6 +452,18 @@ def _mirror(scan: np.ndarray) -> np.ndarray:
 SCAN_FRAME_START = "completion from the scan-frame retrieval (init=)"
 
 
+def held_out_scans(shapes: list[torch.Tensor], kinds=KINDS) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """The scored scans, shape-major (each shape's ``kinds`` in turn), and each one's truth: every scan is drawn from
+    one half of the shape's points (seed 10,000 + s) and its truth is the other half."""
+    scans, truths = [], []
+    for s, cloud in enumerate(shapes):
+        source, truth = _halves(cloud, seed=10_000 + s)
+        for k, kind in enumerate(kinds):
+            scans.append(torch.from_numpy(virtual_scan_of(source, kind, seed=7919 * s + k)))
+            truths.append(truth)
+    return scans, truths
+
+
 def evaluate_virtual(model, test: list[torch.Tensor], bank: torch.Tensor, n_completions: int, seed: int,
                      kinds=KINDS, emd_resample: str = "random", scan_bank: ScanBank | None = None,
                      icp_steps: int = 0) -> tuple[dict[str, list[dict[str, float]]], list, float, dict[str, float]]:
@@ -459,12 +473,7 @@ def evaluate_virtual(model, test: list[torch.Tensor], bank: torch.Tensor, n_comp
     ``scan_bank`` adds the scan-frame retrieval rows (:mod:`shapediff.models.scan_retrieval`, ``icp_steps`` of scale
     and translation after the match): the retrieved shape, it + scan (the retrieval + scan merge), and
     ``complete(scan, init=retrieved)``."""
-    scans, truths = [], []
-    for s, cloud in enumerate(test):
-        source, truth = _halves(cloud, seed=10_000 + s)
-        for k, kind in enumerate(kinds):
-            scans.append(torch.from_numpy(virtual_scan_of(source, kind, seed=7919 * s + k)))
-            truths.append(truth)
+    scans, truths = held_out_scans(test, kinds)
     done, framed, framed_done, seconds, costs = [], [], [], 0.0, {"default": 0.0, "scan-frame retrieval start": 0.0}
     for sc in scans:
         start = time.perf_counter()
@@ -636,10 +645,7 @@ def main() -> None:
         missing = [str(path) for path in args.completion_costs if not path.is_file()]
         if missing:
             raise SystemExit(f"--completion-costs: no saved model at {', '.join(missing)}")
-        scans = []
-        for s, cloud in enumerate(_shapes(args.split)[:4]):
-            source, _ = _halves(cloud, seed=10_000 + s)
-            scans += [torch.from_numpy(virtual_scan_of(source, kind, seed=7919 * s + k)) for k, kind in enumerate(KINDS)]
+        scans = held_out_scans(_shapes(args.split)[:4])[0]
         models = {str(path): load_model(path, device="cpu").eval() for path in args.completion_costs}
         print(completion_costs(models, scans))
         return
@@ -652,8 +658,8 @@ def main() -> None:
     else:
         dense, partial, owner = _training_pairs(train + synthetic_shapes(args.synthetic), args.views, args.partial)
         prep = time.perf_counter() - start
-        torch.manual_seed(args.seed)  # the initial weights: else torch's process-seeded global generator's
-        model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn, args.scan_code)
+        model = _model(args.points, args.partial, args.width, args.depth, args.denoiser, args.knn, args.scan_code,
+                       seed=args.seed)
         seconds = _train(model, dense, partial, owner, args.steps, args.batch, seed=args.seed, augment=args.augment)
         if args.model is not None:
             model.save(args.model)

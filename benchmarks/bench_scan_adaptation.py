@@ -73,12 +73,7 @@ def main() -> None:
     if args.steps < 1 or args.batch < 1 or not args.lr > 0:
         raise SystemExit(f"--steps, --batch: expected >= 1 and --lr > 0, got {args.steps}, {args.batch}, {args.lr}")
     model = load_model(args.model, device="cpu").eval()
-    scans, truths = [], []
-    for s, cloud in enumerate(bench._shapes("test")[: args.max_test]):
-        source, truth = bench._halves(cloud, seed=10_000 + s)
-        for k, kind in enumerate(bench.KINDS):
-            scans.append(torch.from_numpy(bench.virtual_scan_of(source, kind, seed=7919 * s + k)))
-            truths.append(truth)
+    scans, truths = bench.held_out_scans(bench._shapes("test")[: args.max_test])
     plain, tuned = "completion (default: scan kept)", f"adapted: {args.steps} steps x {args.batch} re-maskings, lr {args.lr:g}"
     scores, seconds = {plain: [], tuned: []}, {"complete": 0.0, "adapt": 0.0}
     for i, (scan, truth) in enumerate(zip(scans, truths)):

@@ -51,14 +51,14 @@ class KnownIndicatorDenoiser(nn.Module):
 
     def __init__(self, denoiser: Any, num_known: int = 200, scan_code: int = 0):
         super().__init__()
-        if isinstance(denoiser, Mapping):
-            denoiser = instantiate(denoiser, where="model.denoiser")
-        if not isinstance(denoiser, nn.Module):
-            raise ValueError(f"denoiser: expected a config mapping or an nn.Module, got {type(denoiser).__name__}")
         if not (isinstance(num_known, int) and num_known > 0):
             raise ValueError(f"num_known: expected a positive int, got {num_known!r}")
         if isinstance(scan_code, bool) or not isinstance(scan_code, int) or scan_code < 0:
             raise ValueError(f"scan_code: expected an int >= 0 (the scan code's width; 0: none), got {scan_code!r}")
+        if isinstance(denoiser, Mapping):  # built after the wrapper's own arguments are checked
+            denoiser = instantiate(denoiser, where="model.denoiser")
+        if not isinstance(denoiser, nn.Module):
+            raise ValueError(f"denoiser: expected a config mapping or an nn.Module, got {type(denoiser).__name__}")
         inner_summary = getattr(denoiser, "summary_dim", 0)
         if scan_code and scan_code != inner_summary:
             raise ValueError(f"scan_code: the inner denoiser must take the scan's code as its summary "

@@ -1,6 +1,7 @@
 """Everything that changes what the denoiser says about x0 before a sampler uses it: one home.
 
-- :func:`classifier_free`: classifier-free guidance of a model call (Ho & Salimans 2022).
+- :func:`classifier_free`: classifier-free guidance of a model call (Ho & Salimans 2022); :func:`extrapolate`,
+  the guided combination it (and autoguidance, ``benchmarks/bench_autoguidance.py``) uses.
 - :func:`clamp_x0`: DDPM's ``clip_denoised`` on a :class:`Prediction` (what ``process.sample(clip_x0=...)``
   applies at every step).
 - :class:`X0Adjusted`: a denoiser wrapper whose implied x0 goes through ``adjust(x0, t)`` and whose output is
@@ -20,9 +21,16 @@ from torch import nn
 
 from shapediff.diffusion.samplers import Prediction
 
-__all__ = ["classifier_free", "clamp_x0", "X0Adjusted", "ClippedDenoiser", "ObservationGuided", "MIN_SIGMA"]
+__all__ = ["extrapolate", "classifier_free", "clamp_x0", "X0Adjusted", "ClippedDenoiser", "ObservationGuided",
+           "MIN_SIGMA"]
 
 MIN_SIGMA = 1e-5  # eps re-derived from a clamped x0 divides by sigma: flow matching's sigma = t reaches 0
+
+
+def extrapolate(weak: torch.Tensor, strong: torch.Tensor, scale: float) -> torch.Tensor:
+    """``weak + scale * (strong - weak)``: the guided output, from the unconditional (classifier-free guidance) or a
+    weaker network's (autoguidance, Karras et al. 2024) ``weak`` and the conditional / trained ``strong`` output."""
+    return weak + scale * (strong - weak)
 
 
 def classifier_free(model: Callable, x: torch.Tensor, t: torch.Tensor, cond: Any, scale: float | None) -> torch.Tensor:
@@ -32,7 +40,7 @@ def classifier_free(model: Callable, x: torch.Tensor, t: torch.Tensor, cond: Any
     uncond = model(x, t, None)
     if scale == 0.0:
         return uncond
-    return uncond + scale * (model(x, t, cond) - uncond)
+    return extrapolate(uncond, model(x, t, cond), scale)
 
 
 def clamp_x0(pred: Prediction, x: torch.Tensor, alpha: float, sigma: float, bound: float) -> Prediction:
